@@ -1,0 +1,1 @@
+"""pytest plugin entry point for policy repositories (pytest-bdd step library)."""
