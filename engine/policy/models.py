@@ -1,0 +1,545 @@
+"""Pydantic v2 models of the four policy file kinds (DESIGN.md "Policy format").
+
+Contract: every model forbids unknown keys and describes every field; validators are pure
+(no file system, no DNS) — side effects belong to the compiler. Regex syntax (RE2) and
+cross-file references are checked by `engine.policy.validate`, not here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
+_NAME_RE = r"^[a-z0-9][a-z0-9_-]*$"
+_RULE_ID_RE = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+_LOCAL_RE = re.compile(r"^[^\s@]+$")
+
+
+def check_domain(value: str) -> str:
+    """Normalise a DNS domain (lowercase, no trailing dot) or raise ValueError."""
+    domain = value.strip().lower().rstrip(".")
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise ValueError(f"invalid domain {value!r}") from exc
+    if not _DOMAIN_RE.match(domain) or "." not in domain:
+        raise ValueError(f"invalid domain {value!r}: expected a name like example.com")
+    return domain
+
+
+def check_address_pattern(value: str) -> str:
+    """Normalise an address pattern: `user@domain`, `*@domain` or `*@*.domain`."""
+    pattern = value.strip().lower()
+    local, sep, domain = pattern.rpartition("@")
+    if not sep or not local or not _LOCAL_RE.match(local):
+        raise ValueError(f"invalid address pattern {value!r}: expected user@domain or *@domain")
+    if "*" in local and local != "*":
+        raise ValueError(f"invalid address pattern {value!r}: '*' must be the whole local part")
+    if domain.startswith("*."):
+        check_domain(domain[2:])
+    else:
+        check_domain(domain)
+    return pattern
+
+
+def check_network(value: str) -> str:
+    """Normalise an IPv4/IPv6 address or CIDR network (host bits must be zero)."""
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=True))
+    except ValueError as exc:
+        raise ValueError(f"invalid network {value!r}: {exc}") from exc
+
+
+class PolicyModel(BaseModel):
+    """Base of every policy model: unknown keys are errors, models are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=False)
+
+
+# ---------------------------------------------------------------- enums
+
+
+class Action(StrEnum):
+    """What happens to one tenant's copy of a message; DESIGN.md "Decisions"."""
+
+    reject = "reject"
+    tempfail = "tempfail"
+    discard = "discard"
+    quarantine = "quarantine"
+    tag = "tag"
+    deliver = "deliver"
+
+    @property
+    def severity(self) -> int:
+        """Higher is more severe: reject 5 … deliver 0."""
+        return _SEVERITY[self]
+
+
+_SEVERITY = {
+    Action.reject: 5,
+    Action.tempfail: 4,
+    Action.discard: 3,
+    Action.quarantine: 2,
+    Action.tag: 1,
+    Action.deliver: 0,
+}
+
+
+class ListAction(StrEnum):
+    """What a matching block/allow list does."""
+
+    block = "block"
+    allow = "allow"
+    quarantine = "quarantine"
+
+
+class Direction(StrEnum):
+    """Which mail flow a rule applies to."""
+
+    inbound = "inbound"
+    outbound = "outbound"
+    both = "both"
+
+
+class RouteTls(StrEnum):
+    """TLS towards a tenant server: none, try STARTTLS, or fail over unless STARTTLS works."""
+
+    none = "none"
+    opportunistic = "opportunistic"
+    required = "required"
+
+
+class AcceptMode(StrEnum):
+    """Which recipients of a tenant's domains are accepted at RCPT."""
+
+    any = "any"
+    listed = "listed"
+
+
+class DmarcPolicy(StrEnum):
+    """The DMARC `p=` published for a tenant domain."""
+
+    none = "none"
+    quarantine = "quarantine"
+    reject = "reject"
+
+
+# ---------------------------------------------------------------- gateway.yaml
+
+
+class MxHost(PolicyModel):
+    name: str = Field(description="Host name of one MXPath server, published as MX target.")
+    ipv4: list[ipaddress.IPv4Address] = Field(default_factory=list, description="Its IPv4 addresses (A).")
+    ipv6: list[ipaddress.IPv6Address] = Field(default_factory=list, description="Its IPv6 addresses (AAAA).")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_domain(value)
+
+
+class Listener(PolicyModel):
+    address: str = Field(default="127.0.0.1", description="IP address to listen on.")
+    port: int = Field(ge=1, le=65535, description="TCP port to listen on (1-65535).")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return str(ipaddress.ip_address(value))
+
+
+class Listeners(PolicyModel):
+    inbound: Listener = Field(
+        default_factory=lambda: Listener(port=2525), description="The MX listener for mail from the internet."
+    )
+    outbound: Listener = Field(
+        default_factory=lambda: Listener(port=2587), description="The listener for tenants' own servers."
+    )
+
+
+class TlsSettings(PolicyModel):
+    cert: str | None = Field(default=None, description="PEM certificate chain path; STARTTLS is offered when set.")
+    key: str | None = Field(default=None, description="PEM private key path or env:NAME (a secret, never committed).")
+
+
+class Limits(PolicyModel):
+    max_message_size: int = Field(default=26_214_400, ge=1024, description="Largest message in bytes (SIZE).")
+    max_recipients: int = Field(default=100, ge=1, description="Recipients per transaction (452 beyond).")
+    max_connections: int = Field(default=1000, ge=1, description="Concurrent SMTP connections in total.")
+    max_connections_per_ip: int = Field(default=20, ge=1, description="Concurrent connections per client IP.")
+    command_timeout: int = Field(default=300, ge=1, description="Seconds to wait for the next SMTP command.")
+
+
+class Storage(PolicyModel):
+    path: str = Field(
+        default="var/liveprism", description="State directory (SQLite + files); relative to the working directory."
+    )
+    url: str | None = Field(default=None, description="Server database URL (postgresql://…); embedded when unset.")
+
+
+class ArchiveSettings(PolicyModel):
+    enabled: bool = Field(default=True, description="Keep a copy of every inbound message.")
+    retention_days: int = Field(default=365, ge=1, description="Days an archived message is kept.")
+
+
+class QuarantineSettings(PolicyModel):
+    retention_days: int = Field(default=30, ge=1, description="Days a held message is kept before deletion.")
+
+
+class DeliverySettings(PolicyModel):
+    retry_initial: int = Field(default=60, ge=1, description="Seconds before the first retry.")
+    retry_max: int = Field(default=3600, ge=1, description="Longest wait between retries (exponential backoff).")
+    give_up_after: int = Field(default=432_000, ge=1, description="Seconds until a DSN is sent and the copy dropped.")
+    connect_timeout: int = Field(default=30, ge=1, description="Seconds to connect to a tenant server.")
+
+
+class DnsSettings(PolicyModel):
+    nameservers: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(
+        default_factory=list, description="Resolvers to ask; empty uses the system resolver."
+    )
+    port: int = Field(default=53, ge=1, le=65535, description="Resolver port.")
+    timeout: float = Field(default=2.0, gt=0, description="Seconds per DNS query.")
+
+
+class Scoring(PolicyModel):
+    tag_at: float = Field(default=3.0, description="Score at which a message is tagged.")
+    quarantine_at: float = Field(default=6.0, description="Score at which a message is quarantined.")
+    reject_at: float = Field(default=15.0, description="Score at which a message is rejected.")
+    subject_prefix: str | None = Field(default=None, description="Prefix added to the Subject of tagged mail.")
+
+
+class ScoringOverride(PolicyModel):
+    tag_at: float | None = Field(default=None, description="Overrides the gateway tag_at.")
+    quarantine_at: float | None = Field(default=None, description="Overrides the gateway quarantine_at.")
+    reject_at: float | None = Field(default=None, description="Overrides the gateway reject_at.")
+    subject_prefix: str | None = Field(default=None, description="Overrides the gateway subject_prefix.")
+
+
+class Dnsbl(PolicyModel):
+    zone: str = Field(description="DNSBL zone queried with the reversed client address.")
+    score: float = Field(default=5.0, description="Score added when the client is listed.")
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return check_domain(value)
+
+
+class Toggle(PolicyModel):
+    enabled: bool = Field(default=True, description="Whether the check runs.")
+
+
+class Antivirus(PolicyModel):
+    clamd: str = Field(description="clamd address: tcp://HOST:PORT or unix:///path.")
+    on_virus: Action = Field(default=Action.reject, description="Action when a virus is found; nothing overrides it.")
+    on_error: Action = Field(default=Action.tempfail, description="Action when clamd cannot be asked.")
+
+
+class MimeChecks(PolicyModel):
+    malformed_score: float = Field(default=0.0, description="Score of the built-in malformed-mime hit.")
+
+
+class Checks(PolicyModel):
+    dnsbl: list[Dnsbl] = Field(default_factory=list, description="DNS block lists queried at connect.")
+    spf: Toggle = Field(default_factory=Toggle, description="SPF (RFC 7208) of the envelope sender.")
+    dkim: Toggle = Field(default_factory=Toggle, description="DKIM (RFC 6376) signature verification.")
+    dmarc: Toggle = Field(default_factory=Toggle, description="DMARC (RFC 7489) alignment.")
+    antivirus: Antivirus | None = Field(default=None, description="clamd scanning; off when unset.")
+    mime: MimeChecks = Field(default_factory=MimeChecks, description="Built-in MIME structure checks.")
+
+
+class LogSettings(PolicyModel):
+    format: Literal["text", "json"] = Field(default="text", description="One line per transaction: text or JSON.")
+    level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+
+
+class Gateway(PolicyModel):
+    """gateway.yaml: settings shared by every tenant."""
+
+    hostname: str = Field(description="The MX target published for every tenant domain; also the HELO name.")
+    mx_hosts: list[MxHost] = Field(default_factory=list, description="The MXPath servers and their addresses.")
+    listeners: Listeners = Field(default_factory=Listeners, description="SMTP listeners.")
+    tls: TlsSettings = Field(default_factory=TlsSettings, description="Server certificate for STARTTLS.")
+    limits: Limits = Field(default_factory=Limits, description="Protocol limits.")
+    storage: Storage = Field(default_factory=Storage, description="Where spool, archive and quarantine live.")
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings, description="Archive of inbound mail.")
+    quarantine: QuarantineSettings = Field(default_factory=QuarantineSettings, description="Held mail.")
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings, description="Relay retry schedule.")
+    dns: DnsSettings = Field(default_factory=DnsSettings, description="Resolver used by checks and relay.")
+    scoring: Scoring = Field(default_factory=Scoring, description="Default score thresholds.")
+    checks: Checks = Field(default_factory=Checks, description="External checks (detection only).")
+    log: LogSettings = Field(default_factory=LogSettings, description="Transaction log format.")
+    lists: list[str] = Field(default_factory=list, description="Lists applied to every tenant.")
+    rules: list[str] = Field(default_factory=list, description="Rule sets applied to every tenant.")
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        return check_domain(value)
+
+
+# ---------------------------------------------------------------- tenants/<name>.yaml
+
+
+class Route(PolicyModel):
+    host: str = Field(description="Tenant mail server host name or IP address.")
+    port: int = Field(default=25, ge=1, le=65535, description="SMTP port of the tenant server.")
+    priority: int = Field(default=10, ge=0, description="Lower is tried first; equal priorities share load.")
+    tls: RouteTls = Field(default=RouteTls.opportunistic, description="STARTTLS towards this server.")
+
+    @property
+    def label(self) -> str:
+        """`host:port`, as shown in traces."""
+        return f"{self.host}:{self.port}"
+
+
+class Recipients(PolicyModel):
+    accept: AcceptMode = Field(default=AcceptMode.any, description="any: every address; listed: only `addresses`.")
+    addresses: list[str] = Field(default_factory=list, description="Accepted addresses or *@domain patterns.")
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        return [check_address_pattern(a) for a in value]
+
+
+class DkimKey(PolicyModel):
+    selector: str = Field(description="DKIM selector published at SELECTOR._domainkey.DOMAIN.")
+    private_key: str = Field(description="PEM private key path or env:NAME (a secret, never committed).")
+
+
+class Outbound(PolicyModel):
+    networks: list[str] = Field(default_factory=list, description="Client networks allowed to send outbound.")
+    dkim: DkimKey | None = Field(default=None, description="DKIM signing of outbound mail.")
+
+    @field_validator("networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return [check_network(n) for n in value]
+
+
+class DmarcRecord(PolicyModel):
+    policy: DmarcPolicy = Field(default=DmarcPolicy.none, description="DMARC p= for the tenant's domains.")
+    rua: str | None = Field(default=None, description="Aggregate report address (mailto:…).")
+
+
+class TenantDns(PolicyModel):
+    dmarc: DmarcRecord = Field(default_factory=DmarcRecord, description="Published DMARC record.")
+
+
+class Tenant(PolicyModel):
+    """tenants/<name>.yaml: one customer, its domains and its own mail servers."""
+
+    name: str = Field(pattern=_NAME_RE, description="Unique tenant name (lowercase, digits, - and _).")
+    domains: list[str] = Field(min_length=1, description="Domains whose mail this tenant receives.")
+    routes: list[Route] = Field(default_factory=list, description="The tenant's servers; lowest priority first.")
+    recipients: Recipients = Field(default_factory=Recipients, description="Recipient validation at RCPT.")
+    lists: list[str] = Field(default_factory=list, description="Lists applied to this tenant's mail.")
+    rules: list[str] = Field(default_factory=list, description="Rule sets applied to this tenant's mail.")
+    scoring: ScoringOverride = Field(default_factory=ScoringOverride, description="Overrides gateway scoring.")
+    outbound: Outbound = Field(default_factory=Outbound, description="Outbound relay settings.")
+    dns: TenantDns = Field(default_factory=TenantDns, description="DNS records to publish.")
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        return [check_domain(d) for d in value]
+
+
+# ---------------------------------------------------------------- lists/<name>.yaml
+
+
+class PolicyList(PolicyModel):
+    """lists/<name>.yaml: a named block, allow or quarantine list."""
+
+    name: str = Field(pattern=_NAME_RE, description="Unique list name, referenced by gateway and tenants.")
+    description: str | None = Field(default=None, description="What the list is for.")
+    action: ListAction = Field(description="block: reject; allow: deliver; quarantine: hold.")
+    senders: list[str] = Field(
+        default_factory=list, description="Envelope sender and header From: user@domain or *@domain."
+    )
+    domains: list[str] = Field(default_factory=list, description="Sender domains, subdomains included.")
+    networks: list[str] = Field(default_factory=list, description="Client addresses or CIDR networks.")
+
+    @field_validator("senders")
+    @classmethod
+    def _senders(cls, value: list[str]) -> list[str]:
+        return [check_address_pattern(a) for a in value]
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        return [check_domain(d) for d in value]
+
+    @field_validator("networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return [check_network(n) for n in value]
+
+
+# ---------------------------------------------------------------- rules/<name>.yaml
+
+
+class TextMatch(PolicyModel):
+    regex: str | None = Field(default=None, description="RE2 pattern searched in the text.")
+    contains: list[str] = Field(
+        default_factory=list, description="Keywords; matches when any occurs (case-insensitive)."
+    )
+
+    @model_validator(mode="after")
+    def _one_matcher(self) -> TextMatch:
+        if self.regex is None and not self.contains:
+            raise ValueError("needs `regex` or `contains`")
+        return self
+
+
+class HeaderMatch(TextMatch):
+    name: str = Field(pattern=r"^[!-9;-~]+$", description="Header field name (case-insensitive).")
+
+
+class AttachmentMatch(PolicyModel):
+    extension: list[str] = Field(default_factory=list, description="File name extensions, without dot.")
+    filename: str | None = Field(default=None, description="RE2 pattern searched in the file name.")
+    content_type: list[str] = Field(
+        default_factory=list, description="Content types: type/subtype or type/* (case-insensitive)."
+    )
+    nested: bool = Field(default=False, description="Only attachments inside an attached message (rfc822).")
+
+    @field_validator("extension")
+    @classmethod
+    def _ext(cls, value: list[str]) -> list[str]:
+        return [e.strip().lower().lstrip(".") for e in value]
+
+    @field_validator("content_type")
+    @classmethod
+    def _ctype(cls, value: list[str]) -> list[str]:
+        return [c.strip().lower() for c in value]
+
+    @model_validator(mode="after")
+    def _one_matcher(self) -> AttachmentMatch:
+        if not (self.extension or self.filename or self.content_type):
+            raise ValueError("needs `extension`, `filename` or `content_type`")
+        return self
+
+
+class MimeMatch(PolicyModel):
+    malformed: bool = Field(description="true: the message has MIME defects (the malformed-mime hit).")
+
+
+class HeaderCondition(PolicyModel):
+    header: HeaderMatch = Field(description="Matches a decoded header value.")
+
+
+class BodyCondition(PolicyModel):
+    body: TextMatch = Field(description="Matches the decoded text of any text or HTML part.")
+
+
+class AttachmentCondition(PolicyModel):
+    attachment: AttachmentMatch = Field(description="Matches any attachment, at any depth.")
+
+
+class MimeCondition(PolicyModel):
+    mime: MimeMatch = Field(description="Matches the MIME structure.")
+
+
+class AnyCondition(PolicyModel):
+    any: list[Condition] = Field(min_length=1, description="True when any sub-condition is true.")
+
+
+class AllCondition(PolicyModel):
+    all: list[Condition] = Field(min_length=1, description="True when every sub-condition is true.")
+
+
+class NotCondition(PolicyModel):
+    not_: Condition = Field(alias="not", description="True when the sub-condition is false.")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+CONDITION_KEYS = ("any", "all", "not", "header", "body", "attachment", "mime")
+
+
+def _condition_kind(value: Any) -> str | None:
+    """Discriminate a condition by its (single) key; None when no known key is present."""
+    if isinstance(value, dict):
+        return next((key for key in CONDITION_KEYS if key in value), None)
+    if isinstance(value, PolicyModel):
+        return _CONDITION_TAGS.get(type(value))
+    return None
+
+
+Condition = Annotated[
+    Annotated[AnyCondition, Tag("any")]
+    | Annotated[AllCondition, Tag("all")]
+    | Annotated[NotCondition, Tag("not")]
+    | Annotated[HeaderCondition, Tag("header")]
+    | Annotated[BodyCondition, Tag("body")]
+    | Annotated[AttachmentCondition, Tag("attachment")]
+    | Annotated[MimeCondition, Tag("mime")],
+    Discriminator(
+        _condition_kind,
+        custom_error_type="condition_kind",
+        custom_error_message="a condition needs exactly one of: " + ", ".join(CONDITION_KEYS),
+    ),
+]
+
+
+class Then(PolicyModel):
+    score: float | None = Field(default=None, description="Added to the message score when the rule matches.")
+    action: Action | None = Field(default=None, description="Action taken when the rule matches.")
+    message: str | None = Field(default=None, description="Text of the SMTP reply for reject/tempfail.")
+
+    @model_validator(mode="after")
+    def _something(self) -> Then:
+        if self.score is None and self.action is None:
+            raise ValueError("`then` needs `score` or `action`")
+        return self
+
+
+class Rule(PolicyModel):
+    id: str = Field(pattern=_RULE_ID_RE, description="Unique across the whole policy, kebab-case.")
+    description: str | None = Field(default=None, description="What the rule catches and why.")
+    direction: Direction = Field(default=Direction.inbound, description="Mail flow the rule applies to.")
+    when: Condition = Field(description="The condition: any / all / not, nested freely.")
+    then: Then = Field(description="Score and/or action when the condition holds.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _non_empty_when(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "when" in data and not data["when"]:
+            raise ValueError("`when` is empty: give a condition (any, all, not, header, body, attachment, mime)")
+        return data
+
+
+class RuleSet(PolicyModel):
+    """rules/<name>.yaml: a named set of content rules."""
+
+    name: str = Field(pattern=_NAME_RE, description="Unique rule set name, referenced by gateway and tenants.")
+    description: str | None = Field(default=None, description="What the rule set is for.")
+    rules: list[Rule] = Field(default_factory=list, description="The rules, evaluated together.")
+
+
+_CONDITION_TAGS: dict[type, str] = {
+    AnyCondition: "any",
+    AllCondition: "all",
+    NotCondition: "not",
+    HeaderCondition: "header",
+    BodyCondition: "body",
+    AttachmentCondition: "attachment",
+    MimeCondition: "mime",
+}
+
+for _model in (AnyCondition, AllCondition, NotCondition, Rule):
+    _model.model_rebuild()
+
+FILE_KINDS: dict[str, type[PolicyModel]] = {
+    "gateway": Gateway,
+    "tenants": Tenant,
+    "lists": PolicyList,
+    "rules": RuleSet,
+}
