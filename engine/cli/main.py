@@ -1,0 +1,76 @@
+"""`liveprism` command line (DESIGN.md "Commands"): thin typer wrappers over one module per command.
+
+Each command imports its implementation lazily so that `liveprism validate` does not pay for
+the SMTP stack, and exits with the code its implementation returns.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="liveprism",
+    help="LivePrism mail policy gateway: policy as code, filtering, quarantine and relay.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+PolicyDir = Annotated[Path, typer.Argument(help="Policy directory.", show_default=True)]
+
+
+class OutputFormat(StrEnum):
+    text = "text"
+    json = "json"
+    github = "github"
+
+
+@app.command()
+def validate(
+    directory: PolicyDir = Path("policies"),
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="text, json or github annotations.")] = (
+        OutputFormat.text
+    ),
+) -> None:
+    """Schema and semantic checks; every problem as FILE:LINE:COL: error: MESSAGE. Exit 0 valid, 1 invalid."""
+    from engine.cli.validate_cmd import run_validate
+
+    raise typer.Exit(run_validate(directory, fmt.value))
+
+
+@app.command()
+def schema(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the *.schema.json files.")] = Path("schemas"),
+) -> None:
+    """Write the JSON Schemas (draft-07) of the policy files."""
+    from engine.cli.schema_cmd import run_schema
+
+    raise typer.Exit(run_schema(out))
+
+
+@app.command()
+def explain(
+    directory: PolicyDir = Path("policies"),
+    message: Annotated[Path, typer.Option("--message", help="The message file (.eml).")] = Path("-"),
+    mail_from: Annotated[str, typer.Option("--mail-from", help="Envelope sender (MAIL FROM).")] = "",
+    rcpt: Annotated[list[str] | None, typer.Option("--rcpt", help="Envelope recipient; repeat for several.")] = None,
+    client_ip: Annotated[str, typer.Option("--client-ip", help="Connecting client address.")] = "192.0.2.1",
+    helo: Annotated[str, typer.Option("--helo", help="HELO/EHLO name.")] = "client.example",
+    direction: Annotated[str, typer.Option("--direction", help="inbound or outbound.")] = "inbound",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Run one message through the compiled policy and print the verdict and trace."""
+    from engine.cli.explain_cmd import run_explain
+
+    raise typer.Exit(
+        run_explain(directory, message, mail_from, rcpt or [], client_ip, helo, direction, as_json)
+    )
+
+
+def main() -> None:
+    """Entry point for `python -m engine`."""
+    app()
