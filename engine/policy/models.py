@@ -12,7 +12,16 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
 _NAME_RE = r"^[a-z0-9][a-z0-9_-]*$"
@@ -53,6 +62,13 @@ def check_network(value: str) -> str:
         return str(ipaddress.ip_network(value.strip(), strict=True))
     except ValueError as exc:
         raise ValueError(f"invalid network {value!r}: {exc}") from exc
+
+
+# Item types: validating each list item on its own puts the item index in the error location,
+# so `validate` can point at the offending line (a list-level validator would point at the key).
+DomainName = Annotated[str, AfterValidator(check_domain)]
+AddressPattern = Annotated[str, AfterValidator(check_address_pattern)]
+Network = Annotated[str, AfterValidator(check_network)]
 
 
 class PolicyModel(BaseModel):
@@ -300,12 +316,9 @@ class Route(PolicyModel):
 
 class Recipients(PolicyModel):
     accept: AcceptMode = Field(default=AcceptMode.any, description="any: every address; listed: only `addresses`.")
-    addresses: list[str] = Field(default_factory=list, description="Accepted addresses or *@domain patterns.")
-
-    @field_validator("addresses")
-    @classmethod
-    def _addresses(cls, value: list[str]) -> list[str]:
-        return [check_address_pattern(a) for a in value]
+    addresses: list[AddressPattern] = Field(
+        default_factory=list, description="Accepted addresses or *@domain patterns."
+    )
 
 
 class DkimKey(PolicyModel):
@@ -314,13 +327,8 @@ class DkimKey(PolicyModel):
 
 
 class Outbound(PolicyModel):
-    networks: list[str] = Field(default_factory=list, description="Client networks allowed to send outbound.")
+    networks: list[Network] = Field(default_factory=list, description="Client networks allowed to send outbound.")
     dkim: DkimKey | None = Field(default=None, description="DKIM signing of outbound mail.")
-
-    @field_validator("networks")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        return [check_network(n) for n in value]
 
 
 class DmarcRecord(PolicyModel):
@@ -336,7 +344,7 @@ class Tenant(PolicyModel):
     """tenants/<name>.yaml: one customer, its domains and its own mail servers."""
 
     name: str = Field(pattern=_NAME_RE, description="Unique tenant name (lowercase, digits, - and _).")
-    domains: list[str] = Field(min_length=1, description="Domains whose mail this tenant receives.")
+    domains: list[DomainName] = Field(min_length=1, description="Domains whose mail this tenant receives.")
     routes: list[Route] = Field(default_factory=list, description="The tenant's servers; lowest priority first.")
     recipients: Recipients = Field(default_factory=Recipients, description="Recipient validation at RCPT.")
     lists: list[str] = Field(default_factory=list, description="Lists applied to this tenant's mail.")
@@ -344,11 +352,6 @@ class Tenant(PolicyModel):
     scoring: ScoringOverride = Field(default_factory=ScoringOverride, description="Overrides gateway scoring.")
     outbound: Outbound = Field(default_factory=Outbound, description="Outbound relay settings.")
     dns: TenantDns = Field(default_factory=TenantDns, description="DNS records to publish.")
-
-    @field_validator("domains")
-    @classmethod
-    def _domains(cls, value: list[str]) -> list[str]:
-        return [check_domain(d) for d in value]
 
 
 # ---------------------------------------------------------------- lists/<name>.yaml
@@ -360,26 +363,11 @@ class PolicyList(PolicyModel):
     name: str = Field(pattern=_NAME_RE, description="Unique list name, referenced by gateway and tenants.")
     description: str | None = Field(default=None, description="What the list is for.")
     action: ListAction = Field(description="block: reject; allow: deliver; quarantine: hold.")
-    senders: list[str] = Field(
+    senders: list[AddressPattern] = Field(
         default_factory=list, description="Envelope sender and header From: user@domain or *@domain."
     )
-    domains: list[str] = Field(default_factory=list, description="Sender domains, subdomains included.")
-    networks: list[str] = Field(default_factory=list, description="Client addresses or CIDR networks.")
-
-    @field_validator("senders")
-    @classmethod
-    def _senders(cls, value: list[str]) -> list[str]:
-        return [check_address_pattern(a) for a in value]
-
-    @field_validator("domains")
-    @classmethod
-    def _domains(cls, value: list[str]) -> list[str]:
-        return [check_domain(d) for d in value]
-
-    @field_validator("networks")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        return [check_network(n) for n in value]
+    domains: list[DomainName] = Field(default_factory=list, description="Sender domains, subdomains included.")
+    networks: list[Network] = Field(default_factory=list, description="Client addresses or CIDR networks.")
 
 
 # ---------------------------------------------------------------- rules/<name>.yaml
@@ -508,12 +496,14 @@ class Rule(PolicyModel):
     when: Condition = Field(description="The condition: any / all / not, nested freely.")
     then: Then = Field(description="Score and/or action when the condition holds.")
 
-    @model_validator(mode="before")
+    @field_validator("when", mode="before")
     @classmethod
-    def _non_empty_when(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "when" in data and not data["when"]:
-            raise ValueError("`when` is empty: give a condition (any, all, not, header, body, attachment, mime)")
-        return data
+    def _non_empty_when(cls, value: Any) -> Any:
+        # A field validator (not a model validator) so the error is located at `when` and the
+        # rule's other fields are still validated in the same run.
+        if not value:
+            raise ValueError("`when` is empty: give a condition (" + ", ".join(CONDITION_KEYS) + ")")
+        return value
 
 
 class RuleSet(PolicyModel):
