@@ -1,0 +1,500 @@
+"""Load a policy directory: ruamel.yaml round-trip parsing with line positions, then pydantic.
+
+Contract:
+- `load_policy(root)` never raises for bad content. Every YAML syntax error, duplicate key and
+  schema error it can find is reported as a `Problem` with a 1-based FILE:LINE:COL, all in one run;
+  a file that fails is left out of the loaded tuples (its problems say why).
+- Files: `gateway.yaml` (required), `tenants/*.yaml`, `lists/*.yaml`, `rules/*.yaml` (`.yml` too);
+  hidden files and anything else are ignored. Paths in results are relative POSIX paths.
+- `LoadedFile.positions` maps every mapping key and sequence item, as a JSON path of keys and
+  indexes exactly as written in the YAML, to its (line, col), 1-based.
+- `PolicySource.content_hash` is a sha256 over (relative path, bytes) of every policy file found,
+  sorted by path: identical trees hash identically on any machine.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import hashlib
+import types
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar, Union
+
+from pydantic import BaseModel, Discriminator, Tag, ValidationError
+from pydantic_core import ErrorDetails
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError
+
+from engine.policy.models import (
+    CONDITION_KEYS,
+    Gateway,
+    PolicyList,
+    PolicyModel,
+    RuleSet,
+    Tenant,
+)
+
+Severity = Literal["error", "warning"]
+YamlPath = tuple[str | int, ...]
+M = TypeVar("M", bound=PolicyModel)
+
+GATEWAY_FILES = ("gateway.yaml", "gateway.yml")
+KIND_DIRS = ("tenants", "lists", "rules")
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One finding of `load_policy` / `validate_policy`, located at a 1-based FILE:LINE:COL."""
+
+    severity: Severity
+    file: str
+    line: int
+    col: int
+    message: str
+
+    def format_text(self) -> str:
+        """`FILE:LINE:COL: SEVERITY: MESSAGE`, with FILE relative to the policy directory."""
+        return f"{self.file}:{self.line}:{self.col}: {self.severity}: {self.message}"
+
+    def sort_key(self) -> tuple[str, int, int, str, str]:
+        """Order by file, line, col (then severity and message, for determinism)."""
+        return (self.file, self.line, self.col, self.severity, self.message)
+
+
+# Not slots=True: on Python 3.11 a frozen slotted *generic* dataclass breaks `LoadedFile[X](...)`.
+@dataclass(frozen=True)
+class LoadedFile(Generic[M]):
+    """One policy file that parsed and validated: its model and the positions of its YAML nodes."""
+
+    path: str
+    model: M
+    positions: Mapping[YamlPath, tuple[int, int]] = field(default_factory=dict)
+
+    def position(self, path: YamlPath) -> tuple[int, int]:
+        """(line, col) of `path`; else of its nearest existing ancestor; else (1, 1)."""
+        return nearest_position(self.positions, path)
+
+    def source(self, path: YamlPath) -> str:
+        """`FILE:LINE` of `path` (see `position`), as shown in verdict traces."""
+        return f"{self.path}:{self.position(path)[0]}"
+
+    def problem(self, severity: Severity, path: YamlPath, message: str) -> Problem:
+        """A Problem located at `path` in this file."""
+        line, col = self.position(path)
+        return Problem(severity, self.path, line, col, message)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySource:
+    """Everything `load_policy` read from one policy directory."""
+
+    root: Path
+    gateway: LoadedFile[Gateway] | None
+    tenants: tuple[LoadedFile[Tenant], ...]
+    lists: tuple[LoadedFile[PolicyList], ...]
+    rulesets: tuple[LoadedFile[RuleSet], ...]
+    problems: tuple[Problem, ...]
+    content_hash: str
+    files: tuple[str, ...] = ()  # every policy file found (relative POSIX paths), loaded or not
+
+
+def nearest_position(positions: Mapping[YamlPath, tuple[int, int]], path: YamlPath) -> tuple[int, int]:
+    """(line, col) of `path` in `positions`; else of its nearest recorded ancestor; else (1, 1)."""
+    for end in range(len(path), -1, -1):
+        found = positions.get(path[:end])
+        if found is not None:
+            return found
+    return (1, 1)
+
+
+# ---------------------------------------------------------------- directory
+
+
+def policy_files(root: Path) -> list[str]:
+    """Relative POSIX paths of the policy files under `root`, sorted."""
+    found: list[str] = [name for name in GATEWAY_FILES if (root / name).is_file()]
+    for kind in KIND_DIRS:
+        directory = root / kind
+        if not directory.is_dir():
+            continue
+        for child in directory.iterdir():
+            if child.suffix in YAML_SUFFIXES and not child.name.startswith(".") and child.is_file():
+                found.append(f"{kind}/{child.name}")
+    return sorted(found)
+
+
+def content_hash(root: Path, files: Sequence[str]) -> str:
+    """sha256 over (relative path, length, bytes) of each file, in sorted path order."""
+    digest = hashlib.sha256()
+    for rel in sorted(files):
+        data = (root / rel).read_bytes()
+        digest.update(f"{rel}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def load_policy(root: Path) -> PolicySource:
+    """Load and schema-validate every policy file under `root`; see the module docstring."""
+    files = policy_files(root)
+    problems: list[Problem] = []
+    gateway: LoadedFile[Gateway] | None = None
+    tenants: list[LoadedFile[Tenant]] = []
+    lists: list[LoadedFile[PolicyList]] = []
+    rulesets: list[LoadedFile[RuleSet]] = []
+
+    gateway_files = [f for f in files if "/" not in f]
+    if not gateway_files:
+        problems.append(Problem("error", "gateway.yaml", 1, 1, "gateway.yaml is missing: it is required"))
+    for extra in gateway_files[1:]:
+        problems.append(Problem("warning", extra, 1, 1, f"ignored: {gateway_files[0]} is used"))
+    if gateway_files:
+        gateway = load_file(root, gateway_files[0], Gateway, problems)
+
+    for rel in files:
+        kind = rel.partition("/")[0]
+        if kind == "tenants":
+            _append(tenants, load_file(root, rel, Tenant, problems))
+        elif kind == "lists":
+            _append(lists, load_file(root, rel, PolicyList, problems))
+        elif kind == "rules":
+            _append(rulesets, load_file(root, rel, RuleSet, problems))
+
+    try:
+        digest = content_hash(root, files)
+    except OSError:
+        digest = ""  # a file vanished or is unreadable; load_file has reported it
+    return PolicySource(
+        root=root,
+        gateway=gateway,
+        tenants=tuple(tenants),
+        lists=tuple(lists),
+        rulesets=tuple(rulesets),
+        problems=tuple(sorted(problems, key=Problem.sort_key)),
+        content_hash=digest,
+        files=tuple(files),
+    )
+
+
+def _append(items: list[LoadedFile[M]], item: LoadedFile[M] | None) -> None:
+    if item is not None:
+        items.append(item)
+
+
+# ---------------------------------------------------------------- one file
+
+
+def load_file(root: Path, rel: str, model: type[M], problems: list[Problem]) -> LoadedFile[M] | None:
+    """Parse and validate `root/rel` as `model`; append problems and return None when it fails."""
+    try:
+        text = (root / rel).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        problems.append(Problem("error", rel, 1, 1, f"not UTF-8 text: {exc.reason} at byte {exc.start}"))
+        return None
+    except OSError as exc:
+        problems.append(Problem("error", rel, 1, 1, f"cannot read: {exc.strerror or exc}"))
+        return None
+    loaded = parse_yaml(rel, text, problems)
+    if loaded is None:
+        return None
+    data, positions = loaded
+    try:
+        validated = model.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(schema_problems(rel, model, exc, data, positions))
+        return None
+    return LoadedFile(path=rel, model=validated, positions=types.MappingProxyType(positions))
+
+
+def parse_yaml(
+    rel: str, text: str, problems: list[Problem]
+) -> tuple[dict[str, Any], dict[YamlPath, tuple[int, int]]] | None:
+    """Round-trip parse `text`; return (plain data, positions), or append a problem and return None."""
+    yaml = YAML(typ="rt")
+    try:
+        document = yaml.load(text)
+    except MarkedYAMLError as exc:
+        problems.append(_yaml_problem(rel, exc))
+        return None
+    except Exception as exc:  # ruamel raises plain ValueError etc. for e.g. `!!int x`
+        problems.append(Problem("error", rel, 1, 1, f"invalid YAML: {exc}"))
+        return None
+    if not isinstance(document, CommentedMap):
+        what = "empty" if document is None else f"a {_yaml_type(document)}"
+        problems.append(Problem("error", rel, 1, 1, f"the file is {what}: expected a mapping of keys"))
+        return None
+    positions: dict[YamlPath, tuple[int, int]] = {(): (document.lc.line + 1, document.lc.col + 1)}
+    data = _plain(document, (), positions, set())
+    assert isinstance(data, dict)
+    return data, positions
+
+
+def _yaml_problem(rel: str, exc: MarkedYAMLError) -> Problem:
+    mark = exc.problem_mark or exc.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+    problem = (exc.problem or "invalid YAML").strip()
+    if isinstance(exc, DuplicateKeyError):
+        key = problem.split('"')[1] if problem.count('"') >= 2 else "?"
+        message = f"duplicate key '{key}'"
+        if exc.context_mark is not None:
+            message += f" (first at line {exc.context_mark.line + 1})"
+        return Problem("error", rel, line, col, message)
+    context = (exc.context or "").strip()
+    start = exc.context_mark
+    if "quoted scalar" in context and "end of stream" in problem and start is not None:
+        # The scanner only notices at the end of the stream; the useful place is the opening quote.
+        return Problem("error", rel, start.line + 1, start.column + 1, "unclosed quote")
+    if "'\\t'" in problem:
+        return Problem("error", rel, line, col, "tab character: YAML indentation must use spaces")
+    if "another document" in problem:
+        return Problem("error", rel, line, col, "a second YAML document: a policy file holds exactly one")
+    message = problem
+    if context and start is not None:
+        message += f" ({context} at line {start.line + 1}, col {start.column + 1})"
+    elif context:
+        message += f" ({context})"
+    return Problem("error", rel, line, col, message)
+
+
+def _yaml_type(value: object) -> str:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    return type(value).__name__
+
+
+def _plain(node: Any, path: YamlPath, positions: dict[YamlPath, tuple[int, int]], active: set[int]) -> Any:
+    """Copy a ruamel node into plain dict/list/str/int/float/bool, recording positions under `path`."""
+    if isinstance(node, CommentedMap):
+        if id(node) in active:
+            return None  # recursive alias: leave it to the schema to complain
+        active.add(id(node))
+        result: dict[Any, Any] = {}
+        for key, value in node.items():
+            plain_key = key if isinstance(key, str | int) and not isinstance(key, bool) else str(key)
+            child: YamlPath = (*path, plain_key)
+            line, col = node.lc.key(key)
+            positions.setdefault(child, (line + 1, col + 1))
+            result[plain_key] = _plain(value, child, positions, active)
+        active.discard(id(node))
+        return result
+    if isinstance(node, CommentedSeq):
+        if id(node) in active:
+            return None
+        active.add(id(node))
+        items: list[Any] = []
+        for index, value in enumerate(node):
+            child = (*path, index)
+            line, col = node.lc.item(index)
+            positions.setdefault(child, (line + 1, col + 1))
+            items.append(_plain(value, child, positions, active))
+        active.discard(id(node))
+        return items
+    if isinstance(node, TaggedScalar):
+        return node.value
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, str):
+        return str(node)
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, datetime.date):
+        return node.isoformat()  # every policy field that takes text takes it as a string
+    return node
+
+
+# ---------------------------------------------------------------- schema errors
+
+
+@dataclass(slots=True)
+class _Located:
+    """A pydantic error location translated into the YAML: path, and what the walk learned."""
+
+    path: list[str | int]
+    parent: type[BaseModel] | None = None  # the model holding the last key, when known
+    via_union: bool = False  # the loc went through a plain (non-discriminated) union member
+
+
+def schema_problems(
+    rel: str,
+    model: type[BaseModel],
+    exc: ValidationError,
+    data: Mapping[str, Any],
+    positions: Mapping[YamlPath, tuple[int, int]],
+) -> list[Problem]:
+    """One Problem per pydantic error (plain-union alternatives merged), located in the YAML."""
+    merged: dict[tuple[YamlPath, str], list[str]] = {}
+    order: list[tuple[YamlPath, str]] = []
+    for error in exc.errors(include_url=False):
+        located = _locate(model, error["loc"])
+        target, message = _describe(error, located, data)
+        key = (target, message if not located.via_union else "")
+        if key not in merged:
+            merged[key] = []
+            order.append(key)
+        if message not in merged[key]:
+            merged[key].append(message)
+    problems: list[Problem] = []
+    for key in order:
+        target, _ = key
+        messages = merged[key]
+        text = messages[0] if len(messages) == 1 else _merge_alternatives(messages)
+        line, col = nearest_position(positions, target)
+        problems.append(Problem("error", rel, line, col, text))
+    return problems
+
+
+def _merge_alternatives(messages: list[str]) -> str:
+    prefix = messages[0].partition(": ")[0] + ": " if ": " in messages[0] else ""
+    if prefix and all(m.startswith(prefix) for m in messages):
+        return prefix + " or ".join(m[len(prefix) :] for m in messages)
+    return " or ".join(messages)
+
+
+def _describe(error: ErrorDetails, located: _Located, data: Mapping[str, Any]) -> tuple[YamlPath, str]:
+    """(where to point, human message) for one pydantic error."""
+    path = tuple(located.path)
+    kind = error["type"]
+    if kind == "extra_forbidden" and path:
+        key = path[-1]
+        message = f"unknown key '{key}'"
+        allowed = _allowed_keys(located.parent)
+        if located.parent is not None and _is_condition(located.parent) and key in CONDITION_KEYS:
+            return path, f"{message}: a condition has exactly one key; combine conditions with any: or all:"
+        suggestion = difflib.get_close_matches(str(key), allowed, n=1)
+        if suggestion:
+            message += f"; did you mean '{suggestion[0]}'?"
+        elif allowed:
+            message += f" (expected one of: {', '.join(allowed)})"
+        return path, message
+    if kind == "missing" and path:
+        return path[:-1], f"missing required key '{path[-1]}'"
+    if kind == "condition_kind":
+        value = _value_at(data, path)
+        expected = ", ".join(CONDITION_KEYS)
+        if isinstance(value, dict) and value:
+            unknown = next((k for k in value if k not in CONDITION_KEYS), next(iter(value)))
+            message = f"unknown condition '{unknown}'"
+            suggestion = difflib.get_close_matches(str(unknown), CONDITION_KEYS, n=1)
+            if suggestion:
+                message += f"; did you mean '{suggestion[0]}'?"
+            return (*path, unknown), f"{message} (a condition is one of: {expected})"
+        if isinstance(value, dict):
+            return path, f"empty condition: give one of {expected}"
+        return path, f"a condition must be a mapping with one of: {expected} (got {_yaml_type(value)})"
+    message = error["msg"]
+    if kind == "string_pattern_mismatch":
+        message = f"{error['input']!r} does not match the pattern {error.get('ctx', {}).get('pattern', '?')}"
+    for noise in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(noise)
+    field_name = next((p for p in reversed(path) if isinstance(p, str)), None)
+    if field_name is not None and not message.startswith(f"`{field_name}`"):
+        message = f"{field_name}: {message}"
+    return path, message
+
+
+def _value_at(data: Any, path: YamlPath) -> Any:
+    """The plain value at `path`, or None when the path does not exist."""
+    for segment in path:
+        if isinstance(data, list) and isinstance(segment, int):
+            data = data[segment] if 0 <= segment < len(data) else None
+        elif isinstance(data, dict):
+            data = data.get(segment)
+        else:
+            return None
+    return data
+
+
+def _is_condition(model: type[BaseModel]) -> bool:
+    keys = _field_keys(model)
+    return len(keys) == 1 and keys[0] in CONDITION_KEYS
+
+
+def _field_keys(model: type[BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _allowed_keys(model: type[BaseModel] | None) -> list[str]:
+    return _field_keys(model) if model is not None else []
+
+
+def _locate(model: type[BaseModel], loc: tuple[str | int, ...]) -> _Located:
+    """Walk a pydantic `loc` along the model's types, dropping union tag segments the YAML lacks."""
+    located = _Located(path=[])
+    annotation: Any = model
+    for segment in loc:
+        annotation, tagged = _unwrap(annotation)
+        if tagged is not None:  # discriminated union: this segment is the tag
+            annotation = tagged.get(str(segment))
+            continue
+        if _is_plain_union(annotation):  # smart union: this segment names the member tried
+            located.via_union = True
+            annotation = None
+            continue
+        located.path.append(segment)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            located.parent = annotation
+            annotation = _field_annotation(annotation, str(segment))
+        elif typing.get_origin(annotation) in (list, tuple, set, frozenset):
+            args = typing.get_args(annotation)
+            annotation = args[0] if args else None
+        elif typing.get_origin(annotation) is dict:
+            args = typing.get_args(annotation)
+            annotation = args[1] if len(args) == 2 else None
+        else:
+            annotation = None
+    return located
+
+
+def _field_annotation(model: type[BaseModel], key: str) -> Any:
+    for name, info in model.model_fields.items():
+        if key in (name, info.alias):
+            if any(isinstance(meta, Discriminator) for meta in info.metadata):
+                return typing.Annotated[info.annotation, *info.metadata]
+            return info.annotation
+    return None
+
+
+def _unwrap(annotation: Any) -> tuple[Any, dict[str, Any] | None]:
+    """Strip Annotated/Optional; for a discriminated union also return {tag: member type}."""
+    discriminated = False
+    while True:
+        if typing.get_origin(annotation) is typing.Annotated:
+            base, *metadata = typing.get_args(annotation)
+            discriminated = discriminated or any(isinstance(m, Discriminator) for m in metadata)
+            annotation = base
+            continue
+        if _is_union(annotation):
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if discriminated:
+                return annotation, dict(_tagged_members(members))
+            if len(members) == 1:
+                annotation = members[0]
+                continue
+        return annotation, None
+
+
+def _tagged_members(members: list[Any]) -> Iterator[tuple[str, Any]]:
+    for member in members:
+        if typing.get_origin(member) is typing.Annotated:
+            base, *metadata = typing.get_args(member)
+            for meta in metadata:
+                if isinstance(meta, Tag):
+                    yield meta.tag, base
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (Union, types.UnionType)
+
+
+def _is_plain_union(annotation: Any) -> bool:
+    return _is_union(annotation) and len([a for a in typing.get_args(annotation) if a is not type(None)]) > 1

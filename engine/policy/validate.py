@@ -1,0 +1,277 @@
+"""Semantic checks over a loaded policy (DESIGN.md `validate`): what one file's schema cannot see.
+
+Contract: `validate_policy(source)` returns the loader's problems plus every semantic problem,
+each located at the FILE:LINE:COL of the offending item, sorted by (file, line, col). It reads
+nothing but the policy and, for the secret check, asks `git` which files it tracks. Errors make
+the policy invalid; warnings alone do not (the CLI decides the exit code).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import re2
+
+from engine.policy.loader import LoadedFile, PolicySource, Problem, Severity, YamlPath
+from engine.policy.models import (
+    AllCondition,
+    AnyCondition,
+    AttachmentCondition,
+    BodyCondition,
+    HeaderCondition,
+    ListAction,
+    NotCondition,
+    PolicyModel,
+)
+
+ENV_PREFIX = "env:"
+
+
+def validate_policy(source: PolicySource) -> tuple[Problem, ...]:
+    """Load problems + semantic problems, deduplicated and sorted by (file, line, col)."""
+    problems: set[Problem] = set(source.problems)
+    for check in (
+        _duplicate_names,
+        _duplicate_rule_ids,
+        _shared_domains,
+        _missing_references,
+        _bad_regexes,
+        _tenants_without_routes,
+        _allowed_and_blocked,
+        _names_match_files,
+        _tracked_secrets,
+    ):
+        problems.update(check(source))
+    return tuple(sorted(problems, key=Problem.sort_key))
+
+
+@dataclass(frozen=True, slots=True)
+class _Site:
+    """One place in the policy: a file and a YAML path in it."""
+
+    file: LoadedFile[Any]
+    path: YamlPath
+
+    def where(self) -> str:
+        """`FILE:LINE`, for messages that name another place."""
+        return self.file.source(self.path)
+
+    def problem(self, severity: Severity, message: str) -> Problem:
+        return self.file.problem(severity, self.path, message)
+
+
+def _all_files(source: PolicySource) -> Iterator[LoadedFile[Any]]:
+    if source.gateway is not None:
+        yield source.gateway
+    yield from source.tenants
+    yield from source.lists
+    yield from source.rulesets
+
+
+# ---------------------------------------------------------------- names and ids
+
+
+def _duplicate_names(source: PolicySource) -> Iterator[Problem]:
+    """A second tenant / list / rule set with an already used name (files in path order)."""
+    kinds: list[tuple[str, Sequence[LoadedFile[Any]]]] = [
+        ("tenant", source.tenants),
+        ("list", source.lists),
+        ("rule set", source.rulesets),
+    ]
+    for kind, files in kinds:
+        first: dict[str, _Site] = {}
+        for loaded in files:
+            site = _Site(loaded, ("name",))
+            name = loaded.model.name
+            if name in first:
+                yield site.problem("error", f"duplicate {kind} name '{name}': already defined at {first[name].where()}")
+            else:
+                first[name] = site
+
+
+def _duplicate_rule_ids(source: PolicySource) -> Iterator[Problem]:
+    """Rule ids are unique across the whole policy."""
+    first: dict[str, _Site] = {}
+    for loaded in source.rulesets:
+        for index, rule in enumerate(loaded.model.rules):
+            site = _Site(loaded, ("rules", index, "id"))
+            if rule.id in first:
+                where = first[rule.id].where()
+                yield site.problem("error", f"duplicate rule id '{rule.id}': already defined at {where}")
+            else:
+                first[rule.id] = site
+
+
+def _names_match_files(source: PolicySource) -> Iterator[Problem]:
+    """`tenants/acme.yaml` should say `name: acme`."""
+    named: list[LoadedFile[Any]] = [*source.tenants, *source.lists, *source.rulesets]
+    for loaded in named:
+        stem = PurePosixPath(loaded.path).stem
+        name = loaded.model.name
+        if stem != name:
+            yield loaded.problem(
+                "warning", ("name",), f"name '{name}' differs from the file name '{stem}': rename one of them"
+            )
+
+
+# ---------------------------------------------------------------- tenants
+
+
+def _shared_domains(source: PolicySource) -> Iterator[Problem]:
+    """A domain owned by two tenants: one error at each place, naming the other(s)."""
+    owners: dict[str, list[tuple[str, _Site]]] = {}
+    for loaded in source.tenants:
+        seen: dict[str, _Site] = {}
+        for index, domain in enumerate(loaded.model.domains):
+            site = _Site(loaded, ("domains", index))
+            if domain in seen:
+                yield site.problem("warning", f"domain '{domain}' is listed twice (first at {seen[domain].where()})")
+                continue
+            seen[domain] = site
+            owners.setdefault(domain, []).append((loaded.model.name, site))
+    for domain, places in owners.items():
+        for _, site in places:
+            others = [f"tenant '{t}' ({s.where()})" for t, s in places if s is not site]
+            if others:
+                yield site.problem("error", f"domain '{domain}' is also owned by {', '.join(others)}")
+
+
+def _tenants_without_routes(source: PolicySource) -> Iterator[Problem]:
+    for loaded in source.tenants:
+        if not loaded.model.routes:
+            path: YamlPath = ("routes",) if ("routes",) in loaded.positions else ("name",)
+            yield loaded.problem(
+                "error", path, f"tenant '{loaded.model.name}' has no routes: accepted mail could not be delivered"
+            )
+
+
+def _missing_references(source: PolicySource) -> Iterator[Problem]:
+    """`lists:` / `rules:` of the gateway and tenants name lists and rule sets that exist."""
+    # A file that failed to load has its own problems; assume it defines its stem, so that one
+    # broken list does not also produce an error at every reference to it.
+    loaded_paths = {f.path for f in _all_files(source)}
+    broken = [PurePosixPath(rel) for rel in source.files if rel not in loaded_paths]
+    lists = {f.model.name for f in source.lists} | {p.stem for p in broken if p.parent.name == "lists"}
+    rulesets = {f.model.name for f in source.rulesets} | {p.stem for p in broken if p.parent.name == "rules"}
+    referrers: list[LoadedFile[Any]] = [*([source.gateway] if source.gateway else []), *source.tenants]
+    for loaded in referrers:
+        model = loaded.model
+        for index, name in enumerate(model.lists):
+            if name not in lists:
+                hint = " (it is a rule set: put it under rules:)" if name in rulesets else ""
+                yield loaded.problem("error", ("lists", index), f"unknown list '{name}'{hint}")
+        for index, name in enumerate(model.rules):
+            if name not in rulesets:
+                hint = " (it is a list: put it under lists:)" if name in lists else ""
+                yield loaded.problem("error", ("rules", index), f"unknown rule set '{name}'{hint}")
+
+
+# ---------------------------------------------------------------- lists
+
+
+_LIST_FIELDS = (("senders", "sender"), ("domains", "domain"), ("networks", "network"))
+
+
+def _allowed_and_blocked(source: PolicySource) -> Iterator[Problem]:
+    """An entry on an allow list and on a block list: the block list wins, the allow entry is dead."""
+    blocked: dict[tuple[str, str], _Site] = {}
+    for loaded in source.lists:
+        if loaded.model.action is ListAction.block:
+            for field, _ in _LIST_FIELDS:
+                for index, entry in enumerate(getattr(loaded.model, field)):
+                    blocked.setdefault((field, entry), _Site(loaded, (field, index)))
+    for loaded in source.lists:
+        if loaded.model.action is not ListAction.allow:
+            continue
+        for field, noun in _LIST_FIELDS:
+            for index, entry in enumerate(getattr(loaded.model, field)):
+                block = blocked.get((field, entry))
+                if block is not None:
+                    yield loaded.problem(
+                        "warning",
+                        (field, index),
+                        f"{noun} '{entry}' is also on block list '{block.file.model.name}' ({block.where()}),"
+                        " which takes precedence",
+                    )
+
+
+# ---------------------------------------------------------------- regexes
+
+
+def _bad_regexes(source: PolicySource) -> Iterator[Problem]:
+    """Every header/body regex and attachment filename pattern compiles with RE2."""
+    options = re2.Options()
+    options.log_errors = False
+    for loaded in source.rulesets:
+        for index, rule in enumerate(loaded.model.rules):
+            for path, pattern in _patterns(rule.when, ("rules", index, "when")):
+                try:
+                    re2.compile(pattern, options=options)
+                except re2.error as exc:
+                    reason = exc.args[0] if exc.args else exc
+                    if isinstance(reason, bytes):
+                        reason = reason.decode("utf-8", "replace")
+                    yield loaded.problem("error", path, f"{path[-1]}: RE2 cannot compile '{pattern}': {reason}")
+
+
+def _patterns(condition: PolicyModel, path: YamlPath) -> Iterator[tuple[YamlPath, str]]:
+    """(YAML path, pattern) of every RE2 pattern in a condition tree."""
+    if isinstance(condition, AnyCondition):
+        for index, child in enumerate(condition.any):
+            yield from _patterns(child, (*path, "any", index))
+    elif isinstance(condition, AllCondition):
+        for index, child in enumerate(condition.all):
+            yield from _patterns(child, (*path, "all", index))
+    elif isinstance(condition, NotCondition):
+        yield from _patterns(condition.not_, (*path, "not"))
+    elif isinstance(condition, HeaderCondition) and condition.header.regex is not None:
+        yield (*path, "header", "regex"), condition.header.regex
+    elif isinstance(condition, BodyCondition) and condition.body.regex is not None:
+        yield (*path, "body", "regex"), condition.body.regex
+    elif isinstance(condition, AttachmentCondition) and condition.attachment.filename is not None:
+        yield (*path, "attachment", "filename"), condition.attachment.filename
+
+
+# ---------------------------------------------------------------- secrets
+
+
+def _tracked_secrets(source: PolicySource) -> Iterator[Problem]:
+    """A secret referenced by path (not `env:NAME`) must not be tracked by git."""
+    secrets: list[tuple[_Site, str]] = []
+    if source.gateway is not None and source.gateway.model.tls.key is not None:
+        secrets.append((_Site(source.gateway, ("tls", "key")), source.gateway.model.tls.key))
+    for loaded in source.tenants:
+        dkim = loaded.model.outbound.dkim
+        if dkim is not None:
+            secrets.append((_Site(loaded, ("outbound", "dkim", "private_key")), dkim.private_key))
+    by_path = [(site, value) for site, value in secrets if not value.startswith(ENV_PREFIX)]
+    if not by_path or not _in_git_work_tree(source.root):
+        return
+    for site, value in by_path:
+        if _git_tracks(source.root, value):
+            yield site.problem(
+                "error",
+                f"secret '{value}' is tracked by git: remove it from the repository (git rm --cached) "
+                f"and reference it by a path outside git or as {ENV_PREFIX}NAME",
+            )
+
+
+def _git(root: Path, args: Iterable[str]) -> str | None:
+    """Standard output of `git ARGS` run in `root`; None when it fails or git cannot be run."""
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _in_git_work_tree(root: Path) -> bool:
+    return (_git(root, ["rev-parse", "--is-inside-work-tree"]) or "").strip() == "true"
+
+
+def _git_tracks(root: Path, path: str) -> bool:
+    return _git(root, ["ls-files", "--error-unmatch", "--", path]) is not None
