@@ -1,0 +1,87 @@
+"""`liveprism explain`: one message through the compiled graph, verdict and trace printed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from engine.graph.compiler import load_graph
+from engine.graph.evaluator import RcptResult
+from engine.graph.verdict import Decision
+from engine.policy.models import Direction
+
+
+def run_explain(
+    directory: Path,
+    message: Path,
+    mail_from: str,
+    rcpts: list[str],
+    client_ip: str,
+    helo: str,
+    direction: str,
+    as_json: bool,
+) -> int:
+    """Print the decision for one message; exit 0, or 2 for a usage error / invalid policy."""
+    if not rcpts:
+        print("error: give at least one --rcpt", file=sys.stderr)
+        return 2
+    try:
+        flow = Direction(direction)
+        raw = sys.stdin.buffer.read() if str(message) == "-" else message.read_bytes()
+    except ValueError:
+        print(f"error: --direction must be inbound or outbound, not {direction!r}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot read message: {exc}", file=sys.stderr)
+        return 2
+    result = load_graph(directory)
+    if result.graph is None:
+        for problem in result.problems:
+            if problem.severity == "error":
+                print(f"{directory / problem.file}:{problem.line}:{problem.col}: error: {problem.message}",
+                      file=sys.stderr)
+        print("error: the policy is invalid; run `liveprism validate`", file=sys.stderr)
+        return 2
+    decision, rcpt_results = result.graph.explain(
+        raw=raw, mail_from=mail_from, rcpts=rcpts, client_ip=client_ip, direction=flow
+    )
+    if as_json:
+        print(json.dumps(explain_json(decision, rcpt_results, helo), indent=2))
+    else:
+        print(render_text(decision, rcpt_results))
+    return 0
+
+
+def explain_json(decision: Decision, rcpt_results: tuple[RcptResult, ...], helo: str) -> dict[str, object]:
+    """DESIGN.md's `explain --json` object, plus `stage`, `helo` and per-recipient RCPT replies."""
+    data = decision.to_json()
+    data["helo"] = helo
+    data["recipients"] = {
+        result.address: {"tenant": result.tenant, "reply": str(result.reply) if result.reply else "250 2.1.5 ok"}
+        for result in rcpt_results
+    }
+    return data
+
+
+def render_text(decision: Decision, rcpt_results: tuple[RcptResult, ...]) -> str:
+    """A short human-readable trace: recipients, then each tenant's hits and decision."""
+    lines = [f"policy {decision.policy_version}", ""]
+    for result in rcpt_results:
+        reply = str(result.reply) if result.reply else "250 2.1.5 ok"
+        lines.append(f"RCPT {result.address:<32} tenant={result.tenant or '-':<12} {reply}")
+    if rcpt_results:
+        lines.append("")
+    for name, verdict in decision.tenants.items():
+        lines.append(
+            f"tenant {name}: {verdict.action.value.upper()} (score {verdict.score:g}, reason {verdict.reason},"
+            f" stage {verdict.stage}) -> {', '.join(verdict.routes) or 'no route'}"
+        )
+        if not verdict.hits:
+            lines.append("  no hits")
+        for hit in verdict.hits:
+            action = hit.action.value if hit.action else "-"
+            lines.append(f"  {hit.kind:<6} {hit.id:<34} score {hit.score:>5g}  action {action:<10} {hit.source}")
+        lines.append("")
+    lines.append(f"decision: {decision.action.value.upper()} at {decision.stage}; reply: {decision.reply}")
+    return "\n".join(lines)

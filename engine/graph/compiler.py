@@ -1,0 +1,122 @@
+"""Compile a loaded, validated policy into an immutable `FilterGraph`.
+
+Contract: `compile_policy` expects a `PolicySource` without errors (run `validate_policy`
+first; `load_graph` does both). The graph's version is the content hash of the policy files,
+plus the git commit when the policy directory is inside a git work tree. All matchers are
+built here, once; evaluation never compiles anything.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.graph.content import ContentIndex
+from engine.graph.evaluator import CompiledRule, FilterGraph, TenantPlan
+from engine.graph.lists import ListEntry, ListIndex
+from engine.policy.loader import LoadedFile, PolicySource, Problem, load_policy
+from engine.policy.models import Condition, Direction, Gateway, PolicyList, Scoring, Tenant
+from engine.policy.validate import validate_policy
+
+
+@dataclass(frozen=True, slots=True)
+class GraphResult:
+    """A compiled graph, or None with the problems that prevented it (warnings come along too)."""
+
+    graph: FilterGraph | None
+    problems: tuple[Problem, ...]
+
+
+def load_graph(root: Path) -> GraphResult:
+    """Load, validate and compile the policy directory `root`; never raises for bad policy."""
+    source = load_policy(root)
+    problems = validate_policy(source)
+    if any(problem.severity == "error" for problem in problems) or source.gateway is None:
+        return GraphResult(None, problems)
+    return GraphResult(compile_policy(source), problems)
+
+
+def policy_version(source: PolicySource) -> str:
+    """`<content hash[:12]>` plus `+git.<commit[:12]>` when the directory is in a git work tree."""
+    version = source.content_hash[:12]
+    commit = _git_commit(source.root)
+    return f"{version}+git.{commit[:12]}" if commit else version
+
+
+def _git_commit(root: Path) -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def _list_entries(loaded: LoadedFile[PolicyList]) -> Iterator[ListEntry]:
+    policy_list = loaded.model
+    for field in ("senders", "domains", "networks"):
+        for index, value in enumerate(getattr(policy_list, field)):
+            yield ListEntry(policy_list.name, policy_list.action, field, value, loaded.source((field, index)))
+
+
+def _effective_scoring(gateway: Gateway, tenant: Tenant) -> Scoring:
+    overrides = {key: value for key, value in tenant.scoring.model_dump().items() if value is not None}
+    return gateway.scoring.model_copy(update=overrides)
+
+
+def compile_policy(source: PolicySource) -> FilterGraph:
+    """Build the graph. Raises only on a policy that `validate_policy` would have rejected."""
+    assert source.gateway is not None, "compile_policy needs a gateway.yaml"
+    gateway = source.gateway.model
+
+    conditions: list[Condition] = []
+    rules: list[CompiledRule] = []
+    rules_by_set: dict[str, list[int]] = {}
+    for loaded in source.rulesets:
+        indexes = rules_by_set.setdefault(loaded.model.name, [])
+        for position, rule in enumerate(loaded.model.rules):
+            indexes.append(len(rules))
+            conditions.append(rule.when)
+            rules.append(
+                CompiledRule(
+                    rule.id, rule.then.score, rule.then.action, rule.then.message, rule.direction,
+                    loaded.source(("rules", position)),
+                )
+            )
+
+    entries = [entry for loaded in source.lists for entry in _list_entries(loaded)]
+
+    tenants: dict[str, TenantPlan] = {}
+    for loaded in source.tenants:
+        tenant = loaded.model
+        rule_indexes = [i for name in (*gateway.rules, *tenant.rules) for i in rules_by_set.get(name, ())]
+        inbound = frozenset(i for i in rule_indexes if rules[i].direction is not Direction.outbound)
+        outbound = frozenset(i for i in rule_indexes if rules[i].direction is not Direction.inbound)
+        listed = tenant.recipients.addresses
+        tenants[tenant.name] = TenantPlan(
+            name=tenant.name,
+            domains=tuple(tenant.domains),
+            routes=tuple(sorted(tenant.routes, key=lambda route: route.priority)),
+            accept=tenant.recipients.accept,
+            recipient_addresses=frozenset(a for a in listed if not a.startswith("*@")),
+            recipient_domains=frozenset(a[2:] for a in listed if a.startswith("*@")),
+            list_names=frozenset((*gateway.lists, *tenant.lists)),
+            inbound_rules=inbound,
+            outbound_rules=outbound,
+            scoring=_effective_scoring(gateway, tenant),
+            outbound_networks=tuple(tenant.outbound.networks),
+            source=loaded.source(()),
+        )
+
+    return FilterGraph(
+        version=policy_version(source),
+        gateway=gateway,
+        tenants=tenants,
+        rules=rules,
+        content=ContentIndex(conditions),
+        lists=ListIndex(entries),
+        global_lists=frozenset(gateway.lists),
+    )

@@ -1,0 +1,350 @@
+"""The compiled, immutable filter graph and its stage-by-stage evaluation.
+
+Stages follow the SMTP transaction so that each decision is taken at the earliest stage that
+can see its input (DESIGN.md "Decisions"):
+- `connect(ip)` / `mail(ip, sender)`: lists applied to every tenant (gateway `lists`), by client
+  network and envelope sender;
+- `rcpt(ip, sender, rcpt)`: open-relay refusal, recipient validation, the recipient tenant's
+  own lists by network and envelope sender;
+- `data(...)`: content rules, header From against lists, score thresholds, one verdict per
+  tenant, and the one reply for the client.
+`explain(...)` runs every stage in order: `serve`, `explain` and the BDD steps share this path.
+Nothing here raises on bad input and nothing mutates the graph: a reload swaps the whole object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from engine.graph.content import ContentIndex
+from engine.graph.lists import ListEntry, ListIndex
+from engine.graph.verdict import (
+    HIT_MALFORMED_MIME,
+    KIND_ANTIVIRUS,
+    KIND_LIST,
+    KIND_MIME,
+    KIND_RULE,
+    REASON_ALLOW_LIST,
+    REASON_BLOCK_LIST,
+    REASON_CLEAN,
+    REASON_RELAY_DENIED,
+    REASON_RULE_ACTION,
+    REASON_SCORE,
+    REASON_UNKNOWN_USER,
+    REASON_VIRUS,
+    REPLY_RELAY_DENIED,
+    REPLY_UNKNOWN_USER,
+    Decision,
+    Hit,
+    Reply,
+    TenantVerdict,
+    action_reply,
+)
+from engine.mime.view import MessageView, parse_message
+from engine.policy.models import AcceptMode, Action, Direction, Gateway, ListAction, Route, Scoring
+
+ACCEPTED_ACTIONS = frozenset({Action.deliver, Action.tag, Action.quarantine, Action.discard})
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """One content rule, flattened: what it does and where it was written."""
+
+    id: str
+    score: float | None
+    action: Action | None
+    message: str | None
+    direction: Direction
+    source: str
+
+    def hit(self) -> Hit:
+        return Hit(self.id, KIND_RULE, self.score or 0.0, self.action, self.source, self.message)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPlan:
+    """One tenant, compiled: routes in order, recipient matcher, lists, rules and thresholds."""
+
+    name: str
+    domains: tuple[str, ...]
+    routes: tuple[Route, ...]
+    accept: AcceptMode
+    recipient_addresses: frozenset[str]
+    recipient_domains: frozenset[str]
+    list_names: frozenset[str]
+    inbound_rules: frozenset[int]
+    outbound_rules: frozenset[int]
+    scoring: Scoring
+    outbound_networks: tuple[str, ...]
+    source: str
+
+    def accepts_recipient(self, address: str) -> bool:
+        if self.accept is AcceptMode.any:
+            return True
+        return address in self.recipient_addresses or address.rpartition("@")[2] in self.recipient_domains
+
+    def rules_for(self, direction: Direction) -> frozenset[int]:
+        return self.outbound_rules if direction is Direction.outbound else self.inbound_rules
+
+    def score_action(self, score: float) -> Action:
+        if score >= self.scoring.reject_at:
+            return Action.reject
+        if score >= self.scoring.quarantine_at:
+            return Action.quarantine
+        if score >= self.scoring.tag_at:
+            return Action.tag
+        return Action.deliver
+
+
+@dataclass(frozen=True, slots=True)
+class RcptResult:
+    """Outcome of RCPT TO: the owning tenant (None when no tenant owns the domain) and a refusal."""
+
+    address: str
+    tenant: str | None
+    reply: Reply | None
+    reason: str = ""
+    hits: tuple[Hit, ...] = ()
+
+    @property
+    def accepted(self) -> bool:
+        return self.reply is None
+
+
+def _list_hit(entry: ListEntry) -> Hit:
+    action = {ListAction.block: Action.reject, ListAction.allow: Action.deliver}.get(entry.action, Action.quarantine)
+    return Hit(entry.list_name, KIND_LIST, 0.0, action, entry.source, f"{entry.field}: {entry.value}")
+
+
+def normalise_address(address: str) -> str:
+    """Lowercase an envelope address and drop angle brackets; "" stays "" (the null sender)."""
+    return address.strip().strip("<>").strip().lower()
+
+
+def _relay_trick(address: str) -> bool:
+    """Addresses that only look local: %-hacks, bang paths, source routes, quoted @, literals."""
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        return True
+    return (
+        address.startswith("@")
+        or any(ch in local for ch in "%!@:\"")
+        or domain.startswith("[")
+        or any(ch in domain for ch in "%!@:[] ")
+    )
+
+
+class FilterGraph:
+    """The compiled policy. Immutable after construction; safe to share between tasks and threads."""
+
+    def __init__(
+        self,
+        *,
+        version: str,
+        gateway: Gateway,
+        tenants: Mapping[str, TenantPlan],
+        rules: Sequence[CompiledRule],
+        content: ContentIndex,
+        lists: ListIndex,
+        global_lists: frozenset[str],
+    ) -> None:
+        self.version = version
+        self.gateway = gateway
+        self.tenants: Mapping[str, TenantPlan] = dict(tenants)
+        self.rules: tuple[CompiledRule, ...] = tuple(rules)
+        self._content = content
+        self._lists = lists
+        self._global_lists = global_lists
+        self._tenant_by_domain = {domain: plan.name for plan in self.tenants.values() for domain in plan.domains}
+
+    # ------------------------------------------------------------ lookups
+
+    def tenant_of_domain(self, domain: str) -> str | None:
+        return self._tenant_by_domain.get(domain.lower().rstrip("."))
+
+    def tenant_routes(self, tenant: str) -> tuple[Route, ...]:
+        plan = self.tenants.get(tenant)
+        return plan.routes if plan else ()
+
+    # ------------------------------------------------------------ envelope stages
+
+    def _global_block(self, entries: Sequence[ListEntry]) -> Hit | None:
+        for entry in entries:
+            if entry.action is ListAction.block and entry.list_name in self._global_lists:
+                return _list_hit(entry)
+        return None
+
+    def connect(self, client_ip: str) -> Hit | None:
+        """A gateway-wide block list entry matching the client network, if any."""
+        return self._global_block(self._lists.match_ip(client_ip))
+
+    def mail(self, client_ip: str, mail_from: str) -> Hit | None:
+        """A gateway-wide block list entry matching the client network or the envelope sender."""
+        return self.connect(client_ip) or self._global_block(self._lists.match_address(normalise_address(mail_from)))
+
+    def rcpt(self, client_ip: str, mail_from: str, rcpt: str) -> RcptResult:
+        """Whether one recipient is accepted: open-relay refusal, recipient list, tenant block lists."""
+        address = normalise_address(rcpt)
+        if _relay_trick(address):
+            return RcptResult(address, None, REPLY_RELAY_DENIED, REASON_RELAY_DENIED)
+        tenant = self.tenant_of_domain(address.rpartition("@")[2])
+        if tenant is None:
+            return RcptResult(address, None, REPLY_RELAY_DENIED, REASON_RELAY_DENIED)
+        plan = self.tenants[tenant]
+        if not plan.accepts_recipient(address):
+            return RcptResult(address, tenant, REPLY_UNKNOWN_USER, REASON_UNKNOWN_USER)
+        entries = self._lists.match_ip(client_ip) + self._lists.match_address(normalise_address(mail_from))
+        for entry in entries:
+            if entry.action is ListAction.block and entry.list_name in plan.list_names:
+                hit = _list_hit(entry)
+                reply = Reply(550, "5.7.1", f"rejected by policy ({entry.list_name})")
+                return RcptResult(address, tenant, reply, REASON_BLOCK_LIST, (hit,))
+        return RcptResult(address, tenant, None)
+
+    # ------------------------------------------------------------ data stage
+
+    def data(
+        self,
+        *,
+        client_ip: str,
+        mail_from: str,
+        recipients: Mapping[str, Sequence[str]],
+        view: MessageView,
+        direction: Direction = Direction.inbound,
+        external_hits: Sequence[Hit] = (),
+    ) -> Decision:
+        """One verdict per tenant for an accepted message and the reply for the client.
+
+        `recipients` maps tenant name → its accepted recipients (from `rcpt`).
+        `external_hits` are check results (antivirus, DNSBL, …) computed outside the graph.
+        """
+        matched_rules = self._content.matching_rules(view)
+        entries = self._lists.match_ip(client_ip) + self._lists.match_address(normalise_address(mail_from))
+        for header_from in view.from_addresses:
+            entries += self._lists.match_address(header_from)
+        builtin: list[Hit] = []
+        if view.defects:
+            score = self.gateway.checks.mime.malformed_score
+            builtin.append(Hit(HIT_MALFORMED_MIME, KIND_MIME, score, None, ",".join(view.defects)))
+        verdicts = {
+            tenant: self._tenant_verdict(
+                self.tenants[tenant], tuple(rcpts), direction, matched_rules, entries, builtin, external_hits
+            )
+            for tenant, rcpts in recipients.items()
+            if tenant in self.tenants
+        }
+        return self._combine(verdicts, "data", self.version)
+
+    def _tenant_verdict(
+        self,
+        plan: TenantPlan,
+        rcpts: tuple[str, ...],
+        direction: Direction,
+        matched_rules: Sequence[int],
+        entries: Sequence[ListEntry],
+        builtin: Sequence[Hit],
+        external_hits: Sequence[Hit],
+    ) -> TenantVerdict:
+        applicable = plan.rules_for(direction)
+        rule_hits = [self.rules[i].hit() for i in matched_rules if i in applicable]
+        seen: set[tuple[str, str]] = set()
+        list_hits: list[Hit] = []
+        for entry in entries:
+            if entry.list_name in plan.list_names and (entry.list_name, entry.source) not in seen:
+                seen.add((entry.list_name, entry.source))
+                list_hits.append(_list_hit(entry))
+        hits = (*external_hits, *list_hits, *builtin, *rule_hits)
+        score = round(sum(hit.score for hit in hits), 3)
+        routes = tuple(route.label for route in plan.routes)
+
+        def verdict(action: Action, reason: str, reply_message: str | None = None) -> TenantVerdict:
+            prefix = plan.scoring.subject_prefix if action is Action.tag else None
+            reply = action_reply(action, reply_message)
+            return TenantVerdict(plan.name, rcpts, action, score, hits, routes, reason, "data", reply, prefix)
+
+        virus = next((hit for hit in external_hits if hit.kind == KIND_ANTIVIRUS and hit.action), None)
+        if virus is not None and virus.action is not None:
+            return verdict(virus.action, REASON_VIRUS, virus.message)
+        if any(hit.action is Action.reject for hit in list_hits):
+            return verdict(Action.reject, REASON_BLOCK_LIST)
+        if any(hit.action is Action.deliver for hit in list_hits):
+            return verdict(Action.deliver, REASON_ALLOW_LIST)
+        action, reason, message = Action.deliver, REASON_CLEAN, None
+        for hit in hits:
+            if hit.action is not None and hit.action.severity > action.severity:
+                action, reason, message = hit.action, REASON_RULE_ACTION, hit.message
+        by_score = plan.score_action(score)
+        if by_score.severity > action.severity:
+            action, reason, message = by_score, REASON_SCORE, None
+        return verdict(action, reason, message)
+
+    @staticmethod
+    def _combine(verdicts: Mapping[str, TenantVerdict], stage: str, version: str) -> Decision:
+        """The client's reply (DESIGN.md): 5xx only when every copy is rejected, 4xx only when
+        none is accepted and one is tempfailed, otherwise 250."""
+        copies = list(verdicts.values())
+        accepted = [v for v in copies if v.action in ACCEPTED_ACTIONS]
+        if accepted:
+            action = max((v.action for v in accepted), key=lambda a: a.severity)
+            return Decision(action, Reply(250, "2.0.0", "queued"), dict(verdicts), version, stage)
+        tempfailed = [v for v in copies if v.action is Action.tempfail]
+        if tempfailed or not copies:
+            reply = tempfailed[0].reply if tempfailed and tempfailed[0].reply else Reply(451, "4.7.1", "try again later")
+            return Decision(Action.tempfail, reply, dict(verdicts), version, stage)
+        reply = copies[0].reply or Reply(550, "5.7.1", "message rejected by policy")
+        return Decision(Action.reject, reply, dict(verdicts), version, stage)
+
+    # ------------------------------------------------------------ whole transaction
+
+    def explain(
+        self,
+        *,
+        raw: bytes,
+        mail_from: str,
+        rcpts: Sequence[str],
+        client_ip: str,
+        direction: Direction = Direction.inbound,
+        external_hits: Sequence[Hit] = (),
+    ) -> tuple[Decision, tuple[RcptResult, ...]]:
+        """Run every stage as `serve` would; returns the decision and each recipient's RCPT result."""
+        blocked = self.mail(client_ip, mail_from)
+        if blocked is not None:
+            reply = Reply(550, "5.7.1", f"rejected by policy ({blocked.id})")
+            verdicts = {}
+            for rcpt in rcpts:
+                tenant = self.tenant_of_domain(normalise_address(rcpt).rpartition("@")[2])
+                if tenant is not None and tenant not in verdicts:
+                    plan = self.tenants[tenant]
+                    routes = tuple(route.label for route in plan.routes)
+                    verdicts[tenant] = TenantVerdict(
+                        tenant, (), Action.reject, 0.0, (blocked,), routes, REASON_BLOCK_LIST, "mail", reply
+                    )
+            return Decision(Action.reject, reply, verdicts, self.version, "mail"), ()
+        results = tuple(self.rcpt(client_ip, mail_from, rcpt) for rcpt in rcpts)
+        accepted: dict[str, list[str]] = {}
+        rejected: dict[str, TenantVerdict] = {}
+        for result in results:
+            if result.accepted and result.tenant is not None:
+                accepted.setdefault(result.tenant, []).append(result.address)
+            elif result.tenant is not None and result.reason == REASON_BLOCK_LIST and result.reply is not None:
+                plan = self.tenants[result.tenant]
+                routes = tuple(route.label for route in plan.routes)
+                rejected[result.tenant] = TenantVerdict(
+                    result.tenant, (result.address,), Action.reject, 0.0, result.hits, routes,
+                    REASON_BLOCK_LIST, "rcpt", result.reply,
+                )
+        if not accepted:
+            first = next((r.reply for r in results if r.reply is not None), REPLY_RELAY_DENIED)
+            reply = first if results else Reply(554, "5.5.1", "no valid recipients")
+            return Decision(Action.reject, reply, rejected, self.version, "rcpt"), results
+        decision = self.data(
+            client_ip=client_ip,
+            mail_from=mail_from,
+            recipients=accepted,
+            view=parse_message(raw),
+            direction=direction,
+            external_hits=external_hits,
+        )
+        tenants = {**rejected, **decision.tenants}
+        return Decision(decision.action, decision.reply, tenants, self.version, decision.stage), results

@@ -1,0 +1,129 @@
+"""Result values of the filter graph: hits, SMTP replies, per-tenant verdicts and decisions.
+
+Everything here is an immutable value; nothing raises. Reason tokens are kebab-case constants
+reused verbatim in logs, headers and metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.policy.models import Action
+
+# Reason tokens: why a tenant copy got its action.
+REASON_VIRUS = "virus"
+REASON_BLOCK_LIST = "block-list"
+REASON_ALLOW_LIST = "allow-list"
+REASON_RULE_ACTION = "rule-action"
+REASON_SCORE = "score"
+REASON_CLEAN = "clean"
+REASON_RELAY_DENIED = "relaying-denied"
+REASON_UNKNOWN_USER = "unknown-user"
+
+# Hit kinds.
+KIND_RULE = "rule"
+KIND_LIST = "list"
+KIND_MIME = "mime"
+KIND_ANTIVIRUS = "antivirus"
+
+HIT_MALFORMED_MIME = "malformed-mime"
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One thing that matched: a rule, a list entry, a check result or a MIME defect."""
+
+    id: str
+    kind: str
+    score: float = 0.0
+    action: Action | None = None
+    source: str = ""
+    message: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "score": self.score,
+            "action": self.action.value if self.action else None,
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An SMTP reply: code, enhanced status code (RFC 3463) and text."""
+
+    code: int
+    status: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.status} {self.text}"
+
+    @property
+    def is_positive(self) -> bool:
+        return self.code < 400
+
+
+REPLY_RELAY_DENIED = Reply(550, "5.7.1", "relaying denied")
+REPLY_UNKNOWN_USER = Reply(550, "5.1.1", "unknown recipient")
+REPLY_TEMPFAIL = Reply(451, "4.7.1", "try again later")
+REPLY_REJECT = Reply(550, "5.7.1", "message rejected by policy")
+
+
+def action_reply(action: Action, message: str | None) -> Reply | None:
+    """The SMTP reply a reject/tempfail action gives; None for actions that accept (250)."""
+    if action is Action.reject:
+        return Reply(550, "5.7.1", message) if message else REPLY_REJECT
+    if action is Action.tempfail:
+        return Reply(451, "4.7.1", message) if message else REPLY_TEMPFAIL
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantVerdict:
+    """The decision for one tenant's copy of a message."""
+
+    tenant: str
+    recipients: tuple[str, ...]
+    action: Action
+    score: float
+    hits: tuple[Hit, ...]
+    routes: tuple[str, ...]
+    reason: str
+    stage: str
+    reply: Reply | None = None
+    subject_prefix: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action.value,
+            "score": self.score,
+            "route": list(self.routes),
+            "hits": [hit.to_json() for hit in self.hits],
+            "recipients": list(self.recipients),
+            "reason": self.reason,
+            "stage": self.stage,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of a transaction: one reply for the client and a verdict per tenant."""
+
+    action: Action
+    reply: Reply
+    tenants: dict[str, TenantVerdict] = field(default_factory=dict)
+    policy_version: str = ""
+    stage: str = "data"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action.value,
+            "smtp_reply": str(self.reply),
+            "policy_version": self.policy_version,
+            "stage": self.stage,
+            "tenants": {name: verdict.to_json() for name, verdict in self.tenants.items()},
+        }
