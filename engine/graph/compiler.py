@@ -90,8 +90,8 @@ def compile_policy(source: PolicySource) -> FilterGraph:
     entries = [entry for loaded in source.lists for entry in _list_entries(loaded)]
 
     tenants: dict[str, TenantPlan] = {}
-    for loaded in source.tenants:
-        tenant = loaded.model
+    for tenant_file in source.tenants:
+        tenant = tenant_file.model
         rule_indexes = [i for name in (*gateway.rules, *tenant.rules) for i in rules_by_set.get(name, ())]
         inbound = frozenset(i for i in rule_indexes if rules[i].direction is not Direction.outbound)
         outbound = frozenset(i for i in rule_indexes if rules[i].direction is not Direction.inbound)
@@ -108,7 +108,7 @@ def compile_policy(source: PolicySource) -> FilterGraph:
             outbound_rules=outbound,
             scoring=_effective_scoring(gateway, tenant),
             outbound_networks=tuple(tenant.outbound.networks),
-            source=loaded.source(()),
+            source=tenant_file.source(()),
         )
 
     return FilterGraph(

@@ -298,7 +298,7 @@ class ContentIndex:
 
 def _ctype_matches(ctype: str, wanted: Iterable[str]) -> bool:
     major = ctype.split("/", 1)[0] + "/*"
-    return any(w == ctype or w == major for w in wanted)
+    return any(w in (ctype, major) for w in wanted)
 
 
 def _evaluate(node: Node, leaves: set[int]) -> bool:

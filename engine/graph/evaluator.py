@@ -33,7 +33,9 @@ from engine.graph.verdict import (
     REASON_SCORE,
     REASON_UNKNOWN_USER,
     REASON_VIRUS,
+    REPLY_REJECT,
     REPLY_RELAY_DENIED,
+    REPLY_TEMPFAIL,
     REPLY_UNKNOWN_USER,
     Decision,
     Hit,
@@ -290,9 +292,9 @@ class FilterGraph:
             return Decision(action, Reply(250, "2.0.0", "queued"), dict(verdicts), version, stage)
         tempfailed = [v for v in copies if v.action is Action.tempfail]
         if tempfailed or not copies:
-            reply = tempfailed[0].reply if tempfailed and tempfailed[0].reply else Reply(451, "4.7.1", "try again later")
+            reply = (tempfailed[0].reply if tempfailed else None) or REPLY_TEMPFAIL
             return Decision(Action.tempfail, reply, dict(verdicts), version, stage)
-        reply = copies[0].reply or Reply(550, "5.7.1", "message rejected by policy")
+        reply = copies[0].reply or REPLY_REJECT
         return Decision(Action.reject, reply, dict(verdicts), version, stage)
 
     # ------------------------------------------------------------ whole transaction
