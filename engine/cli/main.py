@@ -71,6 +71,49 @@ def explain(
     )
 
 
+@app.command()
+def serve(
+    directory: PolicyDir = Path("policies"),
+    state: Annotated[Path | None, typer.Option("--state", help="State directory; overrides storage.path.")] = None,
+) -> None:
+    """Run the gateway on the policy; hot-reloads DIR on change; SIGTERM stops it cleanly."""
+    from engine.service import run_serve
+
+    raise typer.Exit(run_serve(directory, state))
+
+
+@app.command()
+def sink(
+    listen: Annotated[str, typer.Option("--listen", help="ADDRESS:PORT to listen on.")] = "127.0.0.1:2626",
+    maildir: Annotated[Path, typer.Option("--maildir", help="Maildir to write into.")] = Path("var/maildir"),
+) -> None:
+    """A local mailbox (SMTP to Maildir) standing in for a tenant's server in the demo."""
+    from engine.sink import run_sink
+
+    raise typer.Exit(run_sink(listen, maildir))
+
+
+@app.command()
+def demo(
+    directory: PolicyDir = Path("policies"),
+    state: Annotated[Path, typer.Option("--state", help="State directory.")] = Path("var/liveprism"),
+    maildir: Annotated[Path, typer.Option("--maildir", help="Demo mailbox.")] = Path("var/maildir"),
+) -> None:
+    """`serve` plus the demo mailbox on 127.0.0.1:2626 that the example tenants' routes point at."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-m", "engine", "sink", "--maildir", str(maildir)])
+    try:
+        from engine.service import run_serve
+
+        code = run_serve(directory, state)
+    finally:
+        child.terminate()
+        child.wait(timeout=10)
+    raise typer.Exit(code)
+
+
 def main() -> None:
     """Entry point for `python -m engine`."""
     app()

@@ -1,0 +1,41 @@
+# Two entry points for a newcomer (see README "Quick start"):
+#   make demo   install, then run the gateway on the example policy + a local demo mailbox
+#   make test   install everything (Debian packages + venv), then run the whole test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := swaks postfix
+
+.PHONY: demo test deps venv lint bench
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,speed]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Debian packages the integration tests drive: swaks (SMTP client), postfix (smtp-sink,
+# smtp-source). Installed without starting the system Postfix.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null; $$SUDO chmod +x /usr/sbin/policy-rc.d; \
+	  echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: venv
+	$(VENV)/bin/liveprism demo policies
+
+test: deps venv
+	$(VENV)/bin/liveprism validate policies
+	$(VENV)/bin/pytest -q tests
+
+lint: venv
+	$(VENV)/bin/ruff check engine tests bench
+	$(VENV)/bin/mypy --strict engine
+
+bench: venv
+	$(PY) bench/graph.py

@@ -1,0 +1,171 @@
+"""`liveprism serve`: the running gateway — listeners, store, relay worker and hot reload.
+
+Lifecycle guarantees:
+- startup: the policy must be valid (else exit 2 with every problem printed); the store
+  recovers the spool (files of unacknowledged messages are dropped, acknowledged ones are
+  delivered);
+- hot reload: a change under the policy dir is loaded, validated and compiled off the event
+  loop; the new graph replaces the old one atomically. An invalid policy is logged with its
+  problems and the running graph stays;
+- SIGTERM/SIGINT: stop accepting connections, let open sessions finish their transaction
+  (up to `SHUTDOWN_GRACE` seconds), let in-flight delivery attempts finish, close the store.
+  The queue stays on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+import sys
+import tempfile
+from pathlib import Path
+
+from engine.graph.compiler import load_graph
+from engine.graph.evaluator import FilterGraph
+from engine.policy.models import Gateway
+from engine.relay.nexthop import NextHops
+from engine.relay.worker import RelayWorker
+from engine.smtp.handler import ConnectionLimits, GatewaySMTP, InboundHandler
+from engine.store.base import open_store
+
+log = logging.getLogger("liveprism.serve")
+SHUTDOWN_GRACE = 30.0
+RELOAD_DEBOUNCE_MS = 300
+LINE_LENGTH_LIMIT = 64 * 1024  # longer than RFC 5322's 998 on purpose: real mail breaks it
+
+
+def state_dir(gateway: Gateway, override: Path | None) -> Path:
+    """`--state` if given, else `storage.path` relative to the working directory."""
+    return override if override is not None else Path(gateway.storage.path)
+
+
+def _secret_path(reference: str, policy_dir: Path) -> str:
+    """A secret given as a path (relative to the policy dir) or `env:NAME` holding PEM text."""
+    if reference.startswith("env:"):
+        pem = os.environ.get(reference[4:], "")
+        handle = tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False)  # noqa: SIM115
+        with handle:
+            os.chmod(handle.name, 0o600)
+            handle.write(pem)
+        return handle.name
+    path = Path(reference)
+    return str(path if path.is_absolute() else policy_dir / path)
+
+
+def tls_context(gateway: Gateway, policy_dir: Path) -> ssl.SSLContext | None:
+    """Server context for STARTTLS when `tls.cert` is set."""
+    if not gateway.tls.cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    key = _secret_path(gateway.tls.key, policy_dir) if gateway.tls.key else None
+    context.load_cert_chain(_secret_path(gateway.tls.cert, policy_dir), key)
+    return context
+
+
+class GatewayService:
+    """One gateway process: owns the current graph and every long-running task."""
+
+    def __init__(self, policy_dir: Path, graph: FilterGraph, state: Path) -> None:
+        self.policy_dir = policy_dir
+        self.graph = graph
+        self.state = state
+        self._stopping = asyncio.Event()
+
+    def current_graph(self) -> FilterGraph:
+        return self.graph
+
+    async def run(self) -> None:
+        gateway = self.graph.gateway
+        store = open_store(self.state)
+        await store.open()
+        next_hops = NextHops(
+            tenant_routes=lambda tenant: self.graph.tenant_routes(tenant),
+            tenant_of_domain=lambda domain: self.graph.tenant_of_domain(domain),
+            dns=gateway.dns,
+        )
+        relay = RelayWorker(store, next_hops, lambda: self.graph.gateway.delivery, gateway.hostname)
+        relay_task = asyncio.create_task(relay.run(), name="relay")
+        handler = InboundHandler(
+            current_graph=self.current_graph, store=store, relay=relay,
+            log_format=lambda: self.graph.gateway.log.format,
+        )
+        limits = ConnectionLimits(
+            lambda: (self.graph.gateway.limits.max_connections, self.graph.gateway.limits.max_connections_per_ip)
+        )
+        context = tls_context(gateway, self.policy_dir)
+        listener = gateway.listeners.inbound
+
+        def factory() -> GatewaySMTP:
+            current = self.graph.gateway
+            smtp = GatewaySMTP(
+                handler, limits,
+                hostname=current.hostname, ident="LivePrism ESMTP",
+                data_size_limit=current.limits.max_message_size, enable_SMTPUTF8=True, decode_data=False,
+                tls_context=context, timeout=current.limits.command_timeout,
+            )
+            smtp.line_length_limit = LINE_LENGTH_LIMIT
+            return smtp
+
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(factory, listener.address, listener.port, backlog=1024)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stopping.set)
+        reload_task = asyncio.create_task(self._watch_policy(), name="reload")
+        log.info("listening on %s:%d policy=%s state=%s", listener.address, listener.port, self.graph.version,
+                 self.state)
+        await self._stopping.wait()
+
+        log.info("stopping: no new connections; finishing open sessions")
+        server.close()
+        reload_task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(limits.idle.wait(), SHUTDOWN_GRACE)
+        await relay.stop()
+        relay_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await relay_task
+        await store.close()
+        log.info("stopped; queue left in %s", self.state)
+
+    async def _watch_policy(self) -> None:
+        from watchfiles import awatch
+
+        async for _changes in awatch(self.policy_dir, debounce=RELOAD_DEBOUNCE_MS, recursive=True):
+            result = await asyncio.to_thread(load_graph, self.policy_dir)
+            if result.graph is None:
+                for problem in result.problems:
+                    if problem.severity == "error":
+                        log.error("reload rejected: %s", problem.format_text())
+                log.error("reload rejected; still serving policy %s", self.graph.version)
+                continue
+            old, self.graph = self.graph, result.graph
+            log.info("policy reloaded: %s -> %s", old.version, self.graph.version)
+
+
+def run_serve(policy_dir: Path, state_override: Path | None) -> int:
+    """Load the policy and run the gateway until SIGTERM; exit 2 when the policy is invalid."""
+    result = load_graph(policy_dir)
+    if result.graph is None:
+        for problem in result.problems:
+            print(f"{policy_dir / problem.file}:{problem.line}:{problem.col}: {problem.severity}: {problem.message}",
+                  file=sys.stderr)
+        print("error: the policy is invalid; not starting", file=sys.stderr)
+        return 2
+    graph = result.graph
+    logging.basicConfig(
+        level=graph.gateway.log.level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+    service = GatewayService(policy_dir, graph, state_dir(graph.gateway, state_override))
+    try:
+        import uvloop
+
+        uvloop.run(service.run())
+    except ImportError:
+        asyncio.run(service.run())
+    return 0

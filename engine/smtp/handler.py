@@ -1,0 +1,304 @@
+"""The inbound SMTP front end: aiosmtpd hooks that drive the filter graph stage by stage.
+
+Contract:
+- envelope decisions are replied at the earliest stage (MAIL for gateway-wide block lists,
+  RCPT for open-relay refusal, unknown users and tenant block lists);
+- content is evaluated once at end of DATA, one verdict per tenant; the reply follows
+  DESIGN.md (5xx only if every copy is rejected, 4xx only if none accepted and one tempfailed);
+- `250` is sent only after `Store.accept` returned, i.e. after the message file and its index
+  rows are fsynced. If the store fails the client gets `451 4.3.0` and keeps the message;
+- one graph snapshot serves a whole transaction, so a hot reload never mixes two policies;
+- nothing a client sends can crash the process: evaluation errors become `451 4.3.0`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from engine.graph.evaluator import ACCEPTED_ACTIONS, FilterGraph
+from engine.graph.verdict import Decision
+from engine.mime.view import parse_message
+from engine.relay.worker import RelayWorker
+from engine.smtp.headers import received_header, sanitise, verdict_headers
+from engine.store.base import Accepted, CopyPlan, Store, new_queue_id
+from engine.store.base import Envelope as StoredEnvelope
+
+log = logging.getLogger("liveprism.smtp")
+_SOURCE_ROUTE = re.compile(r"(?i)\s*TO:\s*<\s*@")
+txn_log = logging.getLogger("liveprism.txn")
+
+
+@dataclass
+class Transaction:
+    """Per-transaction state kept beside aiosmtpd's envelope (reset by RSET and after DATA)."""
+
+    graph: FilterGraph | None = None
+    started: float = field(default_factory=time.monotonic)
+    recipients: dict[str, list[str]] = field(default_factory=dict)  # tenant -> accepted rcpts
+    refused: list[str] = field(default_factory=list)  # "rcpt: reply" for the log
+
+
+def _client_ip(session: Session) -> str:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+
+
+def _txn(envelope: Envelope) -> Transaction:
+    state = getattr(envelope, "liveprism", None)
+    if state is None:
+        state = Transaction()
+        envelope.liveprism = state  # type: ignore[attr-defined]
+    return state
+
+
+class InboundHandler:
+    """aiosmtpd handler for the inbound (MX) listener."""
+
+    def __init__(
+        self,
+        *,
+        current_graph: Callable[[], FilterGraph],
+        store: Store,
+        relay: RelayWorker | None,
+        log_format: Callable[[], str],
+    ) -> None:
+        self._current_graph = current_graph
+        self._store = store
+        self._relay = relay
+        self._log_format = log_format
+        self.in_flight = 0  # transactions between end of DATA and the reply
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        # aiosmtpd handles pipelined commands in order; say so (RFC 2920) and that we send
+        # enhanced status codes (RFC 2034).
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_HELO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str) -> str:
+        session.host_name = hostname
+        return f"250 {server.hostname}"
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        txn = _txn(envelope)
+        txn.graph = graph = self._current_graph()
+        sender = "" if address == "<>" else address
+        blocked = graph.mail(_client_ip(session), sender)
+        if blocked is not None:
+            self._log_refusal(session, sender, [], f"MAIL refused: {blocked.id} ({blocked.message})", graph)
+            return f"550 5.7.1 rejected by policy ({blocked.id})"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        txn = _txn(envelope)
+        graph = txn.graph or self._current_graph()
+        if len(envelope.rcpt_tos) >= graph.gateway.limits.max_recipients:
+            return "452 4.5.3 too many recipients"
+        sender = "" if envelope.mail_from == "<>" else (envelope.mail_from or "")
+        result = graph.rcpt(_client_ip(session), sender, address)
+        if result.reply is not None or result.tenant is None:
+            txn.refused.append(f"{sanitise(address)}: {result.reply}")
+            return str(result.reply)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        txn.recipients.setdefault(result.tenant, []).append(result.address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        txn = _txn(envelope)
+        graph = txn.graph or self._current_graph()
+        raw = envelope.original_content or b""
+        client_ip = _client_ip(session)
+        sender = "" if envelope.mail_from == "<>" else (envelope.mail_from or "")
+        queue_id = new_queue_id()
+        self.in_flight += 1
+        try:
+            try:
+                view = parse_message(raw)
+                decision = graph.data(
+                    client_ip=client_ip, mail_from=sender, recipients=txn.recipients, view=view
+                )
+            except Exception:  # a bug must not cost the client its message: it retries
+                log.exception("evaluation failed for %s; replying 451", queue_id)
+                return "451 4.3.0 temporary failure evaluating the message"
+            if not decision.reply.is_positive:
+                self._log_txn(queue_id, session, envelope, txn, decision, len(raw), str(decision.reply))
+                return str(decision.reply)
+            accepted = self._accepted(queue_id, raw, session, envelope, txn, graph, decision, sender)
+            try:
+                await self._store.accept(accepted)
+            except Exception:
+                log.exception("spool write failed for %s; replying 451", queue_id)
+                return "451 4.3.0 temporary storage failure, try again later"
+            if self._relay is not None:
+                self._relay.wake()
+            reply = f"250 2.0.0 queued as {queue_id}"
+            self._log_txn(queue_id, session, envelope, txn, decision, len(raw), reply)
+            return reply
+        finally:
+            self.in_flight -= 1
+
+    def _accepted(
+        self,
+        queue_id: str,
+        raw: bytes,
+        session: Session,
+        envelope: Envelope,
+        txn: Transaction,
+        graph: FilterGraph,
+        decision: Decision,
+        sender: str,
+    ) -> Accepted:
+        now = time.time()
+        tls = session.ssl is not None
+        copies = []
+        for verdict in decision.tenants.values():
+            if verdict.action not in ACCEPTED_ACTIONS:
+                continue
+            rcpt = verdict.recipients[0] if len(verdict.recipients) == 1 else None
+            headers = received_header(
+                hostname=graph.gateway.hostname, helo=session.host_name or "", client_ip=_client_ip(session),
+                queue_id=queue_id, rcpt=rcpt, esmtp=bool(session.extended_smtp), tls=tls, received_at=now,
+            ) + verdict_headers(verdict, decision.policy_version)
+            copies.append(
+                CopyPlan(
+                    tenant=verdict.tenant,
+                    recipients=verdict.recipients,
+                    action=verdict.action.value,
+                    headers=headers,
+                    subject_prefix=verdict.subject_prefix,
+                    verdict=verdict.to_json(),
+                )
+            )
+        stored_envelope = StoredEnvelope(
+            mail_from=sender,
+            rcpts=tuple(r for rcpts in txn.recipients.values() for r in rcpts),
+            client_ip=_client_ip(session),
+            helo=session.host_name or "",
+            received_at=now,
+        )
+        return Accepted(
+            queue_id=queue_id,
+            raw=raw,
+            envelope=stored_envelope,
+            policy_version=decision.policy_version,
+            verdict=decision.to_json(),
+            copies=tuple(copies),
+            archive=graph.gateway.archive.enabled,
+        )
+
+    # ------------------------------------------------------------ logging
+
+    def _log_txn(
+        self, queue_id: str, session: Session, envelope: Envelope, txn: Transaction, decision: Decision,
+        size: int, reply: str,
+    ) -> None:
+        """One structured line per transaction (text key=value or JSON, per gateway `log.format`)."""
+        record: dict[str, Any] = {
+            "queue_id": queue_id,
+            "client": _client_ip(session),
+            "helo": sanitise(session.host_name or ""),
+            "from": sanitise(envelope.mail_from or ""),
+            "rcpts": [sanitise(r) for r in envelope.rcpt_tos],
+            "refused": txn.refused,
+            "tenants": {
+                name: {"action": v.action.value, "score": v.score, "hits": [h.id for h in v.hits]}
+                for name, v in decision.tenants.items()
+            },
+            "size": size,
+            "duration_ms": round((time.monotonic() - txn.started) * 1000, 1),
+            "policy": decision.policy_version,
+            "reply": reply,
+        }
+        if self._log_format() == "json":
+            txn_log.info(json.dumps(record, separators=(",", ":")))
+            return
+        tenants = " ".join(
+            f"{name}={v.action.value}/{v.score:g}[{','.join(h.id for h in v.hits)}]"
+            for name, v in decision.tenants.items()
+        )
+        txn_log.info(
+            "qid=%s client=%s helo=%s from=<%s> rcpts=%s %s size=%d duration_ms=%.1f policy=%s reply=%r",
+            queue_id, record["client"], record["helo"], record["from"], ",".join(record["rcpts"]), tenants,
+            size, record["duration_ms"], decision.policy_version, reply,
+        )
+
+    def _log_refusal(self, session: Session, sender: str, rcpts: list[str], reason: str, graph: FilterGraph) -> None:
+        txn_log.info(
+            "qid=- client=%s helo=%s from=<%s> %s policy=%s",
+            _client_ip(session), sanitise(session.host_name or ""), sanitise(sender), reason, graph.version,
+        )
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's SMTP with total and per-client-IP connection limits (421 beyond them)."""
+
+    def __init__(self, handler: InboundHandler, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._limits = limits
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        """Refuse source routes (`<@relay:user@domain>`, RFC 5321 Appendix C) instead of stripping them."""
+        if arg is not None and _SOURCE_ROUTE.match(arg):
+            await self.push("550 5.7.1 relaying denied (source routes are not accepted)")
+            return
+        await super().smtp_RCPT(arg)
+
+    async def _handle_client(self) -> None:
+        assert self.session is not None
+        ip = _client_ip(self.session)
+        if not self._limits.acquire(ip):
+            await self.push("421 4.7.0 too many connections, try again later")
+            assert self.transport is not None
+            self.transport.close()
+            return
+        try:
+            await super()._handle_client()
+        finally:
+            self._limits.release(ip)
+
+
+class ConnectionLimits:
+    """Counts open connections in total and per client IP; live limits come from the current policy."""
+
+    def __init__(self, limits: Callable[[], tuple[int, int]]) -> None:
+        self._limits = limits  # () -> (max_connections, max_connections_per_ip)
+        self.total = 0
+        self._per_ip: dict[str, int] = {}
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def acquire(self, ip: str) -> bool:
+        max_total, max_per_ip = self._limits()
+        if self.total >= max_total or self._per_ip.get(ip, 0) >= max_per_ip:
+            return False
+        self.total += 1
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        self.idle.clear()
+        return True
+
+    def release(self, ip: str) -> None:
+        self.total -= 1
+        left = self._per_ip.get(ip, 1) - 1
+        if left:
+            self._per_ip[ip] = left
+        else:
+            self._per_ip.pop(ip, None)
+        if self.total == 0:
+            self.idle.set()

@@ -1,0 +1,47 @@
+"""Trace and verdict header fields added to relayed copies (RFC 5321 §4.4, RFC 5322 §3.6.7).
+
+Every value that comes from the client (HELO name, addresses) is sanitised first: control
+characters, CR and LF are replaced, so envelope data can never inject a header line.
+"""
+
+from __future__ import annotations
+
+import re
+from email.utils import formatdate
+
+from engine.graph.verdict import TenantVerdict
+from engine.policy.models import Action
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
+_MAX_VALUE = 200
+
+
+def sanitise(value: str) -> str:
+    """One safe header token: no control characters (so no CR/LF), bounded length."""
+    return _UNSAFE.sub("?", value)[:_MAX_VALUE]
+
+
+def received_header(*, hostname: str, helo: str, client_ip: str, queue_id: str, rcpt: str | None,
+                    esmtp: bool, tls: bool, received_at: float) -> bytes:
+    """`Received:` line for a copy (RFC 5321 §4.4): from HELO ([ip]) by us with (E)SMTP(S) id QID."""
+    protocol = ("ESMTPS" if tls else "ESMTP") if esmtp else "SMTP"
+    for_clause = f"\r\n\tfor <{sanitise(rcpt)}>" if rcpt else ""
+    value = (
+        f"from {sanitise(helo) or 'unknown'} ([{sanitise(client_ip)}])\r\n"
+        f"\tby {hostname} (LivePrism) with {protocol} id {queue_id}{for_clause};\r\n"
+        f"\t{formatdate(received_at)}"
+    )
+    return f"Received: {value}\r\n".encode("utf-8", "replace")
+
+
+def verdict_headers(verdict: TenantVerdict, policy_version: str) -> bytes:
+    """X-LivePrism-Verdict / -Policy, and X-Spam-Flag / X-Spam-Score when the copy is tagged."""
+    hit_ids = ",".join(sanitise(hit.id) for hit in verdict.hits) or "none"
+    lines = [
+        f"X-LivePrism-Verdict: action={verdict.action.value}; score={verdict.score:g}; reason={verdict.reason};"
+        f" hits={hit_ids}",
+        f"X-LivePrism-Policy: {sanitise(policy_version)}",
+    ]
+    if verdict.action is Action.tag:
+        lines += ["X-Spam-Flag: YES", f"X-Spam-Score: {verdict.score:g}"]
+    return "".join(line + "\r\n" for line in lines).encode("utf-8", "replace")
