@@ -1,0 +1,299 @@
+"""engine.policy.loader: YAML and schema problems at exact FILE:LINE:COL, positions, content hash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.policy.loader import LoadedFile, Problem, load_policy
+from engine.policy.models import NotCondition, RuleSet
+
+GATEWAY = "hostname: mx.example.com\n"
+ACME = """\
+name: acme
+domains: [acme.example]
+routes:
+  - {host: mail1.acme.internal, port: 25}
+"""
+
+
+def write_policy(root: Path, files: dict[str, str], *, base: bool = True) -> Path:
+    """Write `files` (relative path -> text) under `root`, on top of a minimal valid policy."""
+    everything = {"gateway.yaml": GATEWAY, "tenants/acme.yaml": ACME} if base else {}
+    everything.update(files)
+    for rel, text in everything.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root
+
+
+def texts(problems: tuple[Problem, ...]) -> list[str]:
+    return [p.format_text() for p in problems]
+
+
+# ---------------------------------------------------------------- valid input
+
+
+def test_minimal_policy_loads_without_problems(tmp_path: Path) -> None:
+    source = load_policy(write_policy(tmp_path, {}))
+    assert source.problems == ()
+    assert source.gateway is not None
+    assert source.gateway.model.hostname == "mx.example.com"
+    assert [t.model.name for t in source.tenants] == ["acme"]
+    assert source.files == ("gateway.yaml", "tenants/acme.yaml")
+
+
+def test_positions_cover_keys_and_items_in_block_and_flow_style(tmp_path: Path) -> None:
+    source = load_policy(write_policy(tmp_path, {}))
+    acme = source.tenants[0]
+    assert acme.path == "tenants/acme.yaml"
+    assert acme.positions[("name",)] == (1, 1)
+    assert acme.positions[("domains", 0)] == (2, 11)
+    assert acme.positions[("routes", 0)] == (4, 5)
+    assert acme.positions[("routes", 0, "port")] == (4, 33)
+    assert acme.position(("routes", 0, "port")) == (4, 33)
+    # a missing path falls back to the nearest existing ancestor, then to (1, 1)
+    assert acme.position(("routes", 0, "tls")) == (4, 5)
+    assert acme.position(("nothing", 3)) == (1, 1)
+    assert acme.source(("routes", 0, "host")) == "tenants/acme.yaml:4"
+
+
+def test_rule_positions_use_yaml_keys_including_not(tmp_path: Path) -> None:
+    rules = """\
+name: content
+rules:
+  - id: no-exe
+    when:
+      not:
+        attachment: {extension: [exe]}
+    then: {score: 1}
+"""
+    source = load_policy(write_policy(tmp_path, {"rules/content.yaml": rules}))
+    assert source.problems == ()
+    loaded: LoadedFile[RuleSet] = source.rulesets[0]
+    assert isinstance(loaded.model.rules[0].when, NotCondition)
+    assert loaded.positions[("rules", 0, "when", "not", "attachment")] == (6, 9)
+    assert loaded.source(("rules", 0)) == "rules/content.yaml:3"
+
+
+def test_yml_suffix_is_loaded_and_other_files_ignored(tmp_path: Path) -> None:
+    write_policy(
+        tmp_path,
+        {
+            "tenants/beta.yml": "name: beta\ndomains: [beta.example]\nroutes: [{host: mx.beta.example}]\n",
+            "tenants/README.md": "not policy\n",
+            "tenants/.beta.yaml.swp": "junk",
+            "notes.yaml": "ignored: true\n",
+        },
+    )
+    source = load_policy(tmp_path)
+    assert source.problems == ()
+    assert [t.path for t in source.tenants] == ["tenants/acme.yaml", "tenants/beta.yml"]
+
+
+def test_content_hash_is_stable_and_content_sensitive(tmp_path: Path) -> None:
+    first = load_policy(write_policy(tmp_path / "a", {})).content_hash
+    second = load_policy(write_policy(tmp_path / "b", {})).content_hash
+    changed = load_policy(write_policy(tmp_path / "c", {"gateway.yaml": "hostname: mx2.example.com\n"})).content_hash
+    assert first == second
+    assert first != changed
+    assert len(first) == 64
+
+
+# ---------------------------------------------------------------- file-level problems
+
+
+def test_missing_gateway_is_reported_at_gateway_yaml_1_1(tmp_path: Path) -> None:
+    source = load_policy(write_policy(tmp_path, {"tenants/acme.yaml": ACME}, base=False))
+    assert source.gateway is None
+    assert texts(source.problems) == ["gateway.yaml:1:1: error: gateway.yaml is missing: it is required"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "the file is empty: expected a mapping of keys"),
+        ("- hostname\n", "the file is a list: expected a mapping of keys"),
+        ("just text\n", "the file is a string: expected a mapping of keys"),
+    ],
+)
+def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, message: str) -> None:
+    source = load_policy(write_policy(tmp_path, {"gateway.yaml": text}))
+    assert texts(source.problems) == [f"gateway.yaml:1:1: error: {message}"]
+
+
+# ---------------------------------------------------------------- YAML syntax
+
+
+def test_tab_indentation(tmp_path: Path) -> None:
+    text = "name: acme\ndomains:\n\t- acme.example\n"
+    source = load_policy(write_policy(tmp_path, {"tenants/acme.yaml": text}))
+    assert texts(source.problems) == ["tenants/acme.yaml:3:1: error: tab character: YAML indentation must use spaces"]
+    assert source.tenants == ()
+
+
+def test_duplicate_key_reported_at_second_occurrence(tmp_path: Path) -> None:
+    text = "name: acme\ndomains: [acme.example]\nroutes: [{host: a.example}]\nname: other\n"
+    source = load_policy(write_policy(tmp_path, {"tenants/acme.yaml": text}))
+    assert texts(source.problems) == ["tenants/acme.yaml:4:1: error: duplicate key 'name' (first at line 1)"]
+
+
+def test_duplicate_key_in_flow_mapping(tmp_path: Path) -> None:
+    text = "name: acme\ndomains: [acme.example]\nroutes: [{host: a.example, port: 25, port: 26}]\n"
+    source = load_policy(write_policy(tmp_path, {"tenants/acme.yaml": text}))
+    assert texts(source.problems) == ["tenants/acme.yaml:3:38: error: duplicate key 'port' (first at line 3)"]
+
+
+def test_unclosed_quote_points_at_the_opening_quote(tmp_path: Path) -> None:
+    text = "name: acme\ndomains: ['acme.example]\nroutes: [{host: a.example}]\n"
+    source = load_policy(write_policy(tmp_path, {"tenants/acme.yaml": text}))
+    assert texts(source.problems) == ["tenants/acme.yaml:2:11: error: unclosed quote"]
+
+
+def test_bad_indentation(tmp_path: Path) -> None:
+    text = "hostname: mx.example.com\n  limits: {}\n"
+    source = load_policy(write_policy(tmp_path, {"gateway.yaml": text}))
+    assert texts(source.problems) == ["gateway.yaml:2:9: error: mapping values are not allowed here"]
+
+
+# ---------------------------------------------------------------- schema problems
+
+
+def test_unknown_top_level_key_suggests_the_closest(tmp_path: Path) -> None:
+    text = "hostnme: mx.example.com\nlimits: {max_recipients: 10}\n"
+    source = load_policy(write_policy(tmp_path, {"gateway.yaml": text}))
+    assert texts(source.problems) == [
+        "gateway.yaml:1:1: error: missing required key 'hostname'",
+        "gateway.yaml:1:1: error: unknown key 'hostnme'; did you mean 'hostname'?",
+    ]
+
+
+def test_unknown_nested_key_suggests_the_closest(tmp_path: Path) -> None:
+    text = "hostname: mx.example.com\nlimits:\n  max_recipient: 10\n"
+    source = load_policy(write_policy(tmp_path, {"gateway.yaml": text}))
+    assert texts(source.problems) == [
+        "gateway.yaml:3:3: error: unknown key 'max_recipient'; did you mean 'max_recipients'?"
+    ]
+
+
+def test_unknown_condition_key_suggests_a_condition(tmp_path: Path) -> None:
+    rules = """\
+name: content
+rules:
+  - id: phish
+    when:
+      any:
+        - body: {contains: [gift card]}
+        - heder: {name: Subject, regex: invoice}
+    then: {score: 1}
+"""
+    source = load_policy(write_policy(tmp_path, {"rules/content.yaml": rules}))
+    assert texts(source.problems) == [
+        "rules/content.yaml:7:11: error: unknown condition 'heder'; did you mean 'header'? "
+        "(a condition is one of: any, all, not, header, body, attachment, mime)"
+    ]
+
+
+def test_unknown_key_inside_a_condition_suggests_the_field(tmp_path: Path) -> None:
+    rules = """\
+name: content
+rules:
+  - id: phish
+    when:
+      header: {nmae: Subject, regex: invoice}
+    then: {score: 1}
+"""
+    source = load_policy(write_policy(tmp_path, {"rules/content.yaml": rules}))
+    assert texts(source.problems) == [
+        "rules/content.yaml:5:7: error: missing required key 'name'",
+        "rules/content.yaml:5:16: error: unknown key 'nmae'; did you mean 'name'?",
+    ]
+
+
+def test_two_condition_keys_in_one_mapping(tmp_path: Path) -> None:
+    rules = """\
+name: content
+rules:
+  - id: phish
+    when: {header: {name: Subject, regex: x}, body: {regex: y}}
+    then: {score: 1}
+"""
+    source = load_policy(write_policy(tmp_path, {"rules/content.yaml": rules}))
+    assert texts(source.problems) == [
+        "rules/content.yaml:4:47: error: unknown key 'body': a condition has exactly one key; "
+        "combine conditions with any: or all:"
+    ]
+
+
+def test_port_out_of_range(tmp_path: Path) -> None:
+    text = "hostname: mx.example.com\nlisteners:\n  inbound: {port: 70000}\n"
+    source = load_policy(write_policy(tmp_path, {"gateway.yaml": text}))
+    assert texts(source.problems) == ["gateway.yaml:3:13: error: port: Input should be less than or equal to 65535"]
+
+
+def test_route_port_out_of_range(tmp_path: Path) -> None:
+    text = "name: acme\ndomains: [acme.example]\nroutes:\n  - host: a.example\n    port: 0\n"
+    source = load_policy(write_policy(tmp_path, {"tenants/acme.yaml": text}))
+    assert texts(source.problems) == ["tenants/acme.yaml:5:5: error: port: Input should be greater than or equal to 1"]
+
+
+def test_invalid_domain_network_and_address_point_at_the_item(tmp_path: Path) -> None:
+    tenant = """\
+name: acme
+domains:
+  - acme.example
+  - not a domain
+routes: [{host: a.example}]
+outbound: {networks: [192.0.2.0/24, 10.0.0.1/8]}
+"""
+    block = """\
+name: block
+action: block
+senders: [ok@bad.example, nobody]
+"""
+    source = load_policy(write_policy(tmp_path, {"tenants/acme.yaml": tenant, "lists/block.yaml": block}))
+    assert texts(source.problems) == [
+        "lists/block.yaml:3:27: error: senders: invalid address pattern 'nobody': expected user@domain or *@domain",
+        "tenants/acme.yaml:4:5: error: domains: invalid domain 'not a domain': expected a name like example.com",
+        "tenants/acme.yaml:6:37: error: networks: invalid network '10.0.0.1/8': 10.0.0.1/8 has host bits set",
+    ]
+
+
+@pytest.mark.parametrize("empty", ["{}", "", "[]"])
+def test_empty_when_points_at_when(tmp_path: Path, empty: str) -> None:
+    rules = f"name: content\nrules:\n  - id: r\n    when: {empty}\n    then: {{score: 1}}\n"
+    source = load_policy(write_policy(tmp_path, {"rules/content.yaml": rules}))
+    assert texts(source.problems) == [
+        "rules/content.yaml:4:5: error: `when` is empty: give a condition "
+        "(any, all, not, header, body, attachment, mime)"
+    ]
+
+
+def test_union_member_errors_are_merged(tmp_path: Path) -> None:
+    text = "hostname: mx.example.com\ndns:\n  nameservers: [192.0.2.53, resolver]\n"
+    source = load_policy(write_policy(tmp_path, {"gateway.yaml": text}))
+    assert texts(source.problems) == [
+        "gateway.yaml:3:29: error: nameservers: Input is not a valid IPv4 address or Input is not a valid IPv6 address"
+    ]
+
+
+def test_all_problems_of_all_files_in_one_run(tmp_path: Path) -> None:
+    write_policy(
+        tmp_path,
+        {
+            "gateway.yaml": "hostname: mx.example.com\nlimits: {max_recipients: 0}\n",
+            "tenants/acme.yaml": "name: acme\ndomains: [acme.example]\nroutes:\n\t- {host: a}\n",
+            "lists/block.yaml": "name: block\naction: deny\n",
+        },
+    )
+    source = load_policy(tmp_path)
+    assert texts(source.problems) == [
+        "gateway.yaml:2:10: error: max_recipients: Input should be greater than or equal to 1",
+        "lists/block.yaml:2:1: error: action: Input should be 'block', 'allow' or 'quarantine'",
+        "tenants/acme.yaml:4:1: error: tab character: YAML indentation must use spaces",
+    ]
+    assert source.gateway is None
+    assert source.tenants == ()
+    assert source.lists == ()

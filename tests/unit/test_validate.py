@@ -1,0 +1,362 @@
+"""engine.policy.validate and `liveprism validate`: semantic problems at exact FILE:LINE:COL, CLI formats."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from engine.cli.main import app
+from engine.policy.loader import load_policy
+from engine.policy.validate import validate_policy
+
+GATEWAY = "hostname: mx.example.com\n"
+ACME = """\
+name: acme
+domains: [acme.example]
+routes:
+  - {host: mail1.acme.internal, port: 25}
+"""
+
+
+def write_policy(root: Path, files: dict[str, str], *, base: bool = True) -> Path:
+    """Write `files` (relative path -> text) under `root`, on top of a minimal valid policy."""
+    everything = {"gateway.yaml": GATEWAY, "tenants/acme.yaml": ACME} if base else {}
+    everything.update(files)
+    for rel, text in everything.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return root
+
+
+def problems_of(root: Path) -> list[str]:
+    return [p.format_text() for p in validate_policy(load_policy(root))]
+
+
+def rule_file(name: str, *rules: str) -> str:
+    """A rule set file; each rule is `id|when-flow-mapping`."""
+    lines = [f"name: {name}", "rules:"]
+    for rule in rules:
+        rule_id, when = rule.split("|", 1)
+        lines += [f"  - id: {rule_id}", f"    when: {when}", "    then: {score: 1}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_valid_policy_has_no_problems(tmp_path: Path) -> None:
+    assert problems_of(write_policy(tmp_path, {})) == []
+
+
+# ---------------------------------------------------------------- names and ids
+
+
+def test_duplicate_tenant_name_reported_at_second_occurrence(tmp_path: Path) -> None:
+    write_policy(
+        tmp_path, {"tenants/acme2.yaml": "name: acme\ndomains: [acme2.example]\nroutes: [{host: a.example}]\n"}
+    )
+    assert problems_of(tmp_path) == [
+        "tenants/acme2.yaml:1:1: error: duplicate tenant name 'acme': already defined at tenants/acme.yaml:1",
+        "tenants/acme2.yaml:1:1: warning: name 'acme' differs from the file name 'acme2': rename one of them",
+    ]
+
+
+def test_duplicate_list_and_rule_set_names(tmp_path: Path) -> None:
+    write_policy(
+        tmp_path,
+        {
+            "lists/a.yaml": "name: a\naction: block\n",
+            "lists/b.yaml": "# copy of a\nname: a\naction: allow\n",
+            "rules/x.yaml": "name: x\n",
+            "rules/y.yaml": "\n\nname: x\n",
+        },
+    )
+    assert problems_of(tmp_path) == [
+        "lists/b.yaml:2:1: error: duplicate list name 'a': already defined at lists/a.yaml:1",
+        "lists/b.yaml:2:1: warning: name 'a' differs from the file name 'b': rename one of them",
+        "rules/y.yaml:3:1: error: duplicate rule set name 'x': already defined at rules/x.yaml:1",
+        "rules/y.yaml:3:1: warning: name 'x' differs from the file name 'y': rename one of them",
+    ]
+
+
+def test_duplicate_rule_ids_across_files_and_within_one(tmp_path: Path) -> None:
+    write_policy(
+        tmp_path,
+        {
+            "rules/a.yaml": rule_file("a", "phish|{body: {contains: [x]}}"),
+            "rules/b.yaml": rule_file("b", "spam|{body: {contains: [y]}}", "phish|{body: {contains: [z]}}"),
+            "rules/c.yaml": rule_file("c", "spam|{body: {contains: [y]}}"),
+        },
+    )
+    assert problems_of(tmp_path) == [
+        "rules/b.yaml:6:5: error: duplicate rule id 'phish': already defined at rules/a.yaml:3",
+        "rules/c.yaml:3:5: error: duplicate rule id 'spam': already defined at rules/b.yaml:3",
+    ]
+
+
+def test_file_name_differs_from_name_is_a_warning(tmp_path: Path) -> None:
+    write_policy(tmp_path, {"lists/blocked.yaml": "action: block\nname: block\n"})
+    assert problems_of(tmp_path) == [
+        "lists/blocked.yaml:2:1: warning: name 'block' differs from the file name 'blocked': rename one of them"
+    ]
+
+
+# ---------------------------------------------------------------- tenants
+
+
+def test_domain_owned_by_two_tenants_is_reported_at_both(tmp_path: Path) -> None:
+    write_policy(
+        tmp_path,
+        {
+            "tenants/acme.yaml": "name: acme\ndomains: [acme.example, shared.example]\nroutes: [{host: a.example}]\n",
+            "tenants/beta.yaml": "name: beta\ndomains:\n  - beta.example\n  - shared.example\n"
+            "routes: [{host: b.example}]\n",
+        },
+    )
+    assert problems_of(tmp_path) == [
+        "tenants/acme.yaml:2:25: error: domain 'shared.example' is also owned by tenant 'beta' (tenants/beta.yaml:4)",
+        "tenants/beta.yaml:4:5: error: domain 'shared.example' is also owned by tenant 'acme' (tenants/acme.yaml:2)",
+    ]
+
+
+def test_tenant_without_routes(tmp_path: Path) -> None:
+    write_policy(
+        tmp_path,
+        {
+            "tenants/acme.yaml": "name: acme\ndomains: [acme.example]\nroutes: []\n",
+            "tenants/beta.yaml": "# no routes key at all\nname: beta\ndomains: [beta.example]\n",
+        },
+    )
+    assert problems_of(tmp_path) == [
+        "tenants/acme.yaml:3:1: error: tenant 'acme' has no routes: accepted mail could not be delivered",
+        "tenants/beta.yaml:2:1: error: tenant 'beta' has no routes: accepted mail could not be delivered",
+    ]
+
+
+def test_missing_list_and_rule_set_references(tmp_path: Path) -> None:
+    write_policy(
+        tmp_path,
+        {
+            "gateway.yaml": "hostname: mx.example.com\nlists: [global-block]\nrules:\n  - nowhere\n",
+            "tenants/acme.yaml": ACME + "lists: [acme-block, content]\nrules: [content, acme-block]\n",
+            "lists/acme-block.yaml": "name: acme-block\naction: block\n",
+            "rules/content.yaml": "name: content\n",
+        },
+    )
+    assert problems_of(tmp_path) == [
+        "gateway.yaml:2:9: error: unknown list 'global-block'",
+        "gateway.yaml:4:5: error: unknown rule set 'nowhere'",
+        "tenants/acme.yaml:5:21: error: unknown list 'content' (it is a rule set: put it under rules:)",
+        "tenants/acme.yaml:6:18: error: unknown rule set 'acme-block' (it is a list: put it under lists:)",
+    ]
+
+
+def test_reference_to_a_broken_file_reports_only_the_file(tmp_path: Path) -> None:
+    write_policy(
+        tmp_path,
+        {
+            "tenants/acme.yaml": ACME + "lists: [acme-block]\n",
+            "lists/acme-block.yaml": "name: acme-block\naction: block\nsenders: [nobody]\n",
+        },
+    )
+    assert problems_of(tmp_path) == [
+        "lists/acme-block.yaml:3:11: error: senders: invalid address pattern 'nobody': expected user@domain or *@domain"
+    ]
+
+
+# ---------------------------------------------------------------- regexes
+
+
+def test_regexes_re2_cannot_compile(tmp_path: Path) -> None:
+    rules = """\
+name: content
+rules:
+  - id: lookahead
+    when: {header: {name: Subject, regex: '(?=invoice)'}}
+    then: {score: 1}
+  - id: nested
+    when:
+      all:
+        - body: {regex: 'fine'}
+        - not:
+            body: {regex: '(a)\\1'}
+        - attachment: {filename: '[a-'}
+    then: {score: 1}
+"""
+    write_policy(tmp_path, {"rules/content.yaml": rules})
+    assert problems_of(tmp_path) == [
+        "rules/content.yaml:4:36: error: regex: RE2 cannot compile '(?=invoice)': invalid perl operator: (?=",
+        "rules/content.yaml:11:20: error: regex: RE2 cannot compile '(a)\\1': invalid escape sequence: \\1",
+        "rules/content.yaml:12:24: error: filename: RE2 cannot compile '[a-': missing ]: [a-",
+    ]
+
+
+# ---------------------------------------------------------------- lists
+
+
+def test_entry_on_allow_and_block_list_warns_at_the_allow_entry(tmp_path: Path) -> None:
+    write_policy(
+        tmp_path,
+        {
+            "lists/allow.yaml": "name: allow\naction: allow\nsenders: [boss@partner.example]\n"
+            "domains:\n  - partner.example\n  - spam.example\nnetworks: [192.0.2.0/24]\n",
+            "lists/block.yaml": "name: block\naction: block\ndomains: [spam.example]\nnetworks:\n"
+            "  - 198.51.100.0/24\n  - 192.0.2.0/24\n",
+            "lists/hold.yaml": "name: hold\naction: quarantine\nsenders: [boss@partner.example]\n",
+        },
+    )
+    assert problems_of(tmp_path) == [
+        "lists/allow.yaml:6:5: warning: domain 'spam.example' is also on block list 'block' (lists/block.yaml:3),"
+        " which takes precedence",
+        "lists/allow.yaml:7:12: warning: network '192.0.2.0/24' is also on block list 'block' (lists/block.yaml:6),"
+        " which takes precedence",
+    ]
+
+
+# ---------------------------------------------------------------- secrets
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_secret_tracked_by_git_is_an_error(tmp_path: Path) -> None:
+    write_policy(
+        tmp_path,
+        {
+            "gateway.yaml": "hostname: mx.example.com\ntls: {cert: tls/cert.pem, key: tls/key.pem}\n",
+            "tenants/acme.yaml": ACME + "outbound:\n  dkim: {selector: lp1, private_key: keys/acme.pem}\n",
+            "tenants/beta.yaml": "name: beta\ndomains: [beta.example]\nroutes: [{host: b.example}]\n"
+            "outbound:\n  dkim: {selector: lp1, private_key: 'env:BETA_DKIM'}\n",
+            "tls/cert.pem": "certificate\n",
+            "tls/key.pem": "secret\n",
+            "keys/acme.pem": "secret\n",
+        },
+    )
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "add", "tls/cert.pem", "tls/key.pem"], check=True)
+    # keys/acme.pem exists but is not tracked: fine; env:BETA_DKIM is fine
+    assert problems_of(tmp_path) == [
+        "gateway.yaml:2:27: error: secret 'tls/key.pem' is tracked by git: remove it from the repository "
+        "(git rm --cached) and reference it by a path outside git or as env:NAME"
+    ]
+
+
+def test_secrets_outside_a_git_work_tree_are_not_checked(tmp_path: Path) -> None:
+    write_policy(tmp_path, {"gateway.yaml": "hostname: mx.example.com\ntls: {cert: c.pem, key: k.pem}\n"})
+    (tmp_path / "k.pem").write_text("secret\n")
+    if subprocess.run(["git", "-C", str(tmp_path), "rev-parse"], capture_output=True, check=False).returncode == 0:
+        pytest.skip("tmp_path is inside a git work tree")
+    assert problems_of(tmp_path) == []
+
+
+# ---------------------------------------------------------------- all at once
+
+
+def test_three_different_errors_in_one_run(tmp_path: Path) -> None:
+    write_policy(
+        tmp_path,
+        {
+            "gateway.yaml": "hostname: mx.example.com\nlisteners: {inbound: {port: 0}}\n",
+            "tenants/beta.yaml": "name: beta\ndomains: [acme.example]\nroutes: [{host: b.example}]\n",
+            "rules/content.yaml": rule_file("content", "bad|{body: {regex: '(?<=x)'}}"),
+        },
+    )
+    assert problems_of(tmp_path) == [
+        "gateway.yaml:2:23: error: port: Input should be greater than or equal to 1",
+        "rules/content.yaml:4:19: error: regex: RE2 cannot compile '(?<=x)': invalid perl operator: (?<=",
+        "tenants/acme.yaml:2:11: error: domain 'acme.example' is also owned by tenant 'beta' (tenants/beta.yaml:2)",
+        "tenants/beta.yaml:2:11: error: domain 'acme.example' is also owned by tenant 'acme' (tenants/acme.yaml:2)",
+    ]
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_cli_valid_policy_exits_0(tmp_path: Path, runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_policy(tmp_path / "policies", {})
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["validate"])  # default directory: ./policies
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert result.stderr == "0 errors, 0 warnings in 2 files\n"
+
+
+def test_cli_warnings_alone_exit_0(tmp_path: Path, runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_policy(tmp_path / "policies", {"lists/blocked.yaml": "name: block\naction: block\n"})
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["validate", "policies"])
+    assert result.exit_code == 0
+    assert result.stdout == (
+        "policies/lists/blocked.yaml:1:1: warning: name 'block' differs from the file name 'blocked': "
+        "rename one of them\n"
+    )
+    assert result.stderr == "0 errors, 1 warning in 3 files\n"
+
+
+def test_cli_errors_exit_1_with_paths_relative_to_cwd(
+    tmp_path: Path, runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_policy(tmp_path / "policies", {"gateway.yaml": "hostname: mx.example.com\nlimits: {max_recipients: 0}\n"})
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["validate", str(tmp_path / "policies")])
+    assert result.exit_code == 1
+    assert result.stdout == (
+        "policies/gateway.yaml:2:10: error: max_recipients: Input should be greater than or equal to 1\n"
+    )
+    assert result.stderr == "1 error, 0 warnings in 2 files\n"
+
+
+def test_cli_missing_directory_exits_2(tmp_path: Path, runner: CliRunner) -> None:
+    result = runner.invoke(app, ["validate", str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.stderr
+
+
+def test_cli_json_format(tmp_path: Path, runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_policy(tmp_path / "p", {"tenants/acme.yaml": "name: acme\ndomains: [acme.example]\n"})
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["validate", "p", "--format", "json"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == {
+        "valid": False,
+        "problems": [
+            {
+                "severity": "error",
+                "file": "p/tenants/acme.yaml",
+                "line": 1,
+                "col": 1,
+                "message": "tenant 'acme' has no routes: accepted mail could not be delivered",
+            }
+        ],
+    }
+
+
+def test_cli_json_format_valid(tmp_path: Path, runner: CliRunner) -> None:
+    result = runner.invoke(app, ["validate", str(write_policy(tmp_path, {})), "--format", "json"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == {"valid": True, "problems": []}
+
+
+def test_cli_github_format(tmp_path: Path, runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_policy(
+        tmp_path / "p",
+        {
+            "tenants/acme.yaml": "name: acme\ndomains: [acme.example]\nroutes: []\n",
+            "lists/blocked.yaml": "name: block\naction: block\n",
+        },
+    )
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["validate", "p", "--format", "github"])
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        "::warning file=p/lists/blocked.yaml,line=1,col=1::name 'block' differs from the file name 'blocked': "
+        "rename one of them",
+        "::error file=p/tenants/acme.yaml,line=3,col=1::tenant 'acme' has no routes: accepted mail could not be "
+        "delivered",
+    ]
