@@ -1,0 +1,249 @@
+"""End to end through a real `liveprism serve`: swaks as client, real SMTP servers as tenants."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.integration.conftest import (
+    LOCALHOST,
+    Gateway,
+    Sink,
+    free_port,
+    route,
+    swaks,
+    wait_for,
+    write_policy,
+)
+
+CLEAN = (
+    b"From: Alice Martin <alice@example.com>\r\n"
+    b"To: Bob <bob@acme.example>\r\n"
+    b"Subject: Quarterly report\r\n"
+    b"Message-ID: <e2e-clean@example.com>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"\r\n"
+    b"Hello Bob,\r\n"
+    b".leading dot stays\r\n"
+    b"\r\n"
+    b"the figures are attached.\r\n"
+)
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+def start(tmp_path: Path, procs: list[Any], tenants: dict[str, dict[str, object]], **kwargs: Any) -> Gateway:
+    port = free_port()
+    policy = write_policy(tmp_path / "policy", port=port, tenants=tenants, **kwargs)
+    gateway = Gateway(policy, tmp_path / "state", port).start()
+    procs.append(gateway)
+    return gateway
+
+
+def sink(tmp_path: Path, procs: list[Any], name: str = "sink", port: int | None = None) -> Sink:
+    box = Sink(port or free_port(), tmp_path / name).start()
+    procs.append(box)
+    return box
+
+
+def send(port: int, sender: str, rcpts: list[str], raw: bytes, source: str = LOCALHOST) -> dict[str, Any]:
+    """smtplib client: returns {"rcpt": {addr: code}, "data": (code, text)} without raising on refusals."""
+    with smtplib.SMTP(LOCALHOST, port, timeout=30, source_address=(source, 0)) as client:
+        client.ehlo("client.test.example")
+        code, text = client.mail(sender)
+        if code != 250:
+            return {"mail": (code, text.decode()), "rcpt": {}, "data": None}
+        rcpt_codes = {}
+        for rcpt in rcpts:
+            rcpt_codes[rcpt] = client.rcpt(rcpt)[0]
+        if not any(code == 250 for code in rcpt_codes.values()):
+            return {"mail": (250, ""), "rcpt": rcpt_codes, "data": None}
+        code, text = client.data(raw)
+        return {"mail": (250, ""), "rcpt": rcpt_codes, "data": (code, text.decode())}
+
+
+def strip_added(delivered: bytes) -> bytes:
+    """The delivered copy minus the sink's and the gateway's prepended header lines."""
+    lines = delivered.split(b"\r\n") if b"\r\n" in delivered else delivered.split(b"\n")
+    index = 0
+    added = (b"X-Sink-", b"Received:", b"X-LivePrism-", b"X-Spam-", b"\t", b" ")
+    while index < len(lines) and lines[index].startswith(added):
+        index += 1
+    sep = b"\r\n" if b"\r\n" in delivered else b"\n"
+    return sep.join(lines[index:])
+
+
+def test_clean_mail_is_delivered_byte_exact(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}})
+    result = send(gateway.port, "alice@example.com", ["bob@acme.example"], CLEAN)
+    assert result["data"][0] == 250, result
+    assert "queued as" in result["data"][1]
+    assert wait_for(lambda: len(box.messages()) == 1)
+    delivered = box.messages()[0]
+    assert b"X-LivePrism-Verdict: action=deliver" in delivered
+    assert b"X-LivePrism-Policy: " in delivered
+    assert b"Received: from client.test.example ([127.0.0.1])" in delivered
+    assert strip_added(delivered).replace(b"\r\n", b"\n") == CLEAN.replace(b"\r\n", b"\n")
+
+
+def test_gtube_rejected_at_data_with_rule_message(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}})
+    out = swaks(gateway.port, "--from", "alice@example.com", "--to", "bob@acme.example", "--body", GTUBE)
+    assert "<** 550 5.7.1 GTUBE test message rejected by LivePrism" in out.stdout, out.stdout
+    assert box.messages() == []
+
+
+def test_blocked_network_refused_before_data(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    block = "name: global-block\naction: block\nnetworks: [127.0.0.2/32]\n"
+    gateway = start(
+        tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}},
+        lists={"global-block": block},
+    )
+    refused = send(gateway.port, "alice@example.com", ["bob@acme.example"], CLEAN, source="127.0.0.2")
+    assert refused["mail"][0] == 550 and refused["data"] is None, refused
+    allowed = send(gateway.port, "alice@example.com", ["bob@acme.example"], CLEAN, source="127.0.0.3")
+    assert allowed["data"][0] == 250
+
+
+def test_open_relay_attempts_refused(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}})
+    attempts = [
+        "victim@elsewhere.example",
+        "victim%elsewhere.example@acme.example",
+        "elsewhere.example!victim@acme.example",
+        '"victim@elsewhere.example"@acme.example',
+        "victim@[127.0.0.1]",
+        "victim@acme.example.elsewhere.example",
+    ]
+    with smtplib.SMTP(LOCALHOST, gateway.port, timeout=30) as client:
+        client.ehlo("client.test.example")
+        assert client.mail("spammer@example.net")[0] == 250
+        for address in attempts:
+            code, text = client.rcpt(address)
+            assert code == 550 and b"relaying denied" in text, (address, code, text)
+        code, text = client.docmd("RCPT TO:<@relay.example:victim@acme.example>")
+        assert code == 550, text
+        assert client.rcpt("bob@acme.example")[0] == 250
+
+
+def test_oversized_message_gets_552(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}})
+    with smtplib.SMTP(LOCALHOST, gateway.port, timeout=30) as client:
+        client.ehlo("client.test.example")
+        assert client.has_extn("size") and client.has_extn("pipelining") and client.has_extn("enhancedstatuscodes")
+        code, _ = client.mail("alice@example.com", ["SIZE=900000"])
+        assert code == 552
+    big = CLEAN + (b"x" * 998 + b"\r\n") * 250
+    result = send(gateway.port, "alice@example.com", ["bob@acme.example"], big)
+    assert result["data"][0] == 552, result
+    assert box.messages() == []
+
+
+def test_quarantine_hold_then_release(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}})
+    phish = CLEAN.replace(b"the figures are attached.", b"Please verify your password at http://x.example/ now.\r\n"
+                          b"Also we need a gift card urgently, discreet.")
+    result = send(gateway.port, "alice@example.com", ["bob@acme.example"], phish)
+    assert result["data"][0] == 250, result
+    listing = gateway.cli("quarantine", "list", "--state", str(gateway.state), "--json")
+    assert listing.returncode == 0, listing.stderr
+    entries = json.loads(listing.stdout)
+    assert len(entries) == 1 and entries[0]["tenant"] == "acme"
+    assert box.messages() == []
+    released = gateway.cli("quarantine", "release", str(entries[0]["id"]), "--state", str(gateway.state))
+    assert released.returncode == 0, released.stderr + released.stdout
+    assert wait_for(lambda: len(box.messages()) == 1)
+    assert b"verify your password" in box.messages()[0]
+
+
+def test_malformed_mime_is_accepted_and_quarantined(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}})
+    broken = (
+        b"From: a@example.com\r\nSubject: broken\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/mixed\r\n\r\n--nobody\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+    )
+    result = send(gateway.port, "alice@example.com", ["bob@acme.example"], broken)
+    assert result["data"][0] == 250, result
+    listing = json.loads(gateway.cli("quarantine", "list", "--state", str(gateway.state), "--json").stdout)
+    assert len(listing) == 1
+    assert gateway.proc is not None and gateway.proc.poll() is None
+
+
+def test_two_tenants_get_separate_verdicts(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    block = "name: globex-block\naction: block\nsenders: ['*@example.com']\n"
+    gateway = start(
+        tmp_path, procs,
+        {
+            "acme": {"domains": ["acme.example"], "routes": [route(box.port)]},
+            "globex": {"domains": ["globex.example"], "routes": [route(box.port)], "lists": ["globex-block"]},
+        },
+        lists={"globex-block": block},
+    )
+    result = send(gateway.port, "alice@example.com", ["bob@acme.example", "carol@globex.example"], CLEAN)
+    assert result["rcpt"] == {"bob@acme.example": 250, "carol@globex.example": 550}
+    assert result["data"][0] == 250
+    assert wait_for(lambda: len(box.messages()) == 1)
+    assert b"X-Sink-Rcpt-To: bob@acme.example\r\n" in box.messages()[0].replace(b"\n", b"\r\n").replace(
+        b"\r\r\n", b"\r\n")
+
+
+def test_first_route_down_second_used(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    dead = free_port()
+    gateway = start(
+        tmp_path, procs,
+        {"acme": {"domains": ["acme.example"], "routes": [route(dead, 10), route(box.port, 20)]}},
+    )
+    assert send(gateway.port, "alice@example.com", ["bob@acme.example"], CLEAN)["data"][0] == 250
+    assert wait_for(lambda: len(box.messages()) == 1)
+
+
+def test_downstream_down_then_up_is_retried(tmp_path: Path, procs: list[Any]) -> None:
+    port = free_port()
+    gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(port)]}})
+    assert send(gateway.port, "alice@example.com", ["bob@acme.example"], CLEAN)["data"][0] == 250
+    box = Sink(port, tmp_path / "late").start()
+    procs.append(box)
+    assert wait_for(lambda: len(box.messages()) == 1, timeout=30)
+
+
+def test_downstream_5xx_sends_dsn_to_sender(tmp_path: Path, procs: list[Any]) -> None:
+    """The tenant server refuses DATA with 5xx: the sender (in another tenant's domain) gets a DSN."""
+    box = sink(tmp_path, procs)
+    refusing = free_port()
+    smtp_sink = subprocess.Popen(
+        ["smtp-sink", "-u", "nobody", "-f", "data", f"{LOCALHOST}:{refusing}", "100"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+    class _Proc:
+        def stop(self) -> None:
+            smtp_sink.terminate()
+            smtp_sink.wait(10)
+
+    procs.append(_Proc())
+    gateway = start(
+        tmp_path, procs,
+        {
+            "acme": {"domains": ["acme.example"], "routes": [route(refusing)]},
+            "globex": {"domains": ["globex.example"], "routes": [route(box.port)]},
+        },
+    )
+    assert send(gateway.port, "carol@globex.example", ["bob@acme.example"], CLEAN)["data"][0] == 250
+    assert wait_for(lambda: len(box.messages()) == 1, timeout=30)
+    dsn = box.messages()[0]
+    assert b"X-Sink-Mail-From: <>" in dsn
+    assert b"multipart/report" in dsn and b"report-type=delivery-status" in dsn.replace(b'"', b"")
+    assert b"Final-Recipient: rfc822; bob@acme.example" in dsn or b"Final-Recipient: rfc822;bob@acme.example" in dsn
+    assert b"Action: failed" in dsn
