@@ -297,3 +297,26 @@ def test_all_problems_of_all_files_in_one_run(tmp_path: Path) -> None:
     assert source.gateway is None
     assert source.tenants == ()
     assert source.lists == ()
+
+
+def test_gateway_yml_is_accepted_and_a_second_gateway_file_warned(tmp_path: Path) -> None:
+    write_policy(tmp_path, {"gateway.yaml": GATEWAY, "gateway.yml": "hostname: other.example.com\n"})
+    source = load_policy(tmp_path)
+    assert source.gateway is not None
+    assert source.gateway.path == "gateway.yaml"
+    assert texts(source.problems) == ["gateway.yml:1:1: warning: ignored: gateway.yaml is used"]
+    (tmp_path / "gateway.yaml").unlink()
+    only_yml = load_policy(tmp_path)
+    assert only_yml.problems == ()
+    assert only_yml.gateway is not None
+    assert only_yml.gateway.model.hostname == "other.example.com"
+
+
+def test_non_utf8_file(tmp_path: Path) -> None:
+    write_policy(tmp_path, {})
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists/latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    source = load_policy(tmp_path)
+    assert texts(source.problems) == [
+        "lists/latin1.yaml:1:1: error: not UTF-8 text: invalid continuation byte at byte 9"
+    ]
