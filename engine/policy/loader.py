@@ -280,8 +280,12 @@ def _plain(node: Any, path: YamlPath, positions: dict[YamlPath, tuple[int, int]]
         for key, value in node.items():
             plain_key = key if isinstance(key, str | int) and not isinstance(key, bool) else str(key)
             child: YamlPath = (*path, plain_key)
-            line, col = node.lc.key(key)
-            positions.setdefault(child, (line + 1, col + 1))
+            try:
+                line, col = node.lc.key(key)
+            except KeyError:
+                pass  # a key from a `<<:` merge has no position of its own: it resolves to the mapping
+            else:
+                positions.setdefault(child, (line + 1, col + 1))
             result[plain_key] = _plain(value, child, positions, active)
         active.discard(id(node))
         return result

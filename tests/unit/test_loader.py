@@ -320,3 +320,19 @@ def test_non_utf8_file(tmp_path: Path) -> None:
     assert texts(source.problems) == [
         "lists/latin1.yaml:1:1: error: not UTF-8 text: invalid continuation byte at byte 9"
     ]
+
+
+def test_merge_keys_load_and_resolve_to_the_merging_mapping(tmp_path: Path) -> None:
+    tenant = """\
+name: acme
+domains: [acme.example]
+routes:
+  - &primary {host: mail1.acme.internal, port: 0}
+  - <<: *primary
+    host: mail2.acme.internal
+"""
+    source = load_policy(write_policy(tmp_path, {"tenants/acme.yaml": tenant}))
+    assert texts(source.problems) == [
+        "tenants/acme.yaml:4:42: error: port: Input should be greater than or equal to 1",
+        "tenants/acme.yaml:5:5: error: port: Input should be greater than or equal to 1",
+    ]
