@@ -19,7 +19,7 @@ import difflib
 import hashlib
 import types
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar, Union
@@ -278,14 +278,9 @@ def _plain(node: Any, path: YamlPath, positions: dict[YamlPath, tuple[int, int]]
         active.add(id(node))
         result: dict[Any, Any] = {}
         for key, value in node.items():
-            plain_key = key if isinstance(key, str | int) and not isinstance(key, bool) else str(key)
+            plain_key = _plain_key(key)
             child: YamlPath = (*path, plain_key)
-            try:
-                line, col = node.lc.key(key)
-            except KeyError:
-                pass  # a key from a `<<:` merge has no position of its own: it resolves to the mapping
-            else:
-                positions.setdefault(child, (line + 1, col + 1))
+            _record(positions, child, node.lc.key, key)
             result[plain_key] = _plain(value, child, positions, active)
         active.discard(id(node))
         return result
@@ -296,8 +291,7 @@ def _plain(node: Any, path: YamlPath, positions: dict[YamlPath, tuple[int, int]]
         items: list[Any] = []
         for index, value in enumerate(node):
             child = (*path, index)
-            line, col = node.lc.item(index)
-            positions.setdefault(child, (line + 1, col + 1))
+            _record(positions, child, node.lc.item, index)
             items.append(_plain(value, child, positions, active))
         active.discard(id(node))
         return items
@@ -314,6 +308,28 @@ def _plain(node: Any, path: YamlPath, positions: dict[YamlPath, tuple[int, int]]
     if isinstance(node, datetime.date):
         return node.isoformat()  # every policy field that takes text takes it as a string
     return node
+
+
+def _plain_key(key: Any) -> str:
+    """Mapping keys as text (`1` -> "1", `null` -> "null"), so a bad key is reported as unknown."""
+    if isinstance(key, str):
+        return str(key)
+    if key is None:
+        return "null"
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    return str(key)
+
+
+def _record(positions: dict[YamlPath, tuple[int, int]], path: YamlPath, lookup: Callable[[Any], Any], key: Any) -> None:
+    """Store ruamel's 0-based position of `key` as 1-based; keys without one (e.g. from a `<<:` merge,
+    or in a tagged collection) are left out and resolve to their mapping."""
+    try:
+        found = lookup(key)
+    except (KeyError, IndexError, AttributeError, TypeError):
+        return
+    if isinstance(found, tuple | list) and len(found) >= 2 and all(isinstance(v, int) for v in found[:2]):
+        positions.setdefault(path, (found[0] + 1, found[1] + 1))
 
 
 # ---------------------------------------------------------------- schema errors
