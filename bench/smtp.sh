@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# End-to-end SMTP benchmark (not a test). In one run, on this box:
+#   1. smtp-source -> bare aiosmtpd that only answers 250           (the Python ceiling)
+#   2. smtp-source -> liveprism serve (example rules, spool+archive, fsync) -> smtp-sink
+# and prints msgs/s (end to end: until the sink has all N) and p50/p99 accept latency
+# (connect .. 250 after DATA, measured by a paced probe client while the load runs).
+#   bench/smtp.sh                     # N=10000 2 KB messages, 20 sessions
+#   N=2000 SIZES="2k 50k" bench/smtp.sh
+# Needs: postfix tools (smtp-source, smtp-sink), the venv (.venv or PY=...). Loopback only.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(dirname "$HERE")
+PY=${PY:-$REPO/.venv/bin/python}
+[[ -x $PY ]] || PY=$(command -v python3)
+N=${N:-10000}
+SESSIONS=${SESSIONS:-20}
+SIZES=${SIZES:-2k 50k}
+WORK=${WORK:-/tmp/liveprism-bench}
+PEERS=${PEERS:-$REPO/../shared/bench/peers}
+P_CEIL=${P_CEIL:-25301}; P_GW=${P_GW:-25302}; P_SINK=${P_SINK:-25303}
+LH=127.0.0.1
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do [[ -n $p ]] && kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+rm -rf "$WORK"; mkdir -p "$WORK/msgs"
+"$PY" "$PEERS/helpers.py" gen "$WORK/msgs" >/dev/null 2>&1 || "$PY" "$HERE/gen_msgs.py" "$WORK/msgs"
+
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/$LH/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+now() { date +%s.%N; }
+
+policy() {  # example rules and lists; one tenant (example.net, the smtp-source recipient domain) -> smtp-sink
+  local dir=$WORK/policy; rm -rf "$dir"; mkdir -p "$dir/tenants"
+  cp -r "$REPO/policies/rules" "$REPO/policies/lists" "$dir/"
+  sed -e "s/port: 2525/port: $P_GW/" -e 's/max_connections_per_ip: 50/max_connections_per_ip: 1000/' \
+      "$REPO/policies/gateway.yaml" > "$dir/gateway.yaml"
+  cat > "$dir/tenants/bench.yaml" <<EOF
+name: bench
+domains: [example.net, example.org]
+routes: [{host: $LH, port: $P_SINK, priority: 10, tls: none}]
+lists: [acme-allow]
+EOF
+}
+
+probe() {  # $1 port, $2 msg, $3 pid to watch: prints p50/p99 of connect..250 in ms
+  "$PY" - "$@" <<'EOF'
+import smtplib, statistics, sys, time, os
+port, msg, pid = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+raw = open(msg, "rb").read().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+lat = []
+def alive():
+    try: return open(f"/proc/{pid}/stat").read().split(") ")[1][0] not in "ZX"
+    except OSError: return False
+while alive():
+    t0 = time.perf_counter()
+    try:
+        with smtplib.SMTP("127.0.0.1", port, local_hostname="probe.bench.test", timeout=60) as s:
+            s.sendmail("alice.martin@example.com", ["probe@example.org"], raw)
+        lat.append((time.perf_counter() - t0) * 1000)
+    except Exception as e:
+        print("# probe error", e, file=sys.stderr)
+    time.sleep(max(0.0, 0.02 - (time.perf_counter() - t0)))
+lat.sort()
+if len(lat) >= 5:
+    print("p50_ms=%.2f p99_ms=%.2f probes=%d" % (statistics.median(lat), lat[int(len(lat) * 0.99) - 1], len(lat)))
+else:
+    print("p50_ms=nan p99_ms=nan probes=%d" % len(lat))
+EOF
+}
+
+run_load() {  # $1 name, $2 port, $3 size, $4 count file or sink counter command
+  local name=$1 port=$2 sz=$3
+  local t0; t0=$(now)
+  smtp-source -s "$SESSIONS" -m "$N" -f alice.martin@example.com -t bob.jones@example.net \
+    -F "$WORK/msgs/msg-$sz.eml" "$LH:$port" & local src=$!
+  probe "$port" "$WORK/msgs/msg-$sz.eml" "$src" > "$WORK/probe-$name-$sz.txt" &
+  local pr=$!
+  wait "$src"; local t_src; t_src=$(now)
+  wait "$pr"
+  echo "$t0 $t_src"
+}
+
+for sz in $SIZES; do
+  # 1. ceiling: bare aiosmtpd answering 250
+  "$PY" "$PEERS/helpers.py" sink "$P_CEIL" & PIDS+=($!); wait_port "$P_CEIL"
+  read -r t0 t1 < <(run_load ceiling "$P_CEIL" "$sz")
+  kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+  ceil=$(echo "$N / ($t1 - $t0)" | bc -l)
+  printf 'aiosmtpd_ceiling_%s msgs_per_s=%.0f %s\n' "$sz" "$ceil" "$(cat "$WORK/probe-ceiling-$sz.txt")"
+
+  # 2. liveprism serve -> smtp-sink (fsync on, archive on)
+  policy
+  rm -rf "$WORK/state" "$WORK/sink.count"
+  smtp-sink -u nobody -c "$LH:$P_SINK" 1000 > "$WORK/sink.out" 2>&1 & PIDS+=($!); sinkpid=$!
+  wait_port "$P_SINK"
+  (cd "$REPO" && exec "$PY" -m engine serve "$WORK/policy" --state "$WORK/state" 2> "$WORK/gateway-$sz.log") &
+  PIDS+=($!); gwpid=$!
+  wait_port "$P_GW"
+  read -r t0 t1 < <(run_load gateway "$P_GW" "$sz")
+  # end to end: until the relay queue is empty (every message delivered to smtp-sink)
+  "$PY" - "$WORK/state" <<'EOF'
+import sqlite3, sys, time, glob
+db = glob.glob(sys.argv[1] + "/*.db")[0]
+deadline = time.time() + 600
+while time.time() < deadline:
+    con = sqlite3.connect(db, timeout=30)
+    pending = con.execute("select count(*) from deliveries").fetchone()[0]  # delivered rows are deleted
+    con.close()
+    if pending == 0:
+        break
+    time.sleep(0.05)
+EOF
+  t2=$(now)
+  accepted=$(grep -c "reply='250" "$WORK/gateway-$sz.log" || true)
+  kill -TERM "$gwpid"; wait "$gwpid" 2>/dev/null || true
+  kill "$sinkpid"; wait "$sinkpid" 2>/dev/null || true
+  e2e=$(echo "$N / ($t2 - $t0)" | bc -l)
+  acc=$(echo "$N / ($t1 - $t0)" | bc -l)
+  printf 'liveprism_%s msgs_per_s=%.0f accept_msgs_per_s=%.0f %s accepted_250=%s\n' \
+    "$sz" "$e2e" "$acc" "$(cat "$WORK/probe-gateway-$sz.txt")" "$accepted"
+  printf '# ratio liveprism/ceiling (%s): %.2f\n' "$sz" "$(echo "$e2e / $ceil" | bc -l)"
+done
