@@ -1,0 +1,315 @@
+"""SMTP client side of the relay: a connection pool and one mail transaction per call.
+
+Pool. Connections are kept per hop (host, port, TLS mode) and reused for the next message
+to the same hop (RFC 5321 §3.3 allows any number of transactions per session); a connection
+idle for `idle_timeout` seconds is closed with QUIT. At most `per_destination` connections
+per hop are open at once; further senders wait for one to come back, so a burst to one
+tenant server is funnelled through a few sessions instead of opening one per message.
+
+Connecting (RFC 5321 §3.1, §4.1.1.1): greeting, EHLO (HELO when EHLO is refused), then
+STARTTLS (RFC 3207) when the hop's TLS mode is not `none` and the server offers it, and EHLO
+again. Certificates are not verified in either mode — as Postfix's `may` and `encrypt`
+levels: `required` guarantees an encrypted session, not the server's identity. A failed
+handshake fails the hop when TLS is required; when it is opportunistic the session is redone
+in plain text. A route that requires TLS on a server without STARTTLS fails the hop.
+
+Transaction: MAIL (with SIZE, BODY=8BITMIME and SMTPUTF8 when offered and needed, RFC 1870,
+RFC 6152, RFC 6531), one RCPT per recipient, DATA for the accepted ones. Every recipient gets
+a reply: 2xx delivered, 5xx failed for good, 4xx or no reply (timeout, lost connection) to be
+retried. Command timeouts follow RFC 5321 §4.5.3.2 (5 minutes; 10 for the end of DATA). A
+pooled connection that turns out dead at MAIL is reported `stale` so the caller retries once
+on a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import aiosmtplib
+
+from engine.policy.models import Route, RouteTls
+
+log = logging.getLogger("liveprism.relay")
+
+COMMAND_TIMEOUT = 300.0  # RFC 5321 §4.5.3.2.2-4: MAIL, RCPT, DATA initiation
+DATA_TIMEOUT = 600.0  # RFC 5321 §4.5.3.2.6: DATA termination
+QUIT_TIMEOUT = 5.0
+
+Outcome = Literal["delivered", "failed", "retry"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An SMTP reply; `code` 0 is a local diagnostic (no reply, no route), its text starting
+    with an RFC 3463 status whose class says whether it is permanent."""
+
+    code: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}" if self.code else self.text
+
+    @property
+    def outcome(self) -> Outcome:
+        if 200 <= self.code < 300:
+            return "delivered"
+        if 500 <= self.code < 600 or (not self.code and self.text.startswith("5.")):
+            return "failed"
+        return "retry"
+
+
+def _reply(code: int, message: str) -> Reply:
+    return Reply(code, " ".join(message.split()))
+
+
+@dataclass(slots=True)
+class Connection:
+    """One SMTP session to a hop, leased from the pool."""
+
+    key: tuple[str, int, RouteTls]
+    label: str  # host:port
+    client: aiosmtplib.SMTP
+    tls: bool
+    reused: bool = False
+    idle_since: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class HopFailure:
+    """The hop could not be used at all; every recipient is retried on the next hop (a 4.x.x `reply`)."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionResult:
+    replies: dict[str, Reply]  # one per recipient given
+    reusable: bool  # the session is clean and may carry the next message
+    stale: bool = False  # a pooled session was dead before the first reply: retry on a fresh one
+
+
+@dataclass(slots=True)
+class _Destination:
+    limit: asyncio.Semaphore
+    users: int = 0  # leases held or awaited
+    idle: list[Connection] = field(default_factory=list)
+
+
+def _tls_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # see the module docstring: encryption, not authentication
+    return context
+
+
+class SmtpPool:
+    """Connections to hops, bounded per hop and reused while they stay clean."""
+
+    def __init__(
+        self,
+        local_hostname: str,
+        *,
+        per_destination: int = 10,
+        idle_timeout: float = 10.0,
+        command_timeout: float = COMMAND_TIMEOUT,
+    ) -> None:
+        self._local_hostname = local_hostname
+        self._per_destination = per_destination
+        self._idle_timeout = idle_timeout
+        self._command_timeout = command_timeout
+        self._tls_context = _tls_context()
+        self._destinations: dict[tuple[str, int, RouteTls], _Destination] = {}
+        self.connections_opened = 0
+
+    async def acquire(self, hop: Route, connect_timeout: float, *, fresh: bool = False) -> Connection | HopFailure:
+        """A clean session to `hop` (pooled unless `fresh`); the caller must `release` it."""
+        key = (hop.host, hop.port, hop.tls)
+        dest = self._destinations.get(key)
+        if dest is None:
+            dest = self._destinations[key] = _Destination(asyncio.Semaphore(self._per_destination))
+        dest.users += 1
+        try:
+            await dest.limit.acquire()
+        except BaseException:  # cancelled while waiting for a slot
+            dest.users -= 1
+            raise
+        while dest.idle and not fresh:
+            conn = dest.idle.pop()
+            if conn.client.is_connected:
+                conn.reused = True
+                return conn
+        try:
+            result = await self._connect(hop, connect_timeout, tls=hop.tls is not RouteTls.none)
+        except BaseException:  # cancelled while connecting
+            self._done(key, dest)
+            raise
+        if isinstance(result, HopFailure):
+            self._done(key, dest)
+        return result
+
+    def release(self, conn: Connection, *, reusable: bool) -> None:
+        """Give a session back: pooled when `reusable` and still connected, else closed."""
+        dest = self._destinations[conn.key]
+        if reusable and conn.client.is_connected:
+            conn.idle_since = time.monotonic()
+            dest.idle.append(conn)
+        else:
+            conn.client.close()
+        self._done(conn.key, dest)
+
+    def _done(self, key: tuple[str, int, RouteTls], dest: _Destination) -> None:
+        dest.limit.release()
+        dest.users -= 1
+        if not dest.users and not dest.idle:
+            del self._destinations[key]
+
+    async def reap(self) -> None:
+        """Close sessions idle for longer than the idle timeout."""
+        cutoff = time.monotonic() - self._idle_timeout
+        expired: list[Connection] = []
+        for key, dest in list(self._destinations.items()):
+            keep: list[Connection] = []
+            for conn in dest.idle:
+                (keep if conn.idle_since > cutoff and conn.client.is_connected else expired).append(conn)
+            dest.idle = keep
+            if not dest.users and not dest.idle:
+                del self._destinations[key]
+        await asyncio.gather(*(_quit(c) for c in expired))
+
+    async def close(self) -> None:
+        """QUIT every idle session."""
+        idle = [c for dest in self._destinations.values() for c in dest.idle]
+        for dest in self._destinations.values():
+            dest.idle = []
+        self._destinations = {key: dest for key, dest in self._destinations.items() if dest.users}
+        await asyncio.gather(*(_quit(c) for c in idle))
+
+    async def _connect(self, hop: Route, connect_timeout: float, *, tls: bool) -> Connection | HopFailure:
+        client = aiosmtplib.SMTP(
+            hostname=hop.host,
+            port=hop.port,
+            local_hostname=self._local_hostname,
+            timeout=self._command_timeout,
+            start_tls=False,
+        )
+        try:
+            await client.connect(timeout=connect_timeout)
+            self.connections_opened += 1
+            await _hello(client)
+            if tls and client.supports_extension("starttls"):
+                try:
+                    await client.starttls(tls_context=self._tls_context)
+                    await _hello(client)
+                except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
+                    client.close()
+                    if hop.tls is RouteTls.required:
+                        return HopFailure(Reply(0, f"4.7.5 TLS with {hop.label} failed: {exc}"))
+                    log.info("relay=%s tls=failed fallback=plaintext error=%r", hop.label, str(exc))
+                    return await self._connect(hop, connect_timeout, tls=False)
+            elif hop.tls is RouteTls.required:
+                await _quit_client(client)
+                return HopFailure(Reply(0, f"4.7.4 {hop.label} does not offer STARTTLS and the route requires TLS"))
+        except aiosmtplib.SMTPResponseException as exc:  # refused greeting or EHLO/HELO: try the next hop
+            client.close()
+            return HopFailure(Reply(0, f"4.4.1 {hop.label} refused the session: {_reply(exc.code, exc.message)}"))
+        except (aiosmtplib.SMTPException, OSError) as exc:  # refused, unreachable, timed out, dropped
+            client.close()
+            return HopFailure(Reply(0, f"4.4.1 cannot talk to {hop.label}: {exc}"))
+        tls_active = client.get_transport_info("sslcontext") is not None
+        return Connection((hop.host, hop.port, hop.tls), hop.label, client, tls_active)
+
+
+async def _hello(client: aiosmtplib.SMTP) -> None:
+    try:
+        await client.ehlo()
+    except aiosmtplib.SMTPHeloError:
+        await client.helo()
+
+
+async def _quit_client(client: aiosmtplib.SMTP) -> None:
+    try:
+        await client.quit(timeout=QUIT_TIMEOUT)
+    except (aiosmtplib.SMTPException, OSError):
+        pass
+    finally:
+        client.close()
+
+
+async def _quit(conn: Connection) -> None:
+    await _quit_client(conn.client)
+
+
+async def transaction(conn: Connection, mail_from: str, rcpts: list[str], data: bytes) -> TransactionResult:
+    """One mail transaction on `conn` for `rcpts`; see the module docstring."""
+    client = conn.client
+    options: list[str] = []
+    if client.supports_extension("size"):
+        options.append(f"SIZE={len(data)}")
+    if not data.isascii() and client.supports_extension("8bitmime"):
+        options.append("BODY=8BITMIME")
+    encoding = "ascii"
+    if not all(address.isascii() for address in (mail_from, *rcpts)):
+        if not client.supports_extension("smtputf8"):
+            refusal = Reply(0, f"5.6.7 {conn.label} does not support SMTPUTF8, needed for these addresses")
+            return TransactionResult(dict.fromkeys(rcpts, refusal), reusable=True)
+        options.append("SMTPUTF8")
+        encoding = "utf-8"
+
+    try:
+        await client.mail(mail_from, options=options, encoding=encoding)
+    except aiosmtplib.SMTPSenderRefused as exc:
+        stale = conn.reused and exc.code == 421
+        return TransactionResult(
+            dict.fromkeys(rcpts, _reply(exc.code, exc.message)), reusable=await _reset(client), stale=stale
+        )
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        client.close()
+        lost = Reply(0, f"4.4.2 connection to {conn.label} lost at MAIL: {exc}")
+        return TransactionResult(dict.fromkeys(rcpts, lost), reusable=False, stale=conn.reused)
+
+    replies: dict[str, Reply] = {}
+    accepted: list[str] = []
+    for rcpt in rcpts:
+        try:
+            await client.rcpt(rcpt, encoding=encoding)
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            replies[rcpt] = _reply(exc.code, exc.message)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
+            lost = Reply(0, f"4.4.2 connection to {conn.label} lost at RCPT: {exc}")
+            return TransactionResult({r: replies.get(r, lost) for r in rcpts}, reusable=False)
+        else:
+            accepted.append(rcpt)
+    if not accepted:
+        return TransactionResult(replies, reusable=await _reset(client))
+
+    try:
+        response = await client.data(data, timeout=DATA_TIMEOUT)
+    except aiosmtplib.SMTPDataError as exc:
+        replies.update(dict.fromkeys(accepted, _reply(exc.code, exc.message)))
+        return TransactionResult(replies, reusable=await _reset(client))
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        # The end of DATA may have reached the server: retrying may deliver twice, which
+        # RFC 5321 §6.1 prefers to losing the message.
+        client.close()
+        replies.update(dict.fromkeys(accepted, Reply(0, f"4.4.2 connection to {conn.label} lost at DATA: {exc}")))
+        return TransactionResult(replies, reusable=False)
+    replies.update(dict.fromkeys(accepted, _reply(response.code, response.message)))
+    return TransactionResult(replies, reusable=True)
+
+
+async def _reset(client: aiosmtplib.SMTP) -> bool:
+    """RSET after a failed transaction (RFC 5321 §4.1.1.5); whether the session is still usable."""
+    if not client.is_connected:
+        return False
+    try:
+        await client.rset()
+    except (aiosmtplib.SMTPException, OSError):
+        client.close()
+        return False
+    return True

@@ -1,0 +1,102 @@
+"""Byte-level composition of a tenant's copy from the raw message (never re-serialised).
+
+A copy is the gateway's header lines, prepended, followed by the message exactly as received,
+except that a `tag` copy gets a prefix in its first top-level Subject field (RFC 5322 §3.6.5).
+Working on bytes keeps signatures (DKIM, RFC 6376 §5.4) and odd-but-valid formatting intact:
+the `email` package would re-fold and re-encode what it touches.
+
+The header section is scanned the way RFC 5322 §2.2 defines it: a field starts with a name
+of printable characters other than ':' followed by ':'; a line starting with SP or HT
+continues the previous field (folding, RFC 5322 §2.2.3); an empty line — or any line that is
+neither — ends the section.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterator
+from email.header import decode_header, make_header
+
+_FIELD_NAME = re.compile(rb"[!-9;-~]+[ \t]*:")
+_MAX_LINE = 998  # RFC 5322 §2.1.1, without the CRLF
+
+
+def _fields(raw: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(start, end, lowercase name) of each header field; `end` is past its last line break."""
+    pos = 0
+    start = -1
+    name = b""
+    while pos < len(raw):
+        eol = raw.find(b"\n", pos)
+        nxt = len(raw) if eol < 0 else eol + 1
+        if raw[pos : pos + 1] in (b" ", b"\t") and start >= 0:
+            pos = nxt
+            continue
+        if start >= 0:
+            yield start, pos, name
+            start = -1
+        match = _FIELD_NAME.match(raw, pos)
+        if match is None:
+            return
+        start, name = pos, raw[pos : match.end() - 1].rstrip(b" \t").lower()
+        pos = nxt
+    if start >= 0:
+        yield start, pos, name
+
+
+def header_value(raw: bytes, name: str) -> str | None:
+    """The unfolded, RFC 2047-decoded value of the first top-level `name` field; None when absent."""
+    wanted = name.lower().encode("ascii")
+    for start, end, field_name in _fields(raw):
+        if field_name == wanted:
+            value = raw[raw.index(b":", start) + 1 : end]
+            text = re.sub(r"\r?\n(?=[ \t])", "", value.decode("utf-8", "replace")).strip()
+            try:
+                return str(make_header(decode_header(text)))
+            except (ValueError, LookupError):  # malformed encoded-word or unknown charset: show it as sent
+                return text
+    return None
+
+
+def header_section(raw: bytes) -> bytes:
+    """The header fields of `raw` (without the empty line that ends them)."""
+    ends = [end for _, end, _ in _fields(raw)]
+    return raw[: ends[-1]] if ends else b""
+
+
+def _encode_prefix(prefix: str) -> bytes:
+    """The prefix as header text: ASCII as is, anything else as one RFC 2047 encoded-word."""
+    clean = " ".join(prefix.split())  # no CR/LF or runs of white space in a header
+    if clean.isascii():
+        return clean.encode("ascii")
+    return b"=?utf-8?b?" + base64.b64encode(clean.encode("utf-8")) + b"?="
+
+
+def build_copy(raw: bytes, headers: bytes, subject_prefix: str | None) -> bytes:
+    """`headers` + `raw`, with `subject_prefix` put in front of the first top-level Subject.
+
+    Without a Subject field one is added after `headers`. A subject that already starts with
+    the prefix is left alone, so a message that passes the gateway twice is not tagged twice.
+    Nothing else of `raw` changes.
+    """
+    prefix = _encode_prefix(subject_prefix) if subject_prefix else b""
+    if not prefix:
+        return headers + raw
+    for start, end, name in _fields(raw):
+        if name != b"subject":
+            continue
+        colon = raw.index(b":", start)
+        value = raw[colon + 1 : end]
+        if re.sub(rb"\r?\n(?=[ \t])", b"", value).strip().startswith(prefix):
+            return headers + raw
+        first_line_end = raw.find(b"\n", colon)
+        first_line = (first_line_end if first_line_end >= 0 else end) - start
+        after = raw[colon + 1 : colon + 2]
+        if first_line + len(prefix) + 2 > _MAX_LINE:
+            # fold after the prefix: "Subject: [P]" CRLF " <original value>", which unfolds to "[P] value"
+            insert = b" " + prefix + b"\r\n" + (b"" if after in (b" ", b"\t") else b" ")
+        else:
+            insert = b" " + prefix + (b"" if after in (b" ", b"\t", b"\r", b"\n") else b" ")
+        return headers + raw[: colon + 1] + insert + raw[colon + 1 :]
+    return headers + b"Subject: " + prefix + b"\r\n" + raw

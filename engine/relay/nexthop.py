@@ -1,0 +1,131 @@
+"""Where a copy goes next: a tenant's routes, or the MX hosts of a recipient's domain.
+
+Algorithm:
+
+- A tenant copy goes to the tenant's routes from the live policy (`tenant_routes`), so a hot
+  reload changes them for the next attempt. `ordered` sorts them by priority, lowest first,
+  with equal priorities in random order to share the load (as MX preferences, RFC 5321 §5.1).
+- A DSN or other non-tenant mail goes to an address: an address in a tenant's domain uses that
+  tenant's routes; any other domain is looked up in DNS (RFC 5321 §5.1): its MX records by
+  preference, each exchange resolved to its A and AAAA addresses; no MX records means the
+  domain itself is the one exchange (implicit MX); a null MX (RFC 7505 §3: preference 0,
+  exchange ".") or a non-existent domain is a permanent failure; a DNS timeout or server
+  failure is temporary. Hops found in DNS use port `mx_port` (25) and opportunistic TLS.
+
+Lookups return values: a list of hops, or `NoRoute` saying why and whether it is permanent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.rdatatype
+import dns.resolver
+
+from engine.policy.models import DnsSettings, Route, RouteTls
+
+
+@dataclass(frozen=True, slots=True)
+class NoRoute:
+    """No hop for an address: `permanent` failures bounce, others are retried."""
+
+    reason: str  # a diagnostic for logs and DSNs, starting with an RFC 3463 status
+    permanent: bool
+
+
+def ordered(routes: Sequence[Route]) -> list[Route]:
+    """Routes by priority, lowest first; equal priorities shuffled."""
+    return sorted(routes, key=lambda route: (route.priority, random.random()))
+
+
+class NextHops:
+    """Resolves tenant copies and addresses to ordered hops."""
+
+    def __init__(
+        self,
+        tenant_routes: Callable[[str], Sequence[Route]],
+        tenant_of_domain: Callable[[str], str | None],
+        dns_settings: DnsSettings,
+        *,
+        mx_port: int = 25,
+    ) -> None:
+        self._tenant_routes = tenant_routes
+        self._tenant_of_domain = tenant_of_domain
+        self._mx_port = mx_port
+        self._resolver = dns.asyncresolver.Resolver(configure=not dns_settings.nameservers)
+        if dns_settings.nameservers:
+            self._resolver.nameservers = [str(ns) for ns in dns_settings.nameservers]
+        self._resolver.port = dns_settings.port
+        self._resolver.timeout = dns_settings.timeout
+        self._resolver.lifetime = dns_settings.timeout * 2
+
+    def routes(self, tenant: str) -> Sequence[Route]:
+        """The tenant's routes in the current policy (empty when the tenant is gone)."""
+        return self._tenant_routes(tenant)
+
+    async def for_address(self, address: str) -> list[Route] | NoRoute:
+        """Ordered hops for mail to `address` (see the module docstring)."""
+        domain = address.rpartition("@")[2].strip().lower().rstrip(".")
+        if not domain:
+            return NoRoute(f"5.1.3 no domain in address {address!r}", permanent=True)
+        if domain.startswith("[") and domain.endswith("]"):  # address literal, RFC 5321 §4.1.3
+            literal = domain[1:-1].removeprefix("ipv6:")
+            try:
+                return [self._hop(str(ipaddress.ip_address(literal)), 0)]
+            except ValueError:
+                return NoRoute(f"5.1.2 bad address literal {domain}", permanent=True)
+        tenant = self._tenant_of_domain(domain)
+        if tenant is not None:
+            routes = ordered(self.routes(tenant))
+            return routes or NoRoute(f"4.4.0 tenant {tenant} has no routes", permanent=False)
+        return await self._mx_hops(domain)
+
+    def _hop(self, host: str, preference: int) -> Route:
+        return Route(host=host, port=self._mx_port, priority=preference, tls=RouteTls.opportunistic)
+
+    async def _mx_hops(self, domain: str) -> list[Route] | NoRoute:
+        try:
+            answer = await self._resolver.resolve(domain, "MX")
+        except dns.resolver.NXDOMAIN:
+            return NoRoute(f"5.1.2 domain {domain} does not exist", permanent=True)
+        except dns.resolver.NoAnswer:
+            exchanges = [(0, domain)]  # implicit MX, RFC 5321 §5.1
+        except dns.exception.DNSException as exc:  # timeout, SERVFAIL, bad name
+            return NoRoute(f"4.4.3 MX lookup for {domain} failed: {exc}", permanent=False)
+        else:
+            records = [(int(r.preference), r.exchange) for r in answer]
+            if any(exchange == dns.name.root for _, exchange in records):
+                return NoRoute(f"5.1.10 {domain} accepts no mail (null MX, RFC 7505)", permanent=True)
+            exchanges = [(pref, exchange.to_text(omit_final_dot=True)) for pref, exchange in records]
+        hops: list[Route] = []
+        temporary = False
+        for preference, host in sorted(exchanges, key=lambda item: (item[0], random.random())):
+            addresses, failed = await self._addresses(host)
+            temporary |= failed
+            hops.extend(self._hop(address, preference) for address in addresses)
+        if hops:
+            return hops
+        if temporary:
+            return NoRoute(f"4.4.3 cannot resolve the mail exchangers of {domain}", permanent=False)
+        return NoRoute(f"5.1.2 the mail exchangers of {domain} have no address", permanent=True)
+
+    async def _addresses(self, host: str) -> tuple[list[str], bool]:
+        """IPv4 then IPv6 addresses of `host`, and whether a lookup failed temporarily."""
+        found: list[str] = []
+        temporary = False
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = await self._resolver.resolve(host, rdtype)
+            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+                continue
+            except dns.exception.DNSException:
+                temporary = True
+                continue
+            found.extend(r.address for r in answer)
+        return found, temporary

@@ -1,0 +1,257 @@
+"""The delivery worker: takes due deliveries from the store and relays them to their next hops.
+
+Algorithm, for each claimed delivery (one copy of a message to some recipients):
+
+1. Claim: the store marks the delivery in flight and counts the attempt *before* it is made,
+   so a crash mid-attempt is visible; the owner's next `open` makes it due again.
+2. Compose the copy from the spooled bytes (`compose.build_copy`) and find the hops: a tenant
+   copy goes to the tenant's routes in the live policy (lowest priority first, equal ones
+   shuffled); anything else to the MX hosts of its recipients' domain (`nexthop`).
+3. Try the hops in order, sharing pooled sessions (`client`). A hop that cannot be used (no
+   connection, TLS required but not possible, refused session) or a 4xx reply moves the
+   recipients concerned to the next hop; a 2xx delivers them, a 5xx fails them for good — per
+   recipient at RCPT, for all at MAIL or DATA.
+4. Record the outcome (per-recipient status and last reply, last error, next attempt) in one
+   store transaction. Recipients still pending are retried after `retry_initial` seconds,
+   doubling per attempt up to `retry_max` (never later than the give-up time); when
+   `give_up_after` seconds have passed since the delivery was queued (receipt, or quarantine
+   release) they fail with status 4.4.7 (RFC 3463).
+5. Recipients that failed in this attempt are reported to the envelope sender in one DSN
+   (`dsn`, RFC 3464) stored in that same transaction and delivered by this worker — unless
+   the sender is null (RFC 5321 §4.5.5: no DSN for a DSN).
+
+Durability: nothing is removed from the store until its outcome is committed, and a recorded
+outcome is final, so a crash or `stop` at any point costs at most a repeated attempt (a copy
+may then arrive twice, which RFC 5321 §6.1 prefers to losing it). Up to `concurrency`
+deliveries are in flight at once; the store is polled at least every `poll_interval` seconds
+(a release from the quarantine CLI in another process is seen that way) and at once on `wake`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from engine.policy.models import DeliverySettings, Route
+from engine.relay.client import HopFailure, Reply, SmtpPool, transaction
+from engine.relay.compose import build_copy
+from engine.relay.dsn import FailedRecipient, dsn_message
+from engine.relay.nexthop import NextHops, NoRoute, ordered
+from engine.store.base import AttemptRecord, Delivery, RcptState, RcptStatus, Store, StoreError
+
+log = logging.getLogger("liveprism.relay")
+
+REAP_INTERVAL = 1.0
+_STATUS: dict[str, RcptStatus] = {"delivered": "delivered", "failed": "failed", "retry": "pending"}
+
+
+def backoff(settings: DeliverySettings, attempts: int) -> float:
+    """Seconds before the next attempt after `attempts` attempts: retry_initial · 2^(attempts-1), capped."""
+    return float(min(settings.retry_initial * 2 ** min(max(attempts - 1, 0), 32), settings.retry_max))
+
+
+class RelayWorker:
+    """Delivers what the store holds; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        next_hops: NextHops,
+        settings: Callable[[], DeliverySettings],
+        hostname: str,
+        *,
+        concurrency: int = 20,
+        per_destination: int = 10,
+        poll_interval: float = 1.0,
+        idle_timeout: float = 10.0,
+    ) -> None:
+        self._store = store
+        self._next_hops = next_hops
+        self._settings = settings
+        self._hostname = hostname
+        self._concurrency = concurrency
+        self._poll_interval = poll_interval
+        self.pool = SmtpPool(hostname, per_destination=per_destination, idle_timeout=idle_timeout)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._finished: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ control
+
+    async def run(self) -> None:
+        """Claim due deliveries and deliver them until `stop`."""
+        self._stopping = False
+        self._finished = asyncio.Event()
+        reaper = asyncio.create_task(self._reap())
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                timeout = self._poll_interval
+                free = self._concurrency - len(self._tasks)
+                if free > 0:
+                    try:
+                        claimed = await self._store.claim_due(time.time(), free)
+                    except StoreError as exc:
+                        log.error("relay cannot claim deliveries: %s", exc)
+                    else:
+                        for delivery in claimed.deliveries:
+                            self._start(delivery)
+                        if claimed.next_due is not None:
+                            timeout = min(timeout, max(0.0, claimed.next_due - time.time()))
+                if not self._stopping:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+        finally:
+            reaper.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.pool.close()
+            self._finished.set()
+
+    def wake(self) -> None:
+        """Look for due deliveries now (called after each accept)."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop claiming; wait for the attempts in flight (bounded by the connect and command
+        timeouts). Whatever is unfinished stays in the store."""
+        self._stopping = True
+        self._wake.set()
+        if self._finished is not None:
+            await self._finished.wait()
+
+    def _start(self, delivery: Delivery) -> None:
+        task = asyncio.create_task(self._attempt(delivery), name=f"relay-{delivery.queue_id}-{delivery.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL)
+            await self.pool.reap()
+
+    # ------------------------------------------------------------ one attempt
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        settings = self._settings()
+        try:
+            record = await self._deliver(delivery, settings)
+        except Exception:  # a bug must not stall the queue: retry this delivery later
+            log.exception(
+                "queue_id=%s delivery=%d status=deferred reason=internal-error", delivery.queue_id, delivery.id
+            )
+            record = AttemptRecord(
+                delivery.id,
+                delivery.rcpts,
+                "4.3.0 internal error in the relay",
+                time.time() + backoff(settings, delivery.attempts),
+                None,
+            )
+        try:
+            await self._store.record_attempt(record)
+        except StoreError as exc:  # stays in flight; the next start makes it due again
+            log.error("queue_id=%s delivery=%d cannot record attempt: %s", delivery.queue_id, delivery.id, exc)
+
+    async def _deliver(self, delivery: Delivery, settings: DeliverySettings) -> AttemptRecord:
+        raw = await self._store.read_message(delivery.queue_id)
+        pending = list(delivery.pending)
+        replies: dict[str, tuple[Reply, str]] = {}
+        data = b""
+        if raw is None:
+            replies = dict.fromkeys(pending, (Reply(0, "5.3.0 the message is missing from the spool"), ""))
+        else:
+            data = build_copy(raw, delivery.headers, delivery.subject_prefix)
+            hops = await self._hops(delivery)
+            if isinstance(hops, NoRoute):
+                replies = dict.fromkeys(pending, (Reply(0, hops.reason), ""))
+            for hop in [] if isinstance(hops, NoRoute) else hops:
+                got = await self._try_hop(hop, delivery.mail_from, pending, data, settings.connect_timeout)
+                replies.update((rcpt, (reply, hop.label)) for rcpt, reply in got.items())
+                pending = [rcpt for rcpt in pending if got[rcpt].outcome == "retry"]
+                if not pending:
+                    break
+        return self._outcome(delivery, settings, replies, data)
+
+    async def _hops(self, delivery: Delivery) -> Sequence[Route] | NoRoute:
+        if delivery.route_by == "address":
+            return await self._next_hops.for_address(delivery.rcpts[0].rcpt)
+        routes = ordered(self._next_hops.routes(delivery.tenant))
+        return routes or NoRoute(f"4.4.0 tenant {delivery.tenant} has no routes", permanent=False)
+
+    async def _try_hop(
+        self, hop: Route, mail_from: str, rcpts: list[str], data: bytes, connect_timeout: float
+    ) -> dict[str, Reply]:
+        fresh = False
+        while True:
+            conn = await self.pool.acquire(hop, connect_timeout, fresh=fresh)
+            if isinstance(conn, HopFailure):
+                return dict.fromkeys(rcpts, conn.reply)
+            result = await transaction(conn, mail_from, rcpts, data)
+            self.pool.release(conn, reusable=result.reusable)
+            if not result.stale or fresh:
+                return result.replies
+            fresh = True  # the pooled session had died: once more on a new one
+
+    def _outcome(
+        self,
+        delivery: Delivery,
+        settings: DeliverySettings,
+        replies: dict[str, tuple[Reply, str]],
+        copy: bytes,
+    ) -> AttemptRecord:
+        now = time.time()
+        deadline = delivery.created_at + settings.give_up_after
+        expired = now >= deadline
+        states: list[RcptState] = []
+        failed: list[FailedRecipient] = []
+        last_error = ""
+        for state in delivery.rcpts:
+            if state.status != "pending":
+                states.append(state)
+                continue
+            reply, remote = replies[state.rcpt]
+            status = _STATUS[reply.outcome]
+            word = {"delivered": "sent", "failed": "bounced", "pending": "deferred"}[status]
+            if status == "pending":
+                last_error = str(reply)
+                if expired:
+                    status, word = "failed", "expired"
+                    failed.append(FailedRecipient(state.rcpt, str(reply), remote, status="4.4.7"))
+            elif status == "failed":
+                failed.append(FailedRecipient(state.rcpt, str(reply), remote))
+            states.append(RcptState(state.rcpt, status, str(reply), remote))
+            log.info(
+                "queue_id=%s delivery=%d tenant=%s rcpt=%s status=%s relay=%s attempts=%d reply=%r",
+                delivery.queue_id,
+                delivery.id,
+                delivery.tenant,
+                state.rcpt,
+                word,
+                remote or "none",
+                delivery.attempts,
+                str(reply),
+            )
+        dsn = None
+        if failed and delivery.mail_from:
+            dsn = dsn_message(
+                reporting_mta=self._hostname,
+                original_queue_id=delivery.queue_id,
+                tenant=delivery.tenant,
+                sender=delivery.mail_from,
+                arrival=delivery.received_at,
+                now=now,
+                failed=failed,
+                original=copy,
+            )
+            log.info(
+                "queue_id=%s delivery=%d dsn=%s to=%s", delivery.queue_id, delivery.id, dsn.queue_id, delivery.mail_from
+            )
+        next_attempt = max(now, min(now + backoff(settings, delivery.attempts), deadline))
+        return AttemptRecord(delivery.id, tuple(states), last_error, next_attempt, dsn)

@@ -1,0 +1,283 @@
+"""The storage interface of the gateway: spool, delivery queue, quarantine and archive.
+
+The SMTP layer hands every message it is about to acknowledge with 250 to `Store.accept`; the
+relay claims due deliveries from the same store and records each attempt; the `quarantine` CLI
+reviews held copies, possibly from another process while the gateway runs.
+
+Guarantees every implementation gives (the embedded one is `engine.store.sqlite`):
+
+- `accept` returns only once the message and all its index rows are durable (RFC 5321 §6.1:
+  a server that has replied 250 is responsible for the message). A crash before that leaves
+  nothing behind that a restart would deliver; a crash after it loses nothing.
+- The raw message is stored once, shared by archive, deliveries and quarantine entries, and
+  deleted when none of them references it any more.
+- A delivery's attempt state (attempts, per-recipient results, next attempt time) is recorded
+  durably; a delivery that was in flight when the process died is due again at the next `open`.
+- Failures of the store itself (disk full, I/O errors) raise `StoreError`; expected outcomes
+  (an unknown quarantine id, a copy that is no longer held) are returned as values.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_TIME_CHARS = 9  # milliseconds since the epoch, base 36: good until the year 5138
+_RANDOM_CHARS = 7  # 36**7 ≈ 7.8e10 values per millisecond
+_RANDOM_SPACE = 36**_RANDOM_CHARS
+
+_id_lock = threading.Lock()
+_id_last: tuple[int, int] = (0, 0)
+
+
+def _base36(value: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        value, digit = divmod(value, 36)
+        chars.append(_ALPHABET[digit])
+    return "".join(reversed(chars))
+
+
+def new_queue_id() -> str:
+    """A unique, time-sortable queue id of 16 characters from [0-9A-Z].
+
+    Nine characters of milliseconds since the epoch, then seven random ones; within one
+    millisecond of one process the random part counts up, so ids sort in creation order.
+    """
+    global _id_last
+    with _id_lock:
+        millis = time.time_ns() // 1_000_000
+        last_millis, last_random = _id_last
+        if millis <= last_millis:  # same millisecond (or the clock stepped back): count up
+            millis, rand = last_millis, last_random + 1
+        else:  # a fresh start in the lower half leaves 3.9e10 ids of room to count up
+            rand = int.from_bytes(os.urandom(5)) % (_RANDOM_SPACE // 2)
+        _id_last = (millis, rand)
+    return _base36(millis, _TIME_CHARS) + _base36(rand, _RANDOM_CHARS)
+
+
+# ---------------------------------------------------------------- what the SMTP layer stores
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The SMTP envelope of an accepted transaction."""
+
+    mail_from: str  # "" = null sender
+    rcpts: tuple[str, ...]
+    client_ip: str
+    helo: str
+    received_at: float  # unix time
+    direction: str = "inbound"  # inbound: tenant routes; anything else (outbound, dsn): MX of each recipient
+
+
+@dataclass(frozen=True, slots=True)
+class CopyPlan:
+    """One tenant's copy of an accepted message (rejected/tempfailed copies are never stored)."""
+
+    tenant: str
+    recipients: tuple[str, ...]
+    action: str  # "deliver" | "tag" | "quarantine" | "discard"
+    headers: bytes  # CRLF-terminated header lines prepended to this copy, already sanitised; may be b""
+    subject_prefix: str | None  # tag: prefix of the top-level Subject (a Subject is added when missing)
+    verdict: Mapping[str, Any]  # {"action","score","hits":[{"id","kind","score","action","source"}],"reason"}
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A message the SMTP layer is about to acknowledge with 250."""
+
+    queue_id: str
+    raw: bytes  # exactly as received, CRLF line ends
+    envelope: Envelope
+    policy_version: str
+    verdict: Mapping[str, Any]  # whole-transaction verdict, kept in the archive
+    copies: tuple[CopyPlan, ...]
+    archive: bool  # keep in the archive (gateway archive.enabled)
+
+
+# ---------------------------------------------------------------- delivery queue
+
+RcptStatus = Literal["pending", "delivered", "failed"]
+RouteBy = Literal["tenant", "address"]
+
+
+@dataclass(frozen=True, slots=True)
+class RcptState:
+    """One recipient of a delivery and the result of its latest attempt."""
+
+    rcpt: str
+    status: RcptStatus = "pending"
+    reply: str = ""  # the last SMTP reply ("550 5.1.1 no such user") or a local diagnostic
+    remote: str = ""  # host:port that gave `reply`; "" when it is local (no connection, expired)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A claimed delivery: one copy of a message to some recipients over one kind of route."""
+
+    id: int
+    queue_id: str
+    tenant: str
+    route_by: RouteBy  # tenant: the tenant's routes; address: MX of the recipients' domain
+    mail_from: str
+    rcpts: tuple[RcptState, ...]
+    headers: bytes
+    subject_prefix: str | None
+    received_at: float  # arrival of the message (DSN Arrival-Date)
+    created_at: float  # when this delivery was queued (arrival, or quarantine release): give_up_after counts from here
+    attempts: int  # attempts so far, the one just claimed included
+    last_error: str
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        """Recipients still to be delivered."""
+        return tuple(state.rcpt for state in self.rcpts if state.status == "pending")
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What `Store.claim_due` handed out, and when the next queued delivery falls due."""
+
+    deliveries: tuple[Delivery, ...]
+    next_due: float | None  # earliest next attempt among the deliveries still queued
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """The outcome of one attempt, recorded by `Store.record_attempt`."""
+
+    delivery_id: int
+    rcpts: tuple[RcptState, ...]  # the new state of every recipient; none pending = the delivery is finished
+    last_error: str
+    next_attempt_at: float  # when recipients are still pending
+    dsn: Accepted | None  # a delivery status notification, queued in the same transaction
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSummary:
+    """Deliveries waiting (`queued`) and being attempted (`inflight`)."""
+
+    queued: int
+    inflight: int
+    next_due: float | None
+
+
+# ---------------------------------------------------------------- quarantine and archive
+
+QuarantineStatus = Literal["held", "released", "deleted"]
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """One tenant's held copy of a message."""
+
+    id: str  # "<queue id>-<tenant>"
+    queue_id: str
+    tenant: str
+    recipients: tuple[str, ...]
+    mail_from: str
+    subject: str
+    reason: str
+    score: float | None
+    hits: tuple[Mapping[str, Any], ...]
+    created_at: float
+    status: QuarantineStatus
+    status_at: float  # when `status` was last set
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineRefusal:
+    """Why a quarantine change was not made: `not-found` or `not-held` (already released/deleted)."""
+
+    entry_id: str
+    reason: Literal["not-found", "not-held"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """What is known about a stored message (archive metadata)."""
+
+    queue_id: str
+    envelope: Envelope
+    subject: str
+    size: int
+    policy_version: str
+    verdict: Mapping[str, Any]
+    archived_at: float | None  # None: not in the archive (kept only for deliveries or quarantine)
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    """What `Store.purge_expired` removed."""
+
+    archived: int  # archive rows past archive retention
+    quarantined: int  # quarantine entries past quarantine retention
+    files: int  # message files deleted because nothing references them any more
+
+
+class StoreError(Exception):
+    """The store could not do its job (I/O error, disk full, database locked too long)."""
+
+
+class Store(Protocol):
+    """Spool, delivery queue, quarantine and archive behind one small interface."""
+
+    async def open(self) -> None:
+        """Create the schema; as the owner, recover from a crash (see the implementation)."""
+
+    async def close(self) -> None:
+        """Finish queued writes and release the store."""
+
+    async def accept(self, msg: Accepted) -> None:
+        """Persist a message durably; returns only when it survives a crash. Raises StoreError."""
+
+    async def claim_due(self, now: float, limit: int) -> Claimed:
+        """Mark up to `limit` due deliveries in flight (attempts + 1) and return them."""
+
+    async def record_attempt(self, record: AttemptRecord) -> None:
+        """Store an attempt's per-recipient outcome: reschedule, or finish the delivery."""
+
+    async def read_message(self, queue_id: str) -> bytes | None:
+        """The raw message as received; None when it is not stored."""
+
+    async def message_info(self, queue_id: str) -> StoredMessage | None:
+        """Envelope, verdict and archive state of a stored message."""
+
+    async def queue_summary(self) -> QueueSummary:
+        """How many deliveries are waiting and in flight."""
+
+    async def list_quarantine(
+        self, *, tenant: str | None = None, since: float | None = None, status: QuarantineStatus | None = "held"
+    ) -> list[QuarantineEntry]:
+        """Quarantine entries, oldest first; `status=None` lists every status."""
+
+    async def get_quarantine(self, entry_id: str) -> QuarantineEntry | None:
+        """One quarantine entry."""
+
+    async def release_quarantine(self, entry_id: str, now: float) -> QuarantineEntry | QuarantineRefusal:
+        """Turn a held copy into a delivery due now (a running relay picks it up by polling)."""
+
+    async def delete_quarantine(self, entry_id: str, now: float) -> QuarantineEntry | QuarantineRefusal:
+        """Drop a held copy; the message file goes when nothing else references it."""
+
+    async def purge_expired(self, now: float, archive_days: int, quarantine_days: int) -> PurgeResult:
+        """Remove archive rows and quarantine entries older than their retention."""
+
+
+def open_store(state_dir: Path, *, owner: bool = True) -> Store:
+    """The embedded store (SQLite + one file per message) under `state_dir`, created if missing.
+
+    `owner=True` is the gateway: it takes an exclusive lock on the state directory and runs
+    crash recovery in `open`. Tools that only review or release mail while the gateway may be
+    running (the `quarantine` CLI) pass `owner=False`.
+    """
+    from engine.store.sqlite import SqliteStore
+
+    return SqliteStore(state_dir, owner=owner)

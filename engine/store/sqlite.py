@@ -1,0 +1,774 @@
+"""Embedded store: one file per message plus a SQLite index (WAL), written by one thread.
+
+Layout under the state directory::
+
+    index.sqlite3 (+ -wal, -shm)   messages, deliveries, quarantine, archive
+    messages/<queue id>            the raw message as received, written once, never modified
+    owner.lock                     flock(2)ed by the gateway that owns the store
+
+Write path (group commit). Every change goes through one writer thread that owns the write
+connection. The thread takes every operation queued at that moment as one batch and:
+
+1. writes each new message file (O_EXCL) and fsyncs it, then fsyncs the `messages/`
+   directory once, so the files and their directory entries are on disk;
+2. runs all operations of the batch in one transaction (BEGIN IMMEDIATE … COMMIT), each in
+   its own SAVEPOINT so that one failing operation does not undo the others;
+3. commits with `synchronous=FULL`: the WAL is fsynced before COMMIT returns;
+4. only then resolves the callers' futures (an `accept` returns, the SMTP layer says 250),
+   and unlinks the files of messages that the batch left unreferenced.
+
+So one batch costs one fsync per new file, one directory fsync and one WAL fsync, however
+many callers waited; the asyncio loop never touches the disk for writes.
+
+Durability and crash recovery. A message file is durable before the row that names it is
+committed, so after a crash at any moment every committed `messages` row has its file, and a
+file without a row belongs to an `accept` that never returned (never acknowledged): the owner's
+`open` deletes such files. Deliveries left `inflight` by a crash are made due at once; an attempt
+that was cut short may therefore be repeated, which RFC 5321 §6.1 prefers to losing the message.
+A file is deleted only after the transaction that dropped its last reference (delivery,
+held quarantine entry, archive row) has committed; a crash in between leaves an orphan file
+that the next `open` removes.
+
+Other processes (the `quarantine` CLI) open the same database with `owner=False`: they use
+their own connections, never run recovery, and wait for the write lock (`busy_timeout`).
+Readers (listings, claims' message reads) use a separate read connection in its own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import fcntl
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Generic, TypeVar, cast
+
+from engine.relay.compose import header_value
+from engine.store.base import (
+    Accepted,
+    AttemptRecord,
+    Claimed,
+    Delivery,
+    Envelope,
+    PurgeResult,
+    QuarantineEntry,
+    QuarantineRefusal,
+    QuarantineStatus,
+    QueueSummary,
+    RcptState,
+    RouteBy,
+    StoredMessage,
+    StoreError,
+)
+
+log = logging.getLogger("liveprism.store")
+
+T = TypeVar("T")
+
+DB_NAME = "index.sqlite3"
+MESSAGES_DIR = "messages"
+LOCK_NAME = "owner.lock"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
+MAX_BATCH = 512  # operations per transaction
+DAY = 86_400.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    queue_id       TEXT PRIMARY KEY,
+    received_at    REAL NOT NULL,
+    mail_from      TEXT NOT NULL,
+    rcpts          TEXT NOT NULL,              -- JSON array
+    client_ip      TEXT NOT NULL,
+    helo           TEXT NOT NULL,
+    direction      TEXT NOT NULL,
+    subject        TEXT NOT NULL,
+    size           INTEGER NOT NULL,
+    policy_version TEXT NOT NULL,
+    verdict        TEXT NOT NULL               -- JSON
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS archive (
+    queue_id    TEXT PRIMARY KEY REFERENCES messages(queue_id),
+    archived_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS archive_by_time ON archive(archived_at);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id              INTEGER PRIMARY KEY,
+    queue_id        TEXT NOT NULL REFERENCES messages(queue_id),
+    tenant          TEXT NOT NULL,
+    route_by        TEXT NOT NULL CHECK (route_by IN ('tenant', 'address')),
+    mail_from       TEXT NOT NULL,
+    rcpts           TEXT NOT NULL,             -- JSON [{rcpt, status, reply, remote}]
+    headers         BLOB NOT NULL,
+    subject_prefix  TEXT,
+    created_at      REAL NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('queued', 'inflight')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_attempt_at REAL,
+    last_error      TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_by_message ON deliveries(queue_id);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id         TEXT PRIMARY KEY,
+    queue_id   TEXT NOT NULL,                  -- no foreign key: the entry outlives the message
+    tenant     TEXT NOT NULL,
+    recipients TEXT NOT NULL,                  -- JSON array
+    headers    BLOB NOT NULL,
+    mail_from  TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    score      REAL,
+    hits       TEXT NOT NULL,                  -- JSON array
+    verdict    TEXT NOT NULL,                  -- JSON
+    created_at REAL NOT NULL,
+    status     TEXT NOT NULL CHECK (status IN ('held', 'released', 'deleted')),
+    status_at  REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS quarantine_by_status ON quarantine(status, created_at);
+CREATE INDEX IF NOT EXISTS quarantine_by_message ON quarantine(queue_id);
+"""
+
+_DELIVERY_COLUMNS = (
+    "d.id, d.queue_id, d.tenant, d.route_by, d.mail_from, d.rcpts, d.headers, d.subject_prefix,"
+    " m.received_at, d.created_at, d.attempts, d.last_error"
+)
+_QUARANTINE_COLUMNS = (
+    "id, queue_id, tenant, recipients, mail_from, subject, reason, score, hits, created_at, status, status_at"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Counters of the writer thread (for tests, the benchmark and metrics)."""
+
+    batches: int  # transactions committed
+    file_batches: int  # batches that wrote message files (one directory fsync each)
+    files_written: int
+    files_deleted: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    """What the owner's `open` repaired after a crash."""
+
+    orphan_files: int  # files of never-acknowledged accepts, deleted
+    requeued: int  # deliveries that were in flight, due again now
+    missing_files: tuple[str, ...]  # indexed messages whose file is gone (should never happen)
+
+
+@dataclass(slots=True)
+class _Txn:
+    """What one operation sees inside the batch transaction."""
+
+    conn: sqlite3.Connection
+    unlink: list[str] = field(default_factory=list)  # message files to delete after COMMIT
+
+
+@dataclass(slots=True)
+class _Op(Generic[T]):
+    fn: Callable[[_Txn], T]
+    files: tuple[tuple[str, bytes], ...]  # (queue id, raw) written and fsynced before `fn` runs
+    future: concurrent.futures.Future[T]
+
+
+_STOP = object()
+
+
+# ---------------------------------------------------------------- row conversion
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def _rcpts_json(rcpts: Iterable[RcptState]) -> str:
+    return _json([{"rcpt": r.rcpt, "status": r.status, "reply": r.reply, "remote": r.remote} for r in rcpts])
+
+
+def _rcpts_from(text: str) -> tuple[RcptState, ...]:
+    return tuple(RcptState(r["rcpt"], r["status"], r["reply"], r["remote"]) for r in json.loads(text))
+
+
+def _delivery_from(row: sqlite3.Row) -> Delivery:
+    return Delivery(
+        id=row[0],
+        queue_id=row[1],
+        tenant=row[2],
+        route_by=cast(RouteBy, row[3]),
+        mail_from=row[4],
+        rcpts=_rcpts_from(row[5]),
+        headers=bytes(row[6]),
+        subject_prefix=row[7],
+        received_at=row[8],
+        created_at=row[9],
+        attempts=row[10],
+        last_error=row[11],
+    )
+
+
+def _quarantine_from(row: sqlite3.Row) -> QuarantineEntry:
+    return QuarantineEntry(
+        id=row[0],
+        queue_id=row[1],
+        tenant=row[2],
+        recipients=tuple(json.loads(row[3])),
+        mail_from=row[4],
+        subject=row[5],
+        reason=row[6],
+        score=row[7],
+        hits=tuple(json.loads(row[8])),
+        created_at=row[9],
+        status=cast(QuarantineStatus, row[10]),
+        status_at=row[11],
+    )
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+def quarantine_id(queue_id: str, tenant: str) -> str:
+    """The id of a tenant's quarantined copy of a message."""
+    return f"{queue_id}-{tenant}"
+
+
+# ---------------------------------------------------------------- operations (run in the writer thread)
+
+
+def _insert_message(txn: _Txn, msg: Accepted) -> None:
+    env = msg.envelope
+    conn = txn.conn
+    subject = header_value(msg.raw, "subject") or ""
+    conn.execute(
+        "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            msg.queue_id,
+            env.received_at,
+            env.mail_from,
+            _json(list(env.rcpts)),
+            env.client_ip,
+            env.helo,
+            env.direction,
+            subject,
+            len(msg.raw),
+            msg.policy_version,
+            _json(dict(msg.verdict)),
+        ),
+    )
+    if msg.archive:
+        conn.execute("INSERT INTO archive VALUES (?,?)", (msg.queue_id, env.received_at))
+    for copy in msg.copies:
+        if copy.action in ("deliver", "tag"):
+            # Inbound copies go to the tenant's routes; anything else (outbound mail, DSNs) to the
+            # MX of each recipient domain, so one delivery row per domain (RFC 5321 §5.1).
+            groups: list[tuple[RouteBy, tuple[str, ...]]]
+            if env.direction == "inbound":
+                groups = [("tenant", copy.recipients)]
+            else:
+                by_domain: dict[str, list[str]] = {}
+                for rcpt in copy.recipients:
+                    by_domain.setdefault(_domain(rcpt), []).append(rcpt)
+                groups = [("address", tuple(rcpts)) for rcpts in by_domain.values()]
+            for route_by, rcpts in groups:
+                conn.execute(
+                    "INSERT INTO deliveries (queue_id, tenant, route_by, mail_from, rcpts, headers, subject_prefix,"
+                    " created_at, state, next_attempt_at) VALUES (?,?,?,?,?,?,?,?,'queued',?)",
+                    (
+                        msg.queue_id,
+                        copy.tenant,
+                        route_by,
+                        env.mail_from,
+                        _rcpts_json(RcptState(r) for r in rcpts),
+                        copy.headers,
+                        copy.subject_prefix,
+                        env.received_at,
+                        env.received_at,
+                    ),
+                )
+        elif copy.action == "quarantine":
+            verdict = dict(copy.verdict)
+            score = verdict.get("score")
+            conn.execute(
+                "INSERT INTO quarantine VALUES (?,?,?,?,?,?,?,?,?,?,?,?,'held',?)",
+                (
+                    quarantine_id(msg.queue_id, copy.tenant),
+                    msg.queue_id,
+                    copy.tenant,
+                    _json(list(copy.recipients)),
+                    copy.headers,
+                    env.mail_from,
+                    subject,
+                    str(verdict.get("reason") or ""),
+                    float(score) if isinstance(score, int | float) else None,
+                    _json(list(verdict.get("hits") or [])),
+                    _json(verdict),
+                    env.received_at,
+                    env.received_at,
+                ),
+            )
+
+
+def _keeps(msg: Accepted) -> bool:
+    """Whether anything would reference the message (else there is nothing to store)."""
+    return msg.archive or any(copy.action in ("deliver", "tag", "quarantine") for copy in msg.copies)
+
+
+def _drop_if_unreferenced(txn: _Txn, queue_id: str) -> None:
+    cur = txn.conn.execute(
+        "DELETE FROM messages WHERE queue_id = ?1"
+        " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE queue_id = ?1)"
+        " AND NOT EXISTS (SELECT 1 FROM quarantine WHERE queue_id = ?1 AND status = 'held')"
+        " AND NOT EXISTS (SELECT 1 FROM archive WHERE queue_id = ?1)",
+        (queue_id,),
+    )
+    if cur.rowcount:
+        txn.unlink.append(queue_id)
+
+
+def _claim(txn: _Txn, now: float, limit: int) -> Claimed:
+    conn = txn.conn
+    rows = conn.execute(
+        f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN messages m USING (queue_id)"
+        " WHERE d.state = 'queued' AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at LIMIT ?",
+        (now, limit),
+    ).fetchall()
+    conn.executemany(
+        "UPDATE deliveries SET state = 'inflight', attempts = attempts + 1, last_attempt_at = ? WHERE id = ?",
+        [(now, row[0]) for row in rows],
+    )
+    (next_due,) = conn.execute("SELECT min(next_attempt_at) FROM deliveries WHERE state = 'queued'").fetchone()
+    claimed = (_delivery_from(row) for row in rows)
+    return Claimed(tuple(replace(d, attempts=d.attempts + 1) for d in claimed), next_due)
+
+
+def _record(txn: _Txn, record: AttemptRecord) -> None:
+    conn = txn.conn
+    row = conn.execute("SELECT queue_id FROM deliveries WHERE id = ?", (record.delivery_id,)).fetchone()
+    if row is None:
+        raise StoreError(f"delivery {record.delivery_id} does not exist")
+    if record.dsn is not None:
+        _insert_message(txn, record.dsn)
+    if any(r.status == "pending" for r in record.rcpts):
+        conn.execute(
+            "UPDATE deliveries SET state = 'queued', rcpts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
+            (_rcpts_json(record.rcpts), record.next_attempt_at, record.last_error, record.delivery_id),
+        )
+    else:
+        conn.execute("DELETE FROM deliveries WHERE id = ?", (record.delivery_id,))
+        _drop_if_unreferenced(txn, row[0])
+
+
+def _change_quarantine(txn: _Txn, entry_id: str, now: float, release: bool) -> QuarantineEntry | QuarantineRefusal:
+    conn = txn.conn
+    row = conn.execute(
+        "SELECT q.status, q.queue_id, q.tenant, q.recipients, q.headers, m.mail_from, m.direction"
+        " FROM quarantine q LEFT JOIN messages m USING (queue_id) WHERE q.id = ?",
+        (entry_id,),
+    ).fetchone()
+    if row is None:
+        return QuarantineRefusal(entry_id, "not-found")
+    status, queue_id, tenant, recipients, headers, mail_from, direction = row
+    if status != "held":
+        return QuarantineRefusal(entry_id, "not-held")
+    conn.execute(
+        "UPDATE quarantine SET status = ?, status_at = ? WHERE id = ?",
+        ("released" if release else "deleted", now, entry_id),
+    )
+    if release:
+        rcpts = json.loads(recipients)
+        conn.execute(
+            "INSERT INTO deliveries (queue_id, tenant, route_by, mail_from, rcpts, headers, subject_prefix,"
+            " created_at, state, next_attempt_at) VALUES (?,?,?,?,?,?,NULL,?,'queued',?)",
+            (
+                queue_id,
+                tenant,
+                "tenant" if direction == "inbound" else "address",
+                mail_from,
+                _rcpts_json(RcptState(r) for r in rcpts),
+                headers,
+                now,
+                now,
+            ),
+        )
+    else:
+        _drop_if_unreferenced(txn, queue_id)
+    entry = conn.execute(f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine WHERE id = ?", (entry_id,)).fetchone()
+    return _quarantine_from(entry)
+
+
+def _purge(txn: _Txn, now: float, archive_days: int, quarantine_days: int) -> PurgeResult:
+    conn = txn.conn
+    archive_cut = now - archive_days * DAY
+    quarantine_cut = now - quarantine_days * DAY
+    archived = [r[0] for r in conn.execute("SELECT queue_id FROM archive WHERE archived_at < ?", (archive_cut,))]
+    conn.execute("DELETE FROM archive WHERE archived_at < ?", (archive_cut,))
+    quarantined = [
+        r[0] for r in conn.execute("SELECT queue_id FROM quarantine WHERE created_at < ?", (quarantine_cut,))
+    ]
+    conn.execute("DELETE FROM quarantine WHERE created_at < ?", (quarantine_cut,))
+    before = len(txn.unlink)
+    for queue_id in dict.fromkeys(archived + quarantined):
+        _drop_if_unreferenced(txn, queue_id)
+    return PurgeResult(archived=len(archived), quarantined=len(quarantined), files=len(txn.unlink) - before)
+
+
+def _recover(txn: _Txn, messages_dir: Path, now: float) -> RecoveryReport:
+    conn = txn.conn
+    requeued = conn.execute(
+        "UPDATE deliveries SET state = 'queued', next_attempt_at = ? WHERE state = 'inflight'", (now,)
+    ).rowcount
+    indexed = {row[0] for row in conn.execute("SELECT queue_id FROM messages")}
+    on_disk = set(os.listdir(messages_dir))
+    orphans = on_disk - indexed
+    for name in orphans:
+        os.unlink(messages_dir / name)
+    return RecoveryReport(len(orphans), requeued, tuple(sorted(indexed - on_disk)))
+
+
+# ---------------------------------------------------------------- the store
+
+
+class SqliteStore:
+    """`engine.store.base.Store` on SQLite + files; see the module docstring."""
+
+    def __init__(self, state_dir: Path, *, owner: bool = True) -> None:
+        self.state_dir = state_dir
+        self.owner = owner
+        self.messages_dir = state_dir / MESSAGES_DIR
+        self.db_path = state_dir / DB_NAME
+        self.recovery: RecoveryReport | None = None
+        self._queue: queue.SimpleQueue[_Op[Any] | object] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reader_conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self._dir_fd: int | None = None
+        self._stats = StoreStats(0, 0, 0, 0)
+
+    @property
+    def stats(self) -> StoreStats:
+        return self._stats
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Create directories and schema; as owner, lock the state directory and recover.
+
+        Recovery: message files without a `messages` row were never acknowledged and are
+        deleted; deliveries left `inflight` by a crash become due now.
+        """
+        await asyncio.to_thread(self._prepare)
+        conn = await asyncio.to_thread(self._connect)
+        self._writer = threading.Thread(target=self._writer_main, args=(conn,), name="liveprism-store", daemon=True)
+        self._writer.start()
+        self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="liveprism-store-read")
+        if self.owner:
+            self.recovery = await self._submit(lambda txn: _recover(txn, self.messages_dir, time.time()))
+            if self.recovery.missing_files:
+                log.error("messages indexed without a file: %s", " ".join(self.recovery.missing_files))
+            log.info(
+                "store opened: %d orphan files removed, %d in-flight deliveries requeued",
+                self.recovery.orphan_files,
+                self.recovery.requeued,
+            )
+
+    def _prepare(self) -> None:
+        created = not self.messages_dir.exists()
+        self.messages_dir.mkdir(parents=True, exist_ok=True)
+        if created:  # make the new directory entries durable
+            for directory in (self.state_dir, self.state_dir.parent):
+                _fsync_dir(directory)
+        if self.owner:
+            fd = os.open(self.state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o640)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise StoreError(f"{self.state_dir} is in use by another gateway") from None
+            self._lock_fd = fd
+        self._dir_fd = os.open(self.messages_dir, os.O_RDONLY | os.O_DIRECTORY)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise StoreError(f"{self.db_path} has schema {version}; this LivePrism knows up to {SCHEMA_VERSION}")
+        if version < SCHEMA_VERSION:
+            conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        return conn
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._queue.put(_STOP)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        if self._reader is not None:
+            reader = self._reader
+            if self._reader_conn is not None:
+                await asyncio.get_running_loop().run_in_executor(reader, self._reader_conn.close)
+                self._reader_conn = None
+            reader.shutdown(wait=True)
+            self._reader = None
+        for fd in (self._dir_fd, self._lock_fd):
+            if fd is not None:
+                os.close(fd)
+        self._dir_fd = self._lock_fd = None
+
+    # ------------------------------------------------------------ writer thread
+
+    def _submit(self, fn: Callable[[_Txn], T], files: tuple[tuple[str, bytes], ...] = ()) -> asyncio.Future[T]:
+        if self._writer is None:
+            raise StoreError("store is not open")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put(_Op(fn, files, future))
+        return asyncio.wrap_future(future)
+
+    def _writer_main(self, conn: sqlite3.Connection) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch = [cast(_Op[Any], item)]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(cast(_Op[Any], item))
+            self._run_batch(conn, batch)
+        conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
+        live = [op for op in batch if op.future.set_running_or_notify_cancel()]
+        ready: list[_Op[Any]] = []
+        written = 0
+        for op in live:
+            try:
+                for name, data in op.files:
+                    self._write_file(name, data)
+                    written += 1
+            except OSError as exc:
+                self._unlink([name for name, _ in op.files])
+                op.future.set_exception(StoreError(f"cannot write message file: {exc}"))
+            else:
+                ready.append(op)
+        try:
+            if written:
+                assert self._dir_fd is not None
+                os.fsync(self._dir_fd)
+            done = self._transaction(conn, ready)
+        except Exception as exc:  # the whole batch failed: no caller may see success
+            self._unlink([name for op in ready for name, _ in op.files])
+            for op in ready:
+                op.future.set_exception(StoreError(f"store write failed: {exc}"))
+            return
+        deleted: list[str] = []
+        for op, outcome, unlink in done:
+            if isinstance(outcome, BaseException):
+                self._unlink([name for name, _ in op.files])
+                op.future.set_exception(outcome)
+            else:
+                deleted.extend(unlink)
+                op.future.set_result(outcome)
+        self._unlink(deleted)
+        s = self._stats
+        self._stats = StoreStats(
+            batches=s.batches + 1,
+            file_batches=s.file_batches + (1 if written else 0),
+            files_written=s.files_written + written,
+            files_deleted=s.files_deleted + len(deleted),
+        )
+
+    def _transaction(self, conn: sqlite3.Connection, ops: list[_Op[Any]]) -> list[tuple[_Op[Any], Any, list[str]]]:
+        """Run `ops` in one transaction, each in a savepoint; returns (op, result or exception, files to unlink)."""
+        done: list[tuple[_Op[Any], Any, list[str]]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for op in ops:
+                txn = _Txn(conn)
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = op.fn(txn)
+                except Exception as exc:  # this operation fails alone; the batch goes on
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    wrapped = isinstance(exc, sqlite3.Error | OSError)
+                    done.append((op, StoreError(f"store write failed: {exc}") if wrapped else exc, []))
+                else:
+                    conn.execute("RELEASE op")
+                    done.append((op, result, txn.unlink))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return done
+
+    def _write_file(self, name: str, data: bytes) -> None:
+        fd = os.open(self.messages_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+    def _unlink(self, names: Iterable[str]) -> None:
+        for name in names:
+            try:
+                os.unlink(self.messages_dir / name)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # the next owner `open` removes it as an orphan
+                log.warning("cannot delete message file %s: %s", name, exc)
+
+    # ------------------------------------------------------------ reader thread
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._reader is None:
+            raise StoreError("store is not open")
+
+        def run() -> T:
+            if self._reader_conn is None:
+                self._reader_conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+                self._reader_conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            try:
+                return fn(self._reader_conn)
+            except sqlite3.Error as exc:
+                raise StoreError(f"store read failed: {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader, run)
+
+    # ------------------------------------------------------------ spool
+
+    async def accept(self, msg: Accepted) -> None:
+        """Persist `msg`; returns when its file (+ directory entry) and rows are durable.
+
+        A message that nothing would reference (only discarded copies, archive off) is not
+        stored at all. Raises StoreError when the disk or the database fails.
+        """
+        tenants = [copy.tenant for copy in msg.copies]
+        if len(set(tenants)) != len(tenants):
+            raise ValueError(f"{msg.queue_id}: more than one copy for a tenant: {tenants}")
+        if not _keeps(msg):
+            return
+        await self._submit(lambda txn: _insert_message(txn, msg), ((msg.queue_id, msg.raw),))
+
+    async def read_message(self, queue_id: str) -> bytes | None:
+        def read() -> bytes | None:
+            try:
+                return (self.messages_dir / queue_id).read_bytes()
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise StoreError(f"cannot read message {queue_id}: {exc}") from exc
+
+        if not queue_id.isalnum():  # queue ids are [0-9A-Z]: never a path
+            return None
+        return await asyncio.to_thread(read)
+
+    async def message_info(self, queue_id: str) -> StoredMessage | None:
+        def query(conn: sqlite3.Connection) -> StoredMessage | None:
+            row = conn.execute(
+                "SELECT m.queue_id, m.mail_from, m.rcpts, m.client_ip, m.helo, m.received_at, m.direction,"
+                " m.subject, m.size, m.policy_version, m.verdict, a.archived_at"
+                " FROM messages m LEFT JOIN archive a USING (queue_id) WHERE m.queue_id = ?",
+                (queue_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            envelope = Envelope(row[1], tuple(json.loads(row[2])), row[3], row[4], row[5], row[6])
+            return StoredMessage(row[0], envelope, row[7], row[8], row[9], json.loads(row[10]), row[11])
+
+        return await self._read(query)
+
+    # ------------------------------------------------------------ delivery queue
+
+    async def claim_due(self, now: float, limit: int) -> Claimed:
+        """Mark up to `limit` deliveries due at `now` in flight: attempts + 1, recorded before the try."""
+        return await self._submit(lambda txn: _claim(txn, now, limit))
+
+    async def record_attempt(self, record: AttemptRecord) -> None:
+        """Persist per-recipient results; reschedule, or delete the finished delivery.
+
+        A DSN in the record is stored in the same transaction, so a crash can neither lose it
+        nor send it twice. The message file goes when nothing references it any more.
+        """
+        files = ((record.dsn.queue_id, record.dsn.raw),) if record.dsn is not None else ()
+        await self._submit(lambda txn: _record(txn, record), files)
+
+    async def queue_summary(self) -> QueueSummary:
+        def query(conn: sqlite3.Connection) -> QueueSummary:
+            counts = dict(conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state").fetchall())
+            (next_due,) = conn.execute("SELECT min(next_attempt_at) FROM deliveries WHERE state = 'queued'").fetchone()
+            return QueueSummary(counts.get("queued", 0), counts.get("inflight", 0), next_due)
+
+        return await self._read(query)
+
+    # ------------------------------------------------------------ quarantine
+
+    async def list_quarantine(
+        self, *, tenant: str | None = None, since: float | None = None, status: QuarantineStatus | None = "held"
+    ) -> list[QuarantineEntry]:
+        where: list[str] = []
+        args: list[Any] = []
+        for clause, value in (("status = ?", status), ("tenant = ?", tenant), ("created_at >= ?", since)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        sql = f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at, id"
+        return await self._read(lambda conn: [_quarantine_from(row) for row in conn.execute(sql, args)])
+
+    async def get_quarantine(self, entry_id: str) -> QuarantineEntry | None:
+        def query(conn: sqlite3.Connection) -> QuarantineEntry | None:
+            row = conn.execute(f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine WHERE id = ?", (entry_id,)).fetchone()
+            return None if row is None else _quarantine_from(row)
+
+        return await self._read(query)
+
+    async def release_quarantine(self, entry_id: str, now: float) -> QuarantineEntry | QuarantineRefusal:
+        """held → released, with a delivery due `now` to the copy's recipients (its headers kept)."""
+        return await self._submit(lambda txn: _change_quarantine(txn, entry_id, now, release=True))
+
+    async def delete_quarantine(self, entry_id: str, now: float) -> QuarantineEntry | QuarantineRefusal:
+        """held → deleted; the message file goes when nothing else (archive, deliveries) needs it."""
+        return await self._submit(lambda txn: _change_quarantine(txn, entry_id, now, release=False))
+
+    async def purge_expired(self, now: float, archive_days: int, quarantine_days: int) -> PurgeResult:
+        """Drop archive rows older than `archive_days` and quarantine entries (any status) older
+        than `quarantine_days`; files nothing references any more are deleted after commit."""
+        return await self._submit(lambda txn: _purge(txn, now, archive_days, quarantine_days))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["RecoveryReport", "SqliteStore", "StoreStats", "quarantine_id"]
