@@ -126,18 +126,23 @@ class SmtpPool:
         self._destinations: dict[tuple[str, int, RouteTls], _Destination] = {}
         self.connections_opened = 0
 
-    async def acquire(self, hop: Route, connect_timeout: float, *, fresh: bool = False) -> Connection | HopFailure:
-        """A clean session to `hop` (pooled unless `fresh`); the caller must `release` it."""
+    async def acquire(
+        self, hop: Route, connect_timeout: float, abort: asyncio.Event, *, fresh: bool = False
+    ) -> Connection | HopFailure | None:
+        """A clean session to `hop` (pooled unless `fresh`); the caller must `release` it.
+
+        None when `abort` is set before one of the hop's `per_destination` slots is free.
+        """
         key = (hop.host, hop.port, hop.tls)
         dest = self._destinations.get(key)
         if dest is None:
             dest = self._destinations[key] = _Destination(asyncio.Semaphore(self._per_destination))
         dest.users += 1
-        try:
-            await dest.limit.acquire()
-        except BaseException:  # cancelled while waiting for a slot
+        if not await _wait_slot(dest.limit, abort):
             dest.users -= 1
-            raise
+            if not dest.users and not dest.idle:
+                del self._destinations[key]
+            return None
         while dest.idle and not fresh:
             conn = dest.idle.pop()
             if conn.client.is_connected:
@@ -222,6 +227,30 @@ class SmtpPool:
             return HopFailure(Reply(0, f"4.4.1 cannot talk to {hop.label}: {exc}"))
         tls_active = client.get_transport_info("sslcontext") is not None
         return Connection((hop.host, hop.port, hop.tls), hop.label, client, tls_active)
+
+
+async def _wait_slot(slot: asyncio.Semaphore, abort: asyncio.Event) -> bool:
+    """Acquire `slot` unless `abort` is set first; whether it was acquired."""
+    if abort.is_set():
+        return False
+    acquire = asyncio.ensure_future(slot.acquire())
+    aborted = asyncio.ensure_future(abort.wait())
+    try:
+        await asyncio.wait((acquire, aborted), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # cancelled: leave no slot taken
+        aborted.cancel()
+        acquire.cancel()
+        if acquire.done() and not acquire.cancelled():
+            slot.release()
+        raise
+    aborted.cancel()
+    if not acquire.done():
+        acquire.cancel()  # Semaphore.acquire hands a slot it was woken for on to the next waiter
+        return False
+    if abort.is_set():
+        slot.release()
+        return False
+    return True
 
 
 async def _hello(client: aiosmtplib.SMTP) -> None:

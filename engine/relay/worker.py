@@ -76,7 +76,7 @@ class RelayWorker:
         self._poll_interval = poll_interval
         self.pool = SmtpPool(hostname, per_destination=per_destination, idle_timeout=idle_timeout)
         self._wake = asyncio.Event()
-        self._stopping = False
+        self._stopping = asyncio.Event()
         self._finished: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -84,11 +84,11 @@ class RelayWorker:
 
     async def run(self) -> None:
         """Claim due deliveries and deliver them until `stop`."""
-        self._stopping = False
+        self._stopping.clear()
         self._finished = asyncio.Event()
         reaper = asyncio.create_task(self._reap())
         try:
-            while not self._stopping:
+            while not self._stopping.is_set():
                 self._wake.clear()
                 timeout = self._poll_interval
                 free = self._concurrency - len(self._tasks)
@@ -102,7 +102,7 @@ class RelayWorker:
                             self._start(delivery)
                         if claimed.next_due is not None:
                             timeout = min(timeout, max(0.0, claimed.next_due - time.time()))
-                if not self._stopping:
+                if not self._stopping.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout)
         finally:
@@ -117,8 +117,9 @@ class RelayWorker:
 
     async def stop(self) -> None:
         """Stop claiming; wait for the attempts in flight (bounded by the connect and command
-        timeouts). Whatever is unfinished stays in the store."""
-        self._stopping = True
+        timeouts). Deliveries still waiting for a session, and hops not tried yet, are handed
+        back to the store, due at once; whatever is unfinished stays in the store."""
+        self._stopping.set()
         self._wake.set()
         if self._finished is not None:
             await self._finished.wait()
@@ -173,6 +174,8 @@ class RelayWorker:
                 replies = dict.fromkeys(pending, (Reply(0, hops.reason), ""))
             for hop in [] if isinstance(hops, NoRoute) else hops:
                 got = await self._try_hop(hop, delivery.mail_from, pending, data, settings.connect_timeout)
+                if got is None:  # stopping: the remaining hops are left for after the restart
+                    break
                 replies.update((rcpt, (reply, hop.label)) for rcpt, reply in got.items())
                 pending = [rcpt for rcpt in pending if got[rcpt].outcome == "retry"]
                 if not pending:
@@ -187,10 +190,13 @@ class RelayWorker:
 
     async def _try_hop(
         self, hop: Route, mail_from: str, rcpts: list[str], data: bytes, connect_timeout: float
-    ) -> dict[str, Reply]:
+    ) -> dict[str, Reply] | None:
+        """Replies of `hop` for `rcpts`; None when the worker stopped before a session was free."""
         fresh = False
         while True:
-            conn = await self.pool.acquire(hop, connect_timeout, fresh=fresh)
+            conn = await self.pool.acquire(hop, connect_timeout, self._stopping, fresh=fresh)
+            if conn is None:
+                return None
             if isinstance(conn, HopFailure):
                 return dict.fromkeys(rcpts, conn.reply)
             result = await transaction(conn, mail_from, rcpts, data)
@@ -211,9 +217,9 @@ class RelayWorker:
         expired = now >= deadline
         states: list[RcptState] = []
         failed: list[FailedRecipient] = []
-        last_error = ""
+        last_error = delivery.last_error
         for state in delivery.rcpts:
-            if state.status != "pending":
+            if state.status != "pending" or state.rcpt not in replies:  # done before, or not tried (stopping)
                 states.append(state)
                 continue
             reply, remote = replies[state.rcpt]
@@ -254,4 +260,6 @@ class RelayWorker:
                 "queue_id=%s delivery=%d dsn=%s to=%s", delivery.queue_id, delivery.id, dsn.queue_id, delivery.mail_from
             )
         next_attempt = max(now, min(now + backoff(settings, delivery.attempts), deadline))
-        return AttemptRecord(delivery.id, tuple(states), last_error, next_attempt, dsn)
+        if any(s.status == "pending" and s.rcpt not in replies for s in delivery.rcpts):
+            next_attempt = now  # the worker is stopping with recipients untried: due as soon as it runs again
+        return AttemptRecord(delivery.id, tuple(states), last_error, next_attempt, dsn, attempted=bool(replies))

@@ -158,6 +158,7 @@ class AttemptRecord:
     last_error: str
     next_attempt_at: float  # when recipients are still pending
     dsn: Accepted | None  # a delivery status notification, queued in the same transaction
+    attempted: bool = True  # False: handed back untried (the worker is stopping); the claim is not counted
 
 
 @dataclass(frozen=True, slots=True)

@@ -360,8 +360,15 @@ def _record(txn: _Txn, record: AttemptRecord) -> None:
         _insert_message(txn, record.dsn)
     if any(r.status == "pending" for r in record.rcpts):
         conn.execute(
-            "UPDATE deliveries SET state = 'queued', rcpts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
-            (_rcpts_json(record.rcpts), record.next_attempt_at, record.last_error, record.delivery_id),
+            "UPDATE deliveries SET state = 'queued', rcpts = ?, next_attempt_at = ?, last_error = ?,"
+            " attempts = attempts - ? WHERE id = ?",
+            (
+                _rcpts_json(record.rcpts),
+                record.next_attempt_at,
+                record.last_error,
+                0 if record.attempted else 1,
+                record.delivery_id,
+            ),
         )
     else:
         conn.execute("DELETE FROM deliveries WHERE id = ?", (record.delivery_id,))

@@ -1,0 +1,761 @@
+"""Relay worker against real aiosmtpd servers on 127.0.0.1 (random free ports) and a real store.
+
+Every test runs its own event loop: the tenant servers, the fake DNS server and the relay all
+live in it. Retry settings are the smallest the policy model allows (1 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.message
+import email.policy
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import Envelope as ServerEnvelope
+from aiosmtpd.smtp import Session
+
+from engine.policy.models import DeliverySettings, DnsSettings, Route, RouteTls
+from engine.relay.nexthop import NextHops, NoRoute
+from engine.relay.worker import RelayWorker
+from engine.store.base import Accepted, CopyPlan, Envelope, Store, new_queue_id, open_store
+from engine.store.sqlite import SqliteStore, quarantine_id
+
+T = TypeVar("T")
+
+RAW = (
+    b"From: Alice <alice@sender.example>\r\n"
+    b"To: bob@acme.example\r\n"
+    b"Subject: quarterly numbers\r\n"
+    b"Message-ID: <m1@sender.example>\r\n"
+    b"\r\n"
+    b"Hello Bob,\r\n"
+    b".a line starting with a dot\r\n"
+    b"\r\n"
+    b"trailing spaces   \r\n"
+)
+HEADERS = (
+    b"Received: from client.example by mxpath.test; Sat, 28 Nov 2026 18:00:00 +0000\r\nX-LivePrism-Action: deliver\r\n"
+)
+FAST = DeliverySettings(retry_initial=1, retry_max=1, give_up_after=3600, connect_timeout=2)
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+async def wait_until_async(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# ---------------------------------------------------------------- tenant servers
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpts: list[str]
+    data: bytes
+    tls: bool
+
+
+@dataclass
+class Recorder:
+    """aiosmtpd handler that records every message and can refuse recipients or data."""
+
+    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    data_reply: str | None = None
+    data_delay: float = 0.0
+    messages: list[Received] = field(default_factory=list)
+    connections: int = 0
+
+    async def handle_RCPT(
+        self, server: SMTPServer, session: Session, envelope: ServerEnvelope, address: str, options: list[str]
+    ) -> str:
+        reply = self.rcpt_replies.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTPServer, session: Session, envelope: ServerEnvelope) -> str:
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
+        if self.data_reply:
+            return self.data_reply
+        content = envelope.original_content
+        assert isinstance(content, bytes)
+        self.messages.append(
+            Received(str(envelope.mail_from), list(envelope.rcpt_tos), content, session.ssl is not None)
+        )
+        return "250 2.0.0 queued"
+
+
+async def serve(
+    handler: Recorder, port: int = 0, tls_context: ssl.SSLContext | None = None
+) -> tuple[asyncio.Server, int]:
+    def factory() -> SMTPServer:
+        handler.connections += 1
+        return SMTPServer(handler, hostname="tenant.test", tls_context=tls_context)
+
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", port)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def route(port: int, priority: int = 10, tls: RouteTls = RouteTls.none) -> Route:
+    return Route(host="127.0.0.1", port=port, priority=priority, tls=tls)
+
+
+# ---------------------------------------------------------------- gateway side
+
+
+@dataclass
+class Gateway:
+    """A store, tenants' routes and a relay worker, as `serve` wires them."""
+
+    store: Store
+    routes: dict[str, list[Route]]
+    domains: dict[str, str]
+    settings: DeliverySettings = FAST
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    mx_port: int = 25
+    worker_options: dict[str, Any] = field(default_factory=dict)
+    worker: RelayWorker | None = None
+    task: asyncio.Task[None] | None = None
+
+    def start(self) -> RelayWorker:
+        hops = NextHops(lambda t: self.routes.get(t, []), self.domains.get, self.dns, mx_port=self.mx_port)
+        options = {"poll_interval": 0.1, **self.worker_options}
+        self.worker = RelayWorker(self.store, hops, lambda: self.settings, "mxpath.test", **options)
+        self.task = asyncio.create_task(self.worker.run())
+        return self.worker
+
+    async def stop(self) -> None:
+        assert self.worker is not None and self.task is not None
+        await self.worker.stop()
+        await self.task
+
+    async def accept(
+        self,
+        *,
+        mail_from: str = "alice@sender.example",
+        rcpts: Sequence[str] = ("bob@acme.example",),
+        tenant: str = "acme",
+        action: str = "deliver",
+        raw: bytes = RAW,
+        subject_prefix: str | None = None,
+        archive: bool = False,
+    ) -> Accepted:
+        msg = Accepted(
+            queue_id=new_queue_id(),
+            raw=raw,
+            envelope=Envelope(mail_from, tuple(rcpts), "192.0.2.1", "client.example", time.time()),
+            policy_version="test",
+            verdict={"action": action},
+            copies=(CopyPlan(tenant, tuple(rcpts), action, HEADERS, subject_prefix, {"action": action, "score": 0.0}),),
+            archive=archive,
+        )
+        await self.store.accept(msg)
+        if self.worker is not None:
+            self.worker.wake()
+        return msg
+
+    async def queue_empty(self) -> bool:
+        summary = await self.store.queue_summary()
+        return summary.queued == 0 and summary.inflight == 0
+
+
+async def gateway(tmp_path: Path, routes: dict[str, list[Route]], **kwargs: Any) -> Gateway:
+    store = open_store(tmp_path / "state")
+    await store.open()
+    domains = {"acme.example": "acme", "sender.example": "senders"}
+    return Gateway(store, routes, domains, **kwargs)
+
+
+def parse(data: bytes) -> email.message.EmailMessage:
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(message, email.message.EmailMessage)
+    return message
+
+
+def status_groups(report: email.message.Message) -> list[dict[str, str]]:
+    """The field groups of a message/delivery-status part, as parsed by the email package."""
+    groups = []
+    for block in report.get_payload():
+        assert isinstance(block, email.message.Message)
+        groups.append({key.lower(): str(value) for key, value in block.items()})
+    return groups
+
+
+# ---------------------------------------------------------------- delivery
+
+
+def test_delivers_copy_byte_exact_with_prepended_headers(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        tenant = Recorder()
+        server, port = await serve(tenant)
+        gw = await gateway(tmp_path, {"acme": [route(port)]})
+        gw.start()
+        msg = await gw.accept(rcpts=("bob@acme.example", "carol@acme.example"), archive=True)
+        await wait_until(lambda: len(tenant.messages) == 1)
+        await wait_until_async(gw.queue_empty)
+        await gw.stop()
+        got = tenant.messages[0]
+        assert got.data == HEADERS + RAW
+        assert got.mail_from == "alice@sender.example"
+        assert got.rcpts == ["bob@acme.example", "carol@acme.example"]
+        assert await gw.store.read_message(msg.queue_id) == RAW  # archived: the file stays
+        await gw.store.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_tag_copy_gets_subject_prefix_and_unreferenced_file_is_deleted(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        tenant = Recorder()
+        server, port = await serve(tenant)
+        gw = await gateway(tmp_path, {"acme": [route(port)]})
+        gw.start()
+        msg = await gw.accept(action="tag", subject_prefix="[SPAM]")
+        await wait_until_async(gw.queue_empty)
+        await gw.stop()
+        expected = HEADERS + RAW.replace(b"Subject: quarterly", b"Subject: [SPAM] quarterly")
+        assert [m.data for m in tenant.messages] == [expected]
+        assert await gw.store.read_message(msg.queue_id) is None  # delivered, not archived: gone
+        assert not (tmp_path / "state" / "messages" / msg.queue_id).exists()
+        await gw.store.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_first_route_down_second_route_used(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        backup = Recorder()
+        server, port = await serve(backup)
+        gw = await gateway(tmp_path, {"acme": [route(port, priority=20), route(free_port(), priority=10)]})
+        gw.start()
+        await gw.accept()
+        await wait_until(lambda: len(backup.messages) == 1)
+        await gw.stop()
+        assert backup.messages[0].data == HEADERS + RAW
+        await gw.store.close()
+        server.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("where", ["rcpt", "data"])
+def test_4xx_on_first_route_fails_over_to_second(tmp_path: Path, where: str) -> None:
+    async def scenario() -> None:
+        busy = Recorder()
+        if where == "rcpt":
+            busy.rcpt_replies["bob@acme.example"] = "451 4.3.0 mailbox busy"
+        else:
+            busy.data_reply = "451 4.3.0 try later"
+        second = Recorder()
+        server1, port1 = await serve(busy)
+        server2, port2 = await serve(second)
+        gw = await gateway(tmp_path, {"acme": [route(port1, priority=10), route(port2, priority=20)]})
+        gw.start()
+        await gw.accept()
+        await wait_until(lambda: len(second.messages) == 1)
+        await wait_until_async(gw.queue_empty)
+        await gw.stop()
+        assert busy.messages == [] and busy.connections == 1
+        assert second.messages[0].rcpts == ["bob@acme.example"]
+        await gw.store.close()
+        server1.close()
+        server2.close()
+
+    run(scenario())
+
+
+def test_all_routes_down_deferred_with_backoff_then_delivered(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        port = free_port()
+        gw = await gateway(tmp_path, {"acme": [route(port)]})
+        gw.start()
+        msg = await gw.accept()
+        store = gw.store
+        assert isinstance(store, SqliteStore)
+
+        async def deferred() -> bool:
+            summary = await store.queue_summary()
+            return summary.queued == 1 and summary.next_due is not None and summary.next_due > time.time()
+
+        await wait_until_async(deferred)
+        summary = await store.queue_summary()
+        assert summary.next_due is not None and 0 < summary.next_due - time.time() <= FAST.retry_initial
+        tenant = Recorder()
+        server, _ = await serve(tenant, port)
+        await wait_until(lambda: len(tenant.messages) == 1, timeout=10)
+        await wait_until_async(gw.queue_empty)
+        await gw.stop()
+        assert tenant.messages[0].data == HEADERS + RAW
+        assert await store.read_message(msg.queue_id) is None
+        await store.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_backoff_doubles_up_to_retry_max() -> None:
+    from engine.relay.worker import backoff
+
+    settings = DeliverySettings(retry_initial=60, retry_max=3600)
+    assert [backoff(settings, n) for n in (1, 2, 3, 4, 5, 6, 7, 100)] == [60, 120, 240, 480, 960, 1920, 3600, 3600]
+
+
+# ---------------------------------------------------------------- DSN
+
+
+def test_5xx_for_one_recipient_bounces_it_with_dsn_others_delivered(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        tenant = Recorder(rcpt_replies={"gone@acme.example": "550 5.1.1 <gone@acme.example>: no such user"})
+        sender_server = Recorder()
+        server1, port1 = await serve(tenant)
+        server2, port2 = await serve(sender_server)
+        gw = await gateway(tmp_path, {"acme": [route(port1)], "senders": [route(port2)]})
+        gw.start()
+        msg = await gw.accept(rcpts=("bob@acme.example", "gone@acme.example"))
+        await wait_until(lambda: len(sender_server.messages) == 1)
+        await wait_until_async(gw.queue_empty)
+        await gw.stop()
+        assert [m.rcpts for m in tenant.messages] == [["bob@acme.example"]]
+
+        dsn = sender_server.messages[0]
+        assert dsn.mail_from == "<>"
+        assert dsn.rcpts == ["alice@sender.example"]
+        report = parse(dsn.data)
+        assert report.get_content_type() == "multipart/report"
+        assert report.get_param("report-type") == "delivery-status"
+        assert report["Auto-Submitted"] == "auto-replied"
+        assert "MAILER-DAEMON@mxpath.test" in str(report["From"])
+        parts = list(report.iter_parts())
+        assert [p.get_content_type() for p in parts] == ["text/plain", "message/delivery-status", "text/rfc822-headers"]
+        per_message, per_rcpt = status_groups(parts[1])
+        assert per_message["reporting-mta"] == "dns; mxpath.test"
+        assert per_message["x-liveprism-queue-id"] == msg.queue_id
+        assert "arrival-date" in per_message
+        assert per_rcpt["final-recipient"] == "rfc822; gone@acme.example"
+        assert per_rcpt["action"] == "failed"
+        assert per_rcpt["status"] == "5.1.1"
+        assert per_rcpt["remote-mta"] == "dns; 127.0.0.1"
+        assert per_rcpt["diagnostic-code"] == "smtp; 550 5.1.1 <gone@acme.example>: no such user"
+        original_headers = parts[2].get_payload()
+        assert isinstance(original_headers, str)
+        assert "Subject: quarterly numbers" in original_headers and "X-LivePrism-Action: deliver" in original_headers
+        assert "Hello Bob" not in original_headers
+        await gw.store.close()
+        server1.close()
+        server2.close()
+
+    run(scenario())
+
+
+def test_5xx_at_data_bounces_all_recipients(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        tenant = Recorder(data_reply="554 5.6.0 content refused")
+        sender_server = Recorder()
+        server1, port1 = await serve(tenant)
+        server2, port2 = await serve(sender_server)
+        gw = await gateway(tmp_path, {"acme": [route(port1)], "senders": [route(port2)]})
+        gw.start()
+        await gw.accept(rcpts=("bob@acme.example", "carol@acme.example"))
+        await wait_until(lambda: len(sender_server.messages) == 1)
+        await wait_until_async(gw.queue_empty)
+        await gw.stop()
+        parts = list(parse(sender_server.messages[0].data).iter_parts())
+        _, *recipients = status_groups(parts[1])
+        assert [(r["final-recipient"], r["status"]) for r in recipients] == [
+            ("rfc822; bob@acme.example", "5.6.0"),
+            ("rfc822; carol@acme.example", "5.6.0"),
+        ]
+        await gw.store.close()
+        server1.close()
+        server2.close()
+
+    run(scenario())
+
+
+def test_no_dsn_for_null_sender(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        tenant = Recorder(rcpt_replies={"bob@acme.example": "550 5.1.1 no such user"})
+        server, port = await serve(tenant)
+        gw = await gateway(tmp_path, {"acme": [route(port)]})
+        gw.start()
+        msg = await gw.accept(mail_from="")
+        await wait_until_async(gw.queue_empty)
+        await asyncio.sleep(0.3)  # a DSN would be queued in the same transaction; give it a chance anyway
+        await gw.stop()
+        assert await gw.queue_empty()
+        assert tenant.messages == []
+        assert await gw.store.read_message(msg.queue_id) is None
+        assert sorted(p.name for p in (tmp_path / "state" / "messages").iterdir()) == []
+        await gw.store.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_gives_up_after_give_up_after_with_dsn_4_4_7(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        sender_server = Recorder()
+        server, port = await serve(sender_server)
+        settings = DeliverySettings(retry_initial=1, retry_max=1, give_up_after=1, connect_timeout=1)
+        gw = await gateway(tmp_path, {"acme": [route(free_port())], "senders": [route(port)]}, settings=settings)
+        gw.start()
+        await gw.accept()
+        await wait_until(lambda: len(sender_server.messages) == 1, timeout=10)
+        await wait_until_async(gw.queue_empty)
+        await gw.stop()
+        parts = list(parse(sender_server.messages[0].data).iter_parts())
+        _, per_rcpt = status_groups(parts[1])
+        assert per_rcpt["status"] == "4.4.7"
+        assert per_rcpt["action"] == "failed"
+        assert per_rcpt["diagnostic-code"].startswith("X-LivePrism; 4.4.1 cannot talk to 127.0.0.1:")
+        await gw.store.close()
+        server.close()
+
+    run(scenario())
+
+
+# ---------------------------------------------------------------- DNS (DSN to a domain no tenant owns)
+
+
+class FakeDns(asyncio.DatagramProtocol):
+    """A tiny authoritative DNS server: (name, type) → record texts; other names NXDOMAIN."""
+
+    def __init__(self, records: dict[tuple[str, str], list[str]]) -> None:
+        self.records = records
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        query = dns.message.from_wire(data)
+        response = dns.message.make_response(query)
+        question = query.question[0]
+        name = question.name.to_text().lower()
+        rdtype = dns.rdatatype.to_text(question.rdtype)
+        values = self.records.get((name, rdtype))
+        if values:
+            response.answer.append(dns.rrset.from_text(name, 60, "IN", rdtype, *values))
+        elif not any(known == name for known, _ in self.records):
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        assert self.transport is not None
+        self.transport.sendto(response.to_wire(), addr)
+
+
+async def fake_dns(records: dict[tuple[str, str], list[str]]) -> tuple[asyncio.DatagramTransport, DnsSettings]:
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: FakeDns(records), local_addr=("127.0.0.1", 0)
+    )
+    port = transport.get_extra_info("sockname")[1]
+    return transport, DnsSettings.model_validate({"nameservers": ["127.0.0.1"], "port": port, "timeout": 1.0})
+
+
+def test_for_address_resolves_mx_implicit_mx_null_mx_and_nxdomain() -> None:
+    async def scenario() -> None:
+        transport, settings = await fake_dns(
+            {
+                ("example.org.", "MX"): ["20 mx2.example.org.", "10 mx1.example.org."],
+                ("mx1.example.org.", "A"): ["192.0.2.1"],
+                ("mx2.example.org.", "A"): ["192.0.2.2"],
+                ("mx2.example.org.", "AAAA"): ["2001:db8::2"],
+                ("implicit.example.", "A"): ["192.0.2.9"],
+                ("nullmx.example.", "MX"): ["0 ."],
+            }
+        )
+        hops = NextHops(lambda t: [route(2525)] if t == "acme" else [], {"acme.example": "acme"}.get, settings)
+        found = await hops.for_address("someone@example.org")
+        assert not isinstance(found, NoRoute)
+        assert [(h.host, h.port, h.priority) for h in found] == [
+            ("192.0.2.1", 25, 10),
+            ("192.0.2.2", 25, 20),
+            ("2001:db8::2", 25, 20),
+        ]
+        implicit = await hops.for_address("x@implicit.example")
+        assert not isinstance(implicit, NoRoute) and [h.host for h in implicit] == ["192.0.2.9"]
+        null_mx = await hops.for_address("x@nullmx.example")
+        assert isinstance(null_mx, NoRoute) and null_mx.permanent and null_mx.reason.startswith("5.1.10")
+        missing = await hops.for_address("x@nowhere.example")
+        assert isinstance(missing, NoRoute) and missing.permanent
+        tenant = await hops.for_address("Bob@ACME.example")
+        assert not isinstance(tenant, NoRoute) and [h.port for h in tenant] == [2525]
+        transport.close()
+
+    run(scenario())
+
+
+def test_for_address_dns_timeout_is_temporary() -> None:
+    async def scenario() -> None:
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
+        silent.bind(("127.0.0.1", 0))
+        settings = DnsSettings.model_validate(
+            {"nameservers": ["127.0.0.1"], "port": silent.getsockname()[1], "timeout": 0.2}
+        )
+        result = await NextHops(lambda t: [], lambda d: None, settings).for_address("x@example.org")
+        assert isinstance(result, NoRoute) and not result.permanent and result.reason.startswith("4.4.3")
+        silent.close()
+
+    run(scenario())
+
+
+def test_dsn_to_foreign_domain_goes_to_its_mx(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        tenant = Recorder(rcpt_replies={"bob@acme.example": "550 5.1.1 no such user"})
+        remote = Recorder()
+        server1, port1 = await serve(tenant)
+        server2, port2 = await serve(remote)
+        transport, dns_settings = await fake_dns(
+            {("faraway.example.", "MX"): ["10 mx.faraway.example."], ("mx.faraway.example.", "A"): ["127.0.0.1"]}
+        )
+        gw = await gateway(tmp_path, {"acme": [route(port1)]}, dns=dns_settings, mx_port=port2)
+        gw.start()
+        await gw.accept(mail_from="someone@faraway.example")
+        await wait_until(lambda: len(remote.messages) == 1)
+        await wait_until_async(gw.queue_empty)
+        await gw.stop()
+        assert remote.messages[0].mail_from == "<>"
+        assert remote.messages[0].rcpts == ["someone@faraway.example"]
+        await gw.store.close()
+        server1.close()
+        server2.close()
+        transport.close()
+
+    run(scenario())
+
+
+# ---------------------------------------------------------------- connections and TLS
+
+
+def test_connection_reused_for_several_messages(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        tenant = Recorder()
+        server, port = await serve(tenant)
+        gw = await gateway(tmp_path, {"acme": [route(port)]}, worker_options={"per_destination": 1})
+        for n in range(10):
+            await gw.accept(rcpts=(f"user{n}@acme.example",))
+        worker = gw.start()
+        await wait_until(lambda: len(tenant.messages) == 10)
+        # and later messages, after the first burst, still use the idle session
+        await gw.accept(rcpts=("late@acme.example",))
+        await wait_until(lambda: len(tenant.messages) == 11)
+        await gw.stop()
+        assert tenant.connections == 1
+        assert worker.pool.connections_opened == 1
+        assert sorted(r for m in tenant.messages for r in m.rcpts) == sorted(
+            [f"user{n}@acme.example" for n in range(10)] + ["late@acme.example"]
+        )
+        await gw.store.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_idle_connection_closed_after_idle_timeout_and_reopened(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        tenant = Recorder()
+        server, port = await serve(tenant)
+        gw = await gateway(tmp_path, {"acme": [route(port)]}, worker_options={"idle_timeout": 0.2})
+        worker = gw.start()
+        await gw.accept()
+        await wait_until(lambda: len(tenant.messages) == 1)
+        await asyncio.sleep(1.5)  # the reaper runs every second
+        await gw.accept()
+        await wait_until(lambda: len(tenant.messages) == 2)
+        await gw.stop()
+        assert worker.pool.connections_opened == 2
+        await gw.store.close()
+        server.close()
+
+    run(scenario())
+
+
+@pytest.fixture(scope="module")
+def tls_context(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
+    """A server context with a fresh self-signed certificate (made by the openssl CLI)."""
+    directory = tmp_path_factory.mktemp("tls")
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    try:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=tenant.test",
+             "-keyout", str(key), "-out", str(cert)],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"openssl cannot make a test certificate: {exc}")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def test_tls_required_uses_starttls_with_self_signed_certificate(tmp_path: Path, tls_context: ssl.SSLContext) -> None:
+    async def scenario() -> None:
+        tenant = Recorder()
+        server, port = await serve(tenant, tls_context=tls_context)
+        gw = await gateway(tmp_path, {"acme": [route(port, tls=RouteTls.required)]})
+        gw.start()
+        await gw.accept()
+        await wait_until(lambda: len(tenant.messages) == 1)
+        await gw.stop()
+        assert tenant.messages[0].tls
+        assert tenant.messages[0].data == HEADERS + RAW
+        await gw.store.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_tls_opportunistic_uses_starttls_when_offered(tmp_path: Path, tls_context: ssl.SSLContext) -> None:
+    async def scenario() -> None:
+        tenant = Recorder()
+        server, port = await serve(tenant, tls_context=tls_context)
+        gw = await gateway(tmp_path, {"acme": [route(port, tls=RouteTls.opportunistic)]})
+        gw.start()
+        await gw.accept()
+        await wait_until(lambda: len(tenant.messages) == 1)
+        await gw.stop()
+        assert tenant.messages[0].tls
+        await gw.store.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_tls_required_without_starttls_fails_over(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        plain = Recorder()
+        second = Recorder()
+        server1, port1 = await serve(plain)
+        server2, port2 = await serve(second)
+        routes = [
+            route(port1, priority=10, tls=RouteTls.required),
+            route(port2, priority=20, tls=RouteTls.opportunistic),
+        ]
+        gw = await gateway(tmp_path, {"acme": routes})
+        gw.start()
+        await gw.accept()
+        await wait_until(lambda: len(second.messages) == 1)
+        await gw.stop()
+        assert plain.messages == [] and plain.connections == 1
+        assert not second.messages[0].tls  # opportunistic, and nothing offered
+        await gw.store.close()
+        server1.close()
+        server2.close()
+
+    run(scenario())
+
+
+# ---------------------------------------------------------------- restart and release
+
+
+def test_restart_resumes_delivery(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        tenant = Recorder(data_delay=0.1)
+        server, port = await serve(tenant)
+        gw = await gateway(tmp_path, {"acme": [route(port)]}, worker_options={"per_destination": 1})
+        expected = []
+        for n in range(12):
+            expected.append(f"user{n}@acme.example")
+            await gw.accept(rcpts=(expected[-1],))
+        gw.start()
+        await wait_until(lambda: len(tenant.messages) >= 3)
+        await gw.stop()  # the attempt in progress finishes; the others are handed back untried
+        first_run = len(tenant.messages)
+        assert first_run < 12
+        await gw.store.close()
+
+        store = open_store(tmp_path / "state")
+        await store.open()
+        summary = await store.queue_summary()
+        assert (summary.queued, summary.inflight) == (12 - first_run, 0)
+        claimed = await store.claim_due(time.time(), 100)  # untried claims were not counted as attempts
+        assert {d.attempts for d in claimed.deliveries} == {1}
+        await store.close()
+
+        store = open_store(tmp_path / "state")  # the claim above is "in flight": reopening recovers it
+        await store.open()
+        gw2 = Gateway(store, gw.routes, gw.domains, worker_options={"per_destination": 1})
+        gw2.start()
+        await wait_until(lambda: len(tenant.messages) == 12)
+        await wait_until_async(gw2.queue_empty)
+        await gw2.stop()
+        assert sorted(r for m in tenant.messages for r in m.rcpts) == sorted(expected)  # each exactly once
+        await store.close()
+        server.close()
+
+    run(scenario(), timeout=60)
+
+
+def test_release_by_cli_in_another_process_is_delivered_by_running_worker(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        tenant = Recorder()
+        server, port = await serve(tenant)
+        gw = await gateway(tmp_path, {"acme": [route(port)]}, worker_options={"poll_interval": 1.0})
+        gw.start()
+        msg = await gw.accept(action="quarantine")
+        await asyncio.sleep(0.3)
+        assert tenant.messages == []
+        entry = quarantine_id(msg.queue_id, "acme")
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "from engine.cli.quarantine_cmd import quarantine_app; quarantine_app()",
+            "release",
+            entry,
+            "--state",
+            str(tmp_path / "state"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await cli.communicate()
+        assert cli.returncode == 0, err.decode()
+        assert entry in out.decode()
+        released_at = time.monotonic()
+        await wait_until(lambda: len(tenant.messages) == 1, timeout=5)
+        assert time.monotonic() - released_at < 2.5  # polled at least every second
+        await gw.stop()
+        assert tenant.messages[0].data == HEADERS + RAW
+        await gw.store.close()
+        server.close()
+
+    run(scenario())
