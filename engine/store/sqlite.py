@@ -569,14 +569,16 @@ class SqliteStore:
         ready: list[_Op[Any]] = []
         written = 0
         for op in live:
+            created: list[str] = []
             try:
                 for name, data in op.files:
                     self._write_file(name, data)
-                    written += 1
+                    created.append(name)
             except OSError as exc:
-                self._unlink([name for name, _ in op.files])
+                self._unlink(created)  # only files this operation created: O_EXCL never takes over another's
                 op.future.set_exception(StoreError(f"cannot write message file: {exc}"))
             else:
+                written += len(created)
                 ready.append(op)
         try:
             if written:
@@ -588,15 +590,14 @@ class SqliteStore:
             for op in ready:
                 op.future.set_exception(StoreError(f"store write failed: {exc}"))
             return
-        deleted: list[str] = []
-        for op, outcome, unlink in done:
+        deleted = [name for op, outcome, unlink in done if not isinstance(outcome, BaseException) for name in unlink]
+        self._unlink(deleted)  # committed: nothing references these any more
+        for op, outcome, _ in done:
             if isinstance(outcome, BaseException):
                 self._unlink([name for name, _ in op.files])
                 op.future.set_exception(outcome)
             else:
-                deleted.extend(unlink)
                 op.future.set_result(outcome)
-        self._unlink(deleted)
         s = self._stats
         self._stats = StoreStats(
             batches=s.batches + 1,
@@ -631,14 +632,19 @@ class SqliteStore:
         return done
 
     def _write_file(self, name: str, data: bytes) -> None:
-        fd = os.open(self.messages_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        """Create `name` (never an existing file), write and fsync it; nothing is left on failure."""
+        path = self.messages_dir / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
             os.fdatasync(fd)
-        finally:
+        except OSError:
             os.close(fd)
+            self._unlink([name])
+            raise
+        os.close(fd)
 
     def _unlink(self, names: Iterable[str]) -> None:
         for name in names:

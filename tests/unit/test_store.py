@@ -1,0 +1,522 @@
+"""The embedded store (SQLite + files): durability, recovery, group commit, quarantine, purge."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from engine.store.base import (
+    Accepted,
+    AttemptRecord,
+    CopyPlan,
+    Envelope,
+    QuarantineEntry,
+    QuarantineRefusal,
+    RcptState,
+    StoreError,
+    new_queue_id,
+    open_store,
+)
+from engine.store.sqlite import DB_NAME, SqliteStore, quarantine_id
+
+T = TypeVar("T")
+DAY = 86_400.0
+RAW = b"From: a@sender.example\r\nTo: b@acme.example\r\nSubject: Hello\r\n\r\nbody\r\n"
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def copy(tenant: str, action: str, *rcpts: str, score: float = 0.0) -> CopyPlan:
+    verdict = {"action": action, "score": score, "reason": "score", "hits": [{"id": "r1", "kind": "rule"}]}
+    return CopyPlan(
+        tenant, rcpts or (f"u@{tenant}.example",), action, f"X-Tenant: {tenant}\r\n".encode(), None, verdict
+    )
+
+
+def message(
+    *copies: CopyPlan,
+    archive: bool = True,
+    received_at: float | None = None,
+    raw: bytes = RAW,
+    direction: str = "inbound",
+    mail_from: str = "a@sender.example",
+) -> Accepted:
+    rcpts = tuple(r for c in copies for r in c.recipients)
+    when = time.time() if received_at is None else received_at
+    return Accepted(
+        queue_id=new_queue_id(),
+        raw=raw,
+        envelope=Envelope(mail_from, rcpts, "192.0.2.7", "client.example", when, direction),
+        policy_version="v1",
+        verdict={"action": "deliver", "tenants": sorted(c.tenant for c in copies)},
+        copies=copies,
+        archive=archive,
+    )
+
+
+async def opened(state: Path, *, owner: bool = True) -> SqliteStore:
+    store = open_store(state, owner=owner)
+    assert isinstance(store, SqliteStore)
+    await store.open()
+    return store
+
+
+def db_rows(state: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Rows seen by an independent connection: what is committed, not what a cache holds."""
+    conn = sqlite3.connect(state / DB_NAME)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- queue ids
+
+
+def test_queue_ids_are_unique_time_sortable_and_alphanumeric() -> None:
+    ids = [new_queue_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert all(re.fullmatch(r"[0-9A-Z]{16}", i) for i in ids)
+    time.sleep(0.002)
+    assert new_queue_id()[:9] > ids[0][:9]  # the leading part is the time
+
+
+# ---------------------------------------------------------------- accept
+
+
+def test_accept_commits_file_and_every_row_before_returning(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+
+    async def scenario() -> Accepted:
+        store = await opened(state)
+        msg = message(
+            copy("acme", "deliver", "b@acme.example", "c@acme.example"),
+            copy("beta", "tag", "d@beta.example"),
+            copy("gamma", "quarantine", "e@gamma.example", score=7.5),
+            copy("delta", "discard", "f@delta.example"),
+        )
+        await store.accept(msg)
+        # checked before close, through other connections: durable already
+        assert (state / "messages" / msg.queue_id).read_bytes() == RAW
+        assert db_rows(state, "SELECT queue_id, size, subject FROM messages") == [(msg.queue_id, len(RAW), "Hello")]
+        assert db_rows(state, "SELECT tenant, route_by, state FROM deliveries ORDER BY tenant") == [
+            ("acme", "tenant", "queued"),
+            ("beta", "tenant", "queued"),
+        ]
+        assert db_rows(state, "SELECT id, status, score FROM quarantine") == [
+            (quarantine_id(msg.queue_id, "gamma"), "held", 7.5)
+        ]
+        assert db_rows(state, "SELECT queue_id FROM archive") == [(msg.queue_id,)]
+        assert db_rows(state, "PRAGMA journal_mode") == [("wal",)]
+        await store.close()
+        return msg
+
+    msg = run(scenario())
+
+    async def reopen() -> None:
+        store = await opened(state)
+        assert store.recovery is not None and store.recovery.orphan_files == 0
+        info = await store.message_info(msg.queue_id)
+        assert info is not None
+        assert info.envelope == msg.envelope
+        assert info.verdict == msg.verdict and info.policy_version == "v1" and info.archived_at is not None
+        assert await store.read_message(msg.queue_id) == RAW
+        claimed = await store.claim_due(time.time(), 10)
+        by_tenant = {d.tenant: d for d in claimed.deliveries}
+        assert set(by_tenant) == {"acme", "beta"}
+        assert by_tenant["acme"].pending == ("b@acme.example", "c@acme.example")
+        assert by_tenant["acme"].headers == b"X-Tenant: acme\r\n"
+        assert by_tenant["acme"].attempts == 1
+        await store.close()
+
+    run(reopen())
+
+
+def test_message_nothing_references_is_not_stored(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await opened(tmp_path / "state")
+        msg = message(copy("acme", "discard"), archive=False)
+        await store.accept(msg)
+        assert await store.read_message(msg.queue_id) is None
+        assert list((tmp_path / "state" / "messages").iterdir()) == []
+        await store.close()
+
+    run(scenario())
+
+
+def test_outbound_copies_are_routed_by_recipient_domain(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await opened(tmp_path / "state")
+        plan = copy("acme", "deliver", "x@one.example", "y@two.example", "z@ONE.example")
+        await store.accept(message(plan, direction="outbound"))
+        claimed = await store.claim_due(time.time(), 10)
+        assert sorted((d.route_by, d.pending) for d in claimed.deliveries) == [
+            ("address", ("x@one.example", "z@ONE.example")),
+            ("address", ("y@two.example",)),
+        ]
+        await store.close()
+
+    run(scenario())
+
+
+def test_concurrent_accepts_are_group_committed(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+
+    async def scenario() -> None:
+        store = await opened(state)
+        before = store.stats
+        msgs = [message(copy("acme", "deliver"), raw=RAW + f"{n}\r\n".encode()) for n in range(100)]
+        await asyncio.gather(*(store.accept(m) for m in msgs))
+        stats = store.stats
+        assert stats.files_written - before.files_written == 100
+        assert stats.file_batches - before.file_batches < 100
+        assert stats.batches - before.batches < 100
+        assert len(db_rows(state, "SELECT 1 FROM messages")) == 100
+        assert len(db_rows(state, "SELECT 1 FROM deliveries")) == 100
+        for m in msgs:
+            assert (state / "messages" / m.queue_id).read_bytes() == m.raw
+        await store.close()
+
+    run(scenario())
+
+
+def test_a_failing_operation_does_not_undo_its_batch(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await opened(tmp_path / "state")
+        good = message(copy("acme", "deliver"))
+        duplicate = message(copy("acme", "deliver"))
+        await store.accept(duplicate)
+        bogus = AttemptRecord(12345, (), "", time.time(), None)  # fails inside the transaction (savepoint)
+        results = await asyncio.gather(
+            store.accept(good), store.accept(duplicate), store.record_attempt(bogus), return_exceptions=True
+        )
+        assert results[0] is None
+        assert isinstance(results[1], StoreError) and "cannot write message file" in str(results[1])
+        assert isinstance(results[2], StoreError) and "delivery 12345 does not exist" in str(results[2])
+        assert await store.read_message(good.queue_id) == RAW
+        assert await store.read_message(duplicate.queue_id) == RAW  # the first copy is untouched
+        await store.close()
+
+    run(scenario())
+
+
+def test_write_failure_raises_store_error(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await opened(tmp_path / "state")
+        msg = message(copy("acme", "deliver"))
+        (tmp_path / "state" / "messages" / msg.queue_id).write_bytes(b"in the way")  # O_EXCL fails
+        with pytest.raises(StoreError, match="cannot write message file"):
+            await store.accept(msg)
+        assert await store.message_info(msg.queue_id) is None
+        await store.close()
+
+    run(scenario())
+
+
+def test_one_owner_at_a_time(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        first = await opened(tmp_path / "state")
+        with pytest.raises(StoreError, match="in use"):
+            await opened(tmp_path / "state")
+        reviewer = await opened(tmp_path / "state", owner=False)  # the CLI may open it meanwhile
+        await reviewer.close()
+        await first.close()
+
+    run(scenario())
+
+
+# ---------------------------------------------------------------- crash recovery
+
+
+def test_orphan_files_are_deleted_on_open(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+
+    async def scenario() -> None:
+        store = await opened(state)
+        kept = message(copy("acme", "deliver"))
+        await store.accept(kept)
+        await store.close()
+        orphan = state / "messages" / new_queue_id()
+        orphan.write_bytes(b"half-written, never acknowledged")
+        store = await opened(state)
+        assert store.recovery is not None and store.recovery.orphan_files == 1
+        assert not orphan.exists()
+        assert await store.read_message(kept.queue_id) == RAW
+        await store.close()
+        reviewer = await opened(state, owner=False)  # non-owners never run recovery
+        assert reviewer.recovery is None
+        await reviewer.close()
+
+    run(scenario())
+
+
+def test_in_flight_deliveries_are_due_again_after_a_crash(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+
+    async def scenario() -> None:
+        store = await opened(state)
+        await store.accept(message(copy("acme", "deliver")))
+        first = await store.claim_due(time.time(), 10)
+        assert len(first.deliveries) == 1
+        assert (await store.claim_due(time.time(), 10)).deliveries == ()  # in flight: not handed out twice
+        await store.close()  # no record_attempt: as if the process had died mid-attempt
+        store = await opened(state)
+        assert store.recovery is not None and store.recovery.requeued == 1
+        again = await store.claim_due(time.time(), 10)
+        assert [d.id for d in again.deliveries] == [first.deliveries[0].id]
+        assert again.deliveries[0].attempts == 2
+        await store.close()
+
+    run(scenario())
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from pathlib import Path
+    from engine.store.base import Accepted, CopyPlan, Envelope, new_queue_id, open_store
+
+    async def acceptor(store, n):
+        while True:
+            qid = new_queue_id()
+            raw = (f"Subject: {qid}\\r\\n\\r\\n" + "x" * 2000 + "\\r\\n").encode()
+            env = Envelope("a@sender.example", ("b@acme.example",), "192.0.2.1", "h", time.time())
+            plan = CopyPlan("acme", ("b@acme.example",), "deliver", b"", None, {})
+            await store.accept(Accepted(qid, raw, env, "v", {}, (plan,), archive=n % 2 == 0))
+            print(qid, flush=True)  # acknowledged: the SMTP layer would say 250 now
+
+    async def main():
+        store = open_store(Path(sys.argv[1]))
+        await store.open()
+        await asyncio.gather(*(acceptor(store, n) for n in range(20)))
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.parametrize("acknowledged_before_kill", [1, 150, 600])
+def test_kill_9_loses_nothing_acknowledged(tmp_path: Path, acknowledged_before_kill: int) -> None:
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(state)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    acked: list[str] = []
+    while len(acked) < acknowledged_before_kill:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read().decode() if proc.stderr else "acceptor died"
+        acked.append(line.decode().strip())
+    os.kill(proc.pid, signal.SIGKILL)
+    rest, _ = proc.communicate()
+    acked += rest.decode().split()  # printed before the kill landed: acknowledged too
+
+    async def check() -> None:
+        store = await opened(state)
+        for qid in acked:
+            raw = await store.read_message(qid)
+            assert raw is not None and raw.startswith(f"Subject: {qid}\r\n".encode()), qid
+            assert await store.message_info(qid) is not None, qid
+        summary = await store.queue_summary()
+        indexed = {row[0] for row in db_rows(state, "SELECT queue_id FROM messages")}
+        assert set(acked) <= indexed
+        assert summary.queued == len(indexed) and summary.inflight == 0
+        assert {p.name for p in (state / "messages").iterdir()} == indexed  # no orphan left
+        await store.close()
+
+    run(check())
+
+
+# ---------------------------------------------------------------- delivery records
+
+
+def test_record_attempt_reschedules_then_finishes_and_deletes_the_file(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+
+    async def scenario() -> None:
+        store = await opened(state)
+        msg = message(copy("acme", "deliver", "b@acme.example", "c@acme.example"), archive=False)
+        await store.accept(msg)
+        (delivery,) = (await store.claim_due(time.time(), 10)).deliveries
+        later = time.time() + 60
+        partial = (
+            RcptState("b@acme.example", "delivered", "250 2.0.0 ok", "mx:25"),
+            RcptState("c@acme.example", "pending", "451 4.3.0 busy", "mx:25"),
+        )
+        await store.record_attempt(AttemptRecord(delivery.id, partial, "451 4.3.0 busy", later, None))
+        summary = await store.queue_summary()
+        assert (summary.queued, summary.inflight, summary.next_due) == (1, 0, later)
+        assert (await store.claim_due(time.time(), 10)).deliveries == ()  # not due yet
+        (again,) = (await store.claim_due(later, 10)).deliveries
+        assert again.pending == ("c@acme.example",) and again.attempts == 2 and again.last_error == "451 4.3.0 busy"
+        done = (partial[0], RcptState("c@acme.example", "delivered", "250 ok", "mx:25"))
+        await store.record_attempt(AttemptRecord(again.id, done, "", later, None))
+        assert await store.queue_summary() == type(summary)(0, 0, None)
+        assert await store.read_message(msg.queue_id) is None
+        assert not (state / "messages" / msg.queue_id).exists()
+        assert db_rows(state, "SELECT count(*) FROM messages") == [(0,)]
+        await store.close()
+
+    run(scenario())
+
+
+def test_dsn_is_stored_in_the_same_transaction_as_the_bounce(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await opened(tmp_path / "state")
+        await store.accept(message(copy("acme", "deliver"), archive=False))
+        (delivery,) = (await store.claim_due(time.time(), 10)).deliveries
+        dsn = message(copy("acme", "deliver", "a@sender.example"), archive=False, direction="dsn", mail_from="")
+        failed = (RcptState(delivery.rcpts[0].rcpt, "failed", "550 5.1.1 unknown", "mx:25"),)
+        await store.record_attempt(AttemptRecord(delivery.id, failed, "", time.time(), dsn))
+        (queued,) = (await store.claim_due(time.time(), 10)).deliveries
+        assert (queued.queue_id, queued.route_by, queued.mail_from) == (dsn.queue_id, "address", "")
+        assert await store.read_message(delivery.queue_id) is None
+        assert await store.read_message(dsn.queue_id) == dsn.raw
+        await store.close()
+
+    run(scenario())
+
+
+# ---------------------------------------------------------------- quarantine
+
+
+def test_quarantine_list_release_delete(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+
+    async def scenario() -> None:
+        store = await opened(state)
+        old = message(copy("acme", "quarantine", score=6.5), received_at=time.time() - 3 * DAY, archive=False)
+        new = message(copy("acme", "quarantine", score=9.0), copy("beta", "quarantine"), archive=False)
+        await store.accept(old)
+        await store.accept(new)
+        held = await store.list_quarantine()
+        assert [e.id for e in held] == [
+            quarantine_id(old.queue_id, "acme"),
+            quarantine_id(new.queue_id, "acme"),
+            quarantine_id(new.queue_id, "beta"),
+        ]
+        first = held[0]
+        assert (first.tenant, first.recipients, first.score, first.reason, first.subject) == (
+            "acme",
+            ("u@acme.example",),
+            6.5,
+            "score",
+            "Hello",
+        )
+        assert first.hits == ({"id": "r1", "kind": "rule"},) and first.mail_from == "a@sender.example"
+        assert [e.id for e in await store.list_quarantine(tenant="beta")] == [held[2].id]
+        assert [e.id for e in await store.list_quarantine(since=time.time() - DAY)] == [held[1].id, held[2].id]
+        assert (await store.claim_due(time.time(), 10)).deliveries == ()  # held mail is not delivered
+
+        released = await store.release_quarantine(held[1].id, time.time())
+        assert isinstance(released, QuarantineEntry) and released.status == "released"
+        (delivery,) = (await store.claim_due(time.time(), 10)).deliveries
+        assert (delivery.queue_id, delivery.tenant, delivery.pending) == (new.queue_id, "acme", ("u@acme.example",))
+        assert delivery.headers == b"X-Tenant: acme\r\n" and delivery.subject_prefix is None
+        assert await store.release_quarantine(held[1].id, time.time()) == QuarantineRefusal(held[1].id, "not-held")
+        assert await store.delete_quarantine("NOPE-acme", time.time()) == QuarantineRefusal("NOPE-acme", "not-found")
+
+        deleted = await store.delete_quarantine(held[0].id, time.time())
+        assert isinstance(deleted, QuarantineEntry) and deleted.status == "deleted"
+        assert not (state / "messages" / old.queue_id).exists()  # nothing else referenced it
+        assert [e.id for e in await store.list_quarantine()] == [held[2].id]
+        every = await store.list_quarantine(status=None)
+        assert [(e.id, e.status) for e in every] == [
+            (held[0].id, "deleted"),
+            (held[1].id, "released"),
+            (held[2].id, "held"),
+        ]
+        await store.delete_quarantine(held[2].id, time.time())
+        assert (state / "messages" / new.queue_id).exists()  # the released copy still needs it
+        delivered = tuple(RcptState(r.rcpt, "delivered", "250 ok", "mx:25") for r in delivery.rcpts)
+        await store.record_attempt(AttemptRecord(delivery.id, delivered, "", time.time(), None))
+        assert not (state / "messages" / new.queue_id).exists()
+        await store.close()
+
+    run(scenario())
+
+
+def test_release_by_another_connection_is_claimed_by_the_owner(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        owner = await opened(tmp_path / "state")
+        msg = message(copy("acme", "quarantine"))
+        await owner.accept(msg)
+        reviewer = await opened(tmp_path / "state", owner=False)
+        assert isinstance(
+            await reviewer.release_quarantine(quarantine_id(msg.queue_id, "acme"), time.time()), QuarantineEntry
+        )
+        await reviewer.close()
+        (delivery,) = (await owner.claim_due(time.time(), 10)).deliveries
+        assert delivery.queue_id == msg.queue_id
+        await owner.close()
+
+    run(scenario())
+
+
+# ---------------------------------------------------------------- retention
+
+
+def test_purge_expired_archive_and_quarantine(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+
+    async def scenario() -> None:
+        store = await opened(state)
+        now = time.time()
+        archived_old = message(copy("acme", "discard"), received_at=now - 400 * DAY)
+        archived_new = message(copy("acme", "discard"), received_at=now - 10 * DAY)
+        pending_old = message(copy("acme", "deliver"), received_at=now - 400 * DAY)
+        held_old = message(copy("acme", "quarantine"), received_at=now - 40 * DAY, archive=False)
+        held_new = message(copy("acme", "quarantine"), received_at=now - 1 * DAY, archive=False)
+        for msg in (archived_old, archived_new, pending_old, held_old, held_new):
+            await store.accept(msg)
+        result = await store.purge_expired(now, archive_days=365, quarantine_days=30)
+        assert (result.archived, result.quarantined, result.files) == (2, 1, 2)
+        remaining = {p.name for p in (state / "messages").iterdir()}
+        assert remaining == {archived_new.queue_id, pending_old.queue_id, held_new.queue_id}
+        info = await store.message_info(pending_old.queue_id)
+        assert info is not None and info.archived_at is None  # out of the archive, still queued
+        assert [e.queue_id for e in await store.list_quarantine(status=None)] == [held_new.queue_id]
+        await store.close()
+
+    run(scenario())
+
+
+def test_store_refuses_a_newer_schema(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await opened(tmp_path / "state")
+        await store.close()
+        conn = sqlite3.connect(tmp_path / "state" / DB_NAME)
+        conn.execute("PRAGMA user_version = 99")
+        conn.close()
+        with pytest.raises(StoreError, match="schema 99"):
+            await opened(tmp_path / "state")
+
+    run(scenario())
+
+
+def test_verdicts_round_trip_as_json(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await opened(tmp_path / "state")
+        msg = message(copy("acme", "quarantine", score=3.25))
+        await store.accept(msg)
+        stored = db_rows(tmp_path / "state", "SELECT verdict FROM quarantine")[0][0]
+        assert json.loads(stored)["score"] == 3.25
+        await store.close()
+
+    run(scenario())
