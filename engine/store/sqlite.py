@@ -9,16 +9,17 @@ Layout under the state directory::
 Write path (group commit). Every change goes through one writer thread that owns the write
 connection. The thread takes every operation queued at that moment as one batch and:
 
-1. writes each new message file (O_EXCL) and fsyncs it, then fsyncs the `messages/`
-   directory once, so the files and their directory entries are on disk;
+1. creates each new message file (O_EXCL), writes and fdatasyncs it — the files of a batch in
+   parallel, in a small pool of sync threads — then fsyncs the `messages/` directory once, so
+   the files and their directory entries are on disk;
 2. runs all operations of the batch in one transaction (BEGIN IMMEDIATE … COMMIT), each in
    its own SAVEPOINT so that one failing operation does not undo the others;
 3. commits with `synchronous=FULL`: the WAL is fsynced before COMMIT returns;
-4. only then resolves the callers' futures (an `accept` returns, the SMTP layer says 250),
-   and unlinks the files of messages that the batch left unreferenced.
+4. only then unlinks the files of messages that the batch left unreferenced and resolves the
+   callers' futures (an `accept` returns, the SMTP layer says 250).
 
-So one batch costs one fsync per new file, one directory fsync and one WAL fsync, however
-many callers waited; the asyncio loop never touches the disk for writes.
+So one batch costs one (parallel) fsync per new file, one directory fsync and one WAL fsync,
+however many callers waited; the asyncio loop never touches the disk for writes.
 
 Durability and crash recovery. A message file is durable before the row that names it is
 committed, so after a crash at any moment every committed `messages` row has its file, and a
@@ -31,7 +32,8 @@ that the next `open` removes.
 
 Other processes (the `quarantine` CLI) open the same database with `owner=False`: they use
 their own connections, never run recovery, and wait for the write lock (`busy_timeout`).
-Readers (listings, claims' message reads) use a separate read connection in its own thread.
+Queries (listings, lookups) use a separate read connection in its own thread; message files
+are read in worker threads. A `SqliteStore` is opened once and closed once.
 """
 
 from __future__ import annotations
@@ -565,7 +567,13 @@ class SqliteStore:
                     stop = True
                     break
                 batch.append(cast(_Op[Any], item))
-            self._run_batch(conn, batch)
+            try:
+                self._run_batch(conn, batch)
+            except Exception as exc:  # keep the writer alive; nobody in this batch may see success
+                log.exception("store writer batch failed")
+                for op in batch:
+                    if not op.future.done():
+                        op.future.set_exception(StoreError(f"store write failed: {exc}"))
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
