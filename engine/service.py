@@ -22,6 +22,7 @@ import signal
 import ssl
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from engine.graph.compiler import load_graph
@@ -30,10 +31,11 @@ from engine.policy.models import Gateway
 from engine.relay.nexthop import NextHops
 from engine.relay.worker import RelayWorker
 from engine.smtp.handler import ConnectionLimits, GatewaySMTP, InboundHandler
-from engine.store.base import open_store
+from engine.store.base import Store, open_store
 
 log = logging.getLogger("liveprism.serve")
 SHUTDOWN_GRACE = 30.0
+PURGE_INTERVAL = 3600.0
 RELOAD_DEBOUNCE_MS = 300
 LINE_LENGTH_LIMIT = 64 * 1024  # longer than RFC 5322's 998 on purpose: real mail breaks it
 
@@ -85,7 +87,7 @@ class GatewayService:
         next_hops = NextHops(
             tenant_routes=lambda tenant: self.graph.tenant_routes(tenant),
             tenant_of_domain=lambda domain: self.graph.tenant_of_domain(domain),
-            dns=gateway.dns,
+            dns_settings=gateway.dns,
         )
         relay = RelayWorker(store, next_hops, lambda: self.graph.gateway.delivery, gateway.hostname)
         relay_task = asyncio.create_task(relay.run(), name="relay")
@@ -115,6 +117,7 @@ class GatewayService:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stopping.set)
         reload_task = asyncio.create_task(self._watch_policy(), name="reload")
+        purge_task = asyncio.create_task(self._purge_periodically(store), name="purge")
         log.info("listening on %s:%d policy=%s state=%s", listener.address, listener.port, self.graph.version,
                  self.state)
         await self._stopping.wait()
@@ -122,6 +125,7 @@ class GatewayService:
         log.info("stopping: no new connections; finishing open sessions")
         server.close()
         reload_task.cancel()
+        purge_task.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(limits.idle.wait(), SHUTDOWN_GRACE)
         await relay.stop()
@@ -130,6 +134,19 @@ class GatewayService:
             await relay_task
         await store.close()
         log.info("stopped; queue left in %s", self.state)
+
+    async def _purge_periodically(self, store: Store) -> None:
+        """Drop archived and quarantined mail past its retention, at start and then hourly."""
+        while True:
+            gateway = self.graph.gateway
+            try:
+                result = await store.purge_expired(
+                    time.time(), gateway.archive.retention_days, gateway.quarantine.retention_days
+                )
+                log.info("retention purge: %s", result)
+            except Exception:
+                log.exception("retention purge failed; retrying in an hour")
+            await asyncio.sleep(PURGE_INTERVAL)
 
     async def _watch_policy(self) -> None:
         from watchfiles import awatch

@@ -26,7 +26,8 @@ class MaildirHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
-        head = f"X-Sink-Mail-From: <{envelope.mail_from}>\r\nX-Sink-Rcpt-To: {', '.join(envelope.rcpt_tos)}\r\n"
+        sender = (envelope.mail_from or "").strip("<>")  # aiosmtpd gives the null sender as "<>"
+        head = f"X-Sink-Mail-From: <{sender}>\r\nX-Sink-Rcpt-To: {', '.join(envelope.rcpt_tos)}\r\n"
         key = await asyncio.to_thread(self.maildir.add, head.encode("utf-8", "replace") + raw)
         log.info("stored %s from=<%s> to=%s size=%d", key, envelope.mail_from, envelope.rcpt_tos, len(raw))
         return f"250 2.0.0 stored as {key}"

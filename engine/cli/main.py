@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from engine.cli.quarantine_cmd import quarantine_app
+
 app = typer.Typer(
     name="liveprism",
     help="LivePrism mail policy gateway: policy as code, filtering, quarantine and relay.",
@@ -19,6 +21,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+app.add_typer(quarantine_app, name="quarantine")
 
 PolicyDir = Annotated[Path, typer.Argument(help="Policy directory.", show_default=True)]
 
