@@ -22,6 +22,7 @@ class MaildirHandler:
     """Writes each received message into one Maildir."""
 
     def __init__(self, maildir: Path) -> None:
+        maildir.parent.mkdir(parents=True, exist_ok=True)
         self.maildir = mailbox.Maildir(maildir, create=True)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:

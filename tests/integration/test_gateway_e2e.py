@@ -247,3 +247,70 @@ def test_downstream_5xx_sends_dsn_to_sender(tmp_path: Path, procs: list[Any]) ->
     assert b"multipart/report" in dsn and b"report-type=delivery-status" in dsn.replace(b'"', b"")
     assert b"Final-Recipient: rfc822; bob@acme.example" in dsn or b"Final-Recipient: rfc822;bob@acme.example" in dsn
     assert b"Action: failed" in dsn
+
+
+def test_starttls_offered_when_tls_is_set(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    keys = tmp_path / "policy" / "keys"
+    keys.mkdir(parents=True)
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=mxpath.test.example",
+         "-keyout", str(keys / "key.pem"), "-out", str(keys / "cert.pem"), "-days", "2"],
+        check=True, capture_output=True,
+    )
+    gateway = start(
+        tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}},
+        extra_gateway="tls: {cert: keys/cert.pem, key: keys/key.pem}",
+    )
+    out = swaks(gateway.port, "--from", "alice@example.com", "--to", "bob@acme.example", "--tls")
+    assert "<-  220 " in out.stdout and "TLS started" in out.stdout, out.stdout + out.stderr
+    assert "<~  250 2.0.0 queued as" in out.stdout, out.stdout
+    assert wait_for(lambda: len(box.messages()) == 1)
+    assert b"with ESMTPS id" in box.messages()[0]
+
+
+def test_connection_limit_per_ip_gets_421(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}})
+    policy = gateway.policy / "gateway.yaml"
+    policy.write_text(policy.read_text().replace("max_connections_per_ip: 100", "max_connections_per_ip: 2"))
+    gateway.stop()
+    gateway.start()
+    held = [smtplib.SMTP(LOCALHOST, gateway.port, timeout=10) for _ in range(2)]
+    try:
+        with socket_banner(gateway.port) as banner:
+            assert banner.startswith(b"421 4.7.0"), banner
+        other = send(gateway.port, "alice@example.com", ["bob@acme.example"], CLEAN, source="127.0.0.5")
+        assert other["data"][0] == 250
+    finally:
+        for client in held:
+            client.close()
+
+
+def test_policy_hot_reload(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}})
+    assert send(gateway.port, "alice@example.com", ["bob@initech.example"], CLEAN)["rcpt"] == {
+        "bob@initech.example": 550}
+    tenant = '{"name": "initech", "domains": ["initech.example"], "routes": [%s]}' % json.dumps(route(box.port))
+    (gateway.policy / "tenants" / "initech.yaml").write_text(tenant)
+    assert wait_for(lambda: "policy reloaded" in gateway.log(), timeout=20), gateway.log()
+    assert send(gateway.port, "alice@example.com", ["bob@initech.example"], CLEAN)["data"][0] == 250
+    (gateway.policy / "tenants" / "broken.yaml").write_text("name: [unclosed\n")
+    assert wait_for(lambda: "reload rejected" in gateway.log(), timeout=20), gateway.log()
+    assert send(gateway.port, "alice@example.com", ["bob@initech.example"], CLEAN)["data"][0] == 250
+
+
+class socket_banner:  # noqa: N801 - used as a context manager
+    """Connect and read the greeting line."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+
+        self.sock = socket.create_connection((LOCALHOST, port), timeout=10)
+
+    def __enter__(self) -> bytes:
+        return self.sock.makefile("rb").readline()
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
