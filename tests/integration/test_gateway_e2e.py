@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import smtplib
+import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -292,7 +295,7 @@ def test_policy_hot_reload(tmp_path: Path, procs: list[Any]) -> None:
     gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}})
     assert send(gateway.port, "alice@example.com", ["bob@initech.example"], CLEAN)["rcpt"] == {
         "bob@initech.example": 550}
-    tenant = '{"name": "initech", "domains": ["initech.example"], "routes": [%s]}' % json.dumps(route(box.port))
+    tenant = json.dumps({"name": "initech", "domains": ["initech.example"], "routes": [route(box.port)]})
     (gateway.policy / "tenants" / "initech.yaml").write_text(tenant)
     assert wait_for(lambda: "policy reloaded" in gateway.log(), timeout=20), gateway.log()
     assert send(gateway.port, "alice@example.com", ["bob@initech.example"], CLEAN)["data"][0] == 250
@@ -301,16 +304,8 @@ def test_policy_hot_reload(tmp_path: Path, procs: list[Any]) -> None:
     assert send(gateway.port, "alice@example.com", ["bob@initech.example"], CLEAN)["data"][0] == 250
 
 
-class socket_banner:  # noqa: N801 - used as a context manager
-    """Connect and read the greeting line."""
-
-    def __init__(self, port: int) -> None:
-        import socket
-
-        self.sock = socket.create_connection((LOCALHOST, port), timeout=10)
-
-    def __enter__(self) -> bytes:
-        return self.sock.makefile("rb").readline()
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
+@contextlib.contextmanager
+def socket_banner(port: int) -> Iterator[bytes]:
+    """Connect and yield the greeting line."""
+    with socket.create_connection((LOCALHOST, port), timeout=10) as sock:
+        yield sock.makefile("rb").readline()
