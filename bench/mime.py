@@ -1,10 +1,14 @@
 """Micro-benchmark for engine.mime.view.parse_message: prints µs per message.
 
-Usage: python bench/mime.py [PATH ...]   (default: /tmp/msgs/msg-2k.eml /tmp/msgs/msg-50k.eml /tmp/msgs/eml-2k)
+Usage: python bench/mime.py [PATH ...]
+       (default: /tmp/msgs/eml-2k /tmp/msgs/eml-50k /tmp/msgs/msg-2k.eml /tmp/msgs/msg-50k.eml;
+       generate them with ``python /work/shared/bench/peers/helpers.py gen /tmp/msgs``)
 
-A file is parsed repeatedly (best of 5 runs). A directory is parsed once per file, in order: every
-message has its own MIME boundary, so this also pays for the boundary regex the stdlib parser
-compiles per new boundary, which a loop over one file hides (the ``re`` module caches it).
+The headline is a directory: distinct messages, each with its own MIME boundary, parsed once per
+pass in order (best pass of 3). That is what a gateway sees, and it is the figure to hold against
+the budget (5,000 msgs/s per core for 2 KB mail including rule evaluation leaves parse_message
+about 110 µs per 2 KB message, and about 1 ms per 50 KB one). A single file is parsed repeatedly
+(best of 5 runs): a secondary figure, which hides any cost paid once per new boundary or message.
 """
 
 import sys
@@ -13,7 +17,7 @@ from pathlib import Path
 
 from engine.mime.view import parse_message
 
-DEFAULT_PATHS = ("/tmp/msgs/msg-2k.eml", "/tmp/msgs/msg-50k.eml", "/tmp/msgs/eml-2k")
+DEFAULT_PATHS = ("/tmp/msgs/eml-2k", "/tmp/msgs/eml-50k", "/tmp/msgs/msg-2k.eml", "/tmp/msgs/msg-50k.eml")
 
 
 def file_us(raw: bytes, budget_s: float = 1.0, repeats: int = 5) -> float:
@@ -30,12 +34,15 @@ def file_us(raw: bytes, budget_s: float = 1.0, repeats: int = 5) -> float:
     return best * 1e6
 
 
-def corpus_us(raws: list[bytes]) -> float:
-    """Mean time of parse_message in µs over *raws*, each parsed once."""
-    start = time.perf_counter()
-    for raw in raws:
-        parse_message(raw)
-    return (time.perf_counter() - start) / len(raws) * 1e6
+def corpus_us(raws: list[bytes], passes: int = 3) -> float:
+    """Mean time of parse_message in µs over *raws*, each parsed once per pass; the best pass."""
+    best = float("inf")
+    for _ in range(passes):
+        start = time.perf_counter()
+        for raw in raws:
+            parse_message(raw)
+        best = min(best, (time.perf_counter() - start) / len(raws))
+    return best * 1e6
 
 
 def main(paths: list[str]) -> None:
@@ -43,10 +50,14 @@ def main(paths: list[str]) -> None:
         if path.is_dir():
             raws = [file.read_bytes() for file in sorted(path.iterdir()) if file.is_file()]
             mean = sum(map(len, raws)) / len(raws)
-            print(f"{path}: {len(raws)} messages of {mean:.0f} bytes, {corpus_us(raws):.1f} µs/message")
+            us = corpus_us(raws)
+            print(
+                f"{path}: {len(raws)} distinct messages of {mean:.0f} bytes: "
+                f"{us:.1f} µs/message ({1e6 / us:,.0f} msgs/s)"
+            )
         else:
             raw = path.read_bytes()
-            print(f"{path}: {len(raw)} bytes, {file_us(raw):.1f} µs/message")
+            print(f"{path}: one message of {len(raw)} bytes, repeated: {file_us(raw):.1f} µs/message")
 
 
 if __name__ == "__main__":

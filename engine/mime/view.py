@@ -4,10 +4,16 @@ Contract: ``parse_message`` never raises. Whatever the input, it returns a ``Mes
 malformed is reported as kebab-case tokens in ``MessageView.defects`` (constants below), never as an
 exception.
 
-Algorithm: the stdlib ``BytesParser`` with the ``compat32`` policy builds the part tree (about ten
-times faster than ``email.policy.default``); one depth-bounded walk then decodes transfer encodings
-and charsets, RFC 2047 encoded-words (RFC 2047 §6) and RFC 2231 parameters (RFC 2231 §3-4) itself,
-with fast paths for the common all-ASCII case.
+Algorithm: one depth-bounded recursive walk over byte offsets into the raw message. Each entity's
+header block is split into fields here (the stdlib feedparser's line rules: a field starts with
+``name:``, continuation lines with a space or tab, the block ends at an empty line); multipart bodies
+are cut at their delimiter lines with ``bytes.find`` (RFC 2046 §5.1.1: "--" boundary, optional
+transport padding, CRLF, LF or CR line ends; "--" boundary "--" closes); message/* bodies are parsed
+as messages. Transfer encodings are undone with ``binascii``, charsets with ``codecs``; RFC 2047
+encoded-words (RFC 2047 §6) and RFC 2231 parameters (RFC 2231 §3-4) are decoded too, with fast paths
+for the common all-ASCII case and ``email.message.Message`` (compat32) only for unusual parameters.
+Unlike the stdlib feedparser this compiles no regular expression per boundary, so distinct messages
+cost no more than repeated ones, and it never builds parts below ``MAX_NESTING``.
 """
 
 import binascii
@@ -17,7 +23,6 @@ import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from email import errors
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
@@ -29,7 +34,7 @@ from urllib.parse import unquote
 
 # Defect tokens (MessageView.defects).
 MISSING_BOUNDARY: Final = "missing-boundary"  # multipart without a boundary parameter
-TRUNCATED_MULTIPART: Final = "truncated-multipart"  # start or closing boundary never found
+TRUNCATED_MULTIPART: Final = "truncated-multipart"  # opening or close delimiter never found
 BAD_CHARSET: Final = "bad-charset"  # unknown charset, or bytes invalid in it; read as UTF-8
 BAD_BASE64: Final = "bad-base64"  # base64 body with invalid padding, length or characters
 BAD_HEADER: Final = "bad-header"  # unparseable header line or parameter
@@ -42,25 +47,12 @@ PARSE_ERROR: Final = "parse-error"  # an unexpected exception; the view holds wh
 MAX_NESTING: Final = 50
 """Parts nested deeper than this many container levels (multipart or message/*) are not visited."""
 
-_DEFECT_TOKENS: Final[Mapping[type[errors.MessageDefect], str | None]] = {
-    errors.NoBoundaryInMultipartDefect: MISSING_BOUNDARY,
-    errors.StartBoundaryNotFoundDefect: TRUNCATED_MULTIPART,
-    errors.CloseBoundaryNotFoundDefect: TRUNCATED_MULTIPART,
-    # Only ever reported together with one of the two defects above.
-    errors.MultipartInvariantViolationDefect: None,
-    errors.InvalidMultipartContentTransferEncodingDefect: BAD_TRANSFER_ENCODING,
-    errors.InvalidBase64PaddingDefect: BAD_BASE64,
-    errors.InvalidBase64CharactersDefect: BAD_BASE64,
-    errors.InvalidBase64LengthDefect: BAD_BASE64,
-    errors.MissingHeaderBodySeparatorDefect: BAD_HEADER,
-    errors.FirstHeaderLineIsContinuationDefect: BAD_HEADER,
-    errors.MisplacedEnvelopeHeaderDefect: BAD_HEADER,
-    errors.InvalidHeaderDefect: BAD_HEADER,
-    errors.NonPrintableDefect: BAD_HEADER,
-    errors.UndecodableBytesDefect: BAD_CHARSET,
-}
-
-_PARSER: Final = BytesParser(policy=compat32)
+_HEADER_PARSER: Final = BytesParser(policy=compat32)  # only to salvage headers after a failure
+# The header block: lines that start a field ("name:", or a "From " envelope line) or continue one
+# (space or tab); the feedparser's headerRE, per line. Line ends are CRLF, LF or a lone CR.
+_HEADER_BLOCK: Final = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*:|[ \t])[^\r\n]*(?:\r\n|\r|\n|\Z))*")
+# What may follow "--" boundary on a delimiter line: "--" (close delimiter), transport padding, line end.
+_DELIMITER_TAIL: Final = re.compile(rb"(--)?[ \t]*(?:\r\n|\r|\n|\Z)")
 _ENCODED_WORD: Final = re.compile(r"=\?([^?]*)\?([bBqQ])\?(.*?)\?=", re.S)
 _SIMPLE_FROM: Final = re.compile(
     r"[ \t]*(?:[A-Za-z0-9 _'-]*<(?P<bracketed>{addr})>|(?P<bare>{addr}))[ \t]*".format(
@@ -71,6 +63,11 @@ _SIMPLE_CHARSET: Final = re.compile(
     r'\s*[\w.+-]+/[\w.+-]+\s*;\s*charset\s*=\s*(?:"([\w.:+-]+)"|([\w.:+-]+))\s*;?\s*',
     re.I | re.A,
 )
+# A Content-Type whose only parameter is a boundary made of RFC 2046 bchars (minus the "<", ">",
+# quote and backslash that Message.get_boundary would unquote): the answer get_boundary gives.
+_SIMPLE_BOUNDARY: Final = re.compile(
+    r"""[^;"]*;\s*boundary\s*=\s*(?:"([\w'()+,./:=? -]*)"|([\w'()+,./:=?-]+))\s*;?\s*""", re.I | re.A
+)
 _NAME_PARAM: Final = re.compile(r'(?:file)?name(?:\*\d+)?(\*)?\s*=\s*("[^"]*"?|[^;]*)', re.I)
 _HTML_HIDDEN: Final = re.compile(r"<!--.*?(?:-->|\Z)|<(script|style)\b[^>]*(?:>|\Z).*?(?:</\1\s*>|\Z)", re.I | re.S)
 _HTML_BREAK: Final = re.compile(
@@ -78,7 +75,7 @@ _HTML_BREAK: Final = re.compile(
 )
 _HTML_TAG: Final = re.compile(r"<[a-zA-Z/!?][^>]*(?:>|\Z)")
 _UNSAFE_CODECS: Final = frozenset({"idna", "punycode", "raw-unicode-escape", "unicode-escape", "undefined"})
-_CAMEL: Final = re.compile(r"(?<!^)(?=[A-Z])")
+_UU_ENCODINGS: Final = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +124,6 @@ def parse_message(raw: bytes) -> MessageView:
     builder = _Builder()
     try:
         builder.build(raw)
-    except RecursionError:
-        # The stdlib parser recurses once per nesting level, so absurdly deep input (~1000 levels)
-        # overflows the stack before the walk could stop at MAX_NESTING; keep at least the headers.
-        builder.defects.update((NESTING_TOO_DEEP, PARSE_ERROR))
-        builder.salvage_headers(raw)
     except Exception:
         builder.defects.add(PARSE_ERROR)
         builder.salvage_headers(raw)
@@ -192,12 +184,110 @@ def _raw_filename(*values: str) -> str | None:
     return None
 
 
-def _defect_token(defect: errors.MessageDefect) -> str | None:
-    """Token for a stdlib defect (None: ignored); unmapped classes become their kebab-case name."""
-    cls = type(defect)
-    if cls in _DEFECT_TOKENS:
-        return _DEFECT_TOKENS[cls]
-    return _CAMEL.sub("-", cls.__name__.removesuffix("Defect")).lower()
+def _params(type_value: str | None, disposition: str | None) -> Message:
+    """A compat32 message holding just these headers, for its RFC 2231-aware parameter getters."""
+    message = Message()
+    if type_value is not None:
+        message["Content-Type"] = type_value
+    if disposition is not None:
+        message["Content-Disposition"] = disposition
+    return message
+
+
+def _strip_eol(data: bytes, start: int, end: int) -> int:
+    """*end* moved back over one line end (CRLF, LF or CR) that data[start:end] ends with."""
+    if end > start:
+        last = data[end - 1]
+        if last == 10:  # LF
+            return end - 2 if end - 1 > start and data[end - 2] == 13 else end - 1
+        if last == 13:  # CR
+            return end - 1
+    return end
+
+
+def _multipart_parts(
+    data: bytes, start: int, end: int, delimiter: bytes
+) -> tuple[list[tuple[int, int]] | None, bool, int]:
+    """Split the multipart body data[start:end] at its *delimiter* lines (RFC 2046 §5.1.1).
+
+    Returns ``(parts, closed, stop)``: the byte ranges of the body parts (the line end before each
+    delimiter belongs to the delimiter), whether the close delimiter was found, and where the
+    preamble stops. ``parts`` is None when no delimiter opens the first part; then ``stop`` is the
+    start of a close delimiter met first, or *end*. Delimiter lines right after a delimiter line
+    are skipped, close delimiters too (as the stdlib feedparser does), so that "--b", "--b--" and
+    then parts does not hide the parts in an epilogue.
+    """
+    size = len(delimiter)
+    parts: list[tuple[int, int]] = []
+    part_start = -1  # while in the preamble
+    pos = start
+    while True:
+        found = data.find(delimiter, pos, end)
+        if found < 0:
+            break
+        pos = found + 1
+        if found > start and data[found - 1] not in b"\r\n":  # not at the start of a line
+            continue
+        tail = _DELIMITER_TAIL.match(data, found + size, end)
+        if tail is None:  # "--" boundary followed by something else: a longer boundary, or text
+            continue
+        close = tail.group(1) is not None
+        if part_start < 0:
+            if close:
+                return None, False, found
+        elif found == part_start:  # right after a delimiter line: skipped, even a close delimiter
+            part_start = pos = tail.end()
+            continue
+        else:
+            parts.append((part_start, _strip_eol(data, part_start, found)))
+        if close:
+            return parts, True, found
+        part_start = pos = tail.end()
+    if part_start < 0:
+        return None, False, end
+    parts.append((part_start, _strip_eol(data, part_start, end)))
+    return parts, False, end
+
+
+def _decode_base64(data: bytes) -> tuple[bytes, bool]:
+    """Decoded base64 body and whether it was malformed (the stdlib ``email`` rules).
+
+    Line ends are ignored. Valid text, or valid text missing only its padding, decodes strictly;
+    anything else is decoded ignoring non-alphabet characters, and when even that fails (4n+1
+    data characters) the text is kept as it is.
+    """
+    data = data.translate(None, b"\r\n")
+    missing = -len(data) % 4
+    with contextlib.suppress(binascii.Error):
+        return binascii.a2b_base64(data + b"==="[:missing] if missing else data, strict_mode=True), bool(missing)
+    for attempt in (data, data + b"=="):
+        with contextlib.suppress(binascii.Error):
+            return binascii.a2b_base64(attempt), True
+    return data, True
+
+
+def _decode_uu(data: bytes) -> bytes:
+    """Decode a uuencoded body (``begin`` line, data lines, ``end``); raises ValueError if broken."""
+    lines = iter(data.splitlines())
+    for line in lines:
+        if line.startswith(b"begin "):
+            mode = line.removeprefix(b"begin ").partition(b" ")[0]
+            with contextlib.suppress(ValueError):
+                int(mode, 8)
+                break
+    else:
+        raise ValueError("no begin line")
+    decoded = []
+    for line in lines:
+        if not line:
+            raise ValueError("truncated")
+        if line.strip(b" \t\r\n\f") == b"end":
+            break
+        try:
+            decoded.append(binascii.a2b_uu(line))
+        except binascii.Error:  # trailing garbage from broken encoders: use the declared length
+            decoded.append(binascii.a2b_uu(line[: (((line[0] - 32) & 63) * 4 + 5) // 3]))
+    return b"".join(decoded)
 
 
 def _html_text(html: str) -> str:
@@ -233,23 +323,85 @@ class _Builder:
 
     def build(self, raw: bytes) -> None:
         """Parse *raw* and record everything; may raise (parse_message turns that into a defect)."""
-        message = _PARSER.parsebytes(raw)
-        self.read_headers(message)
-        self.walk(message, 0, 0)
+        fields, body = self.split_entity(raw, 0, len(raw))
+        self.read_headers(fields)
+        self.visit(raw, fields, body, len(raw), 0, 0, "text/plain")
 
     def salvage_headers(self, raw: bytes) -> None:
-        """After a failed full parse, report the top-level headers if they can be read at all."""
+        """After a failed parse, report the top-level headers if they can be read at all."""
         if not self.headers:
             with contextlib.suppress(Exception):
-                self.read_headers(_PARSER.parsebytes(raw, headersonly=True))
+                message = _HEADER_PARSER.parsebytes(raw, headersonly=True)
+                self.read_headers(
+                    [(name, value.replace("\r", "").replace("\n", "")) for name, value in message.raw_items()]
+                )
 
-    def read_headers(self, message: Message) -> None:
-        """Record the top-level headers and From addresses of *message*."""
-        if len(message) == 0:
+    def split_entity(self, data: bytes, start: int, end: int) -> tuple[list[tuple[str, str]], int]:
+        """Unfolded header fields of the entity data[start:end], and the offset its body starts at.
+
+        Field values are raw (bytes above 127 as surrogate escapes). Like the stdlib feedparser: the
+        header block ends at an empty line, which is dropped, or at the first line that is neither
+        a field nor a continuation (``bad-header``), which starts the body; a continuation line
+        without a field before it and a line starting with a colon are dropped (``bad-header``); a
+        leading "From " envelope line is dropped, a later one too (``bad-header``) unless it is the
+        block's last line, which then starts the body.
+        """
+        match = _HEADER_BLOCK.match(data, start, end)
+        block_end = match.end() if match else start
+        body = block_end
+        if block_end < end:
+            first = data[block_end]
+            if first == 10:  # an empty LF line
+                body += 1
+            elif first == 13:  # an empty CRLF or CR line
+                body += 2 if block_end + 1 < end and data[block_end + 1] == 10 else 1
+            else:
+                self.defects.add(BAD_HEADER)
+        if block_end == start:
+            return [], body
+        text = data[start:block_end].decode("ascii", "surrogateescape")
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        lines = text.split("\n")
+        if not lines[-1]:
+            lines.pop()
+        fields: list[tuple[str, str]] = []
+        name = ""
+        value: list[str] = []
+        for number, line in enumerate(lines):
+            if line[0] in " \t":
+                if name:
+                    value.append(line)
+                else:
+                    self.defects.add(BAD_HEADER)
+                continue
+            if name:
+                fields.append((name, "".join(value)))
+                name = ""
+            if line.startswith("From "):
+                if number == len(lines) - 1 and number:
+                    body = _strip_eol(data, start, block_end)
+                    body = max(data.rfind(b"\n", start, body), data.rfind(b"\r", start, body)) + 1
+                elif number:
+                    self.defects.add(BAD_HEADER)
+                continue
+            colon = line.find(":")
+            if colon <= 0:  # (the block pattern only admits lines with a colon here)
+                self.defects.add(BAD_HEADER)
+                continue
+            name = line[:colon]
+            value = [line[colon + 1 :].lstrip(" \t")]
+        if name:
+            fields.append((name, "".join(value)))
+        return fields, body
+
+    def read_headers(self, fields: list[tuple[str, str]]) -> None:
+        """Record the top-level headers and From addresses from the unfolded *fields*."""
+        if not fields:
             self.defects.add(NO_HEADERS)
         froms: list[str] = []
-        for name, value in message.raw_items():
-            value = value.replace("\r", "").replace("\n", "").strip()  # RFC 5322 §2.2.3 unfolding
+        for name, raw_value in fields:
+            value = raw_value.strip()
             if not value.isascii():
                 value = self.fix_8bit(value)
             key = name.lower()
@@ -264,26 +416,61 @@ class _Builder:
             else:
                 self.from_addresses.extend(addr.lower() for _, addr in getaddresses([value]) if addr)
 
-    def walk(self, part: Message, level: int, depth: int) -> int:
-        """Record *part* and its descendants; return their decoded payload size in bytes."""
-        ctype = part.get_content_type()
-        self.content_types.append(ctype)
-        type_value = disposition = ""
-        for name, value in part.raw_items():  # first occurrences, as Message.get would return
+    def walk(self, data: bytes, start: int, end: int, level: int, depth: int, default_type: str) -> int:
+        """Record the entity data[start:end] and its descendants; return their decoded payload size."""
+        fields, body = self.split_entity(data, start, end)
+        return self.visit(data, fields, body, end, level, depth, default_type)
+
+    def visit(
+        self,
+        data: bytes,
+        fields: list[tuple[str, str]],
+        body: int,
+        end: int,
+        level: int,
+        depth: int,
+        default_type: str,
+    ) -> int:
+        """Record an entity with header *fields* and body data[body:end]; return the decoded size."""
+        type_value = disposition = encoding = None  # first occurrences, as Message.get would return
+        for name, value in fields:
             key = name.lower()
-            if key == "content-type" and not type_value:
-                type_value = value
-            elif key == "content-disposition" and not disposition:
-                disposition = value
-        filename = self.filename(part, type_value, disposition)
-        listed = filename is not None or disposition.partition(";")[0].strip().lower() == "attachment"
+            if key == "content-type":
+                if type_value is None:
+                    type_value = value if value.isascii() else self.fix_8bit(value)
+            elif key == "content-disposition":
+                if disposition is None:
+                    disposition = value if value.isascii() else self.fix_8bit(value)
+            elif key == "content-transfer-encoding" and encoding is None:
+                encoding = value.strip().lower()
+        if type_value is None:
+            ctype = default_type
+        else:
+            ctype = type_value.partition(";")[0].strip().lower()
+            if ctype.count("/") != 1:  # RFC 2045 §5.2: invalid means text/plain
+                ctype = "text/plain"
+        self.content_types.append(ctype)
+        filename = self.filename(type_value, disposition)
+        listed = filename is not None or (disposition or "").partition(";")[0].strip().lower() == "attachment"
         slot = len(self.attachments)
-        if not part.is_multipart():
-            size = self.read_body(part, ctype, type_value)
+        children: list[tuple[int, int]] | None = None
+        leaf_end = end
+        if ctype.startswith("multipart/"):
+            boundary = self.boundary(type_value)
+            if boundary is None:
+                self.defects.add(MISSING_BOUNDARY)  # read as text below: it is what MUAs show
+            else:
+                if encoding is not None and encoding not in ("7bit", "8bit", "binary"):
+                    self.defects.add(BAD_TRANSFER_ENCODING)
+                delimiter = b"--" + boundary.encode("utf-8", "surrogateescape")
+                children, closed, leaf_end = _multipart_parts(data, body, end, delimiter)
+                if not closed:
+                    self.defects.add(TRUNCATED_MULTIPART)  # children None: read the preamble as text
+        elif ctype.startswith("message/") and ctype != "message/delivery-status":
+            children = [(body, end)]  # an encapsulated message (delivery-status: header blocks)
+        if children is None:
+            size = self.read_body(data[body:leaf_end], ctype, type_value, encoding)
             listed = listed or not ctype.startswith(("text/", "multipart/"))
-        elif ctype == "message/delivery-status":  # a list of header blocks, not of parts
-            size = sum(len(block.as_bytes()) for block in part.get_payload() if isinstance(block, Message))
-            listed = True
         else:
             encapsulated = ctype.startswith("message/")
             listed = listed or encapsulated
@@ -292,50 +479,63 @@ class _Builder:
                 size = 0
             else:
                 inner = depth + 1 if encapsulated else depth
-                children = [child for child in part.get_payload() if isinstance(child, Message)]
-                size = sum(self.walk(child, level + 1, inner) for child in children)
-        self.note(part.defects)
+                child_type = "message/rfc822" if ctype == "multipart/digest" else "text/plain"  # RFC 2046 §5.1.5
+                size = sum(self.walk(data, a, b, level + 1, inner, child_type) for a, b in children)
         if listed:
             extension = _extension(filename) if filename else None
             self.attachments.insert(slot, Attachment(filename, extension, ctype, size, depth))
         return size
 
-    def filename(self, part: Message, type_value: str, disposition: str) -> str | None:
-        """Decoded file name of *part*, or None; the raw header values allow a cheap negative test."""
-        if "name" not in type_value.lower() and "name" not in disposition.lower():
+    def boundary(self, type_value: str | None) -> str | None:
+        """The boundary parameter (Message.get_boundary); None if absent."""
+        simple = _SIMPLE_BOUNDARY.fullmatch(type_value) if type_value else None
+        if simple:
+            return (simple[1] if simple[1] is not None else simple[2]).rstrip()
+        # Malformed RFC 2231 continuations make the stdlib raise: that is parse-error, as before.
+        return _params(type_value, None).get_boundary()
+
+    def filename(self, type_value: str | None, disposition: str | None) -> str | None:
+        """Decoded file name from the raw header values, or None; a cheap negative test first."""
+        if "name" not in (type_value or "").lower() and "name" not in (disposition or "").lower():
             return None
         try:
-            filename = part.get_filename()  # RFC 2231 parameters, filename= then name=
+            filename = _params(type_value, disposition).get_filename()  # RFC 2231: filename=, then name=
         except (TypeError, ValueError):  # the stdlib chokes on some malformed RFC 2231 parameters
             self.defects.add(BAD_HEADER)
-            filename = _raw_filename(disposition, type_value)
+            filename = _raw_filename(disposition or "", type_value or "")
         if filename and not filename.isascii():
             filename = self.fix_8bit(filename)
         if filename and "=?" in filename:
             filename = self.decode_words(filename)
         return filename or None
 
-    def read_body(self, part: Message, ctype: str, type_value: str) -> int:
+    def read_body(self, data: bytes, ctype: str, type_value: str | None, encoding: str | None) -> int:
         """Decode a single-part body, record its text if it is text; return its size in bytes."""
-        data = part.get_payload(decode=True)
-        if not isinstance(data, bytes):  # a payload of None (never set)
-            return 0
+        if encoding is None:
+            pass
+        elif encoding == "quoted-printable":
+            data = binascii.a2b_qp(data)
+        elif encoding == "base64":
+            data, malformed = _decode_base64(data)
+            if malformed:
+                self.defects.add(BAD_BASE64)
+        elif encoding in _UU_ENCODINGS:
+            with contextlib.suppress(ValueError):  # kept as it is if broken
+                data = _decode_uu(data)
         if ctype == "text/plain" or ctype == "text/html" or ctype.startswith("multipart/"):
             # A multipart part without a usable boundary is read as text: it is what MUAs show.
-            simple = _SIMPLE_CHARSET.fullmatch(type_value)
-            charset = (simple[1] or simple[2]).lower() if simple else part.get_content_charset()
+            charset = None
+            if type_value is not None and "charset" in type_value.lower():
+                simple = _SIMPLE_CHARSET.fullmatch(type_value)
+                charset = (
+                    (simple[1] or simple[2]).lower() if simple else _params(type_value, None).get_content_charset()
+                )
             text = self.decode_text(data, charset)
             self.texts.append(_html_text(text) if ctype == "text/html" else text)
         return len(data)
 
-    def note(self, defects: list[errors.MessageDefect]) -> None:
-        for defect in defects:
-            token = _defect_token(defect)
-            if token:
-                self.defects.add(token)
-
     def fix_8bit(self, text: str) -> str:
-        """Read surrogate-escaped raw bytes left by the bytes parser as UTF-8 (RFC 6532)."""
+        """Read the raw bytes in a header value (surrogate escapes) as UTF-8 (RFC 6532)."""
         data = text.encode("utf-8", "surrogateescape")
         try:
             return data.decode("utf-8")
