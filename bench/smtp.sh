@@ -99,8 +99,8 @@ for sz in $SIZES; do
   read -r t0 t1 < <(run_load gateway "$P_GW" "$sz")
   # end to end: until the relay queue is empty (every message delivered to smtp-sink)
   "$PY" - "$WORK/state" <<'EOF'
-import sqlite3, sys, time, glob
-db = glob.glob(sys.argv[1] + "/*.db")[0]
+import sqlite3, sys, time
+db = sys.argv[1] + "/index.sqlite3"
 deadline = time.time() + 600
 while time.time() < deadline:
     con = sqlite3.connect(db, timeout=30)
@@ -111,7 +111,7 @@ while time.time() < deadline:
     time.sleep(0.05)
 EOF
   t2=$(now)
-  accepted=$(grep -c "reply='250" "$WORK/gateway-$sz.log" || true)
+  accepted=$(grep -c "liveprism.txn.*reply='250" "$WORK/gateway-$sz.log" || true)
   kill -TERM "$gwpid"; wait "$gwpid" 2>/dev/null || true
   kill "$sinkpid"; wait "$sinkpid" 2>/dev/null || true
   e2e=$(echo "$N / ($t2 - $t0)" | bc -l)
