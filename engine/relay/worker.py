@@ -167,19 +167,20 @@ class RelayWorker:
         data = b""
         if raw is None:
             replies = dict.fromkeys(pending, (Reply(0, "5.3.0 the message is missing from the spool"), ""))
-        else:
-            data = build_copy(raw, delivery.headers, delivery.subject_prefix)
-            hops = await self._hops(delivery)
-            if isinstance(hops, NoRoute):
-                replies = dict.fromkeys(pending, (Reply(0, hops.reason), ""))
-            for hop in [] if isinstance(hops, NoRoute) else hops:
-                got = await self._try_hop(hop, delivery.mail_from, pending, data, settings.connect_timeout)
-                if got is None:  # stopping: the remaining hops are left for after the restart
-                    break
-                replies.update((rcpt, (reply, hop.label)) for rcpt, reply in got.items())
-                pending = [rcpt for rcpt in pending if got[rcpt].outcome == "retry"]
-                if not pending:
-                    break
+            return self._outcome(delivery, settings, replies, data)
+        data = build_copy(raw, delivery.headers, delivery.subject_prefix)
+        hops = await self._hops(delivery)
+        if isinstance(hops, NoRoute):
+            replies = dict.fromkeys(pending, (Reply(0, hops.reason), ""))
+            return self._outcome(delivery, settings, replies, data)
+        for hop in hops:
+            got = await self._try_hop(hop, delivery.mail_from, pending, data, settings.connect_timeout)
+            if got is None:  # stopping: the remaining hops are left for after the restart
+                break
+            replies.update((rcpt, (reply, hop.label)) for rcpt, reply in got.items())
+            pending = [rcpt for rcpt in pending if got[rcpt].outcome == "retry"]
+            if not pending:
+                break
         return self._outcome(delivery, settings, replies, data)
 
     async def _hops(self, delivery: Delivery) -> Sequence[Route] | NoRoute:

@@ -125,11 +125,11 @@ class Recorder:
 
 
 async def serve(
-    handler: Recorder, port: int = 0, tls_context: ssl.SSLContext | None = None
+    handler: Recorder, port: int = 0, tls_context: ssl.SSLContext | None = None, timeout: float = 300
 ) -> tuple[asyncio.Server, int]:
     def factory() -> SMTPServer:
         handler.connections += 1
-        return SMTPServer(handler, hostname="tenant.test", tls_context=tls_context)
+        return SMTPServer(handler, hostname="tenant.test", tls_context=tls_context, timeout=timeout)
 
     server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", port)
     return server, server.sockets[0].getsockname()[1]
@@ -599,6 +599,25 @@ def test_idle_connection_closed_after_idle_timeout_and_reopened(tmp_path: Path) 
         await gw.accept()
         await wait_until(lambda: len(tenant.messages) == 1)
         await asyncio.sleep(1.5)  # the reaper runs every second
+        await gw.accept()
+        await wait_until(lambda: len(tenant.messages) == 2)
+        await gw.stop()
+        assert worker.pool.connections_opened == 2
+        await gw.store.close()
+        server.close()
+
+    run(scenario())
+
+
+def test_session_closed_by_the_server_while_idle_is_replaced(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        tenant = Recorder()
+        server, port = await serve(tenant, timeout=0.3)  # the tenant server drops idle sessions fast
+        gw = await gateway(tmp_path, {"acme": [route(port)]})
+        worker = gw.start()
+        await gw.accept()
+        await wait_until(lambda: len(tenant.messages) == 1)
+        await asyncio.sleep(0.8)
         await gw.accept()
         await wait_until(lambda: len(tenant.messages) == 2)
         await gw.stop()
