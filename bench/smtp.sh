@@ -81,12 +81,17 @@ run_load() {  # $1 name, $2 port, $3 size, $4 count file or sink counter command
 }
 
 for sz in $SIZES; do
-  # 1. ceiling: bare aiosmtpd answering 250
-  "$PY" "$PEERS/helpers.py" sink "$P_CEIL" & PIDS+=($!); wait_port "$P_CEIL"
-  read -r t0 t1 < <(run_load ceiling "$P_CEIL" "$sz")
-  kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
-  ceil=$(echo "$N / ($t1 - $t0)" | bc -l)
-  printf 'aiosmtpd_ceiling_%s msgs_per_s=%.0f %s\n' "$sz" "$ceil" "$(cat "$WORK/probe-ceiling-$sz.txt")"
+  # 1. ceilings: bare aiosmtpd answering 250, on asyncio and on uvloop (serve runs on uvloop)
+  for flavour in asyncio uvloop; do
+    flag=""; [[ $flavour == uvloop ]] && flag="--uvloop"
+    "$PY" "$PEERS/helpers.py" sink "$P_CEIL" $flag & PIDS+=($!); wait_port "$P_CEIL"
+    read -r t0 t1 < <(run_load "ceiling-$flavour" "$P_CEIL" "$sz")
+    kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+    rate=$(echo "$N / ($t1 - $t0)" | bc -l)
+    [[ $flavour == asyncio ]] && ceil=$rate || ceil_uv=$rate
+    printf 'aiosmtpd_ceiling_%s_%s msgs_per_s=%.0f %s\n' "$flavour" "$sz" "$rate" \
+      "$(cat "$WORK/probe-ceiling-$flavour-$sz.txt")"
+  done
 
   # 2. liveprism serve -> smtp-sink (fsync on, archive on)
   policy
@@ -118,5 +123,6 @@ EOF
   acc=$(echo "$N / ($t1 - $t0)" | bc -l)
   printf 'liveprism_%s msgs_per_s=%.0f accept_msgs_per_s=%.0f %s accepted_250=%s\n' \
     "$sz" "$e2e" "$acc" "$(cat "$WORK/probe-gateway-$sz.txt")" "$accepted"
-  printf '# ratio liveprism/ceiling (%s): %.2f\n' "$sz" "$(echo "$e2e / $ceil" | bc -l)"
+  printf '# ratio liveprism/ceiling (%s): %.2f of asyncio, %.2f of uvloop\n' "$sz" \
+    "$(echo "$e2e / $ceil" | bc -l)" "$(echo "$e2e / $ceil_uv" | bc -l)"
 done

@@ -4,9 +4,10 @@ Lifecycle guarantees:
 - startup: the policy must be valid (else exit 2 with every problem printed); the store
   recovers the spool (files of unacknowledged messages are dropped, acknowledged ones are
   delivered);
-- hot reload: a change under the policy dir is loaded, validated and compiled off the event
-  loop; the new graph replaces the old one atomically. An invalid policy is logged with its
-  problems and the running graph stays;
+- hot reload (`LivePolicy`): a change under the policy dir is loaded, validated and compiled
+  off the event loop; the new graph replaces the old one atomically. An invalid policy is
+  logged with its problems and the running graph stays;
+- delivery runs in a child process (`engine.relay.process`), woken after each accept;
 - SIGTERM/SIGINT: stop accepting connections, let open sessions finish their transaction
   (up to `SHUTDOWN_GRACE` seconds), let in-flight delivery attempts finish, close the store.
   The queue stays on disk.
@@ -25,18 +26,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine import aio
 from engine.graph.compiler import load_graph
-from engine.graph.evaluator import FilterGraph
+from engine.graph.live import LivePolicy
 from engine.policy.models import Gateway
-from engine.relay.nexthop import NextHops
-from engine.relay.worker import RelayWorker
+from engine.relay.process import RelayProcess
 from engine.smtp.handler import ConnectionLimits, GatewaySMTP, InboundHandler
 from engine.store.base import Store, open_store
 
 log = logging.getLogger("liveprism.serve")
 SHUTDOWN_GRACE = 30.0
 PURGE_INTERVAL = 3600.0
-RELOAD_DEBOUNCE_MS = 300
 LINE_LENGTH_LIMIT = 64 * 1024  # longer than RFC 5322's 998 on purpose: real mail breaks it
 
 
@@ -69,40 +69,32 @@ def tls_context(gateway: Gateway, policy_dir: Path) -> ssl.SSLContext | None:
 
 
 class GatewayService:
-    """One gateway process: owns the current graph and every long-running task."""
+    """One gateway process: the SMTP front end and store owner; the relay runs as its child."""
 
-    def __init__(self, policy_dir: Path, graph: FilterGraph, state: Path) -> None:
-        self.policy_dir = policy_dir
-        self.graph = graph
+    def __init__(self, policy: LivePolicy, state: Path) -> None:
+        self.policy = policy
         self.state = state
         self._stopping = asyncio.Event()
 
-    def current_graph(self) -> FilterGraph:
-        return self.graph
-
     async def run(self) -> None:
-        gateway = self.graph.gateway
+        gateway = self.policy.graph.gateway
         store = open_store(self.state)
         await store.open()
-        next_hops = NextHops(
-            tenant_routes=lambda tenant: self.graph.tenant_routes(tenant),
-            tenant_of_domain=lambda domain: self.graph.tenant_of_domain(domain),
-            dns_settings=gateway.dns,
-        )
-        relay = RelayWorker(store, next_hops, lambda: self.graph.gateway.delivery, gateway.hostname)
-        relay_task = asyncio.create_task(relay.run(), name="relay")
+        relay = RelayProcess(self.policy.policy_dir, self.state, store.lock_fd)
+        relay_task = asyncio.create_task(relay.supervise(), name="relay")
         handler = InboundHandler(
-            current_graph=self.current_graph, store=store, relay=relay,
-            log_format=lambda: self.graph.gateway.log.format,
+            current_graph=self.policy.current, store=store, relay=relay,
+            log_format=lambda: self.policy.graph.gateway.log.format,
         )
         limits = ConnectionLimits(
-            lambda: (self.graph.gateway.limits.max_connections, self.graph.gateway.limits.max_connections_per_ip)
+            lambda: (self.policy.graph.gateway.limits.max_connections,
+                     self.policy.graph.gateway.limits.max_connections_per_ip)
         )
-        context = tls_context(gateway, self.policy_dir)
+        context = tls_context(gateway, self.policy.policy_dir)
         listener = gateway.listeners.inbound
 
         def factory() -> GatewaySMTP:
-            current = self.graph.gateway
+            current = self.policy.graph.gateway
             smtp = GatewaySMTP(
                 handler, limits,
                 hostname=current.hostname, ident="LivePrism ESMTP",
@@ -116,10 +108,10 @@ class GatewayService:
         server = await loop.create_server(factory, listener.address, listener.port, backlog=1024)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stopping.set)
-        reload_task = asyncio.create_task(self._watch_policy(), name="reload")
+        reload_task = asyncio.create_task(self.policy.watch(), name="reload")
         purge_task = asyncio.create_task(self._purge_periodically(store), name="purge")
-        log.info("listening on %s:%d policy=%s state=%s", listener.address, listener.port, self.graph.version,
-                 self.state)
+        log.info("listening on %s:%d policy=%s state=%s", listener.address, listener.port,
+                 self.policy.graph.version, self.state)
         await self._stopping.wait()
 
         log.info("stopping: no new connections; finishing open sessions")
@@ -129,7 +121,6 @@ class GatewayService:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(limits.idle.wait(), SHUTDOWN_GRACE)
         await relay.stop()
-        relay_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await relay_task
         await store.close()
@@ -138,7 +129,7 @@ class GatewayService:
     async def _purge_periodically(self, store: Store) -> None:
         """Drop archived and quarantined mail past its retention, at start and then hourly."""
         while True:
-            gateway = self.graph.gateway
+            gateway = self.policy.graph.gateway
             try:
                 result = await store.purge_expired(
                     time.time(), gateway.archive.retention_days, gateway.quarantine.retention_days
@@ -147,20 +138,6 @@ class GatewayService:
             except Exception:
                 log.exception("retention purge failed; retrying in an hour")
             await asyncio.sleep(PURGE_INTERVAL)
-
-    async def _watch_policy(self) -> None:
-        from watchfiles import awatch
-
-        async for _changes in awatch(self.policy_dir, debounce=RELOAD_DEBOUNCE_MS, recursive=True):
-            result = await asyncio.to_thread(load_graph, self.policy_dir)
-            if result.graph is None:
-                for problem in result.problems:
-                    if problem.severity == "error":
-                        log.error("reload rejected: %s", problem.format_text())
-                log.error("reload rejected; still serving policy %s", self.graph.version)
-                continue
-            old, self.graph = self.graph, result.graph
-            log.info("policy reloaded: %s -> %s", old.version, self.graph.version)
 
 
 def run_serve(policy_dir: Path, state_override: Path | None) -> int:
@@ -178,11 +155,6 @@ def run_serve(policy_dir: Path, state_override: Path | None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
-    service = GatewayService(policy_dir, graph, state_dir(graph.gateway, state_override))
-    try:
-        import uvloop
-
-        uvloop.run(service.run())
-    except ImportError:
-        asyncio.run(service.run())
+    service = GatewayService(LivePolicy(policy_dir, graph), state_dir(graph.gateway, state_override))
+    aio.run(service.run())
     return 0

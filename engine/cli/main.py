@@ -86,6 +86,17 @@ def serve(
     raise typer.Exit(run_serve(directory, state))
 
 
+@app.command(hidden=True)
+def relay(
+    directory: PolicyDir = Path("policies"),
+    state: Annotated[Path, typer.Option("--state", help="State directory.")] = Path("var/liveprism"),
+) -> None:
+    """The delivery worker process (started by `serve`; stops at stdin EOF)."""
+    from engine.relay.process import run_relay
+
+    raise typer.Exit(run_relay(directory, state))
+
+
 @app.command()
 def sink(
     listen: Annotated[str, typer.Option("--listen", help="ADDRESS:PORT to listen on.")] = "127.0.0.1:2626",

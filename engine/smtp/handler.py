@@ -20,14 +20,13 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from engine.graph.evaluator import ACCEPTED_ACTIONS, FilterGraph
 from engine.graph.verdict import Decision
 from engine.mime.view import parse_message
-from engine.relay.worker import RelayWorker
 from engine.smtp.headers import received_header, sanitise, verdict_headers
 from engine.store.base import Accepted, CopyPlan, Store, new_queue_id
 from engine.store.base import Envelope as StoredEnvelope
@@ -35,6 +34,12 @@ from engine.store.base import Envelope as StoredEnvelope
 log = logging.getLogger("liveprism.smtp")
 _SOURCE_ROUTE = re.compile(r"(?i)\s*TO:\s*<\s*@")
 txn_log = logging.getLogger("liveprism.txn")
+
+
+class Waker(Protocol):
+    """Whatever delivers accepted mail: told after each accept so delivery starts at once."""
+
+    def wake(self) -> None: ...
 
 
 @dataclass
@@ -68,7 +73,7 @@ class InboundHandler:
         *,
         current_graph: Callable[[], FilterGraph],
         store: Store,
-        relay: RelayWorker | None,
+        relay: Waker | None,
         log_format: Callable[[], str],
     ) -> None:
         self._current_graph = current_graph

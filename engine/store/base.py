@@ -271,6 +271,15 @@ class Store(Protocol):
     async def purge_expired(self, now: float, archive_days: int, quarantine_days: int) -> PurgeResult:
         """Remove archive rows and quarantine entries older than their retention."""
 
+    async def requeue_inflight(self, now: float) -> int:
+        """Make deliveries left `inflight` due at `now`; returns how many. Only the one relay
+        process may call it, at its start: no attempt of its own is in flight then."""
+
+    @property
+    def lock_fd(self) -> int | None:
+        """The owner's lock on the state directory (inherited by the relay child, so a new owner
+        waits until the old relay is gone); None when not the owner."""
+
 
 def open_store(state_dir: Path, *, owner: bool = True) -> Store:
     """The embedded store (SQLite + one file per message) under `state_dir`, created if missing.

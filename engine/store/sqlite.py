@@ -80,6 +80,7 @@ MESSAGES_DIR = "messages"
 LOCK_NAME = "owner.lock"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
+LOCK_WAIT = 30.0  # seconds an owner waits for the state lock before giving up
 MAX_BATCH = 512  # operations per transaction
 SYNC_THREADS = 16  # parallel fdatasync calls per batch
 DAY = 86_400.0
@@ -432,11 +433,17 @@ def _purge(txn: _Txn, now: float, archive_days: int, quarantine_days: int) -> Pu
     return PurgeResult(archived=len(archived), quarantined=len(quarantined), files=len(txn.unlink) - before)
 
 
+def _requeue_inflight(txn: _Txn, now: float) -> int:
+    return int(
+        txn.conn.execute(
+            "UPDATE deliveries SET state = 'queued', next_attempt_at = ? WHERE state = 'inflight'", (now,)
+        ).rowcount
+    )
+
+
 def _recover(txn: _Txn, messages_dir: Path, now: float) -> RecoveryReport:
     conn = txn.conn
-    requeued = conn.execute(
-        "UPDATE deliveries SET state = 'queued', next_attempt_at = ? WHERE state = 'inflight'", (now,)
-    ).rowcount
+    requeued = _requeue_inflight(txn, now)
     indexed = {row[0] for row in conn.execute("SELECT queue_id FROM messages")}
     on_disk = set(os.listdir(messages_dir))
     orphans = on_disk - indexed
@@ -501,11 +508,16 @@ class SqliteStore:
                 _fsync_dir(directory)
         if self.owner:
             fd = os.open(self.state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o640)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise StoreError(f"{self.state_dir} is in use by another gateway") from None
+            deadline = time.monotonic() + LOCK_WAIT
+            while True:  # a relay child of a crashed gateway may still hold it for a moment
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        os.close(fd)
+                        raise StoreError(f"{self.state_dir} is in use by another gateway") from None
+                    time.sleep(0.1)
             self._lock_fd = fd
         self._dir_fd = os.open(self.messages_dir, os.O_RDONLY | os.O_DIRECTORY)
 
@@ -796,6 +808,13 @@ class SqliteStore:
     async def delete_quarantine(self, entry_id: str, now: float) -> QuarantineEntry | QuarantineRefusal:
         """held → deleted; the message file goes when nothing else (archive, deliveries) needs it."""
         return await self._submit(lambda txn: _change_quarantine(txn, entry_id, now, release=False))
+
+    async def requeue_inflight(self, now: float) -> int:
+        return await self._submit(lambda txn: _requeue_inflight(txn, now))
+
+    @property
+    def lock_fd(self) -> int | None:
+        return self._lock_fd
 
     async def purge_expired(self, now: float, archive_days: int, quarantine_days: int) -> PurgeResult:
         """Drop archive rows older than `archive_days` and quarantine entries (any status) older
