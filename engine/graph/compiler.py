@@ -8,15 +8,18 @@ built here, once; evaluation never compiles anything.
 
 from __future__ import annotations
 
+import gc
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.graph.content import ContentIndex
 from engine.graph.evaluator import CompiledRule, FilterGraph, TenantPlan
 from engine.graph.lists import ListEntry, ListIndex
-from engine.policy.loader import LoadedFile, PolicySource, Problem, load_policy
+from engine.policy.loader import LoadedFile, PolicySource, Problem, YamlPath, load_policy
 from engine.policy.models import Condition, Direction, Gateway, PolicyList, Scoring, Tenant
 from engine.policy.validate import validate_policy
 
@@ -55,11 +58,31 @@ def _git_commit(root: Path) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+def _source(loaded: LoadedFile[Any], path: YamlPath) -> str:
+    """`loaded.source(path)`, with a direct lookup first: 100,000 list entries need it fast."""
+    position = loaded.positions.get(path)
+    return f"{loaded.path}:{position[0]}" if position is not None else loaded.source(path)
+
+
 def _list_entries(loaded: LoadedFile[PolicyList]) -> Iterator[ListEntry]:
     policy_list = loaded.model
     for field in ("senders", "domains", "networks"):
         for index, value in enumerate(getattr(policy_list, field)):
-            yield ListEntry(policy_list.name, policy_list.action, field, value, loaded.source((field, index)))
+            yield ListEntry(policy_list.name, policy_list.action, field, value, _source(loaded, (field, index)))
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while building: the graph allocates hundreds of thousands of
+    acyclic objects, and every collection they trigger would walk the whole heap (the loaded
+    YAML included), which more than doubled the compile time of a large policy."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _effective_scoring(gateway: Gateway, tenant: Tenant) -> Scoring:
@@ -70,7 +93,11 @@ def _effective_scoring(gateway: Gateway, tenant: Tenant) -> Scoring:
 def compile_policy(source: PolicySource) -> FilterGraph:
     """Build the graph. Raises only on a policy that `validate_policy` would have rejected."""
     assert source.gateway is not None, "compile_policy needs a gateway.yaml"
-    gateway = source.gateway.model
+    with _gc_paused():
+        return _compile(source, source.gateway.model)
+
+
+def _compile(source: PolicySource, gateway: Gateway) -> FilterGraph:
 
     conditions: list[Condition] = []
     rules: list[CompiledRule] = []
@@ -83,7 +110,7 @@ def compile_policy(source: PolicySource) -> FilterGraph:
             rules.append(
                 CompiledRule(
                     rule.id, rule.then.score, rule.then.action, rule.then.message, rule.direction,
-                    loaded.source(("rules", position)),
+                    _source(loaded, ("rules", position)),
                 )
             )
 

@@ -5,7 +5,10 @@ can see its input (DESIGN.md "Decisions"):
 - `connect(ip)` / `mail(ip, sender)`: lists applied to every tenant (gateway `lists`), by client
   network and envelope sender;
 - `rcpt(ip, sender, rcpt)`: open-relay refusal, recipient validation, the recipient tenant's
-  own lists by network and envelope sender;
+  own lists by network and envelope sender; outbound (`direction=outbound`): the sending tenant
+  is the one owning the sender's domain whose `outbound.networks` hold the client, and any
+  recipient domain is accepted for it (SMTP AUTH, which the graph cannot see, is the SMTP
+  layer's to check before calling `data` with the tenant itself);
 - `data(...)`: content rules, header From against lists, score thresholds, one verdict per
   tenant, and the one reply for the client.
 `explain(...)` runs every stage in order: `serve`, `explain` and the BDD steps share this path.
@@ -14,6 +17,7 @@ Nothing here raises on bad input and nothing mutates the graph: a reload swaps t
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -159,6 +163,11 @@ class FilterGraph:
         self._lists = lists
         self._global_lists = global_lists
         self._tenant_by_domain = {domain: plan.name for plan in self.tenants.values() for domain in plan.domains}
+        self._outbound_networks = {
+            plan.name: tuple(ipaddress.ip_network(network) for network in plan.outbound_networks)
+            for plan in self.tenants.values()
+        }
+        self._route_labels = {plan.name: tuple(route.label for route in plan.routes) for plan in self.tenants.values()}
 
     # ------------------------------------------------------------ lookups
 
@@ -168,6 +177,21 @@ class FilterGraph:
     def tenant_routes(self, tenant: str) -> tuple[Route, ...]:
         plan = self.tenants.get(tenant)
         return plan.routes if plan else ()
+
+    def outbound_tenant(self, client_ip: str, mail_from: str) -> str | None:
+        """The tenant allowed to send outbound mail from this client as this sender, if any:
+        the sender's domain is the tenant's and the client is in its `outbound.networks`."""
+        tenant = self.tenant_of_domain(normalise_address(mail_from).rpartition("@")[2])
+        if tenant is None:
+            return None
+        try:
+            address = ipaddress.ip_address(client_ip)
+        except ValueError:
+            return None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        networks = self._outbound_networks.get(tenant, ())
+        return tenant if any(address.version == net.version and address in net for net in networks) else None
 
     # ------------------------------------------------------------ envelope stages
 
@@ -185,11 +209,20 @@ class FilterGraph:
         """A gateway-wide block list entry matching the client network or the envelope sender."""
         return self.connect(client_ip) or self._global_block(self._lists.match_address(normalise_address(mail_from)))
 
-    def rcpt(self, client_ip: str, mail_from: str, rcpt: str) -> RcptResult:
-        """Whether one recipient is accepted: open-relay refusal, recipient list, tenant block lists."""
+    def rcpt(
+        self, client_ip: str, mail_from: str, rcpt: str, *, direction: Direction = Direction.inbound
+    ) -> RcptResult:
+        """Whether one recipient is accepted: open-relay refusal, recipient list, tenant block lists.
+
+        Outbound, the result's `tenant` is the sending tenant (see `outbound_tenant`)."""
         address = normalise_address(rcpt)
         if _relay_trick(address):
             return RcptResult(address, None, REPLY_RELAY_DENIED, REASON_RELAY_DENIED)
+        if direction is Direction.outbound:
+            sender_tenant = self.outbound_tenant(client_ip, mail_from)
+            if sender_tenant is None:
+                return RcptResult(address, None, REPLY_RELAY_DENIED, REASON_RELAY_DENIED)
+            return RcptResult(address, sender_tenant, None)
         tenant = self.tenant_of_domain(address.rpartition("@")[2])
         if tenant is None:
             return RcptResult(address, None, REPLY_RELAY_DENIED, REASON_RELAY_DENIED)
@@ -258,7 +291,7 @@ class FilterGraph:
                 list_hits.append(_list_hit(entry))
         hits = (*external_hits, *list_hits, *builtin, *rule_hits)
         score = round(sum(hit.score for hit in hits), 3)
-        routes = tuple(route.label for route in plan.routes)
+        routes = self._route_labels[plan.name]
 
         def verdict(action: Action, reason: str, reply_message: str | None = None) -> TenantVerdict:
             prefix = plan.scoring.subject_prefix if action is Action.tag else None
@@ -310,7 +343,8 @@ class FilterGraph:
         external_hits: Sequence[Hit] = (),
     ) -> tuple[Decision, tuple[RcptResult, ...]]:
         """Run every stage as `serve` would; returns the decision and each recipient's RCPT result."""
-        blocked = self.mail(client_ip, mail_from)
+        # Gateway-wide block lists guard the inbound listener; outbound clients are tenants' own servers.
+        blocked = self.mail(client_ip, mail_from) if direction is not Direction.outbound else None
         if blocked is not None:
             reply = Reply(550, "5.7.1", f"rejected by policy ({blocked.id})")
             verdicts = {}
@@ -323,7 +357,7 @@ class FilterGraph:
                         tenant, (), Action.reject, 0.0, (blocked,), routes, REASON_BLOCK_LIST, "mail", reply
                     )
             return Decision(Action.reject, reply, verdicts, self.version, "mail"), ()
-        results = tuple(self.rcpt(client_ip, mail_from, rcpt) for rcpt in rcpts)
+        results = tuple(self.rcpt(client_ip, mail_from, rcpt, direction=direction) for rcpt in rcpts)
         accepted: dict[str, list[str]] = {}
         rejected: dict[str, TenantVerdict] = {}
         for result in results:
