@@ -102,7 +102,7 @@ class InboundHandler:
         sender = "" if address == "<>" else address
         blocked = graph.mail(_client_ip(session), sender)
         if blocked is not None:
-            self._log_refusal(session, sender, [], f"MAIL refused: {blocked.id} ({blocked.message})", graph)
+            self._log_refusal(session, sender, f"MAIL refused: {blocked.id} ({blocked.message})", graph)
             return f"550 5.7.1 rejected by policy ({blocked.id})"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -244,11 +244,22 @@ class InboundHandler:
             size, record["duration_ms"], decision.policy_version, reply,
         )
 
-    def _log_refusal(self, session: Session, sender: str, rcpts: list[str], reason: str, graph: FilterGraph) -> None:
-        txn_log.info(
-            "qid=- client=%s helo=%s from=<%s> %s policy=%s",
-            _client_ip(session), sanitise(session.host_name or ""), sanitise(sender), reason, graph.version,
-        )
+    def log_unfinished(self, session: Session, envelope: Envelope) -> None:
+        """A transaction that ended without DATA but refused recipients gets its log line too."""
+        txn = getattr(envelope, "liveprism", None)
+        if isinstance(txn, Transaction) and txn.refused:
+            graph = txn.graph or self._current_graph()
+            self._log_refusal(session, envelope.mail_from or "", f"RCPT refused: {'; '.join(txn.refused)}", graph)
+
+    def _log_refusal(self, session: Session, sender: str, reason: str, graph: FilterGraph) -> None:
+        """The log line of a transaction refused before DATA (no queue id: nothing was queued)."""
+        client, helo, sender = _client_ip(session), sanitise(session.host_name or ""), sanitise(sender)
+        if self._log_format() == "json":
+            record = {"queue_id": None, "client": client, "helo": helo, "from": sender, "refused": reason,
+                      "policy": graph.version}
+            txn_log.info(json.dumps(record, separators=(",", ":")))
+        else:
+            txn_log.info("qid=- client=%s helo=%s from=<%s> %s policy=%s", client, helo, sender, reason, graph.version)
 
 
 class GatewaySMTP(SMTP):
@@ -277,6 +288,8 @@ class GatewaySMTP(SMTP):
             await super()._handle_client()
         finally:
             self._limits.release(ip)
+            if self.envelope is not None and self.session is not None:
+                self.event_handler.log_unfinished(self.session, self.envelope)
 
 
 class ConnectionLimits:
