@@ -4,14 +4,14 @@ Usage: python bench/store.py [--messages N] [--concurrency C] [--size BYTES] [--
 
 C acceptor tasks (default 20, as many SMTP sessions finishing DATA at once) each accept
 messages of ~2 KB in a loop until N (default 5000) are stored. Each message has one `deliver`
-copy and is archived, so every accept writes a file, a message row, a delivery row and an
+copy and is archived, so every accept writes a body row, a message row, a delivery row and an
 archive row — what the SMTP layer stores for ordinary inbound mail. Latency is from the call
 to `accept` until it returns (the moment the SMTP layer may say 250).
 
 Prints one line in the peer-benchmark format, then the writer's group-commit counters:
 
     store_accept msgs_per_s=X p50_ms=Y p99_ms=Z
-    # batches=B files_per_batch=F ...
+    # batches=B messages_per_batch=F ...
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ async def bench(state: Path, total: int, concurrency: int, size: int) -> None:
     print(f"store_accept msgs_per_s={total / elapsed:.0f} p50_ms={cuts[49] * 1000:.2f} p99_ms={cuts[98] * 1000:.2f}")
     print(
         f"# messages={total} size={len(message(size).raw)} concurrency={concurrency} seconds={elapsed:.2f}"
-        f" batches={stats.file_batches} files_per_batch={stats.files_written / max(stats.file_batches, 1):.1f}"
+        f" batches={stats.batches} messages_per_batch={stats.messages_written / max(stats.batches, 1):.1f}"
         f" state={state}"
     )
 

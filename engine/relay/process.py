@@ -94,7 +94,7 @@ class RelayProcess:
 
 
 async def _child(policy: LivePolicy, state: Path) -> None:
-    store = open_store(state, owner=False)
+    store = open_store(state, owner=False, fsync_commits=False)
     await store.open()
     requeued = await store.requeue_inflight(time.time())
     if requeued:

@@ -10,7 +10,7 @@ Guarantees every implementation gives (the embedded one is `engine.store.sqlite`
   a server that has replied 250 is responsible for the message). A crash before that leaves
   nothing behind that a restart would deliver; a crash after it loses nothing.
 - The raw message is stored once, shared by archive, deliveries and quarantine entries, and
-  deleted when none of them references it any more.
+  deleted (in the same transaction) when none of them references it any more.
 - A delivery's attempt state (attempts, per-recipient results, next attempt time) is recorded
   durably; a delivery that was in flight when the process died is due again at the next `open`.
 - Failures of the store itself (disk full, I/O errors) raise `StoreError`; expected outcomes
@@ -220,7 +220,7 @@ class PurgeResult:
 
     archived: int  # archive rows past archive retention
     quarantined: int  # quarantine entries past quarantine retention
-    files: int  # message files deleted because nothing references them any more
+    messages: int  # messages deleted because nothing references them any more
 
 
 class StoreError(Exception):
@@ -266,7 +266,7 @@ class Store(Protocol):
         """Turn a held copy into a delivery due now (a running relay picks it up by polling)."""
 
     async def delete_quarantine(self, entry_id: str, now: float) -> QuarantineEntry | QuarantineRefusal:
-        """Drop a held copy; the message file goes when nothing else references it."""
+        """Drop a held copy; the message goes when nothing else references it."""
 
     async def purge_expired(self, now: float, archive_days: int, quarantine_days: int) -> PurgeResult:
         """Remove archive rows and quarantine entries older than their retention."""
@@ -281,13 +281,14 @@ class Store(Protocol):
         waits until the old relay is gone); None when not the owner."""
 
 
-def open_store(state_dir: Path, *, owner: bool = True) -> Store:
-    """The embedded store (SQLite + one file per message) under `state_dir`, created if missing.
+def open_store(state_dir: Path, *, owner: bool = True, fsync_commits: bool = True) -> Store:
+    """The embedded store (SQLite, messages included) under `state_dir`, created if missing.
 
     `owner=True` is the gateway: it takes an exclusive lock on the state directory and runs
-    crash recovery in `open`. Tools that only review or release mail while the gateway may be
-    running (the `quarantine` CLI) pass `owner=False`.
+    crash recovery in `open`. The relay process and tools that review or release mail while the
+    gateway runs (the `quarantine` CLI) pass `owner=False`. `fsync_commits=False` (the relay)
+    commits without fsync: see `engine.store.sqlite` for why that cannot lose accepted mail.
     """
     from engine.store.sqlite import SqliteStore
 
-    return SqliteStore(state_dir, owner=owner)
+    return SqliteStore(state_dir, owner=owner, fsync_commits=fsync_commits)

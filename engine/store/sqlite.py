@@ -1,39 +1,34 @@
-"""Embedded store: one file per message plus a SQLite index (WAL), written by one thread.
+"""Embedded store: SQLite (WAL) holding the raw messages and their index, written by one thread.
 
 Layout under the state directory::
 
-    index.sqlite3 (+ -wal, -shm)   messages, deliveries, quarantine, archive
-    messages/<queue id>            the raw message as received, written once, never modified
+    index.sqlite3 (+ -wal, -shm)   bodies, messages, deliveries, quarantine, archive
     owner.lock                     flock(2)ed by the gateway that owns the store
 
 Write path (group commit). Every change goes through one writer thread that owns the write
-connection. The thread takes every operation queued at that moment as one batch and:
+connection. The thread takes every operation queued at that moment as one batch, runs them in
+one transaction (BEGIN IMMEDIATE … COMMIT), each in its own SAVEPOINT so that one failing
+operation does not undo the others, and only then resolves the callers' futures (an `accept`
+returns, the SMTP layer says 250). The raw message is a row of `bodies`, written in the same
+transaction as its index rows: one batch costs one WAL fsync (`synchronous=FULL`), however many
+messages it holds, and the asyncio loop never touches the disk for writes. (An earlier version
+kept one file per message; its per-file fdatasync and the thread hand-offs around it made a
+batch several times slower than the transaction itself.)
 
-1. creates each new message file (O_EXCL), writes and fdatasyncs it — the files of a batch in
-   parallel, in a small pool of sync threads — then fsyncs the `messages/` directory once, so
-   the files and their directory entries are on disk;
-2. runs all operations of the batch in one transaction (BEGIN IMMEDIATE … COMMIT), each in
-   its own SAVEPOINT so that one failing operation does not undo the others;
-3. commits with `synchronous=FULL`: the WAL is fsynced before COMMIT returns;
-4. only then unlinks the files of messages that the batch left unreferenced and resolves the
-   callers' futures (an `accept` returns, the SMTP layer says 250).
+Durability and crash recovery. A message and its rows commit atomically: after a crash at any
+moment a message is either wholly there (acknowledged or about to be) or not at all — nothing
+half-written needs cleaning up. Deliveries left `inflight` by a crash are made due at once by
+the owner's `open` (and by a relay process at its start); an attempt that was cut short may
+therefore be repeated, which RFC 5321 §6.1 prefers to losing the message. A body is deleted in
+the transaction that drops its last reference (delivery, held quarantine entry, archive row).
 
-So one batch costs one (parallel) fsync per new file, one directory fsync and one WAL fsync,
-however many callers waited; the asyncio loop never touches the disk for writes.
-
-Durability and crash recovery. A message file is durable before the row that names it is
-committed, so after a crash at any moment every committed `messages` row has its file, and a
-file without a row belongs to an `accept` that never returned (never acknowledged): the owner's
-`open` deletes such files. Deliveries left `inflight` by a crash are made due at once; an attempt
-that was cut short may therefore be repeated, which RFC 5321 §6.1 prefers to losing the message.
-A file is deleted only after the transaction that dropped its last reference (delivery,
-held quarantine entry, archive row) has committed; a crash in between leaves an orphan file
-that the next `open` removes.
-
-Other processes (the `quarantine` CLI) open the same database with `owner=False`: they use
-their own connections, never run recovery, and wait for the write lock (`busy_timeout`).
-Queries (listings, lookups) use a separate read connection in its own thread; message files
-are read in worker threads. A `SqliteStore` is opened once and closed once.
+Other processes open the same database with `owner=False`: the relay process, and the
+`quarantine` CLI. They use their own connections, never run the owner's recovery, and wait for
+the write lock (`busy_timeout`). The relay commits with `synchronous=NORMAL` (`fsync_commits=
+False`): a power loss may roll back its latest attempt records, which only repeats a delivery
+(or a bounce, with its DSN in the same transaction); it can never lose an acknowledged message,
+whose commit was fsynced by the front end. Queries use a separate read connection in its own
+thread. A `SqliteStore` is opened once and closed once.
 """
 
 from __future__ import annotations
@@ -49,7 +44,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
@@ -76,16 +71,18 @@ log = logging.getLogger("liveprism.store")
 T = TypeVar("T")
 
 DB_NAME = "index.sqlite3"
-MESSAGES_DIR = "messages"
 LOCK_NAME = "owner.lock"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
 LOCK_WAIT = 30.0  # seconds an owner waits for the state lock before giving up
 MAX_BATCH = 512  # operations per transaction
-SYNC_THREADS = 16  # parallel fdatasync calls per batch
 DAY = 86_400.0
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS bodies (
+    queue_id TEXT PRIMARY KEY,
+    raw      BLOB NOT NULL                     -- the message exactly as received
+);
 CREATE TABLE IF NOT EXISTS messages (
     queue_id       TEXT PRIMARY KEY,
     received_at    REAL NOT NULL,
@@ -155,19 +152,17 @@ _QUARANTINE_COLUMNS = (
 class StoreStats:
     """Counters of the writer thread (for tests, the benchmark and metrics)."""
 
-    batches: int  # transactions committed
-    file_batches: int  # batches that wrote message files (one directory fsync each)
-    files_written: int
-    files_deleted: int
+    batches: int  # transactions committed (one WAL fsync each)
+    operations: int  # operations committed in them
+    messages_written: int
+    messages_deleted: int
 
 
 @dataclass(frozen=True, slots=True)
 class RecoveryReport:
     """What the owner's `open` repaired after a crash."""
 
-    orphan_files: int  # files of never-acknowledged accepts, deleted
     requeued: int  # deliveries that were in flight, due again now
-    missing_files: tuple[str, ...]  # indexed messages whose file is gone (should never happen)
 
 
 @dataclass(slots=True)
@@ -175,13 +170,13 @@ class _Txn:
     """What one operation sees inside the batch transaction."""
 
     conn: sqlite3.Connection
-    unlink: list[str] = field(default_factory=list)  # message files to delete after COMMIT
+    written: int = 0  # messages stored by the operation
+    deleted: int = 0  # messages it dropped because nothing references them any more
 
 
 @dataclass(slots=True)
 class _Op(Generic[T]):
     fn: Callable[[_Txn], T]
-    files: tuple[tuple[str, bytes], ...]  # (queue id, raw) written and fsynced before `fn` runs
     future: concurrent.futures.Future[T]
 
 
@@ -253,6 +248,8 @@ def _insert_message(txn: _Txn, msg: Accepted) -> None:
     env = msg.envelope
     conn = txn.conn
     subject = header_value(msg.raw, "subject") or ""
+    conn.execute("INSERT INTO bodies VALUES (?,?)", (msg.queue_id, msg.raw))
+    txn.written += 1
     conn.execute(
         "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         (
@@ -336,7 +333,8 @@ def _drop_if_unreferenced(txn: _Txn, queue_id: str) -> None:
         (queue_id,),
     )
     if cur.rowcount:
-        txn.unlink.append(queue_id)
+        txn.conn.execute("DELETE FROM bodies WHERE queue_id = ?", (queue_id,))
+        txn.deleted += 1
 
 
 def _claim(txn: _Txn, now: float, limit: int) -> Claimed:
@@ -427,10 +425,10 @@ def _purge(txn: _Txn, now: float, archive_days: int, quarantine_days: int) -> Pu
         r[0] for r in conn.execute("SELECT queue_id FROM quarantine WHERE created_at < ?", (quarantine_cut,))
     ]
     conn.execute("DELETE FROM quarantine WHERE created_at < ?", (quarantine_cut,))
-    before = len(txn.unlink)
+    before = txn.deleted
     for queue_id in dict.fromkeys(archived + quarantined):
         _drop_if_unreferenced(txn, queue_id)
-    return PurgeResult(archived=len(archived), quarantined=len(quarantined), files=len(txn.unlink) - before)
+    return PurgeResult(archived=len(archived), quarantined=len(quarantined), messages=txn.deleted - before)
 
 
 def _requeue_inflight(txn: _Txn, now: float) -> int:
@@ -441,36 +439,27 @@ def _requeue_inflight(txn: _Txn, now: float) -> int:
     )
 
 
-def _recover(txn: _Txn, messages_dir: Path, now: float) -> RecoveryReport:
-    conn = txn.conn
-    requeued = _requeue_inflight(txn, now)
-    indexed = {row[0] for row in conn.execute("SELECT queue_id FROM messages")}
-    on_disk = set(os.listdir(messages_dir))
-    orphans = on_disk - indexed
-    for name in orphans:
-        os.unlink(messages_dir / name)
-    return RecoveryReport(len(orphans), requeued, tuple(sorted(indexed - on_disk)))
+def _recover(txn: _Txn, now: float) -> RecoveryReport:
+    return RecoveryReport(_requeue_inflight(txn, now))
 
 
 # ---------------------------------------------------------------- the store
 
 
 class SqliteStore:
-    """`engine.store.base.Store` on SQLite + files; see the module docstring."""
+    """`engine.store.base.Store` on SQLite; see the module docstring."""
 
-    def __init__(self, state_dir: Path, *, owner: bool = True) -> None:
+    def __init__(self, state_dir: Path, *, owner: bool = True, fsync_commits: bool = True) -> None:
         self.state_dir = state_dir
         self.owner = owner
-        self.messages_dir = state_dir / MESSAGES_DIR
+        self.fsync_commits = fsync_commits
         self.db_path = state_dir / DB_NAME
         self.recovery: RecoveryReport | None = None
         self._queue: queue.SimpleQueue[_Op[Any] | object] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader_conn: sqlite3.Connection | None = None
-        self._syncer = concurrent.futures.ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="liveprism-store-sync")
         self._lock_fd: int | None = None
-        self._dir_fd: int | None = None
         self._stats = StoreStats(0, 0, 0, 0)
 
     @property
@@ -482,8 +471,8 @@ class SqliteStore:
     async def open(self) -> None:
         """Create directories and schema; as owner, lock the state directory and recover.
 
-        Recovery: message files without a `messages` row were never acknowledged and are
-        deleted; deliveries left `inflight` by a crash become due now.
+        Recovery: deliveries left `inflight` by a crash become due now (a message is stored
+        atomically with its rows, so nothing half-written is ever left to clean up).
         """
         await asyncio.to_thread(self._prepare)
         conn = await asyncio.to_thread(self._connect)
@@ -491,21 +480,14 @@ class SqliteStore:
         self._writer.start()
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="liveprism-store-read")
         if self.owner:
-            self.recovery = await self._submit(lambda txn: _recover(txn, self.messages_dir, time.time()))
-            if self.recovery.missing_files:
-                log.error("messages indexed without a file: %s", " ".join(self.recovery.missing_files))
-            log.info(
-                "store opened: %d orphan files removed, %d in-flight deliveries requeued",
-                self.recovery.orphan_files,
-                self.recovery.requeued,
-            )
+            self.recovery = await self._submit(lambda txn: _recover(txn, time.time()))
+            log.info("store opened: %d in-flight deliveries requeued", self.recovery.requeued)
 
     def _prepare(self) -> None:
-        created = not self.messages_dir.exists()
-        self.messages_dir.mkdir(parents=True, exist_ok=True)
-        if created:  # make the new directory entries durable
-            for directory in (self.state_dir, self.state_dir.parent):
-                _fsync_dir(directory)
+        created = not self.state_dir.exists()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if created:  # make the new directory entry durable
+            _fsync_dir(self.state_dir.parent)
         if self.owner:
             fd = os.open(self.state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o640)
             deadline = time.monotonic() + LOCK_WAIT
@@ -519,13 +501,12 @@ class SqliteStore:
                         raise StoreError(f"{self.state_dir} is in use by another gateway") from None
                     time.sleep(0.1)
             self._lock_fd = fd
-        self._dir_fd = os.open(self.messages_dir, os.O_RDONLY | os.O_DIRECTORY)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA synchronous = FULL" if self.fsync_commits else "PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         if version > SCHEMA_VERSION:
@@ -541,7 +522,6 @@ class SqliteStore:
             self._queue.put(_STOP)
             await asyncio.to_thread(self._writer.join)
             self._writer = None
-            self._syncer.shutdown(wait=True)
         if self._reader is not None:
             reader = self._reader
             if self._reader_conn is not None:
@@ -549,18 +529,17 @@ class SqliteStore:
                 self._reader_conn = None
             reader.shutdown(wait=True)
             self._reader = None
-        for fd in (self._dir_fd, self._lock_fd):
-            if fd is not None:
-                os.close(fd)
-        self._dir_fd = self._lock_fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+        self._lock_fd = None
 
     # ------------------------------------------------------------ writer thread
 
-    def _submit(self, fn: Callable[[_Txn], T], files: tuple[tuple[str, bytes], ...] = ()) -> asyncio.Future[T]:
+    def _submit(self, fn: Callable[[_Txn], T]) -> asyncio.Future[T]:
         if self._writer is None:
             raise StoreError("store is not open")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.put(_Op(fn, files, future))
+        self._queue.put(_Op(fn, future))
         return asyncio.wrap_future(future)
 
     def _writer_main(self, conn: sqlite3.Connection) -> None:
@@ -590,37 +569,27 @@ class SqliteStore:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
         live = [op for op in batch if op.future.set_running_or_notify_cancel()]
-        ready = self._write_files(live)
-        written = sum(len(op.files) for op in ready)
         try:
-            if written:
-                assert self._dir_fd is not None
-                os.fsync(self._dir_fd)
-            done = self._transaction(conn, ready)
+            done = self._transaction(conn, live)
         except Exception as exc:  # the whole batch failed: no caller may see success
-            self._unlink([name for op in ready for name, _ in op.files])
-            for op in ready:
+            for op in live:
                 op.future.set_exception(StoreError(f"store write failed: {exc}"))
             return
-        deleted = [name for op, outcome, unlink in done if not isinstance(outcome, BaseException) for name in unlink]
-        self._unlink(deleted)  # committed: nothing references these any more
-        for op, outcome, _ in done:
+        written = deleted = 0
+        for op, outcome, txn in done:
             if isinstance(outcome, BaseException):
-                self._unlink([name for name, _ in op.files])
                 op.future.set_exception(outcome)
             else:
+                written += txn.written
+                deleted += txn.deleted
                 op.future.set_result(outcome)
         s = self._stats
-        self._stats = StoreStats(
-            batches=s.batches + 1,
-            file_batches=s.file_batches + (1 if written else 0),
-            files_written=s.files_written + written,
-            files_deleted=s.files_deleted + len(deleted),
-        )
+        self._stats = StoreStats(s.batches + 1, s.operations + len(done), s.messages_written + written,
+                                 s.messages_deleted + deleted)
 
-    def _transaction(self, conn: sqlite3.Connection, ops: list[_Op[Any]]) -> list[tuple[_Op[Any], Any, list[str]]]:
-        """Run `ops` in one transaction, each in a savepoint; returns (op, result or exception, files to unlink)."""
-        done: list[tuple[_Op[Any], Any, list[str]]] = []
+    def _transaction(self, conn: sqlite3.Connection, ops: list[_Op[Any]]) -> list[tuple[_Op[Any], Any, _Txn]]:
+        """Run `ops` in one transaction, each in a savepoint; returns (op, result or exception, its _Txn)."""
+        done: list[tuple[_Op[Any], Any, _Txn]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
             for op in ops:
@@ -632,67 +601,16 @@ class SqliteStore:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     wrapped = isinstance(exc, sqlite3.Error | OSError)
-                    done.append((op, StoreError(f"store write failed: {exc}") if wrapped else exc, []))
+                    done.append((op, StoreError(f"store write failed: {exc}") if wrapped else exc, _Txn(conn)))
                 else:
                     conn.execute("RELEASE op")
-                    done.append((op, result, txn.unlink))
+                    done.append((op, result, txn))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         return done
-
-    def _write_files(self, ops: list[_Op[Any]]) -> list[_Op[Any]]:
-        """Create, write and fsync the files of `ops`; the operations whose files are all durable.
-
-        Each file is created with O_EXCL (never taking over another message's file), written and
-        fdatasync'ed in the sync pool, all files of the batch in parallel: the file system merges
-        their journal commits, and no thread waits for the GIL once per system call of another.
-        An operation whose file fails gets StoreError and keeps no file.
-        """
-        files = [(name, data) for op in ops for name, data in op.files]
-        if len(files) > 1:
-            names = [name for name, _ in files]
-            errors = dict(zip(names, self._syncer.map(self._store_file, names, [d for _, d in files]), strict=True))
-        else:
-            errors = {name: self._store_file(name, data) for name, data in files}
-        ready: list[_Op[Any]] = []
-        for op in ops:
-            error = next((errors[name] for name, _ in op.files if errors[name] is not None), None)
-            if error is None:
-                ready.append(op)
-            else:
-                self._unlink(name for name, _ in op.files if errors[name] is None)
-                op.future.set_exception(StoreError(f"cannot write message file: {error}"))
-        return ready
-
-    def _store_file(self, name: str, data: bytes) -> OSError | None:
-        """Create `name` (never an existing file), write `data`, fdatasync; nothing is left on failure."""
-        try:
-            fd = os.open(self.messages_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-        except OSError as exc:
-            return exc
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fdatasync(fd)
-        except OSError as exc:
-            os.close(fd)
-            self._unlink([name])
-            return exc
-        os.close(fd)
-        return None
-
-    def _unlink(self, names: Iterable[str]) -> None:
-        for name in names:
-            try:
-                os.unlink(self.messages_dir / name)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:  # the next owner `open` removes it as an orphan
-                log.warning("cannot delete message file %s: %s", name, exc)
 
     # ------------------------------------------------------------ reader thread
 
@@ -714,7 +632,7 @@ class SqliteStore:
     # ------------------------------------------------------------ spool
 
     async def accept(self, msg: Accepted) -> None:
-        """Persist `msg`; returns when its file (+ directory entry) and rows are durable.
+        """Persist `msg`; returns when the message and its rows are committed and fsynced.
 
         A message that nothing would reference (only discarded copies, archive off) is not
         stored at all. Raises StoreError when the disk or the database fails.
@@ -724,20 +642,14 @@ class SqliteStore:
             raise ValueError(f"{msg.queue_id}: more than one copy for a tenant: {tenants}")
         if not _keeps(msg):
             return
-        await self._submit(lambda txn: _insert_message(txn, msg), ((msg.queue_id, msg.raw),))
+        await self._submit(lambda txn: _insert_message(txn, msg))
 
     async def read_message(self, queue_id: str) -> bytes | None:
-        def read() -> bytes | None:
-            try:
-                return (self.messages_dir / queue_id).read_bytes()
-            except FileNotFoundError:
-                return None
-            except OSError as exc:
-                raise StoreError(f"cannot read message {queue_id}: {exc}") from exc
+        def query(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT raw FROM bodies WHERE queue_id = ?", (queue_id,)).fetchone()
+            return bytes(row[0]) if row is not None else None
 
-        if not queue_id.isalnum():  # queue ids are [0-9A-Z]: never a path
-            return None
-        return await asyncio.to_thread(read)
+        return await self._read(query)
 
     async def message_info(self, queue_id: str) -> StoredMessage | None:
         def query(conn: sqlite3.Connection) -> StoredMessage | None:
@@ -764,10 +676,9 @@ class SqliteStore:
         """Persist per-recipient results; reschedule, or delete the finished delivery.
 
         A DSN in the record is stored in the same transaction, so a crash can neither lose it
-        nor send it twice. The message file goes when nothing references it any more.
+        nor send it twice. The message goes when nothing references it any more.
         """
-        files = ((record.dsn.queue_id, record.dsn.raw),) if record.dsn is not None else ()
-        await self._submit(lambda txn: _record(txn, record), files)
+        await self._submit(lambda txn: _record(txn, record))
 
     async def queue_summary(self) -> QueueSummary:
         def query(conn: sqlite3.Connection) -> QueueSummary:
@@ -818,7 +729,7 @@ class SqliteStore:
 
     async def purge_expired(self, now: float, archive_days: int, quarantine_days: int) -> PurgeResult:
         """Drop archive rows older than `archive_days` and quarantine entries (any status) older
-        than `quarantine_days`; files nothing references any more are deleted after commit."""
+        than `quarantine_days`; messages nothing references any more go in the same transaction."""
         return await self._submit(lambda txn: _purge(txn, now, archive_days, quarantine_days))
 
 

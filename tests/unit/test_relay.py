@@ -11,6 +11,7 @@ import email
 import email.message
 import email.policy
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from engine.policy.models import DeliverySettings, DnsSettings, Route, RouteTls
 from engine.relay.nexthop import NextHops, NoRoute
 from engine.relay.worker import RelayWorker
 from engine.store.base import Accepted, CopyPlan, Envelope, Store, new_queue_id, open_store
-from engine.store.sqlite import SqliteStore, quarantine_id
+from engine.store.sqlite import DB_NAME, SqliteStore, quarantine_id
 
 T = TypeVar("T")
 
@@ -72,6 +73,15 @@ async def wait_until_async(predicate: Callable[[], Awaitable[bool]], timeout: fl
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.05)
+
+
+def db_count(state: Path, sql: str, *args: Any) -> int:
+    """One count, read by an independent connection (what is committed)."""
+    conn = sqlite3.connect(state / DB_NAME)
+    try:
+        return int(conn.execute(sql, args).fetchone()[0])
+    finally:
+        conn.close()
 
 
 def free_port() -> int:
@@ -244,7 +254,7 @@ def test_delivers_copy_byte_exact_with_prepended_headers(tmp_path: Path) -> None
     run(scenario())
 
 
-def test_tag_copy_gets_subject_prefix_and_unreferenced_file_is_deleted(tmp_path: Path) -> None:
+def test_tag_copy_gets_subject_prefix_and_unreferenced_message_is_deleted(tmp_path: Path) -> None:
     async def scenario() -> None:
         tenant = Recorder()
         server, port = await serve(tenant)
@@ -256,7 +266,7 @@ def test_tag_copy_gets_subject_prefix_and_unreferenced_file_is_deleted(tmp_path:
         expected = HEADERS + RAW.replace(b"Subject: quarterly", b"Subject: [SPAM] quarterly")
         assert [m.data for m in tenant.messages] == [expected]
         assert await gw.store.read_message(msg.queue_id) is None  # delivered, not archived: gone
-        assert not (tmp_path / "state" / "messages" / msg.queue_id).exists()
+        assert db_count(tmp_path / "state", "SELECT count(*) FROM bodies WHERE queue_id = ?", msg.queue_id) == 0
         await gw.store.close()
         server.close()
 
@@ -426,7 +436,7 @@ def test_no_dsn_for_null_sender(tmp_path: Path) -> None:
         assert await gw.queue_empty()
         assert tenant.messages == []
         assert await gw.store.read_message(msg.queue_id) is None
-        assert sorted(p.name for p in (tmp_path / "state" / "messages").iterdir()) == []
+        assert db_count(tmp_path / "state", "SELECT count(*) FROM bodies") == 0
         await gw.store.close()
         server.close()
 

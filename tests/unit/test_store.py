@@ -85,6 +85,11 @@ def db_rows(state: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         conn.close()
 
 
+def stored_bodies(state: Path) -> dict[str, bytes]:
+    """queue id -> raw message, as committed."""
+    return {qid: bytes(raw) for qid, raw in db_rows(state, "SELECT queue_id, raw FROM bodies")}
+
+
 # ---------------------------------------------------------------- queue ids
 
 
@@ -100,7 +105,7 @@ def test_queue_ids_are_unique_time_sortable_and_alphanumeric() -> None:
 # ---------------------------------------------------------------- accept
 
 
-def test_accept_commits_file_and_every_row_before_returning(tmp_path: Path) -> None:
+def test_accept_commits_message_and_every_row_before_returning(tmp_path: Path) -> None:
     state = tmp_path / "state"
 
     async def scenario() -> Accepted:
@@ -113,7 +118,7 @@ def test_accept_commits_file_and_every_row_before_returning(tmp_path: Path) -> N
         )
         await store.accept(msg)
         # checked before close, through other connections: durable already
-        assert (state / "messages" / msg.queue_id).read_bytes() == RAW
+        assert stored_bodies(state) == {msg.queue_id: RAW}
         assert db_rows(state, "SELECT queue_id, size, subject FROM messages") == [(msg.queue_id, len(RAW), "Hello")]
         assert db_rows(state, "SELECT tenant, route_by, state FROM deliveries ORDER BY tenant") == [
             ("acme", "tenant", "queued"),
@@ -131,7 +136,7 @@ def test_accept_commits_file_and_every_row_before_returning(tmp_path: Path) -> N
 
     async def reopen() -> None:
         store = await opened(state)
-        assert store.recovery is not None and store.recovery.orphan_files == 0
+        assert store.recovery is not None and store.recovery.requeued == 0
         info = await store.message_info(msg.queue_id)
         assert info is not None
         assert info.envelope == msg.envelope
@@ -154,7 +159,7 @@ def test_message_nothing_references_is_not_stored(tmp_path: Path) -> None:
         msg = message(copy("acme", "discard"), archive=False)
         await store.accept(msg)
         assert await store.read_message(msg.queue_id) is None
-        assert list((tmp_path / "state" / "messages").iterdir()) == []
+        assert stored_bodies(tmp_path / "state") == {}
         await store.close()
 
     run(scenario())
@@ -184,13 +189,11 @@ def test_concurrent_accepts_are_group_committed(tmp_path: Path) -> None:
         msgs = [message(copy("acme", "deliver"), raw=RAW + f"{n}\r\n".encode()) for n in range(100)]
         await asyncio.gather(*(store.accept(m) for m in msgs))
         stats = store.stats
-        assert stats.files_written - before.files_written == 100
-        assert stats.file_batches - before.file_batches < 100
-        assert stats.batches - before.batches < 100
+        assert stats.messages_written - before.messages_written == 100
+        assert stats.batches - before.batches < 100  # one WAL fsync per batch, not per message
         assert len(db_rows(state, "SELECT 1 FROM messages")) == 100
         assert len(db_rows(state, "SELECT 1 FROM deliveries")) == 100
-        for m in msgs:
-            assert (state / "messages" / m.queue_id).read_bytes() == m.raw
+        assert stored_bodies(state) == {m.queue_id: m.raw for m in msgs}
         await store.close()
 
     run(scenario())
@@ -207,7 +210,7 @@ def test_a_failing_operation_does_not_undo_its_batch(tmp_path: Path) -> None:
             store.accept(good), store.accept(duplicate), store.record_attempt(bogus), return_exceptions=True
         )
         assert results[0] is None
-        assert isinstance(results[1], StoreError) and "cannot write message file" in str(results[1])
+        assert isinstance(results[1], StoreError) and "UNIQUE constraint failed" in str(results[1])
         assert isinstance(results[2], StoreError) and "delivery 12345 does not exist" in str(results[2])
         assert await store.read_message(good.queue_id) == RAW
         assert await store.read_message(duplicate.queue_id) == RAW  # the first copy is untouched
@@ -220,10 +223,11 @@ def test_write_failure_raises_store_error(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = await opened(tmp_path / "state")
         msg = message(copy("acme", "deliver"))
-        (tmp_path / "state" / "messages" / msg.queue_id).write_bytes(b"in the way")  # O_EXCL fails
-        with pytest.raises(StoreError, match="cannot write message file"):
+        db_rows(tmp_path / "state", "DROP TABLE deliveries")  # the database refuses the write
+        with pytest.raises(StoreError, match="store write failed"):
             await store.accept(msg)
         assert await store.message_info(msg.queue_id) is None
+        assert await store.read_message(msg.queue_id) is None  # no half-stored message
         await store.close()
 
     run(scenario())
@@ -246,7 +250,7 @@ def test_one_owner_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 # ---------------------------------------------------------------- crash recovery
 
 
-def test_orphan_files_are_deleted_on_open(tmp_path: Path) -> None:
+def test_non_owners_never_run_recovery(tmp_path: Path) -> None:
     state = tmp_path / "state"
 
     async def scenario() -> None:
@@ -254,15 +258,9 @@ def test_orphan_files_are_deleted_on_open(tmp_path: Path) -> None:
         kept = message(copy("acme", "deliver"))
         await store.accept(kept)
         await store.close()
-        orphan = state / "messages" / new_queue_id()
-        orphan.write_bytes(b"half-written, never acknowledged")
-        store = await opened(state)
-        assert store.recovery is not None and store.recovery.orphan_files == 1
-        assert not orphan.exists()
-        assert await store.read_message(kept.queue_id) == RAW
-        await store.close()
-        reviewer = await opened(state, owner=False)  # non-owners never run recovery
+        reviewer = await opened(state, owner=False)
         assert reviewer.recovery is None
+        assert await reviewer.read_message(kept.queue_id) == RAW
         await reviewer.close()
 
     run(scenario())
@@ -339,7 +337,7 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path: Path, acknowledged_before_k
         indexed = {row[0] for row in db_rows(state, "SELECT queue_id FROM messages")}
         assert set(acked) <= indexed
         assert summary.queued == len(indexed) and summary.inflight == 0
-        assert {p.name for p in (state / "messages").iterdir()} == indexed  # no orphan left
+        assert set(stored_bodies(state)) == indexed  # every message whole: body and rows, or nothing
         await store.close()
 
     run(check())
@@ -371,7 +369,7 @@ def test_record_attempt_reschedules_then_finishes_and_deletes_the_file(tmp_path:
         await store.record_attempt(AttemptRecord(again.id, done, "", later, None))
         assert await store.queue_summary() == type(summary)(0, 0, None)
         assert await store.read_message(msg.queue_id) is None
-        assert not (state / "messages" / msg.queue_id).exists()
+        assert msg.queue_id not in stored_bodies(state)
         assert db_rows(state, "SELECT count(*) FROM messages") == [(0,)]
         await store.close()
 
@@ -436,7 +434,7 @@ def test_quarantine_list_release_delete(tmp_path: Path) -> None:
 
         deleted = await store.delete_quarantine(held[0].id, time.time())
         assert isinstance(deleted, QuarantineEntry) and deleted.status == "deleted"
-        assert not (state / "messages" / old.queue_id).exists()  # nothing else referenced it
+        assert old.queue_id not in stored_bodies(state)  # nothing else referenced it
         assert [e.id for e in await store.list_quarantine()] == [held[2].id]
         every = await store.list_quarantine(status=None)
         assert [(e.id, e.status) for e in every] == [
@@ -445,10 +443,10 @@ def test_quarantine_list_release_delete(tmp_path: Path) -> None:
             (held[2].id, "held"),
         ]
         await store.delete_quarantine(held[2].id, time.time())
-        assert (state / "messages" / new.queue_id).exists()  # the released copy still needs it
+        assert new.queue_id in stored_bodies(state)  # the released copy still needs it
         delivered = tuple(RcptState(r.rcpt, "delivered", "250 ok", "mx:25") for r in delivery.rcpts)
         await store.record_attempt(AttemptRecord(delivery.id, delivered, "", time.time(), None))
-        assert not (state / "messages" / new.queue_id).exists()
+        assert new.queue_id not in stored_bodies(state)
         await store.close()
 
     run(scenario())
@@ -488,8 +486,8 @@ def test_purge_expired_archive_and_quarantine(tmp_path: Path) -> None:
         for msg in (archived_old, archived_new, pending_old, held_old, held_new):
             await store.accept(msg)
         result = await store.purge_expired(now, archive_days=365, quarantine_days=30)
-        assert (result.archived, result.quarantined, result.files) == (2, 1, 2)
-        remaining = {p.name for p in (state / "messages").iterdir()}
+        assert (result.archived, result.quarantined, result.messages) == (2, 1, 2)
+        remaining = set(stored_bodies(state))
         assert remaining == {archived_new.queue_id, pending_old.queue_id, held_new.queue_id}
         info = await store.message_info(pending_old.queue_id)
         assert info is not None and info.archived_at is None  # out of the archive, still queued
