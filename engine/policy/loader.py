@@ -1,4 +1,4 @@
-"""Load a policy directory: ruamel.yaml round-trip parsing with line positions, then pydantic.
+"""Load a policy directory: YAML with line positions (libyaml fast path, ruamel.yaml exact path), then pydantic.
 
 Contract:
 - `load_policy(root)` never raises for bad content. Every YAML syntax error, duplicate key and
@@ -10,12 +10,23 @@ Contract:
   indexes exactly as written in the YAML, to its (line, col), 1-based.
 - `PolicySource.content_hash` is a sha256 over (relative path, bytes) of every policy file found,
   sorted by path: identical trees hash identically on any machine.
+
+Speed: ruamel.yaml's round-trip parser is pure Python (about 17 s for 10,000 rules and 100,000
+list entries). Each file is therefore first composed by libyaml (PyYAML's C parser) into nodes
+with start marks, and walked once into plain data and positions; plain scalars are resolved with
+ruamel's YAML 1.2 rules and, when not text, constructed by ruamel, so the data is the same.
+Whatever that path does not reproduce exactly (a syntax error, a duplicate key, a tag, an alias of
+a collection, a merge key, a non-text key, a `%` directive, a tab, a YAML 1.1 line break, nesting
+deeper than 100) sends the file to the ruamel path, which makes the result and the error report.
+The garbage collector is paused while loading: the parse allocates millions of objects, no cycles.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import difflib
+import gc
 import hashlib
 import types
 import typing
@@ -30,6 +41,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.nodes import ScalarNode as RuamelScalarNode
+from ruamel.yaml.resolver import VersionedResolver
 
 from engine.policy.models import (
     CONDITION_KEYS,
@@ -47,6 +60,17 @@ M = TypeVar("M", bound=PolicyModel)
 GATEWAY_FILES = ("gateway.yaml", "gateway.yml")
 KIND_DIRS = ("tenants", "lists", "rules")
 YAML_SUFFIXES = (".yaml", ".yml")
+
+try:
+    from yaml import nodes as libyaml_nodes
+    from yaml._yaml import CParser as LibyamlParser
+except ImportError:  # PyYAML without its C extension: every file takes the ruamel path
+    LibyamlParser = None
+
+LIBYAML_AVAILABLE = LibyamlParser is not None
+# The libyaml fast path (see the module docstring). False forces the ruamel path for every file:
+# bench/load.py sets it to compare the two.
+USE_LIBYAML = LIBYAML_AVAILABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +166,26 @@ def content_hash(root: Path, files: Sequence[str]) -> str:
 
 def load_policy(root: Path) -> PolicySource:
     """Load and schema-validate every policy file under `root`; see the module docstring."""
+    with paused_gc():
+        return _load_policy(root)
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Disable the cyclic garbage collector for a block (re-enabled after it, if it was enabled).
+
+    Loading allocates millions of small objects and no cycles; the collections those allocations
+    would trigger walk every live object, again and again (about 3/4 of the parse time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load_policy(root: Path) -> PolicySource:
     files = policy_files(root)
     problems: list[Problem] = []
     gateway: LoadedFile[Gateway] | None = None
@@ -215,7 +259,20 @@ def load_file(root: Path, rel: str, model: type[M], problems: list[Problem]) -> 
 def parse_yaml(
     rel: str, text: str, problems: list[Problem]
 ) -> tuple[dict[str, Any], dict[YamlPath, tuple[int, int]]] | None:
-    """Round-trip parse `text`; return (plain data, positions), or append a problem and return None."""
+    """Parse `text`; return (plain data, positions), or append a problem and return None.
+
+    The libyaml fast path when it can reproduce the ruamel result exactly, else `parse_yaml_ruamel`."""
+    if USE_LIBYAML:
+        fast = parse_yaml_libyaml(text)
+        if fast is not None:
+            return fast
+    return parse_yaml_ruamel(rel, text, problems)
+
+
+def parse_yaml_ruamel(
+    rel: str, text: str, problems: list[Problem]
+) -> tuple[dict[str, Any], dict[YamlPath, tuple[int, int]]] | None:
+    """Round-trip parse `text` with ruamel.yaml: the reference result, and every error report."""
     yaml = YAML(typ="rt")
     try:
         document = yaml.load(text)
@@ -330,6 +387,164 @@ def _record(positions: dict[YamlPath, tuple[int, int]], path: YamlPath, lookup: 
         return
     if isinstance(found, tuple | list) and len(found) >= 2 and all(isinstance(v, int) for v in found[:2]):
         positions.setdefault(path, (found[0] + 1, found[1] + 1))
+
+
+# ---------------------------------------------------------------- libyaml fast path
+
+# Tags the fast parser's resolver gives untagged nodes; any other tag on a node was written in the
+# YAML (`!!str`, `!custom`), and such a file takes the ruamel path.
+_PLAIN = "liveprism:plain"  # a plain scalar: resolved below with ruamel's YAML 1.2 rules
+_TEXT = "liveprism:text"  # a quoted or block scalar: always a string
+_SEQ = "liveprism:seq"
+_MAP = "liveprism:map"
+_STR_TAG = "tag:yaml.org,2002:str"
+# YAML 1.1 line breaks that libyaml counts as line ends and ruamel (YAML 1.2) does not.
+_LIBYAML_ONLY_BREAKS = ("\x85", "\u2028", "\u2029")
+# Deeper nesting takes the ruamel path, which fails at a few hundred levels (Python's recursion
+# limit) where libyaml would not: a policy is a few levels deep, so keep that outcome unchanged.
+_FAST_MAX_DEPTH = 100
+
+
+class _NotFast(Exception):
+    """The file holds something the fast path does not reproduce exactly: use the ruamel path."""
+
+
+if LibyamlParser is not None:
+
+    class _Composer(LibyamlParser):  # type: ignore[misc]
+        """libyaml's parser and composer (C), with a resolver that only marks what it would resolve."""
+
+        def descend_resolver(self, current_node: object, current_index: object) -> None:
+            pass
+
+        def ascend_resolver(self) -> None:
+            pass
+
+        def resolve(self, kind: type, value: str | None, implicit: Any) -> str:
+            if kind is libyaml_nodes.ScalarNode:
+                return _PLAIN if implicit[0] else _TEXT
+            return _SEQ if kind is libyaml_nodes.SequenceNode else _MAP
+
+
+def parse_yaml_libyaml(text: str) -> tuple[dict[str, Any], dict[YamlPath, tuple[int, int]]] | None:
+    """(plain data, positions) as `parse_yaml_ruamel` would return them, or None to use that path."""
+    if LibyamlParser is None or text.startswith("%") or "\n%" in text:
+        return None  # a directive may change the YAML version
+    if any(brk in text for brk in _LIBYAML_ONLY_BREAKS):
+        return None  # these would shift libyaml's line numbers
+    if "\t" in text:
+        return None  # ruamel rejects tabs in more places than libyaml (after a value, inside a plain scalar)
+    composer = _Composer(text)
+    try:
+        root = composer.get_single_node()
+    except Exception:  # a syntax error, a second document...: the ruamel path reports it
+        return None
+    finally:
+        composer.dispose()
+    if root is None or root.tag != _MAP:
+        return None  # empty, or not a mapping: the ruamel path words the problem
+    mark = root.start_mark
+    positions: dict[YamlPath, tuple[int, int]] = {(): (mark.line + 1, mark.column + 1)}
+    try:
+        data = _FastWalk(positions).mapping(root, ())
+    except (_NotFast, RecursionError):
+        return None
+    return data, positions
+
+
+class _FastWalk:
+    """One walk over a libyaml node tree: plain data, and the positions of keys and items."""
+
+    __slots__ = ("collections", "constructor", "plain_scalars", "positions", "resolver")
+
+    def __init__(self, positions: dict[YamlPath, tuple[int, int]]) -> None:
+        self.positions = positions
+        self.plain_scalars: dict[str, tuple[Any, bool]] = {}  # text -> (plain value, is a string)
+        self.collections: set[int] = set()  # ids of the collection nodes walked: an alias repeats one
+        self.resolver: VersionedResolver | None = None
+        self.constructor: Any = None
+
+    def mapping(self, node: Any, path: YamlPath) -> dict[str, Any]:
+        self._once(node)
+        positions = self.positions
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            tag = key_node.tag
+            if tag == _TEXT:
+                key = key_node.value
+            elif tag == _PLAIN and not key_node.style:
+                key, is_text = self.plain(key_node.value)
+                if not is_text:
+                    raise _NotFast  # merge key, or a non-text key: ruamel's key equality and text differ
+            else:
+                raise _NotFast
+            if key in result:
+                raise _NotFast  # duplicate key: the ruamel path reports it
+            child = (*path, key)
+            mark = key_node.start_mark
+            positions[child] = (mark.line + 1, mark.column + 1)
+            tag = value_node.tag
+            if tag == _TEXT:
+                result[key] = value_node.value
+            elif tag == _PLAIN and not value_node.style:
+                result[key] = self.plain(value_node.value)[0]
+            else:
+                result[key] = self.collection(value_node, child)
+        return result
+
+    def sequence(self, node: Any, path: YamlPath) -> list[Any]:
+        self._once(node)
+        positions = self.positions
+        items: list[Any] = []
+        for index, item in enumerate(node.value):
+            child = (*path, index)
+            mark = item.start_mark
+            positions[child] = (mark.line + 1, mark.column + 1)
+            tag = item.tag
+            if tag == _TEXT:
+                items.append(item.value)
+            elif tag == _PLAIN and not item.style:
+                items.append(self.plain(item.value)[0])
+            else:
+                items.append(self.collection(item, child))
+        return items
+
+    def collection(self, node: Any, path: YamlPath) -> Any:
+        if len(path) > _FAST_MAX_DEPTH:
+            raise _NotFast
+        tag = node.tag
+        if tag == _MAP:
+            return self.mapping(node, path)
+        if tag == _SEQ:
+            return self.sequence(node, path)
+        raise _NotFast  # an explicit tag, or `!` on a quoted scalar
+
+    def _once(self, node: Any) -> None:
+        ident = id(node)
+        if ident in self.collections:
+            raise _NotFast  # an alias of a collection (perhaps recursive): ruamel's copies and positions
+        self.collections.add(ident)
+
+    def plain(self, text: str) -> tuple[Any, bool]:
+        """A plain scalar as the ruamel path makes it: (plain value, whether it resolved to a string)."""
+        known = self.plain_scalars.get(text)
+        if known is not None:
+            return known
+        if self.resolver is None:
+            self.resolver = VersionedResolver()  # YAML 1.2, as YAML(typ="rt") without a directive
+        tag = self.resolver.resolve(RuamelScalarNode, text, (True, False))
+        if str(tag) == _STR_TAG:
+            known = (text, True)
+        else:
+            if self.constructor is None:
+                self.constructor = YAML(typ="rt").constructor
+            try:
+                constructed = self.constructor.construct_object(RuamelScalarNode(tag, text), deep=True)
+            except Exception as exc:  # e.g. a timestamp that is no date: the ruamel path reports it
+                raise _NotFast from exc
+            known = (_plain(constructed, (), {}, set()), False)
+        self.plain_scalars[text] = known
+        return known
 
 
 # ---------------------------------------------------------------- schema errors

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import gc
+import math
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from engine.policy.loader import LoadedFile, Problem, load_policy
+from engine.policy import loader
+from engine.policy.loader import (
+    LIBYAML_AVAILABLE,
+    LoadedFile,
+    PolicySource,
+    Problem,
+    load_policy,
+    parse_yaml_libyaml,
+    parse_yaml_ruamel,
+)
 from engine.policy.models import NotCondition, RuleSet
 
 GATEWAY = "hostname: mx.example.com\n"
@@ -336,3 +349,131 @@ routes:
         "tenants/acme.yaml:4:42: error: port: Input should be greater than or equal to 1",
         "tenants/acme.yaml:5:5: error: port: Input should be greater than or equal to 1",
     ]
+
+
+# ---------------------------------------------------------------- libyaml fast path = ruamel path
+
+needs_libyaml = pytest.mark.skipif(not LIBYAML_AVAILABLE, reason="PyYAML's C extension is not installed")
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+
+
+def same_plain(a: Any, b: Any) -> bool:
+    """Equal, with equal types all the way down (1, 1.0 and True differ) and in the same key order."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same_plain(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same_plain(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    return bool(a == b)
+
+
+@needs_libyaml
+@pytest.mark.parametrize(
+    "text",
+    [
+        ACME,
+        "name: acme\ndomains:\n- acme.example\n-   beta.example\nroutes:\n  - host: a\n    port: 25\n",
+        "# comment\n\n---\nk: {a: 1, b: [x, {c: d}], e: {}}\nj: []\n...\n",
+        "\ufeffk: 1\r\nj:\r\n  - 'a'\r\n  - \"b\"\r\n",
+        "k: [a: 1, b]\nj: {a, b: }\n? complex\n: value\n",
+        "ints: [5, +5, -5, 0x1A, 0o17, 017, 1_000, 0b101]\nfloats: [1.0, .5, -.inf, .NaN, 1e3, 6.8e+5]\n",
+        "words: [yes, no, on, off, y, n, True, FALSE, Null, ~, '', 12:30, 1:2:3, 0o8, 1e, '5', \"true\"]\n",
+        "dates: [2001-12-14, 2001-12-14t21:59:43.10-05:00, 2001-12-14 21:59:43.10, 2001-1-1]\nempty:\n",
+        "unicode: [ключ, 日本語, 😀x, é]\nключ: {😀: a\u00a0b}\n\"dq\\u263A\": '\\u263A'\n",
+        "lit: |\n  a\n\n  b\nfold: >-\n  a\n  b\nplain: a\n  continued\nq: 'it''s\n\n  x'\nd: \"a\\\n  b\"\n",
+        "anchored: &a text\nalias: *a\nseq:\n  - &b 5\n  - *b\nnonspecific: ! 5\n",
+        'regex: "(?i)\\\\b(gift|card)\\\\b"\nhash: a#b\ncomment: a # c\ncolon: a:b\nold_mac: 1\rnext: 2\r',
+    ],
+)
+def test_libyaml_fast_path_gives_the_ruamel_result(text: str) -> None:
+    fast = parse_yaml_libyaml(text)
+    problems: list[Problem] = []
+    slow = parse_yaml_ruamel("f.yaml", text, problems)
+    assert problems == []
+    assert fast is not None and slow is not None
+    assert same_plain(fast[0], slow[0])
+    assert fast[1] == slow[1]
+
+
+@needs_libyaml
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",  # empty, and not a mapping: the ruamel path words the problem
+        "- a\n",
+        "name: a\nname: b\n",  # duplicate key
+        "k: {a: 1, a: 2}\n",
+        "k: !!str 5\n",  # tags
+        "k: !custom [1]\n",
+        "--- !!map\nk: 1\n",
+        "k: &a [1]\nj: *a\n",  # alias of a collection
+        "base: &b {host: a}\nroute:\n  <<: *b\n  port: 25\n",  # merge key
+        "1: a\n",  # non-text keys
+        "null: a\n",
+        "[a]: 1\n",
+        "k: a\tb\n",  # tab: ruamel rejects it, libyaml does not
+        "%YAML 1.1\n---\nk: yes\n",  # a directive may change the YAML version
+        "k: 'a\u2028b'\nj: 1\n",  # a line break for libyaml only
+        "k: 2024-13-45\n",  # resolves to a timestamp that is no date
+        "k: 'open\n",  # syntax errors
+        "a: b: c\n",
+        "k: 1\n---\nk: 2\n",
+        "k: " + "[" * 101 + "]" * 101 + "\n",  # ruamel's recursion limit decides, as before
+    ],
+)
+def test_libyaml_fast_path_hands_over_to_ruamel(text: str) -> None:
+    assert parse_yaml_libyaml(text) is None
+
+
+def fingerprint(source: PolicySource) -> list[Any]:
+    files = [source.gateway, *source.tenants, *source.lists, *source.rulesets]
+    return [
+        [(f.path, f.model.model_dump(mode="json"), dict(f.positions)) if f is not None else None for f in files],
+        source.problems,
+        source.content_hash,
+        source.files,
+    ]
+
+
+@needs_libyaml
+def test_example_policy_and_broken_files_load_the_same_on_both_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every file of the example policy takes the fast path
+    assert all(parse_yaml_libyaml(path.read_text(encoding="utf-8")) is not None for path in POLICIES.rglob("*.yaml"))
+    shutil.copytree(POLICIES, tmp_path / "policy")
+    write_policy(
+        tmp_path / "policy",
+        {
+            "tenants/broken.yaml": "name: broken\ndomains: [a.example, a.example]\n\t- x\n",
+            "lists/dup.yaml": "name: dup\nname: again\naction: block\n",
+            "rules/bad.yaml": "name: bad\nrules:\n  - id: r\n    when: {heder: {name: S, regex: x}}\n",
+        },
+        base=False,
+    )
+    fast = load_policy(tmp_path / "policy")
+    monkeypatch.setattr(loader, "USE_LIBYAML", False)
+    slow = load_policy(tmp_path / "policy")
+    assert fast.gateway is not None and fast.tenants and fast.lists and fast.rulesets
+    assert texts(fast.problems) == [
+        "lists/dup.yaml:2:1: error: duplicate key 'name' (first at line 1)",
+        "rules/bad.yaml:3:5: error: missing required key 'then'",
+        "rules/bad.yaml:4:12: error: unknown condition 'heder'; did you mean 'header'? "
+        "(a condition is one of: any, all, not, header, body, attachment, mime)",
+        "tenants/broken.yaml:3:1: error: tab character: YAML indentation must use spaces",
+    ]
+    assert fingerprint(fast) == fingerprint(slow)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_load_policy_pauses_the_garbage_collector_and_restores_it(tmp_path: Path, enabled: bool) -> None:
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        load_policy(write_policy(tmp_path, {}))
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
