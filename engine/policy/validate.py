@@ -16,7 +16,7 @@ from typing import Any
 
 import re2
 
-from engine.policy.loader import LoadedFile, PolicySource, Problem, Severity, YamlPath
+from engine.policy.loader import LoadedFile, PolicySource, Problem, Severity, YamlPath, paused_gc
 from engine.policy.models import (
     AllCondition,
     AnyCondition,
@@ -32,21 +32,25 @@ ENV_PREFIX = "env:"
 
 
 def validate_policy(source: PolicySource) -> tuple[Problem, ...]:
-    """Load problems + semantic problems, deduplicated and sorted by (file, line, col)."""
-    problems: set[Problem] = set(source.problems)
-    for check in (
-        _duplicate_names,
-        _duplicate_rule_ids,
-        _shared_domains,
-        _missing_references,
-        _bad_regexes,
-        _tenants_without_routes,
-        _allowed_and_blocked,
-        _names_match_files,
-        _tracked_secrets,
-    ):
-        problems.update(check(source))
-    return tuple(sorted(problems, key=Problem.sort_key))
+    """Load problems + semantic problems, deduplicated and sorted by (file, line, col).
+
+    Every check is one pass over what it looks at (dicts keyed by name, id, domain or entry), and
+    the garbage collector is paused as in `load_policy`: the checks only allocate."""
+    with paused_gc():
+        problems: set[Problem] = set(source.problems)
+        for check in (
+            _duplicate_names,
+            _duplicate_rule_ids,
+            _shared_domains,
+            _missing_references,
+            _bad_regexes,
+            _tenants_without_routes,
+            _allowed_and_blocked,
+            _names_match_files,
+            _tracked_secrets,
+        ):
+            problems.update(check(source))
+        return tuple(sorted(problems, key=Problem.sort_key))
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,19 +182,21 @@ _LIST_FIELDS = (("senders", "sender"), ("domains", "domain"), ("networks", "netw
 
 def _allowed_and_blocked(source: PolicySource) -> Iterator[Problem]:
     """An entry on an allow list and on a block list: the block list wins, the allow entry is dead."""
-    blocked: dict[tuple[str, str], _Site] = {}
+    blocked: dict[tuple[str, str], tuple[LoadedFile[Any], int]] = {}  # first (file, index) of each entry
     for loaded in source.lists:
         if loaded.model.action is ListAction.block:
             for field, _ in _LIST_FIELDS:
                 for index, entry in enumerate(getattr(loaded.model, field)):
-                    blocked.setdefault((field, entry), _Site(loaded, (field, index)))
+                    if (field, entry) not in blocked:
+                        blocked[field, entry] = (loaded, index)
     for loaded in source.lists:
         if loaded.model.action is not ListAction.allow:
             continue
         for field, noun in _LIST_FIELDS:
             for index, entry in enumerate(getattr(loaded.model, field)):
-                block = blocked.get((field, entry))
-                if block is not None:
+                first = blocked.get((field, entry))
+                if first is not None:
+                    block = _Site(first[0], (field, first[1]))
                     yield loaded.problem(
                         "warning",
                         (field, index),
