@@ -31,7 +31,7 @@ from engine.graph.compiler import load_graph
 from engine.graph.live import LivePolicy
 from engine.policy.models import Gateway
 from engine.relay.process import RelayProcess
-from engine.smtp.handler import ConnectionLimits, GatewaySMTP, InboundHandler
+from engine.smtp.handler import ConnectionLimits, GatewaySMTP, InboundHandler, install_aiosmtpd_speedups
 from engine.store.base import Store, open_store
 
 log = logging.getLogger("liveprism.serve")
@@ -77,6 +77,7 @@ class GatewayService:
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
+        install_aiosmtpd_speedups()
         gateway = self.policy.graph.gateway
         store = open_store(self.state)
         await store.open()
