@@ -63,8 +63,8 @@ class RelayWorker:
         settings: Callable[[], DeliverySettings],
         hostname: str,
         *,
-        concurrency: int = 20,
-        per_destination: int = 10,
+        concurrency: int = 100,
+        per_destination: int = 20,
         poll_interval: float = 1.0,
         idle_timeout: float = 10.0,
     ) -> None:
