@@ -282,10 +282,17 @@ class _MemberCache:
     result is what aiosmtpd computes without it.
     """
 
-    signature = staticmethod(inspect.signature)
-
     def __init__(self) -> None:
         self._names: dict[type, list[str]] = {}
+        self._signatures: dict[tuple[object, bool], inspect.Signature] = {}
+
+    def signature(self, function: Any) -> inspect.Signature:
+        """`inspect.signature`, remembered per underlying function (bound or not)."""
+        key = (getattr(function, "__func__", function), hasattr(function, "__self__"))
+        found = self._signatures.get(key)
+        if found is None:
+            found = self._signatures[key] = inspect.signature(function)
+        return found
 
     def _names_of(self, obj: object) -> list[str]:
         kind = type(obj)
