@@ -6,6 +6,7 @@
 # (connect .. 250 after DATA, measured by a paced probe client while the load runs).
 #   bench/smtp.sh                     # N=10000 2 KB messages, 20 sessions
 #   N=2000 SIZES="2k 50k" bench/smtp.sh
+#   WITH_POSTFIX=1 bench/smtp.sh      # also runs shared/bench/peers (Postfix relay, root) and prints the ratio
 # Needs: postfix tools (smtp-source, smtp-sink), the venv (.venv or PY=...). Loopback only.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -24,7 +25,8 @@ cleanup() { for p in "${PIDS[@]:-}"; do [[ -n $p ]] && kill "$p" 2>/dev/null || 
 trap cleanup EXIT
 
 rm -rf "$WORK"; mkdir -p "$WORK/msgs"
-"$PY" "$PEERS/helpers.py" gen "$WORK/msgs" >/dev/null 2>&1 || "$PY" "$HERE/gen_msgs.py" "$WORK/msgs"
+[[ -f $PEERS/helpers.py ]] || { echo "need shared/bench/peers (PEERS=...) for the test mail and the bare sink" >&2; exit 2; }
+"$PY" "$PEERS/helpers.py" gen "$WORK/msgs" >/dev/null
 
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/$LH/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 now() { date +%s.%N; }
@@ -125,4 +127,11 @@ EOF
     "$sz" "$e2e" "$acc" "$(cat "$WORK/probe-gateway-$sz.txt")" "$accepted"
   printf '# ratio liveprism/ceiling (%s): %.2f of asyncio, %.2f of uvloop\n' "$sz" \
     "$(echo "$e2e / $ceil" | bc -l)" "$(echo "$e2e / $ceil_uv" | bc -l)"
+  if [[ ${WITH_POSTFIX:-0} == 1 ]]; then  # the peer a user would run instead, same box, same run
+    n_peer=$N; [[ $sz == 50k ]] && n_var=N50 || n_var=N
+    pf=$(env ONLY=postfix_relay SIZES="$sz" "$n_var=$n_peer" PY="$PY" bash "$PEERS/run.sh" 2>/dev/null \
+         | sed -n 's/^postfix_relay[_0-9k]* msgs_per_s=\([0-9.]*\).*/\1/p')
+    printf 'postfix_relay_%s msgs_per_s=%s\n# ratio liveprism/postfix (%s): %.2f\n' "$sz" "$pf" "$sz" \
+      "$(echo "$e2e / $pf" | bc -l)"
+  fi
 done

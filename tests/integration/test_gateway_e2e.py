@@ -310,3 +310,40 @@ def socket_banner(port: int) -> Iterator[bytes]:
     """Connect and yield the greeting line."""
     with socket.create_connection((LOCALHOST, port), timeout=10) as sock:
         yield sock.makefile("rb").readline()
+
+
+def test_tagged_copy_gets_spam_headers_and_subject_prefix(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}})
+    suspicious = CLEAN.replace(b"Subject: Quarterly report", b"Subject: URGENT payment today")
+    assert send(gateway.port, "alice@example.com", ["bob@acme.example"], suspicious)["data"][0] == 250
+    assert wait_for(lambda: len(box.messages()) == 1)
+    delivered = box.messages()[0]
+    assert b"X-Spam-Flag: YES" in delivered and b"X-Spam-Score: 3" in delivered
+    assert b"Subject: [SPAM] URGENT payment today" in delivered
+    assert b"X-LivePrism-Verdict: action=tag; score=3; reason=score; hits=urgent-payment-request" in delivered
+
+
+def test_too_many_recipients_get_452(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}})
+    rcpts = [f"user{n}@acme.example" for n in range(51)]  # the test gateway allows 50
+    result = send(gateway.port, "alice@example.com", rcpts, CLEAN)
+    assert [result["rcpt"][r] for r in rcpts] == [250] * 50 + [452]
+    assert result["data"][0] == 250
+    assert wait_for(lambda: len(box.messages()) == 1)
+
+
+def test_sigterm_leaves_the_queue_on_disk_and_restart_delivers(tmp_path: Path, procs: list[Any]) -> None:
+    port = free_port()
+    gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(port)]}})
+    for n in range(5):
+        message = CLEAN.replace(b"e2e-clean@", f"e2e-term-{n}@".encode())
+        assert send(gateway.port, "alice@example.com", ["bob@acme.example"], message)["data"][0] == 250
+    gateway.stop()  # SIGTERM while the tenant server is down: everything stays queued
+    assert gateway.proc is not None and gateway.proc.returncode == 0
+    assert "stopped; queue left in" in gateway.log()
+    box = Sink(port, tmp_path / "later").start()
+    procs.append(box)
+    gateway.start()
+    assert wait_for(lambda: len(box.messages()) == 5, timeout=30)
