@@ -14,8 +14,8 @@ Semantics (shared with the naive reference evaluator in the tests):
 - header: any decoded value of the named top-level header (name case-insensitive);
 - body: any decoded text of a text/plain or text/html part, at any depth;
 - a header/body leaf holds when its regex matches OR one of its keywords occurs in some text;
-- regex: RE2 search (unanchored); contains: case-insensitive substring, any keyword (an empty
-  keyword occurs in every text, even an empty one);
+- regex: RE2 search (unanchored); contains: case-insensitive substring, any keyword (keywords
+  are non-empty: the model refuses "");
 - lone surrogates (which a UTF-7 charset can smuggle into decoded text) are matched as U+FFFD;
 - attachment: some single attachment satisfies every given criterion (extension in the
   list, file name regex, content type in the list or `type/*`); `nested` requires depth ≥ 1;
@@ -111,7 +111,7 @@ class _KeywordSet:
         options.literal = True
         keyword_set = re2.Set.SearchSet(options)
         for word, leaf_ids in self._words.items():
-            keyword_set.Add(word)  # an empty keyword occurs in every text, even an empty one
+            keyword_set.Add(word)
             self._leaf_ids.append(tuple(leaf_ids))
         keyword_set.Compile()
         self._set = keyword_set

@@ -261,7 +261,7 @@ class FilterGraph:
         builtin: list[Hit] = []
         if view.defects:
             score = self.gateway.checks.mime.malformed_score
-            builtin.append(Hit(HIT_MALFORMED_MIME, KIND_MIME, score, None, ",".join(view.defects)))
+            builtin.append(Hit(HIT_MALFORMED_MIME, KIND_MIME, score, None, "builtin", ",".join(view.defects)))
         verdicts = {
             tenant: self._tenant_verdict(
                 self.tenants[tenant], tuple(rcpts), direction, matched_rules, entries, builtin, external_hits

@@ -42,13 +42,17 @@ class Hit:
     message: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """DESIGN.md's hit object, plus `detail` when there is one (list entry, MIME defects, reply text)."""
+        data: dict[str, Any] = {
             "id": self.id,
             "kind": self.kind,
             "score": self.score,
             "action": self.action.value if self.action else None,
             "source": self.source,
         }
+        if self.message:
+            data["detail"] = self.message
+        return data
 
 
 @dataclass(frozen=True, slots=True)

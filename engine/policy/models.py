@@ -375,7 +375,7 @@ class PolicyList(PolicyModel):
 
 class TextMatch(PolicyModel):
     regex: str | None = Field(default=None, description="RE2 pattern searched in the text.")
-    contains: list[str] = Field(
+    contains: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list, description="Keywords; matches when any occurs (case-insensitive)."
     )
 

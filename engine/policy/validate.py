@@ -45,6 +45,7 @@ def validate_policy(source: PolicySource) -> tuple[Problem, ...]:
             _missing_references,
             _bad_regexes,
             _tenants_without_routes,
+            _settings_that_cannot_work,
             _allowed_and_blocked,
             _names_match_files,
             _tracked_secrets,
@@ -150,6 +151,40 @@ def _tenants_without_routes(source: PolicySource) -> Iterator[Problem]:
             path: YamlPath = ("routes",) if ("routes",) in loaded.positions else ("name",)
             yield loaded.problem(
                 "error", path, f"tenant '{loaded.model.name}' has no routes: accepted mail could not be delivered"
+            )
+
+
+def _settings_that_cannot_work(source: PolicySource) -> Iterator[Problem]:
+    """Thresholds out of order (after tenant overrides), half a TLS key pair, `accept: listed`
+    with nobody listed: each valid alone, none does what its author meant."""
+    gateway = source.gateway
+    if gateway is None:
+        return
+    tls = gateway.model.tls
+    if (tls.cert is None) != (tls.key is None):
+        yield gateway.problem("error", ("tls",), "tls needs both cert and key (STARTTLS cannot be offered with one)")
+    scoring = gateway.model.scoring
+    owners: list[tuple[LoadedFile[Any], tuple[float, float, float]]] = [
+        (gateway, (scoring.tag_at, scoring.quarantine_at, scoring.reject_at))
+    ]
+    for loaded in source.tenants:
+        own = loaded.model.scoring
+        owners.append((loaded, (
+            scoring.tag_at if own.tag_at is None else own.tag_at,
+            scoring.quarantine_at if own.quarantine_at is None else own.quarantine_at,
+            scoring.reject_at if own.reject_at is None else own.reject_at,
+        )))
+        if loaded.model.recipients.accept == "listed" and not loaded.model.recipients.addresses:
+            yield loaded.problem(
+                "error", ("recipients",), "recipients: accept: listed with no addresses refuses every recipient"
+            )
+    for loaded, (tag_at, quarantine_at, reject_at) in owners:
+        if not tag_at <= quarantine_at <= reject_at:
+            path: YamlPath = ("scoring",) if ("scoring",) in loaded.positions else ()
+            yield loaded.problem(
+                "error", path,
+                f"scoring thresholds must rise: tag_at {tag_at:g} <= quarantine_at {quarantine_at:g}"
+                f" <= reject_at {reject_at:g} (after tenant overrides)",
             )
 
 

@@ -642,7 +642,8 @@ def test_explain_json_shape_with_gtube(tmp_path: Path) -> None:
         for hit in tenant["hits"]:
             assert {"id", "kind", "score", "action", "source"} <= set(hit)
         gtube = [hit for hit in tenant["hits"] if hit["id"] == "gtube"]
-        assert gtube == [{"id": "gtube", "kind": "rule", "score": 0.0, "action": "reject", "source": source}]
+        assert gtube == [{"id": "gtube", "kind": "rule", "score": 0.0, "action": "reject", "source": source,
+                          "detail": "GTUBE test message rejected by LivePrism"}]
 
 
 def test_explain_json_clean_message(tmp_path: Path) -> None:

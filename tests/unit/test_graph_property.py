@@ -66,7 +66,6 @@ KEYWORDS = [
     "re:",
     "x",
     "a",
-    "",
     "123",
     "\ufffd",
     "bold",

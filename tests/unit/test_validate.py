@@ -360,3 +360,34 @@ def test_cli_github_format(tmp_path: Path, runner: CliRunner, monkeypatch: pytes
         "::error file=p/tenants/acme.yaml,line=3,col=1::tenant 'acme' has no routes: accepted mail could not be "
         "delivered",
     ]
+
+
+# ---------------------------------------------------------------- settings that cannot work
+
+
+def test_thresholds_must_rise_after_tenant_overrides(tmp_path: Path) -> None:
+    write_policy(
+        tmp_path,
+        {
+            "gateway.yaml": GATEWAY + "scoring: {tag_at: 3, quarantine_at: 6, reject_at: 15}\n",
+            "tenants/acme.yaml": ACME + "scoring: {quarantine_at: 20}\n",
+        },
+    )
+    assert problems_of(tmp_path) == [
+        "tenants/acme.yaml:5:1: error: scoring thresholds must rise: tag_at 3 <= quarantine_at 20 <= reject_at 15"
+        " (after tenant overrides)",
+    ]
+
+
+def test_tls_needs_cert_and_key(tmp_path: Path) -> None:
+    write_policy(tmp_path, {"gateway.yaml": GATEWAY + "tls: {cert: keys/cert.pem}\n"})
+    assert problems_of(tmp_path) == [
+        "gateway.yaml:2:1: error: tls needs both cert and key (STARTTLS cannot be offered with one)"
+    ]
+
+
+def test_listed_recipients_without_addresses(tmp_path: Path) -> None:
+    write_policy(tmp_path, {"tenants/acme.yaml": ACME + "recipients: {accept: listed}\n"})
+    assert problems_of(tmp_path) == [
+        "tenants/acme.yaml:5:1: error: recipients: accept: listed with no addresses refuses every recipient"
+    ]
