@@ -41,6 +41,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.nodes import MappingNode, SequenceNode
 from ruamel.yaml.nodes import ScalarNode as RuamelScalarNode
 from ruamel.yaml.resolver import VersionedResolver
 
@@ -277,7 +278,7 @@ def parse_yaml_ruamel(
     try:
         document = yaml.load(text)
     except MarkedYAMLError as exc:
-        problems.append(_yaml_problem(rel, exc))
+        problems.append(_yaml_problem(rel, exc, text))
         return None
     except Exception as exc:  # ruamel raises plain ValueError etc. for e.g. `!!int x`
         problems.append(Problem("error", rel, 1, 1, f"invalid YAML: {exc}"))
@@ -292,15 +293,37 @@ def parse_yaml_ruamel(
     return data, positions
 
 
-def _yaml_problem(rel: str, exc: MarkedYAMLError) -> Problem:
+def _first_key_line(text: str, mapping: Any, key: str) -> int | None:
+    """1-based line of the first `key` in the mapping that starts at `mapping` (a ruamel mark)."""
+    try:
+        root = YAML(typ="rt").compose(text)
+    except Exception:  # only a better message is at stake
+        return None
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, MappingNode):
+            if (node.start_mark.line, node.start_mark.column) == (mapping.line, mapping.column):
+                for key_node, _ in node.value:
+                    if isinstance(key_node, RuamelScalarNode) and key_node.value == key:
+                        return int(key_node.start_mark.line) + 1
+                return None
+            stack.extend(value for _, value in node.value)
+        elif isinstance(node, SequenceNode):
+            stack.extend(node.value)
+    return None
+
+
+def _yaml_problem(rel: str, exc: MarkedYAMLError, text: str = "") -> Problem:
     mark = exc.problem_mark or exc.context_mark
     line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
     problem = (exc.problem or "invalid YAML").strip()
     if isinstance(exc, DuplicateKeyError):
         key = problem.split('"')[1] if problem.count('"') >= 2 else "?"
         message = f"duplicate key '{key}'"
-        if exc.context_mark is not None:
-            message += f" (first at line {exc.context_mark.line + 1})"
+        first = _first_key_line(text, exc.context_mark, key) if exc.context_mark is not None else None
+        if first is not None:
+            message += f" (first at line {first})"
         return Problem("error", rel, line, col, message)
     context = (exc.context or "").strip()
     start = exc.context_mark

@@ -477,3 +477,11 @@ def test_load_policy_pauses_the_garbage_collector_and_restores_it(tmp_path: Path
         assert gc.isenabled() is enabled
     finally:
         (gc.enable if was else gc.disable)()
+
+
+def test_duplicate_key_names_the_line_of_the_first_occurrence(tmp_path: Path) -> None:
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "gateway.yaml").write_text("hostname: mx.example.com\n")
+    (tmp_path / "lists" / "dup.yaml").write_text("name: dup\naction: block\naction: allow\n")
+    problems = [p.format_text() for p in load_policy(tmp_path).problems]
+    assert problems == ["lists/dup.yaml:3:1: error: duplicate key 'action' (first at line 2)"]
