@@ -161,7 +161,7 @@ class RelayWorker:
             log.error("queue_id=%s delivery=%d cannot record attempt: %s", delivery.queue_id, delivery.id, exc)
 
     async def _deliver(self, delivery: Delivery, settings: DeliverySettings) -> AttemptRecord:
-        raw = await self._store.read_message(delivery.queue_id)
+        raw = delivery.raw if delivery.raw is not None else await self._store.read_message(delivery.queue_id)
         pending = list(delivery.pending)
         replies: dict[str, tuple[Reply, str]] = {}
         data = b""

@@ -134,6 +134,7 @@ class Delivery:
     created_at: float  # when this delivery was queued (arrival, or quarantine release): give_up_after counts from here
     attempts: int  # attempts so far, the one just claimed included
     last_error: str
+    raw: bytes | None = None  # the message, claimed with the row when small; else `Store.read_message`
 
     @property
     def pending(self) -> tuple[str, ...]:

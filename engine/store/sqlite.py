@@ -76,6 +76,7 @@ SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
 LOCK_WAIT = 30.0  # seconds an owner waits for the state lock before giving up
 MAX_BATCH = 512  # operations per transaction
+CLAIM_WITH_BODY_MAX = 256 * 1024  # messages up to this size come with their claim (one read fewer)
 DAY = 86_400.0
 
 SCHEMA = """
@@ -212,6 +213,7 @@ def _delivery_from(row: sqlite3.Row) -> Delivery:
         created_at=row[9],
         attempts=row[10],
         last_error=row[11],
+        raw=bytes(row[12]) if row[12] is not None else None,
     )
 
 
@@ -340,7 +342,8 @@ def _drop_if_unreferenced(txn: _Txn, queue_id: str) -> None:
 def _claim(txn: _Txn, now: float, limit: int) -> Claimed:
     conn = txn.conn
     rows = conn.execute(
-        f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN messages m USING (queue_id)"
+        f"SELECT {_DELIVERY_COLUMNS}, CASE WHEN m.size <= {CLAIM_WITH_BODY_MAX} THEN b.raw END"
+        " FROM deliveries d JOIN messages m USING (queue_id) LEFT JOIN bodies b USING (queue_id)"
         " WHERE d.state = 'queued' AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at LIMIT ?",
         (now, limit),
     ).fetchall()

@@ -233,7 +233,13 @@ def status_groups(report: email.message.Message) -> list[dict[str, str]]:
 # ---------------------------------------------------------------- delivery
 
 
-def test_delivers_copy_byte_exact_with_prepended_headers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("body_with_claim", [True, False], ids=["small", "large"])
+def test_delivers_copy_byte_exact_with_prepended_headers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body_with_claim: bool
+) -> None:
+    if not body_with_claim:  # as for a message too big to come with its claim: read separately
+        monkeypatch.setattr("engine.store.sqlite.CLAIM_WITH_BODY_MAX", 0)
+
     async def scenario() -> None:
         tenant = Recorder()
         server, port = await serve(tenant)
@@ -247,7 +253,7 @@ def test_delivers_copy_byte_exact_with_prepended_headers(tmp_path: Path) -> None
         assert got.data == HEADERS + RAW
         assert got.mail_from == "alice@sender.example"
         assert got.rcpts == ["bob@acme.example", "carol@acme.example"]
-        assert await gw.store.read_message(msg.queue_id) == RAW  # archived: the file stays
+        assert await gw.store.read_message(msg.queue_id) == RAW  # archived: the message stays
         await gw.store.close()
         server.close()
 
