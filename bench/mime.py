@@ -1,8 +1,8 @@
 """Micro-benchmark for engine.mime.view.parse_message: prints µs per message.
 
 Usage: python bench/mime.py [PATH ...]
-       (default: /tmp/msgs/eml-2k /tmp/msgs/eml-50k /tmp/msgs/msg-2k.eml /tmp/msgs/msg-50k.eml;
-       generate them with ``python /work/shared/bench/peers/helpers.py gen /tmp/msgs``)
+       (default: /tmp/msgs/eml-2k /tmp/msgs/eml-50k /tmp/msgs/msg-2k.eml /tmp/msgs/msg-50k.eml,
+       generated first with the peer benchmark's ``helpers.py gen`` when missing)
 
 The headline is a directory: distinct messages, each with its own MIME boundary, parsed once per
 pass in order (best pass of 3). That is what a gateway sees, and it is the figure to hold against
@@ -11,6 +11,7 @@ about 110 µs per 2 KB message, and about 1 ms per 50 KB one). A single file is 
 (best of 5 runs): a secondary figure, which hides any cost paid once per new boundary or message.
 """
 
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,7 +46,12 @@ def corpus_us(raws: list[bytes], passes: int = 3) -> float:
     return best * 1e6
 
 
+PEER_HELPERS = Path(__file__).resolve().parents[2] / "shared" / "bench" / "peers" / "helpers.py"
+
+
 def main(paths: list[str]) -> None:
+    if not paths and not all(Path(p).exists() for p in DEFAULT_PATHS):
+        subprocess.run([sys.executable, str(PEER_HELPERS), "gen", "/tmp/msgs"], check=True)
     for path in map(Path, paths or DEFAULT_PATHS):
         if path.is_dir():
             raws = [file.read_bytes() for file in sorted(path.iterdir()) if file.is_file()]
