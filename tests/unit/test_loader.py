@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from policy_files import ACME, GATEWAY, write_policy
 
 from engine.policy import loader
 from engine.policy.loader import (
@@ -21,25 +22,6 @@ from engine.policy.loader import (
     parse_yaml_ruamel,
 )
 from engine.policy.models import NotCondition, RuleSet
-
-GATEWAY = "hostname: mx.example.com\n"
-ACME = """\
-name: acme
-domains: [acme.example]
-routes:
-  - {host: mail1.acme.internal, port: 25}
-"""
-
-
-def write_policy(root: Path, files: dict[str, str], *, base: bool = True) -> Path:
-    """Write `files` (relative path -> text) under `root`, on top of a minimal valid policy."""
-    everything = {"gateway.yaml": GATEWAY, "tenants/acme.yaml": ACME} if base else {}
-    everything.update(files)
-    for rel, text in everything.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    return root
 
 
 def texts(problems: tuple[Problem, ...]) -> list[str]:

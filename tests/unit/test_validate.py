@@ -8,30 +8,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from policy_files import ACME, GATEWAY, write_policy
 from typer.testing import CliRunner
 
 from engine.cli.main import app
 from engine.policy.loader import load_policy
 from engine.policy.validate import validate_policy
-
-GATEWAY = "hostname: mx.example.com\n"
-ACME = """\
-name: acme
-domains: [acme.example]
-routes:
-  - {host: mail1.acme.internal, port: 25}
-"""
-
-
-def write_policy(root: Path, files: dict[str, str], *, base: bool = True) -> Path:
-    """Write `files` (relative path -> text) under `root`, on top of a minimal valid policy."""
-    everything = {"gateway.yaml": GATEWAY, "tenants/acme.yaml": ACME} if base else {}
-    everything.update(files)
-    for rel, text in everything.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    return root
 
 
 def problems_of(root: Path) -> list[str]:

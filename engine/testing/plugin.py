@@ -1,1 +1,0 @@
-"""pytest plugin entry point for policy repositories (pytest-bdd step library)."""
