@@ -347,3 +347,28 @@ def test_sigterm_leaves_the_queue_on_disk_and_restart_delivers(tmp_path: Path, p
     procs.append(box)
     gateway.start()
     assert wait_for(lambda: len(box.messages()) == 5, timeout=30)
+
+
+def test_json_transaction_log(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(
+        tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}},
+        extra_gateway="log: {format: json}",
+    )
+    result = send(gateway.port, "alice@example.com", ["bob@acme.example", "nobody@elsewhere.example"], CLEAN)
+    queue_id = result["data"][1].rsplit(" ", 1)[1]
+
+    def record() -> dict[str, Any] | None:
+        for line in gateway.log().splitlines():
+            if "liveprism.txn" in line and queue_id in line:
+                return dict(json.loads(line[line.index("{"):]))
+        return None
+
+    assert wait_for(lambda: record() is not None)
+    entry = record()
+    assert entry is not None
+    assert entry["queue_id"] == queue_id and entry["client"] == "127.0.0.1" and entry["helo"] == "client.test.example"
+    assert entry["from"] == "alice@example.com" and entry["rcpts"] == ["bob@acme.example"]
+    assert entry["refused"] == ["nobody@elsewhere.example: 550 5.7.1 relaying denied"]
+    assert entry["tenants"] == {"acme": {"action": "deliver", "score": 0.0, "hits": []}}
+    assert entry["size"] == len(CLEAN) and entry["duration_ms"] >= 0 and entry["policy"]
