@@ -7,10 +7,11 @@ Protocol between `serve` (parent) and `liveprism relay` (child):
   same state waits for the old relay instead of recovering under its feet;
 - each accepted message makes the parent write one byte to the child's stdin (coalesced per
   event-loop turn); the child wakes its worker. Without wakes it still polls every second;
-- stdin EOF (parent stopping, or gone) makes the child stop claiming, finish the attempts in
-  flight and exit. The parent restarts a child that dies unexpectedly; the new child first
-  makes deliveries left `inflight` due again (it is then the only relay: nothing else is
-  in flight);
+- stdin EOF makes the child stop claiming and exit: after finishing the attempts in flight when
+  the parent announced the stop (STOP_BYTE), or after at most ORPHAN_GRACE seconds when the
+  parent died without a word (a restarted gateway is waiting for the state lock);
+- the parent restarts a child that dies unexpectedly; the new child first makes deliveries
+  left `inflight` due again (it is then the only relay: nothing else is in flight);
 - the child loads and hot-reloads the same policy dir itself, for routes and retry settings.
 """
 
@@ -36,6 +37,8 @@ from engine.store.base import open_store
 log = logging.getLogger("liveprism.relay")
 RESTART_DELAY = 1.0
 STOP_TIMEOUT = 60.0
+STOP_BYTE = b"S"  # written by a parent that stops on purpose, before it closes the pipe
+ORPHAN_GRACE = 5.0  # seconds in-flight attempts get when the parent is gone without a word
 
 
 class RelayProcess:
@@ -84,6 +87,8 @@ class RelayProcess:
         if proc is None or proc.returncode is not None:
             return
         if proc.stdin is not None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                proc.stdin.write(STOP_BYTE)
             proc.stdin.close()
         try:
             await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
@@ -115,17 +120,28 @@ async def _child(policy: LivePolicy, state: Path) -> None:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
 
+    announced = orphaned = False
+
     async def wakes() -> None:
+        nonlocal announced, orphaned
         while data := await reader.read(4096):
-            del data
+            announced = announced or STOP_BYTE in data
             relay.wake()
-        stop.set()  # EOF: the parent is stopping or gone
+        orphaned = not announced  # EOF: the parent is stopping (it sent STOP_BYTE first) or gone
+        stop.set()
 
     wake_task = asyncio.create_task(wakes(), name="wakes")
     await stop.wait()
     wake_task.cancel()
     reload_task.cancel()
-    await relay.stop()
+    if not orphaned:  # the parent stops on purpose, or we got SIGTERM/SIGINT
+        await relay.stop()
+    else:  # the parent died: a new gateway waits for our lock, so do not keep it waiting long
+        try:
+            await asyncio.wait_for(relay.stop(), ORPHAN_GRACE)
+        except TimeoutError:
+            log.warning("parent gone: leaving deliveries still in flight to the next start")
+            worker.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await worker
     await store.close()
