@@ -8,7 +8,11 @@ APT_PACKAGES := swaks postfix openssl
 .PHONY: demo test deps venv lint bench
 
 $(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
+	@python3 -m venv $(VENV) 2>/dev/null || { \
+	  echo "python3 -m venv failed: installing Debian's python3-venv"; rm -rf $(VENV); \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-venv >/dev/null && \
+	  python3 -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,speed]'
 	touch $@
