@@ -40,6 +40,9 @@ StateOption = Annotated[
     Path | None, typer.Option("--state", help="State directory of the store (overrides storage.path).")
 ]
 PolicyOption = Annotated[Path, typer.Option("--policy", help="Policy directory whose gateway.yaml gives storage.path.")]
+PolicyArgument = Annotated[
+    Path | None, typer.Argument(help="Policy directory (DESIGN.md's DIR; the same as --policy).", show_default=False)
+]
 EntryId = Annotated[str, typer.Argument(help="Quarantine id, as shown by `list` (<queue id>-<tenant>).")]
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
@@ -125,6 +128,7 @@ def _clip(text: str, width: int) -> str:
 
 @quarantine_app.command("list")
 def list_command(
+    directory: PolicyArgument = None,
     tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's copies.")] = None,
     since: Annotated[str | None, typer.Option("--since", help="Only newer entries: 7d, 24h, 30m or ISO date.")] = None,
     status: Annotated[str, typer.Option("--status", help="held, released, deleted or all.")] = "held",
@@ -137,7 +141,9 @@ def list_command(
         raise typer.BadParameter(f"{status!r}: expected held, released, deleted or all", param_hint="--status")
     wanted: QuarantineStatus | None = None if status == "all" else status  # type: ignore[assignment]
     after = parse_since(since, time.time()) if since else None
-    entries = _with_store(state, policy, lambda s: s.list_quarantine(tenant=tenant, since=after, status=wanted))
+    entries = _with_store(
+        state, directory or policy, lambda s: s.list_quarantine(tenant=tenant, since=after, status=wanted)
+    )
     if as_json:
         typer.echo(json.dumps([_entry_json(e) for e in entries], indent=2, ensure_ascii=False))
         return
@@ -156,6 +162,7 @@ def list_command(
 @quarantine_app.command("show")
 def show_command(
     entry_id: EntryId,
+    directory: PolicyArgument = None,
     raw: Annotated[bool, typer.Option("--raw", help="Print the message exactly as received.")] = False,
     state: StateOption = None,
     policy: PolicyOption = Path("policies"),
@@ -166,7 +173,7 @@ def show_command(
         entry = await store.get_quarantine(entry_id)
         return entry, (await store.read_message(entry.queue_id) if entry else None)
 
-    entry, message = _with_store(state, policy, fetch)
+    entry, message = _with_store(state, directory or policy, fetch)
     if entry is None:
         _fail(_REFUSALS["not-found"].format(id=entry_id))
     if raw:
@@ -203,12 +210,18 @@ def _change(
 
 
 @quarantine_app.command("release")
-def release_command(entry_id: EntryId, state: StateOption = None, policy: PolicyOption = Path("policies")) -> None:
+def release_command(
+    entry_id: EntryId, directory: PolicyArgument = None, state: StateOption = None,
+    policy: PolicyOption = Path("policies"),
+) -> None:
     """Deliver a held copy to its recipients (the running gateway sends it within a second)."""
-    _change(state, policy, lambda s: s.release_quarantine(entry_id, time.time()), "released")
+    _change(state, directory or policy, lambda s: s.release_quarantine(entry_id, time.time()), "released")
 
 
 @quarantine_app.command("delete")
-def delete_command(entry_id: EntryId, state: StateOption = None, policy: PolicyOption = Path("policies")) -> None:
+def delete_command(
+    entry_id: EntryId, directory: PolicyArgument = None, state: StateOption = None,
+    policy: PolicyOption = Path("policies"),
+) -> None:
     """Drop a held copy (the archive keeps the message when archiving is on)."""
-    _change(state, policy, lambda s: s.delete_quarantine(entry_id, time.time()), "deleted")
+    _change(state, directory or policy, lambda s: s.delete_quarantine(entry_id, time.time()), "deleted")

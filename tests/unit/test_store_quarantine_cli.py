@@ -132,6 +132,11 @@ def test_state_dir_from_policy_gateway_yaml(
     code, out = invoke("list", "--policy", str(policy), "--json")
     assert code == 0, out
     assert [e["id"] for e in json.loads(out)] == ids
+    code, out = invoke("list", str(policy), "--json")  # DESIGN.md: DIR as a positional argument
+    assert code == 0, out
+    assert [e["id"] for e in json.loads(out)] == ids
+    code, out = invoke("show", ids[0], str(policy))
+    assert code == 0 and ids[0] in out, out
 
 
 def test_missing_store_or_gateway_is_an_error(tmp_path: Path) -> None:
