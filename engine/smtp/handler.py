@@ -7,6 +7,7 @@ Contract:
   DESIGN.md (5xx only if every copy is rejected, 4xx only if none accepted and one tempfailed);
 - `250` is sent only after `Store.accept` returned, i.e. after the message file and its index
   rows are fsynced. If the store fails the client gets `451 4.3.0` and keeps the message;
+- a message refused after DATA is still archived (when the archive is on), with its verdict;
 - one graph snapshot serves a whole transaction, so a hot reload never mixes two policies;
 - nothing a client sends can crash the process: evaluation errors become `451 4.3.0`.
 """
@@ -83,7 +84,6 @@ class InboundHandler:
         self._store = store
         self._relay = relay
         self._log_format = log_format
-        self.in_flight = 0  # transactions between end of DATA and the reply
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -135,32 +135,33 @@ class InboundHandler:
         client_ip = _client_ip(session)
         sender = "" if envelope.mail_from == "<>" else (envelope.mail_from or "")
         queue_id = new_queue_id()
-        self.in_flight += 1
         try:
-            try:
-                view = parse_message(raw)
-                decision = graph.data(
-                    client_ip=client_ip, mail_from=sender, recipients=txn.recipients, view=view
-                )
-            except Exception:  # a bug must not cost the client its message: it retries
-                log.exception("evaluation failed for %s; replying 451", queue_id)
-                return "451 4.3.0 temporary failure evaluating the message"
-            if not decision.reply.is_positive:
-                self._log_txn(queue_id, session, envelope, txn, decision, len(raw), str(decision.reply))
-                return str(decision.reply)
-            accepted = self._accepted(queue_id, raw, session, envelope, txn, graph, decision, sender)
-            try:
-                await self._store.accept(accepted)
-            except Exception:
-                log.exception("spool write failed for %s; replying 451", queue_id)
-                return "451 4.3.0 temporary storage failure, try again later"
-            if self._relay is not None:
-                self._relay.wake()
-            reply = f"250 2.0.0 queued as {queue_id}"
-            self._log_txn(queue_id, session, envelope, txn, decision, len(raw), reply)
-            return reply
-        finally:
-            self.in_flight -= 1
+            view = parse_message(raw)
+            decision = graph.data(
+                client_ip=client_ip, mail_from=sender, recipients=txn.recipients, view=view
+            )
+        except Exception:  # a bug must not cost the client its message: it retries
+            log.exception("evaluation failed for %s; replying 451", queue_id)
+            return "451 4.3.0 temporary failure evaluating the message"
+        accepted = self._accepted(queue_id, raw, session, envelope, txn, graph, decision, sender)
+        if not decision.reply.is_positive:
+            if accepted.archive:  # refused mail is archived too: "why was it rejected?" has an answer
+                try:
+                    await self._store.accept(accepted)  # no copies: the archive row only
+                except Exception:
+                    log.exception("could not archive refused message %s", queue_id)
+            self._log_txn(queue_id, session, envelope, txn, decision, len(raw), str(decision.reply))
+            return str(decision.reply)
+        try:
+            await self._store.accept(accepted)
+        except Exception:
+            log.exception("spool write failed for %s; replying 451", queue_id)
+            return "451 4.3.0 temporary storage failure, try again later"
+        if self._relay is not None:
+            self._relay.wake()
+        reply = f"250 2.0.0 queued as {queue_id}"
+        self._log_txn(queue_id, session, envelope, txn, decision, len(raw), reply)
+        return reply
 
     def _accepted(
         self,

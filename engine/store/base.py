@@ -91,7 +91,8 @@ class CopyPlan:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """A message the SMTP layer is about to acknowledge with 250."""
+    """A message the SMTP layer stores: about to be acknowledged with 250, or refused at the end of
+    DATA and kept in the archive only (no copies)."""
 
     queue_id: str
     raw: bytes  # exactly as received, CRLF line ends

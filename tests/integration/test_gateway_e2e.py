@@ -6,6 +6,7 @@ import contextlib
 import json
 import smtplib
 import socket
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +100,11 @@ def test_gtube_rejected_at_data_with_rule_message(tmp_path: Path, procs: list[An
     out = swaks(gateway.port, "--from", "alice@example.com", "--to", "bob@acme.example", "--body", GTUBE)
     assert "<** 550 5.7.1 GTUBE test message rejected by LivePrism" in out.stdout, out.stdout
     assert box.messages() == []
+    # refused, but archived with its verdict (and nothing queued for delivery)
+    with contextlib.closing(sqlite3.connect(gateway.state / "index.sqlite3")) as db:
+        rows = db.execute("SELECT m.verdict FROM archive a JOIN messages m USING (queue_id)").fetchall()
+        assert len(rows) == 1 and json.loads(rows[0][0])["action"] == "reject"
+        assert db.execute("SELECT count(*) FROM deliveries").fetchone() == (0,)
 
 
 def test_blocked_network_refused_before_data(tmp_path: Path, procs: list[Any]) -> None:
