@@ -37,7 +37,6 @@ from engine.store.base import Store, open_store
 log = logging.getLogger("liveprism.serve")
 SHUTDOWN_GRACE = 30.0
 PURGE_INTERVAL = 3600.0
-LINE_LENGTH_LIMIT = 64 * 1024  # longer than RFC 5322's 998 on purpose: real mail breaks it
 
 
 def state_dir(gateway: Gateway, override: Path | None) -> Path:
@@ -96,14 +95,12 @@ class GatewayService:
 
         def factory() -> GatewaySMTP:
             current = self.policy.graph.gateway
-            smtp = GatewaySMTP(
+            return GatewaySMTP(
                 handler, limits,
                 hostname=current.hostname, ident="LivePrism ESMTP",
                 data_size_limit=current.limits.max_message_size, enable_SMTPUTF8=True, decode_data=False,
                 tls_context=context, timeout=current.limits.command_timeout,
             )
-            smtp.line_length_limit = LINE_LENGTH_LIMIT
-            return smtp
 
         loop = asyncio.get_running_loop()
         server = await loop.create_server(factory, listener.address, listener.port, backlog=1024)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from engine.smtp.handler import MAX_LINE_LENGTH
+
 log = logging.getLogger("liveprism.sink")
 
 
@@ -34,12 +36,18 @@ class MaildirHandler:
         return f"250 2.0.0 stored as {key}"
 
 
+class SinkSMTP(SMTP):
+    """Accepts long lines like the gateway does (a mailbox should not bounce what the MX took)."""
+
+    line_length_limit = MAX_LINE_LENGTH
+
+
 async def serve_sink(address: str, port: int, maildir: Path) -> None:
     """Run until SIGTERM/SIGINT."""
     handler = MaildirHandler(maildir)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(handler, hostname="sink.liveprism.local", enable_SMTPUTF8=True), address, port
+        lambda: SinkSMTP(handler, hostname="sink.liveprism.local", enable_SMTPUTF8=True), address, port
     )
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

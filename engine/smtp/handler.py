@@ -36,6 +36,11 @@ from engine.store.base import Accepted, CopyPlan, Store, new_queue_id
 from engine.store.base import Envelope as StoredEnvelope
 
 log = logging.getLogger("liveprism.smtp")
+
+# Longest line accepted (in DATA and commands alike). RFC 5321 §4.5.3.1.6 says 1000 octets, but
+# real mail (unwrapped HTML, long headers) breaks that daily and Postfix accepts it: a 500 here
+# would bounce legitimate mail.
+MAX_LINE_LENGTH = 64 * 1024
 _SOURCE_ROUTE = re.compile(r"(?i)\s*TO:\s*<\s*@")
 txn_log = logging.getLogger("liveprism.txn")
 
@@ -320,6 +325,8 @@ def install_aiosmtpd_speedups() -> None:
 
 class GatewaySMTP(SMTP):
     """aiosmtpd's SMTP with total and per-client-IP connection limits (421 beyond them)."""
+
+    line_length_limit = MAX_LINE_LENGTH  # a class attribute: SMTP.__init__ sizes its reader with it
 
     def __init__(self, handler: InboundHandler, limits: ConnectionLimits, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)

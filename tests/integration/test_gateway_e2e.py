@@ -378,3 +378,34 @@ def test_json_transaction_log(tmp_path: Path, procs: list[Any]) -> None:
     assert entry["refused"] == ["nobody@elsewhere.example: 550 5.7.1 relaying denied"]
     assert entry["tenants"] == {"acme": {"action": "deliver", "score": 0.0, "hits": []}}
     assert entry["size"] == len(CLEAN) and entry["duration_ms"] >= 0 and entry["policy"]
+
+
+def test_hostile_messages_never_crash_the_gateway(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}})
+    nested = b"Content-Type: multipart/mixed; boundary=b0\r\n\r\n"
+    for depth in range(1, 120):
+        nested += f"--b{depth - 1}\r\nContent-Type: multipart/mixed; boundary=b{depth}\r\n\r\n".encode()
+    hostile = {
+        "binary": bytes(range(256)) * 40 + b"\r\n",
+        "nul-and-8bit-headers": b"From: \x00\xff\xfe@x\r\nSubject: \x80\x81\x82\r\n\r\nbody\x00\r\n",
+        "no-header-separator": b"just text without any header\r\n" * 50,
+        "deep-nesting": nested,
+        "huge-header": b"X-Big: " + b"a" * 60_000 + b"\r\n\r\nbody\r\n",
+        "bad-encodings": b"Subject: =?x-unknown?B?!!!?=\r\nContent-Transfer-Encoding: base64\r\n\r\n@@@@\r\n",
+    }
+    accepted = 0
+    for name, raw in hostile.items():
+        result = send(gateway.port, "alice@example.com", ["bob@acme.example"], raw)
+        assert result["data"] is not None and result["data"][0] in (250, 550), (name, result)
+        accepted += result["data"][0] == 250
+        assert gateway.proc is not None and gateway.proc.poll() is None, name
+    assert accepted >= len(hostile) - 1  # odd mail is held, not refused (a rule may still reject one)
+    # still serving normal mail, and every accepted hostile message is held or delivered, not lost
+    assert send(gateway.port, "alice@example.com", ["bob@acme.example"], CLEAN)["data"][0] == 250
+
+    def held() -> int:
+        listing = gateway.cli("quarantine", "list", "--state", str(gateway.state), "--json")
+        return len(json.loads(listing.stdout))
+
+    assert wait_for(lambda: len(box.messages()) + held() == accepted + 1, interval=0.5)
