@@ -1,7 +1,8 @@
 """Byte-level composition of a tenant's copy from the raw message (never re-serialised).
 
 A copy is the gateway's header lines, prepended, followed by the message exactly as received,
-except that a `tag` copy gets a prefix in its first top-level Subject field (RFC 5322 §3.6.5).
+except that a `tag` copy gets a prefix in its first top-level Subject field (RFC 5322 §3.6.5),
+and that lines over 998 octets are folded on the way out (`fold_long_lines`, as Postfix does).
 Working on bytes keeps signatures (DKIM, RFC 6376 §5.4) and odd-but-valid formatting intact:
 the `email` package would re-fold and re-encode what it touches.
 
@@ -100,3 +101,24 @@ def build_copy(raw: bytes, headers: bytes, subject_prefix: str | None) -> bytes:
             insert = b" " + prefix + (b"" if after in (b" ", b"\t", b"\r", b"\n") else b" ")
         return headers + raw[: colon + 1] + insert + raw[colon + 1 :]
     return headers + b"Subject: " + prefix + b"\r\n" + raw
+
+
+_LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (_MAX_LINE + 1))
+
+
+def fold_long_lines(data: bytes, limit: int = _MAX_LINE) -> bytes:
+    """Break lines longer than `limit` octets by inserting CRLF SP, as Postfix's SMTP client does
+    (`smtp_line_length_limit`): the gateway accepts such lines, but RFC 5321 §4.5.3.1.6 lets the
+    next server refuse them. A message without long lines is returned unchanged (one C scan)."""
+    if limit == _MAX_LINE and _LONG_LINE.search(data) is None:
+        return data
+    out: list[bytes] = []
+    for line in data.split(b"\n"):
+        cr = line.endswith(b"\r")
+        body = line[:-1] if cr else line
+        while len(body) > limit:
+            out.append(body[:limit] + b"\r\n")
+            body = b" " + body[limit:]
+        out.append(body + (b"\r" if cr else b"") + b"\n")
+    joined = b"".join(out)
+    return joined[:-1]  # the split added a "\n" after the last piece

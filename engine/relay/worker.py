@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 
 from engine.policy.models import DeliverySettings, Route
 from engine.relay.client import HopFailure, Reply, SmtpPool, transaction
-from engine.relay.compose import build_copy
+from engine.relay.compose import build_copy, fold_long_lines
 from engine.relay.dsn import FailedRecipient, dsn_message
 from engine.relay.nexthop import NextHops, NoRoute, ordered
 from engine.store.base import AttemptRecord, Delivery, RcptState, RcptStatus, Store, StoreError
@@ -168,7 +168,7 @@ class RelayWorker:
         if raw is None:
             replies = dict.fromkeys(pending, (Reply(0, "5.3.0 the message is missing from the spool"), ""))
             return self._outcome(delivery, settings, replies, data)
-        data = build_copy(raw, delivery.headers, delivery.subject_prefix)
+        data = fold_long_lines(build_copy(raw, delivery.headers, delivery.subject_prefix))
         hops = await self._hops(delivery)
         if isinstance(hops, NoRoute):
             replies = dict.fromkeys(pending, (Reply(0, hops.reason), ""))

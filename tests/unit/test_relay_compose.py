@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.relay.compose import build_copy, header_section, header_value
+from engine.relay.compose import build_copy, fold_long_lines, header_section, header_value
 
 HEADERS = b"Received: from x by mxpath.test\r\nX-Spam-Flag: YES\r\n"
 
@@ -103,3 +103,14 @@ def test_a_copy_is_the_raw_message_with_exactly_one_insertion(
     cut = next(i for i, (a, b) in enumerate(zip(rest, raw, strict=False)) if a != b)
     inserted = len(rest) - len(raw)
     assert rest[:cut] == raw[:cut] and rest[cut + inserted :] == raw[cut:]
+
+
+def test_long_lines_are_folded_like_postfix_does() -> None:
+    raw = b"Subject: x\r\nX-Long: " + b"h" * 1500 + b"\r\n\r\n" + b"a" * 2500 + b"\r\nend\r\n"
+    folded = fold_long_lines(raw)
+    lines = folded.split(b"\r\n")
+    assert max(len(line) for line in lines) <= 998
+    assert folded.replace(b"\r\n ", b"") == raw  # only CRLF SP inserted, nothing lost
+    assert lines[2].startswith(b" ") and lines[5].startswith(b" ") and lines[6].startswith(b" ")  # continuations
+    assert fold_long_lines(b"short\r\nlines\r\n") == b"short\r\nlines\r\n"
+    assert fold_long_lines(b"x" * 998 + b"\r\n") == b"x" * 998 + b"\r\n"  # exactly the limit: kept
