@@ -24,6 +24,7 @@ import ssl
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from engine import aio
@@ -44,26 +45,28 @@ def state_dir(gateway: Gateway, override: Path | None) -> Path:
     return override if override is not None else Path(gateway.storage.path)
 
 
-def _secret_path(reference: str, policy_dir: Path) -> str:
-    """A secret given as a path (relative to the policy dir) or `env:NAME` holding PEM text."""
-    if reference.startswith("env:"):
-        pem = os.environ.get(reference[4:], "")
-        handle = tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False)  # noqa: SIM115
-        with handle:
-            os.chmod(handle.name, 0o600)
-            handle.write(pem)
-        return handle.name
-    path = Path(reference)
-    return str(path if path.is_absolute() else policy_dir / path)
+@contextlib.contextmanager
+def _secret_file(reference: str, policy_dir: Path) -> Iterator[str]:
+    """A path for a secret given as a path (relative to the policy dir) or `env:NAME` holding PEM
+    text; the latter lives in a 0600 temporary file only while the block runs."""
+    if not reference.startswith("env:"):
+        path = Path(reference)
+        yield str(path if path.is_absolute() else policy_dir / path)
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as handle:
+        os.chmod(handle.name, 0o600)
+        handle.write(os.environ.get(reference[4:], ""))
+        handle.flush()
+        yield handle.name
 
 
 def tls_context(gateway: Gateway, policy_dir: Path) -> ssl.SSLContext | None:
-    """Server context for STARTTLS when `tls.cert` is set."""
-    if not gateway.tls.cert:
+    """Server context for STARTTLS when `tls.cert` and `tls.key` are set."""
+    if not gateway.tls.cert or not gateway.tls.key:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    key = _secret_path(gateway.tls.key, policy_dir) if gateway.tls.key else None
-    context.load_cert_chain(_secret_path(gateway.tls.cert, policy_dir), key)
+    with _secret_file(gateway.tls.cert, policy_dir) as cert, _secret_file(gateway.tls.key, policy_dir) as key:
+        context.load_cert_chain(cert, key)
     return context
 
 

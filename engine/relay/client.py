@@ -307,7 +307,9 @@ async def transaction(conn: Connection, mail_from: str, rcpts: list[str], data: 
         try:
             await client.rcpt(rcpt, encoding=encoding)
         except aiosmtplib.SMTPRecipientRefused as exc:
-            replies[rcpt] = _reply(exc.code, exc.message)
+            # RFC 5321 §4.5.3.1.10: 552 to RCPT means "too many recipients": retry, like 452
+            code = 452 if exc.code == 552 else exc.code
+            replies[rcpt] = _reply(code, exc.message)
         except (aiosmtplib.SMTPException, OSError) as exc:
             client.close()
             lost = Reply(0, f"4.4.2 connection to {conn.label} lost at RCPT: {exc}")

@@ -2,7 +2,8 @@
 
 A copy is the gateway's header lines, prepended, followed by the message exactly as received,
 except that a `tag` copy gets a prefix in its first top-level Subject field (RFC 5322 §3.6.5),
-and that lines over 998 octets are folded on the way out (`fold_long_lines`, as Postfix does).
+forged copies of the gateway's own verdict fields are dropped, and lines over 998 octets are
+folded on the way out (`fold_long_lines`, as Postfix does).
 Working on bytes keeps signatures (DKIM, RFC 6376 §5.4) and odd-but-valid formatting intact:
 the `email` package would re-fold and re-encode what it touches.
 
@@ -74,13 +75,34 @@ def _encode_prefix(prefix: str) -> bytes:
     return b"=?utf-8?b?" + base64.b64encode(clean.encode("utf-8")) + b"?="
 
 
+# Fields the gateway writes itself. A sender's own copies are dropped from the top-level header,
+# so a tenant's filters never trust a forged verdict (as Rspamd and SpamAssassin do).
+GATEWAY_FIELDS = frozenset({b"x-liveprism-verdict", b"x-liveprism-policy", b"x-spam-flag", b"x-spam-score"})
+
+
+def strip_gateway_fields(raw: bytes) -> bytes:
+    """`raw` without top-level header fields named in GATEWAY_FIELDS (unchanged when it has none)."""
+    spans = [(start, end) for start, end, name in _fields(raw) if name in GATEWAY_FIELDS]
+    if not spans:
+        return raw
+    kept: list[bytes] = []
+    pos = 0
+    for start, end in spans:
+        kept.append(raw[pos:start])
+        pos = end
+    kept.append(raw[pos:])
+    return b"".join(kept)
+
+
 def build_copy(raw: bytes, headers: bytes, subject_prefix: str | None) -> bytes:
     """`headers` + `raw`, with `subject_prefix` put in front of the first top-level Subject.
 
     Without a Subject field one is added after `headers`. A subject that already starts with
     the prefix is left alone, so a message that passes the gateway twice is not tagged twice.
-    Nothing else of `raw` changes.
+    Top-level fields the gateway itself writes (GATEWAY_FIELDS) are dropped from `raw`;
+    nothing else of `raw` changes.
     """
+    raw = strip_gateway_fields(raw)
     prefix = _encode_prefix(subject_prefix) if subject_prefix else b""
     if not prefix:
         return headers + raw

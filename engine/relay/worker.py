@@ -144,17 +144,21 @@ class RelayWorker:
         settings = self._settings()
         try:
             record = await self._deliver(delivery, settings)
-        except Exception:  # a bug must not stall the queue: retry this delivery later
+        except Exception:  # a bug must not stall the queue: retry this delivery later, until give_up_after
             log.exception(
                 "queue_id=%s delivery=%d status=deferred reason=internal-error", delivery.queue_id, delivery.id
             )
-            record = AttemptRecord(
-                delivery.id,
-                delivery.rcpts,
-                "4.3.0 internal error in the relay",
-                time.time() + backoff(settings, delivery.attempts),
-                None,
-            )
+            error = (Reply(0, "4.3.0 internal error in the relay"), "")
+            try:  # the usual bookkeeping: backoff, and expiry with a DSN after give_up_after
+                record = self._outcome(delivery, settings, dict.fromkeys(delivery.pending, error), b"")
+            except Exception:  # the bookkeeping itself failed: plain retry later
+                record = AttemptRecord(
+                    delivery.id,
+                    delivery.rcpts,
+                    "4.3.0 internal error in the relay",
+                    time.time() + backoff(settings, delivery.attempts),
+                    None,
+                )
         try:
             await self._store.record_attempt(record)
         except StoreError as exc:  # stays in flight; the next start makes it due again
@@ -200,7 +204,11 @@ class RelayWorker:
                 return None
             if isinstance(conn, HopFailure):
                 return dict.fromkeys(rcpts, conn.reply)
-            result = await transaction(conn, mail_from, rcpts, data)
+            try:
+                result = await transaction(conn, mail_from, rcpts, data)
+            except BaseException:  # never leak the pool slot: the destination would block for good
+                self.pool.release(conn, reusable=False)
+                raise
             self.pool.release(conn, reusable=result.reusable)
             if not result.stale or fresh:
                 return result.replies

@@ -31,6 +31,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from engine.graph.evaluator import ACCEPTED_ACTIONS, FilterGraph
 from engine.graph.verdict import Decision
 from engine.mime.view import parse_message
+from engine.policy.models import Action
 from engine.smtp.headers import received_header, sanitise, verdict_headers
 from engine.store.base import Accepted, CopyPlan, Store, new_queue_id
 from engine.store.base import Envelope as StoredEnvelope
@@ -57,7 +58,8 @@ class Transaction:
 
     graph: FilterGraph | None = None
     started: float = field(default_factory=time.monotonic)
-    recipients: dict[str, list[str]] = field(default_factory=dict)  # tenant -> accepted rcpts
+    recipients: dict[str, list[str]] = field(default_factory=dict)  # tenant -> accepted rcpts, as given
+    seen: set[str] = field(default_factory=set)  # normalised accepted rcpts
     refused: list[str] = field(default_factory=list)  # "rcpt: reply" for the log
 
 
@@ -130,7 +132,10 @@ class InboundHandler:
             return str(result.reply)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
-        txn.recipients.setdefault(result.tenant, []).append(result.address)
+        if result.address not in txn.seen:  # the same mailbox twice is delivered once
+            txn.seen.add(result.address)
+            # RFC 5321 §2.4: the local part's case is the destination's business; keep it as given
+            txn.recipients.setdefault(result.tenant, []).append(address)
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -183,7 +188,14 @@ class InboundHandler:
         tls = session.ssl is not None
         copies = []
         for verdict in decision.tenants.values():
-            if verdict.action not in ACCEPTED_ACTIONS:
+            action = verdict.action
+            if action is Action.tempfail and decision.reply.is_positive:
+                # Another tenant's copy took the 250, so this one cannot be deferred to the client
+                # any more: hold it (releasable) rather than lose it.
+                log.warning("queue_id=%s tenant=%s tempfail after 250: copy held in quarantine",
+                            queue_id, verdict.tenant)
+                action = Action.quarantine
+            if action not in ACCEPTED_ACTIONS:
                 continue
             rcpt = verdict.recipients[0] if len(verdict.recipients) == 1 else None
             headers = received_header(
@@ -194,7 +206,7 @@ class InboundHandler:
                 CopyPlan(
                     tenant=verdict.tenant,
                     recipients=verdict.recipients,
-                    action=verdict.action.value,
+                    action=action.value,
                     headers=headers,
                     subject_prefix=verdict.subject_prefix,
                     verdict=verdict.to_json(),

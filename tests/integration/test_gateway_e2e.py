@@ -409,3 +409,39 @@ def test_hostile_messages_never_crash_the_gateway(tmp_path: Path, procs: list[An
         return len(json.loads(listing.stdout))
 
     assert wait_for(lambda: len(box.messages()) + held() == accepted + 1, interval=0.5)
+
+
+def test_tempfailed_copy_after_250_is_held_not_lost(tmp_path: Path, procs: list[Any]) -> None:
+    """One tenant's copy is tempfailed, another's accepted: the client got 250, so the
+    tempfailed copy cannot be retried by the client — it is held in quarantine instead."""
+    box = sink(tmp_path, procs)
+    port = free_port()
+    policy = write_policy(
+        tmp_path / "policy", port=port,
+        tenants={
+            "acme": {"domains": ["acme.example"], "routes": [route(box.port)], "rules": ["acme-wait"]},
+            "globex": {"domains": ["globex.example"], "routes": [route(box.port)]},
+        },
+    )
+    (policy / "rules" / "acme-wait.yaml").write_text(
+        "name: acme-wait\nrules:\n  - id: acme-wait\n    when: {body: {contains: [acmewait]}}\n"
+        "    then: {action: tempfail}\n"
+    )
+    gateway = Gateway(policy, tmp_path / "state", port).start()
+    procs.append(gateway)
+    body = CLEAN.replace(b"the figures are attached.", b"acmewait")
+    result = send(gateway.port, "alice@example.com", ["bob@acme.example", "carol@globex.example"], body)
+    assert result["data"][0] == 250
+    assert wait_for(lambda: len(box.messages()) == 1)
+    assert b"X-Sink-Rcpt-To: carol@globex.example" in box.messages()[0]
+    held = json.loads(gateway.cli("quarantine", "list", "--state", str(gateway.state), "--json").stdout)
+    assert [(entry["tenant"], entry["recipients"]) for entry in held] == [("acme", ["bob@acme.example"])]
+
+
+def test_recipient_case_is_kept_and_duplicates_delivered_once(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}})
+    result = send(gateway.port, "alice@example.com", ["Bob.Smith@acme.example", "bob.smith@ACME.example"], CLEAN)
+    assert result["data"][0] == 250
+    assert wait_for(lambda: len(box.messages()) == 1)
+    assert b"X-Sink-Rcpt-To: Bob.Smith@acme.example\r\n" in box.messages()[0].replace(b"\r\r\n", b"\r\n")

@@ -114,3 +114,15 @@ def test_long_lines_are_folded_like_postfix_does() -> None:
     assert lines[2].startswith(b" ") and lines[5].startswith(b" ") and lines[6].startswith(b" ")  # continuations
     assert fold_long_lines(b"short\r\nlines\r\n") == b"short\r\nlines\r\n"
     assert fold_long_lines(b"x" * 998 + b"\r\n") == b"x" * 998 + b"\r\n"  # exactly the limit: kept
+
+
+def test_forged_verdict_fields_are_dropped() -> None:
+    raw = (
+        b"From: a@example.com\r\nX-Spam-Flag: NO\r\nX-LivePrism-Verdict: action=deliver;\r\n folded\r\n"
+        b"Subject: hi\r\nx-spam-score: -100\r\n\r\nX-Spam-Flag: NO stays in the body\r\n"
+    )
+    copy = build_copy(raw, b"X-Spam-Flag: YES\r\n", None)
+    assert copy == (
+        b"X-Spam-Flag: YES\r\nFrom: a@example.com\r\nSubject: hi\r\n\r\nX-Spam-Flag: NO stays in the body\r\n"
+    )
+    assert build_copy(b"Subject: clean\r\n\r\nbody\r\n", b"", None) == b"Subject: clean\r\n\r\nbody\r\n"
