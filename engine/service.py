@@ -83,7 +83,9 @@ class GatewayService:
         gateway = self.policy.graph.gateway
         store = open_store(self.state)
         await store.open()
-        relay = RelayProcess(self.policy.policy_dir, self.state, store.lock_fd)
+        relay = RelayProcess(self.state, store.lock_fd)
+        relay.publish(self.policy.graph)
+        self.policy.on_reload.append(relay.publish)
         relay_task = asyncio.create_task(relay.supervise(), name="relay")
         handler = InboundHandler(
             current_graph=self.policy.current, store=store, relay=relay,

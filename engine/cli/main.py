@@ -88,13 +88,12 @@ def serve(
 
 @app.command(hidden=True)
 def relay(
-    directory: PolicyDir = Path("policies"),
     state: Annotated[Path, typer.Option("--state", help="State directory.")] = Path("var/liveprism"),
 ) -> None:
     """The delivery worker process (started by `serve`; stops at stdin EOF)."""
     from engine.relay.process import run_relay
 
-    raise typer.Exit(run_relay(directory, state))
+    raise typer.Exit(run_relay(state))
 
 
 @app.command()

@@ -124,6 +124,7 @@ def _compile(source: PolicySource, gateway: Gateway) -> FilterGraph:
 
     return FilterGraph(
         version=policy_version(source),
+        content_hash=source.content_hash,
         gateway=gateway,
         tenants=tenants,
         rules=rules,

@@ -148,6 +148,7 @@ class FilterGraph:
         self,
         *,
         version: str,
+        content_hash: str = "",
         gateway: Gateway,
         tenants: Mapping[str, TenantPlan],
         rules: Sequence[CompiledRule],
@@ -156,6 +157,7 @@ class FilterGraph:
         global_lists: frozenset[str],
     ) -> None:
         self.version = version
+        self.content_hash = content_hash  # of the policy files it was compiled from
         self.gateway = gateway
         self.tenants: Mapping[str, TenantPlan] = dict(tenants)
         self.rules: tuple[CompiledRule, ...] = tuple(rules)

@@ -12,7 +12,11 @@ Protocol between `serve` (parent) and `liveprism relay` (child):
   parent died without a word (a restarted gateway is waiting for the state lock);
 - the parent restarts a child that dies unexpectedly; the new child first makes deliveries
   left `inflight` due again (it is then the only relay: nothing else is in flight);
-- the child loads and hot-reloads the same policy dir itself, for routes and retry settings.
+- the child never reads the policy YAML: the parent publishes what delivery needs (routes,
+  tenant domains, retry and DNS settings, host name) from its current, valid graph as
+  `relay-policy.json` in the state dir, at start and after each successful reload, and writes
+  POLICY_BYTE; the child reloads the file then. So an invalid policy on disk can never stop
+  delivery, and both processes always route by the same policy version.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from engine import aio
-from engine.graph.compiler import load_graph
-from engine.graph.live import LivePolicy
+from engine.graph.evaluator import FilterGraph
+from engine.policy.models import DeliverySettings, DnsSettings, Route
 from engine.relay.nexthop import NextHops
 from engine.relay.worker import RelayWorker
 from engine.store.base import open_store
@@ -38,14 +44,52 @@ log = logging.getLogger("liveprism.relay")
 RESTART_DELAY = 1.0
 STOP_TIMEOUT = 60.0
 STOP_BYTE = b"S"  # written by a parent that stops on purpose, before it closes the pipe
+POLICY_BYTE = b"P"  # a new relay-policy.json was published
+SNAPSHOT_NAME = "relay-policy.json"
+
+
+class RelayPolicy(BaseModel):
+    """What delivery needs of the policy, as the parent's current graph has it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: str
+    hostname: str
+    log_level: str
+    delivery: DeliverySettings
+    dns: DnsSettings
+    routes: dict[str, tuple[Route, ...]]  # tenant -> routes, in priority order
+    domains: dict[str, str]  # domain -> tenant
+
+    @classmethod
+    def of(cls, graph: FilterGraph) -> RelayPolicy:
+        gateway = graph.gateway
+        return cls(
+            version=graph.version, hostname=gateway.hostname, log_level=gateway.log.level,
+            delivery=gateway.delivery, dns=gateway.dns,
+            routes={name: plan.routes for name, plan in graph.tenants.items()},
+            domains={domain: name for name, plan in graph.tenants.items() for domain in plan.domains},
+        )
+
+    def publish(self, state: Path) -> None:
+        """Write atomically (temporary file + rename): the child never reads half a file."""
+        path = state / SNAPSHOT_NAME
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(self.model_dump_json())
+        os.replace(temporary, path)
+
+    @classmethod
+    def read(cls, state: Path) -> RelayPolicy:
+        return cls.model_validate_json((state / SNAPSHOT_NAME).read_text())
 ORPHAN_GRACE = 5.0  # seconds in-flight attempts get when the parent is gone without a word
 
 
 class RelayProcess:
     """Parent side: starts, wakes, supervises and stops the relay child."""
 
-    def __init__(self, policy_dir: Path, state: Path, lock_fd: int | None) -> None:
-        self._argv = [sys.executable, "-m", "engine", "relay", str(policy_dir), "--state", str(state)]
+    def __init__(self, state: Path, lock_fd: int | None) -> None:
+        self._state = state
+        self._argv = [sys.executable, "-m", "engine", "relay", "--state", str(state)]
         self._lock_fd = lock_fd
         self._proc: asyncio.subprocess.Process | None = None
         self._wake_pending = False
@@ -67,6 +111,17 @@ class RelayProcess:
             log.error("relay process exited with %s; restarting in %.0f s", code, RESTART_DELAY)
             await asyncio.sleep(RESTART_DELAY)
 
+    def publish(self, graph: FilterGraph) -> None:
+        """Hand the routing of `graph` (the parent's current, valid policy) to the child."""
+        RelayPolicy.of(graph).publish(self._state)
+        self._write(POLICY_BYTE)
+
+    def _write(self, data: bytes) -> None:
+        proc = self._proc
+        if proc is not None and proc.stdin is not None and proc.returncode is None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                proc.stdin.write(data)
+
     def wake(self) -> None:
         """Tell the child a message was queued (one write per event-loop turn at most)."""
         if not self._wake_pending:
@@ -75,10 +130,7 @@ class RelayProcess:
 
     def _send_wake(self) -> None:
         self._wake_pending = False
-        proc = self._proc
-        if proc is not None and proc.stdin is not None and proc.returncode is None:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                proc.stdin.write(b".")
+        self._write(b".")
 
     async def stop(self) -> None:
         """Close the child's stdin and wait for it to finish its attempts in flight."""
@@ -98,20 +150,40 @@ class RelayProcess:
             await proc.wait()
 
 
-async def _child(policy: LivePolicy, state: Path) -> None:
+class _Routing:
+    """The child's current RelayPolicy, replaced when the parent publishes a new one."""
+
+    def __init__(self, state: Path) -> None:
+        self._state = state
+        self.policy = RelayPolicy.read(state)
+
+    def reload(self) -> None:
+        try:
+            policy = RelayPolicy.read(self._state)
+        except (OSError, ValueError) as exc:  # keep routing by the last one read
+            log.error("cannot read %s: %s", SNAPSHOT_NAME, exc)
+            return
+        if policy.version != self.policy.version:
+            log.info("relay policy %s -> %s", self.policy.version, policy.version)
+        self.policy = policy
+
+    def tenant_routes(self, tenant: str) -> tuple[Route, ...]:
+        return self.policy.routes.get(tenant, ())
+
+    def tenant_of_domain(self, domain: str) -> str | None:
+        return self.policy.domains.get(domain.lower().rstrip("."))
+
+
+async def _child(state: Path) -> None:
+    routing = _Routing(state)
     store = open_store(state, owner=False, fsync_commits=False)
     await store.open()
     requeued = await store.requeue_inflight(time.time())
     if requeued:
         log.info("relay start: %d in-flight deliveries due again", requeued)
-    next_hops = NextHops(
-        tenant_routes=lambda tenant: policy.graph.tenant_routes(tenant),
-        tenant_of_domain=lambda domain: policy.graph.tenant_of_domain(domain),
-        dns_settings=policy.graph.gateway.dns,
-    )
-    relay = RelayWorker(store, next_hops, lambda: policy.graph.gateway.delivery, policy.graph.gateway.hostname)
+    next_hops = NextHops(routing.tenant_routes, routing.tenant_of_domain, routing.policy.dns)
+    relay = RelayWorker(store, next_hops, lambda: routing.policy.delivery, routing.policy.hostname)
     worker = asyncio.create_task(relay.run(), name="relay")
-    reload_task = asyncio.create_task(policy.watch(), name="reload")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -119,21 +191,21 @@ async def _child(policy: LivePolicy, state: Path) -> None:
 
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-
     announced = orphaned = False
 
-    async def wakes() -> None:
+    async def commands() -> None:
         nonlocal announced, orphaned
         while data := await reader.read(4096):
             announced = announced or STOP_BYTE in data
+            if POLICY_BYTE in data:
+                routing.reload()
             relay.wake()
         orphaned = not announced  # EOF: the parent is stopping (it sent STOP_BYTE first) or gone
         stop.set()
 
-    wake_task = asyncio.create_task(wakes(), name="wakes")
+    command_task = asyncio.create_task(commands(), name="commands")
     await stop.wait()
-    wake_task.cancel()
-    reload_task.cancel()
+    command_task.cancel()
     if not orphaned:  # the parent stops on purpose, or we got SIGTERM/SIGINT
         await relay.stop()
     else:  # the parent died: a new gateway waits for our lock, so do not keep it waiting long
@@ -147,15 +219,16 @@ async def _child(policy: LivePolicy, state: Path) -> None:
     await store.close()
 
 
-def run_relay(policy_dir: Path, state: Path) -> int:
-    """Entry point of `liveprism relay` (started by `serve`)."""
-    result = load_graph(policy_dir)
-    if result.graph is None:
-        print("error: the policy is invalid; relay not starting", file=sys.stderr)
+def run_relay(state: Path) -> int:
+    """Entry point of `liveprism relay` (started by `serve`, which published relay-policy.json)."""
+    try:
+        level = RelayPolicy.read(state).log_level.upper()
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}; the relay is started by `liveprism serve`", file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=result.graph.gateway.log.level.upper(), stream=sys.stderr,
+        level=level, stream=sys.stderr,
         format=f"%(asctime)s %(name)s[relay {os.getpid()}] %(levelname)s %(message)s",
     )
-    aio.run(_child(LivePolicy(policy_dir, result.graph), state))
+    aio.run(_child(state))
     return 0

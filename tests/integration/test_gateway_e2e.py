@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import smtplib
 import socket
 import sqlite3
@@ -445,3 +447,20 @@ def test_recipient_case_is_kept_and_duplicates_delivered_once(tmp_path: Path, pr
     assert result["data"][0] == 250
     assert wait_for(lambda: len(box.messages()) == 1)
     assert b"X-Sink-Rcpt-To: Bob.Smith@acme.example\r\n" in box.messages()[0].replace(b"\r\r\n", b"\r\n")
+
+
+def test_relay_restart_while_the_policy_on_disk_is_broken_still_delivers(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}})
+    (gateway.policy / "tenants" / "broken.yaml").write_text("name: [unclosed\n")
+    assert wait_for(lambda: "reload rejected" in gateway.log(), timeout=20), gateway.log()
+    def relay_pids() -> list[int]:
+        pattern = f"engine relay --state {gateway.state}$"
+        found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+        return [int(pid) for pid in found.stdout.split()]
+
+    assert wait_for(lambda: len(relay_pids()) == 1), relay_pids()
+    os.kill(relay_pids()[0], signal.SIGKILL)  # the supervisor restarts it; it must not need the broken YAML
+    assert send(gateway.port, "alice@example.com", ["bob@acme.example"], CLEAN)["data"][0] == 250
+    assert wait_for(lambda: len(box.messages()) == 1, timeout=30), gateway.log()[-2000:]
+    assert "relay process exited" in gateway.log()
