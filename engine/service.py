@@ -32,7 +32,8 @@ from engine.graph.compiler import load_graph
 from engine.graph.live import LivePolicy
 from engine.policy.models import Gateway
 from engine.relay.process import RelayProcess
-from engine.smtp.handler import ConnectionLimits, GatewaySMTP, InboundHandler, install_aiosmtpd_speedups
+from engine.smtp.handler import InboundHandler
+from engine.smtp.protocol import ConnectionLimits, GatewaySMTP, install_aiosmtpd_speedups
 from engine.store.base import Store, open_store
 
 log = logging.getLogger("liveprism.serve")

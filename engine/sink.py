@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from engine.smtp.handler import MAX_LINE_LENGTH
+from engine.smtp.protocol import MAX_LINE_LENGTH
 
 log = logging.getLogger("liveprism.sink")
 

@@ -5,8 +5,8 @@ Contract:
   RCPT for open-relay refusal, unknown users and tenant block lists);
 - content is evaluated once at end of DATA, one verdict per tenant; the reply follows
   DESIGN.md (5xx only if every copy is rejected, 4xx only if none accepted and one tempfailed);
-- `250` is sent only after `Store.accept` returned, i.e. after the message file and its index
-  rows are fsynced. If the store fails the client gets `451 4.3.0` and keeps the message;
+- `250` is sent only after `Store.accept` returned, i.e. after the message and its index rows
+  are committed and fsynced. If the store fails the client gets `451 4.3.0` and keeps the message;
 - a message refused after DATA is still archived (when the archive is on), with its verdict;
 - one graph snapshot serves a whole transaction, so a hot reload never mixes two policies;
 - nothing a client sends can crash the process: evaluation errors become `451 4.3.0`.
@@ -14,18 +14,13 @@ Contract:
 
 from __future__ import annotations
 
-import asyncio
-import builtins
-import inspect
 import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from engine.graph.evaluator import ACCEPTED_ACTIONS, FilterGraph
@@ -33,16 +28,11 @@ from engine.graph.verdict import Decision
 from engine.mime.view import parse_message
 from engine.policy.models import Action
 from engine.smtp.headers import received_header, sanitise, verdict_headers
+from engine.smtp.protocol import client_ip
 from engine.store.base import Accepted, CopyPlan, Store, new_queue_id
 from engine.store.base import Envelope as StoredEnvelope
 
 log = logging.getLogger("liveprism.smtp")
-
-# Longest line accepted (in DATA and commands alike). RFC 5321 §4.5.3.1.6 says 1000 octets, but
-# real mail (unwrapped HTML, long headers) breaks that daily and Postfix accepts it: a 500 here
-# would bounce legitimate mail.
-MAX_LINE_LENGTH = 64 * 1024
-_SOURCE_ROUTE = re.compile(r"(?i)\s*TO:\s*<\s*@")
 txn_log = logging.getLogger("liveprism.txn")
 
 
@@ -61,11 +51,6 @@ class Transaction:
     recipients: dict[str, list[str]] = field(default_factory=dict)  # tenant -> accepted rcpts, as given
     seen: set[str] = field(default_factory=set)  # normalised accepted rcpts
     refused: list[str] = field(default_factory=list)  # "rcpt: reply" for the log
-
-
-def _client_ip(session: Session) -> str:
-    peer = session.peer
-    return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
 
 
 def _txn(envelope: Envelope) -> Transaction:
@@ -110,7 +95,7 @@ class InboundHandler:
         txn = _txn(envelope)
         txn.graph = graph = self._current_graph()
         sender = "" if address == "<>" else address
-        blocked = graph.mail(_client_ip(session), sender)
+        blocked = graph.mail(client_ip(session), sender)
         if blocked is not None:
             self._log_refusal(session, sender, f"MAIL refused: {blocked.id} ({blocked.message})", graph)
             return f"550 5.7.1 rejected by policy ({blocked.id})"
@@ -126,7 +111,7 @@ class InboundHandler:
         if len(envelope.rcpt_tos) >= graph.gateway.limits.max_recipients:
             return "452 4.5.3 too many recipients"
         sender = "" if envelope.mail_from == "<>" else (envelope.mail_from or "")
-        result = graph.rcpt(_client_ip(session), sender, address)
+        result = graph.rcpt(client_ip(session), sender, address)
         if result.reply is not None or result.tenant is None:
             txn.refused.append(f"{sanitise(address)}: {result.reply}")
             return str(result.reply)
@@ -142,13 +127,12 @@ class InboundHandler:
         txn = _txn(envelope)
         graph = txn.graph or self._current_graph()
         raw = envelope.original_content or b""
-        client_ip = _client_ip(session)
         sender = "" if envelope.mail_from == "<>" else (envelope.mail_from or "")
         queue_id = new_queue_id()
         try:
             view = parse_message(raw)
             decision = graph.data(
-                client_ip=client_ip, mail_from=sender, recipients=txn.recipients, view=view
+                client_ip=client_ip(session), mail_from=sender, recipients=txn.recipients, view=view
             )
         except Exception:  # a bug must not cost the client its message: it retries
             log.exception("evaluation failed for %s; replying 451", queue_id)
@@ -199,7 +183,7 @@ class InboundHandler:
                 continue
             rcpt = verdict.recipients[0] if len(verdict.recipients) == 1 else None
             headers = received_header(
-                hostname=graph.gateway.hostname, helo=session.host_name or "", client_ip=_client_ip(session),
+                hostname=graph.gateway.hostname, helo=session.host_name or "", client_ip=client_ip(session),
                 queue_id=queue_id, rcpt=rcpt, esmtp=bool(session.extended_smtp), tls=tls, received_at=now,
             ) + verdict_headers(verdict, decision.policy_version)
             copies.append(
@@ -215,7 +199,7 @@ class InboundHandler:
         stored_envelope = StoredEnvelope(
             mail_from=sender,
             rcpts=tuple(r for rcpts in txn.recipients.values() for r in rcpts),
-            client_ip=_client_ip(session),
+            client_ip=client_ip(session),
             helo=session.host_name or "",
             received_at=now,
         )
@@ -238,7 +222,7 @@ class InboundHandler:
         """One structured line per transaction (text key=value or JSON, per gateway `log.format`)."""
         record: dict[str, Any] = {
             "queue_id": queue_id,
-            "client": _client_ip(session),
+            "client": client_ip(session),
             "helo": sanitise(session.host_name or ""),
             "from": sanitise(envelope.mail_from or ""),
             "rcpts": [sanitise(r) for r in envelope.rcpt_tos],
@@ -274,136 +258,10 @@ class InboundHandler:
 
     def _log_refusal(self, session: Session, sender: str, reason: str, graph: FilterGraph) -> None:
         """The log line of a transaction refused before DATA (no queue id: nothing was queued)."""
-        client, helo, sender = _client_ip(session), sanitise(session.host_name or ""), sanitise(sender)
+        client, helo, sender = client_ip(session), sanitise(session.host_name or ""), sanitise(sender)
         if self._log_format() == "json":
             record = {"queue_id": None, "client": client, "helo": helo, "from": sender, "refused": reason,
                       "policy": graph.version}
             txn_log.info(json.dumps(record, separators=(",", ":")))
         else:
             txn_log.info("qid=- client=%s helo=%s from=<%s> %s policy=%s", client, helo, sender, reason, graph.version)
-
-
-# A plain `<dot-atom@domain>` path, optionally followed by parameters: the common case, parsed
-# without the email package's full RFC 5322 machinery. Anything else takes aiosmtpd's parser.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_SIMPLE_PATH = re.compile(rf"\s*<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(.*)", re.DOTALL)
-
-
-class _MemberCache:
-    """Stands in for `inspect` and `dir` inside `aiosmtpd.smtp` (aiosmtpd 1.4).
-
-    `SMTP.__init__` runs `inspect.getmembers(self)`, `inspect.getmembers(handler)`, `dir(self)`
-    and `dir(handler)` on every connection to find its `auth_*`, `smtp_*` and `handle_*` methods:
-    about 100 µs, a fifth of the gateway's CPU per message. A class's member names do not change,
-    so they are listed once per type; values are still read from the object itself, so bound
-    methods stay bound to the right instance. `tests/unit/test_smtp_speedups.py` checks that the
-    result is what aiosmtpd computes without it.
-    """
-
-    def __init__(self) -> None:
-        self._names: dict[type, list[str]] = {}
-        self._signatures: dict[tuple[object, bool], inspect.Signature] = {}
-
-    def signature(self, function: Any) -> inspect.Signature:
-        """`inspect.signature`, remembered per underlying function (bound or not)."""
-        key = (getattr(function, "__func__", function), hasattr(function, "__self__"))
-        found = self._signatures.get(key)
-        if found is None:
-            found = self._signatures[key] = inspect.signature(function)
-        return found
-
-    def _names_of(self, obj: object) -> list[str]:
-        kind = type(obj)
-        names = self._names.get(kind)
-        if names is None:
-            names = self._names[kind] = sorted(builtins.dir(kind))
-        return names
-
-    def getmembers(self, obj: object) -> list[tuple[str, Any]]:
-        return [(name, getattr(obj, name)) for name in self._names_of(obj) if name.startswith("auth_")]
-
-    def dir(self, obj: object) -> list[str]:
-        return self._names_of(obj)
-
-
-_members = _MemberCache()
-
-
-def install_aiosmtpd_speedups() -> None:
-    """Make `aiosmtpd.smtp` use the member cache (idempotent). Called by `serve`."""
-    aiosmtpd.smtp.inspect = _members  # type: ignore[attr-defined,assignment]
-    aiosmtpd.smtp.dir = _members.dir  # type: ignore[attr-defined]
-
-
-class GatewaySMTP(SMTP):
-    """aiosmtpd's SMTP with total and per-client-IP connection limits (421 beyond them)."""
-
-    line_length_limit = MAX_LINE_LENGTH  # a class attribute: SMTP.__init__ sizes its reader with it
-
-    def __init__(self, handler: InboundHandler, limits: ConnectionLimits, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._limits = limits
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd's `_getaddr` with a fast path for plain `<local@domain>` (the parent builds a
-        typing.Protocol class on every call, and runs the full RFC 5322 parser)."""
-        simple = _SIMPLE_PATH.match(arg) if arg else None
-        rest = simple.group(2).lstrip() if simple is not None else ""
-        if simple is None or rest.startswith("("):  # a comment: RFC 5322 CFWS, leave it to the parser
-            return super()._getaddr(arg)
-        address = simple.group(1)
-        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
-            return None, None
-        return address, rest
-
-    async def smtp_RCPT(self, arg: str | None) -> None:
-        """Refuse source routes (`<@relay:user@domain>`, RFC 5321 Appendix C) instead of stripping them."""
-        if arg is not None and _SOURCE_ROUTE.match(arg):
-            await self.push("550 5.7.1 relaying denied (source routes are not accepted)")
-            return
-        await super().smtp_RCPT(arg)
-
-    async def _handle_client(self) -> None:
-        assert self.session is not None
-        ip = _client_ip(self.session)
-        if not self._limits.acquire(ip):
-            await self.push("421 4.7.0 too many connections, try again later")
-            assert self.transport is not None
-            self.transport.close()
-            return
-        try:
-            await super()._handle_client()
-        finally:
-            self._limits.release(ip)
-            if self.envelope is not None and self.session is not None:
-                self.event_handler.log_unfinished(self.session, self.envelope)
-
-
-class ConnectionLimits:
-    """Counts open connections in total and per client IP; live limits come from the current policy."""
-
-    def __init__(self, limits: Callable[[], tuple[int, int]]) -> None:
-        self._limits = limits  # () -> (max_connections, max_connections_per_ip)
-        self.total = 0
-        self._per_ip: dict[str, int] = {}
-        self.idle = asyncio.Event()
-        self.idle.set()
-
-    def acquire(self, ip: str) -> bool:
-        max_total, max_per_ip = self._limits()
-        if self.total >= max_total or self._per_ip.get(ip, 0) >= max_per_ip:
-            return False
-        self.total += 1
-        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-        self.idle.clear()
-        return True
-
-    def release(self, ip: str) -> None:
-        self.total -= 1
-        left = self._per_ip.get(ip, 1) - 1
-        if left:
-            self._per_ip[ip] = left
-        else:
-            self._per_ip.pop(ip, None)
-        if self.total == 0:
-            self.idle.set()

@@ -8,7 +8,8 @@ import inspect
 import aiosmtpd.smtp
 import pytest
 
-from engine.smtp.handler import ConnectionLimits, GatewaySMTP, InboundHandler, install_aiosmtpd_speedups
+from engine.smtp.handler import InboundHandler
+from engine.smtp.protocol import ConnectionLimits, GatewaySMTP, install_aiosmtpd_speedups
 
 
 def _protocol(handler: InboundHandler) -> GatewaySMTP:
