@@ -90,6 +90,16 @@ class TenantPlan:
             return True
         return address in self.recipient_addresses or address.rpartition("@")[2] in self.recipient_domains
 
+    @property
+    def route_labels(self) -> tuple[str, ...]:
+        """`host:port` of each route, in the order they are tried."""
+        return tuple(route.label for route in self.routes)
+
+    def refusal(self, rcpts: tuple[str, ...], hits: tuple[Hit, ...], stage: str, reply: Reply) -> TenantVerdict:
+        """The verdict of a copy refused before DATA by a block list (for `explain`)."""
+        return TenantVerdict(self.name, rcpts, Action.reject, 0.0, hits, self.route_labels, REASON_BLOCK_LIST,
+                             stage, reply)
+
     def rules_for(self, direction: Direction) -> frozenset[int]:
         return self.outbound_rules if direction is Direction.outbound else self.inbound_rules
 
@@ -169,7 +179,7 @@ class FilterGraph:
             plan.name: tuple(ipaddress.ip_network(network) for network in plan.outbound_networks)
             for plan in self.tenants.values()
         }
-        self._route_labels = {plan.name: tuple(route.label for route in plan.routes) for plan in self.tenants.values()}
+        self._route_labels = {plan.name: plan.route_labels for plan in self.tenants.values()}  # precomputed
 
     # ------------------------------------------------------------ lookups
 
@@ -353,11 +363,7 @@ class FilterGraph:
             for rcpt in rcpts:
                 tenant = self.tenant_of_domain(normalise_address(rcpt).rpartition("@")[2])
                 if tenant is not None and tenant not in verdicts:
-                    plan = self.tenants[tenant]
-                    routes = tuple(route.label for route in plan.routes)
-                    verdicts[tenant] = TenantVerdict(
-                        tenant, (), Action.reject, 0.0, (blocked,), routes, REASON_BLOCK_LIST, "mail", reply
-                    )
+                    verdicts[tenant] = self.tenants[tenant].refusal((), (blocked,), "mail", reply)
             return Decision(Action.reject, reply, verdicts, self.version, "mail"), ()
         results = tuple(self.rcpt(client_ip, mail_from, rcpt, direction=direction) for rcpt in rcpts)
         accepted: dict[str, list[str]] = {}
@@ -367,11 +373,7 @@ class FilterGraph:
                 accepted.setdefault(result.tenant, []).append(result.address)
             elif result.tenant is not None and result.reason == REASON_BLOCK_LIST and result.reply is not None:
                 plan = self.tenants[result.tenant]
-                routes = tuple(route.label for route in plan.routes)
-                rejected[result.tenant] = TenantVerdict(
-                    result.tenant, (result.address,), Action.reject, 0.0, result.hits, routes,
-                    REASON_BLOCK_LIST, "rcpt", result.reply,
-                )
+                rejected[result.tenant] = plan.refusal((result.address,), result.hits, "rcpt", result.reply)
         if not accepted:
             first = next((r.reply for r in results if r.reply is not None), REPLY_RELAY_DENIED)
             reply = first if results else Reply(554, "5.5.1", "no valid recipients")
