@@ -578,17 +578,16 @@ class SqliteStore:
             for op in live:
                 op.future.set_exception(StoreError(f"store write failed: {exc}"))
             return
-        written = deleted = 0
-        for op, outcome, txn in done:
+        written = sum(txn.written for _, outcome, txn in done if not isinstance(outcome, BaseException))
+        deleted = sum(txn.deleted for _, outcome, txn in done if not isinstance(outcome, BaseException))
+        s = self._stats  # updated before any caller wakes, so a caller sees its own write counted
+        self._stats = StoreStats(s.batches + 1, s.operations + len(done), s.messages_written + written,
+                                 s.messages_deleted + deleted)
+        for op, outcome, _ in done:
             if isinstance(outcome, BaseException):
                 op.future.set_exception(outcome)
             else:
-                written += txn.written
-                deleted += txn.deleted
                 op.future.set_result(outcome)
-        s = self._stats
-        self._stats = StoreStats(s.batches + 1, s.operations + len(done), s.messages_written + written,
-                                 s.messages_deleted + deleted)
 
     def _transaction(self, conn: sqlite3.Connection, ops: list[_Op[Any]]) -> list[tuple[_Op[Any], Any, _Txn]]:
         """Run `ops` in one transaction, each in a savepoint; returns (op, result or exception, its _Txn)."""
