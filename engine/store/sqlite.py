@@ -4,6 +4,7 @@ Layout under the state directory::
 
     index.sqlite3 (+ -wal, -shm)   bodies, messages, deliveries, quarantine, archive
     owner.lock                     flock(2)ed by the gateway that owns the store
+    writers.intent                 turns at the write lock between processes (`write_turns`)
 
 Write path (group commit). Every change goes through one writer thread that owns the write
 connection. The thread takes every operation queued at that moment as one batch, runs them in
@@ -23,11 +24,13 @@ therefore be repeated, which RFC 5321 §6.1 prefers to losing the message. A bod
 the transaction that drops its last reference (delivery, held quarantine entry, archive row).
 
 Other processes open the same database with `owner=False`: the relay process, and the
-`quarantine` CLI. They use their own connections, never run the owner's recovery, and wait for
-the write lock (`busy_timeout`). The relay commits with `synchronous=NORMAL` (`fsync_commits=
-False`): a power loss may roll back its latest attempt records, which only repeats a delivery
-(or a bounce, with its DSN in the same transaction); it can never lose an acknowledged message,
-whose commit was fsynced by the front end. Queries use a separate read connection in its own
+`quarantine` CLI. They use their own connections, never run the owner's recovery, and take
+turns at the write lock with the owner (`engine.store.write_turns`: SQLite's own backoff starved
+them), and gather their writes for up to `LINGER` before a transaction, so that they take the
+lock less often. The relay commits with `synchronous=NORMAL` (`fsync_commits=False`): a power
+loss may roll back its latest attempt records, which only repeats a delivery (or a bounce, with
+its DSN in the same transaction); it can never lose an acknowledged message, whose commit was
+fsynced by the front end. Queries use a separate read connection in its own
 thread. A `SqliteStore` is opened once and closed once.
 """
 
@@ -65,6 +68,7 @@ from engine.store.base import (
     StoredMessage,
     StoreError,
 )
+from engine.store.write_turns import WriteTurns
 
 log = logging.getLogger("liveprism.store")
 
@@ -76,6 +80,7 @@ SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
 LOCK_WAIT = 30.0  # seconds an owner waits for the state lock before giving up
 MAX_BATCH = 512  # operations per transaction
+LINGER = 0.002  # seconds a non-owner's writer gathers operations before taking the write lock
 CLAIM_WITH_BODY_MAX = 256 * 1024  # messages up to this size come with their claim (one read fewer)
 DAY = 86_400.0
 
@@ -463,6 +468,7 @@ class SqliteStore:
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader_conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._turns: WriteTurns | None = None
         self._stats = StoreStats(0, 0, 0, 0)
 
     @property
@@ -479,6 +485,8 @@ class SqliteStore:
         """
         await asyncio.to_thread(self._prepare)
         conn = await asyncio.to_thread(self._connect)
+        conn.execute("PRAGMA busy_timeout = 0")  # the writer waits in WriteTurns, fairly, not in SQLite
+        self._turns = WriteTurns(self.state_dir, owner=self.owner, timeout=BUSY_TIMEOUT_MS / 1000)
         self._writer = threading.Thread(target=self._writer_main, args=(conn,), name="liveprism-store", daemon=True)
         self._writer.start()
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="liveprism-store-read")
@@ -525,6 +533,9 @@ class SqliteStore:
             self._queue.put(_STOP)
             await asyncio.to_thread(self._writer.join)
             self._writer = None
+        if self._turns is not None:
+            self._turns.close()
+            self._turns = None
         if self._reader is not None:
             reader = self._reader
             if self._reader_conn is not None:
@@ -552,9 +563,10 @@ class SqliteStore:
             if item is _STOP:
                 break
             batch = [cast(_Op[Any], item)]
+            gather_until = time.monotonic() + (0.0 if self.owner else LINGER)
             while len(batch) < MAX_BATCH:
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=max(0.0, gather_until - time.monotonic()))
                 except queue.Empty:
                     break
                 if item is _STOP:
@@ -592,7 +604,8 @@ class SqliteStore:
     def _transaction(self, conn: sqlite3.Connection, ops: list[_Op[Any]]) -> list[tuple[_Op[Any], Any, _Txn]]:
         """Run `ops` in one transaction, each in a savepoint; returns (op, result or exception, its _Txn)."""
         done: list[tuple[_Op[Any], Any, _Txn]] = []
-        conn.execute("BEGIN IMMEDIATE")
+        assert self._turns is not None
+        self._turns.begin(conn)
         try:
             for op in ops:
                 txn = _Txn(conn)
