@@ -3,7 +3,7 @@
 #   make test   install everything (Debian packages + venv), then run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := swaks postfix openssl
+APT_PACKAGES := swaks postfix openssl dnsmasq-base
 
 .PHONY: demo test deps venv lint bench
 
@@ -20,7 +20,8 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 # Debian packages the integration tests drive: swaks (SMTP client), openssl (test certificates), postfix (smtp-sink,
-# smtp-source). Installed without starting the system Postfix.
+# smtp-source), dnsmasq-base (a DNS server on loopback: MX lookups for DSNs). Installed without starting the system
+# Postfix.
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -212,6 +212,12 @@ class DeliverySettings(PolicyModel):
     retry_max: int = Field(default=3600, ge=1, description="Longest wait between retries (exponential backoff).")
     give_up_after: int = Field(default=432_000, ge=1, description="Seconds until a DSN is sent and the copy dropped.")
     connect_timeout: int = Field(default=30, ge=1, description="Seconds to connect to a tenant server.")
+    mx_port: int = Field(
+        default=25,
+        ge=1,
+        le=65535,
+        description="Port of the mail exchangers found in DNS (DSNs to external senders). 25 except in test labs.",
+    )
 
 
 class DnsSettings(PolicyModel):

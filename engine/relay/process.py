@@ -181,7 +181,9 @@ async def _child(state: Path) -> None:
     requeued = await store.requeue_inflight(time.time())
     if requeued:
         log.info("relay start: %d in-flight deliveries due again", requeued)
-    next_hops = NextHops(routing.tenant_routes, routing.tenant_of_domain, routing.policy.dns)
+    next_hops = NextHops(
+        routing.tenant_routes, routing.tenant_of_domain, routing.policy.dns, mx_port=routing.policy.delivery.mx_port
+    )
     relay = RelayWorker(store, next_hops, lambda: routing.policy.delivery, routing.policy.hostname)
     worker = asyncio.create_task(relay.run(), name="relay")
     loop = asyncio.get_running_loop()

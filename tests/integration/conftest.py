@@ -96,6 +96,58 @@ class Sink:
 
 
 @dataclass
+class Dnsmasq:
+    """Debian's dnsmasq on 127.0.0.1: a real DNS server answering for the test's domains only.
+
+    `mx` maps a domain to (exchange, address): the domain gets an MX record (preference 10)
+    naming the exchange, the exchange an A record. Other names under those domains are NXDOMAIN.
+    """
+
+    workdir: Path
+    mx: dict[str, tuple[str, str]]
+    port: int = field(default_factory=lambda: free_port())
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Dnsmasq:
+        args = [
+            "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+            f"--port={self.port}", f"--listen-address={LOCALHOST}", "--bind-interfaces",
+            f"--pid-file={self.workdir / 'dnsmasq.pid'}", "--log-facility=-",
+        ]
+        for domain, (exchange, address) in self.mx.items():
+            args += [f"--mx-host={domain},{exchange},10", f"--host-record={exchange},{address}", f"--local=/{domain}/"]
+        log = open(self.workdir / f"dnsmasq-{self.port}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self._wait_answering(next(iter(self.mx)))
+        return self
+
+    def _wait_answering(self, domain: str) -> None:
+        import dns.exception
+        import dns.resolver
+
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers, resolver.port, resolver.lifetime = [LOCALHOST], self.port, 0.5
+        deadline = time.monotonic() + 20
+        while True:
+            assert self.proc is not None and self.proc.poll() is None, "dnsmasq exited"
+            try:
+                resolver.resolve(domain, "MX")
+                return
+            except dns.exception.DNSException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def gateway_settings(self) -> str:
+        """The gateway.yaml lines that make the gateway ask this server."""
+        return f"dns: {{nameservers: [{LOCALHOST}], port: {self.port}, timeout: 2}}"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
+@dataclass
 class Gateway:
     """A real `liveprism serve` process on a policy dir written by the test."""
 
@@ -133,6 +185,7 @@ def write_policy(
     tenants: dict[str, dict[str, object]],
     extra_gateway: str = "",
     lists: dict[str, str] | None = None,
+    mx_port: int = 25,
 ) -> Path:
     """A policy dir: the example rule sets, the given tenants (YAML-able dicts) and lists."""
     import json
@@ -148,7 +201,7 @@ listeners:
   outbound: {{address: 127.0.0.1, port: {free_port()}}}
 limits: {{max_message_size: 200000, max_recipients: 50, max_connections: 200, max_connections_per_ip: 100,
           command_timeout: 60}}
-delivery: {{retry_initial: 1, retry_max: 2, give_up_after: 3600, connect_timeout: 2}}
+delivery: {{retry_initial: 1, retry_max: 2, give_up_after: 3600, connect_timeout: 2, mx_port: {mx_port}}}
 scoring: {{tag_at: 3.0, quarantine_at: 6.0, reject_at: 15.0, subject_prefix: "[SPAM] "}}
 lists: [{", ".join(name for name in (lists or {}) if name.startswith("global"))}]
 rules: [global-content]

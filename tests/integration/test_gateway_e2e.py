@@ -5,23 +5,27 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import smtplib
 import socket
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tests.integration.conftest import (
     LOCALHOST,
+    Dnsmasq,
     Gateway,
     Sink,
     free_port,
     route,
     swaks,
     wait_for,
+    wait_port,
     write_policy,
 )
 
@@ -230,12 +234,11 @@ def test_downstream_down_then_up_is_retried(tmp_path: Path, procs: list[Any]) ->
     assert wait_for(lambda: len(box.messages()) == 1, timeout=30)
 
 
-def test_downstream_5xx_sends_dsn_to_sender(tmp_path: Path, procs: list[Any]) -> None:
-    """The tenant server refuses DATA with 5xx: the sender (in another tenant's domain) gets a DSN."""
-    box = sink(tmp_path, procs)
-    refusing = free_port()
+def refusing_server(procs: list[Any]) -> int:
+    """Postfix's smtp-sink answering 5xx to DATA (a tenant server refusing the message); its port."""
+    port = free_port()
     smtp_sink = subprocess.Popen(
-        ["smtp-sink", "-u", "nobody", "-f", "data", f"{LOCALHOST}:{refusing}", "100"],
+        ["smtp-sink", "-u", "nobody", "-f", "data", f"{LOCALHOST}:{port}", "100"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
@@ -245,6 +248,22 @@ def test_downstream_5xx_sends_dsn_to_sender(tmp_path: Path, procs: list[Any]) ->
             smtp_sink.wait(10)
 
     procs.append(_Proc())
+    wait_port(port)
+    return port
+
+
+def assert_dsn_for(dsn: bytes, rcpt: str, to: str) -> None:
+    assert b"X-Sink-Mail-From: <>" in dsn  # RFC 5321 §4.5.5: null sender, so no DSN loop
+    assert f"X-Sink-Rcpt-To: <{to}>".encode() in dsn or f"X-Sink-Rcpt-To: {to}".encode() in dsn, dsn[:400]
+    assert b"multipart/report" in dsn and b"report-type=delivery-status" in dsn.replace(b'"', b"")
+    assert re.search(rf"Final-Recipient: rfc822; ?{re.escape(rcpt)}".encode(), dsn), dsn
+    assert b"Action: failed" in dsn
+
+
+def test_downstream_5xx_sends_dsn_to_sender(tmp_path: Path, procs: list[Any]) -> None:
+    """The tenant server refuses DATA with 5xx: the sender (in another tenant's domain) gets a DSN."""
+    box = sink(tmp_path, procs)
+    refusing = refusing_server(procs)
     gateway = start(
         tmp_path, procs,
         {
@@ -254,11 +273,31 @@ def test_downstream_5xx_sends_dsn_to_sender(tmp_path: Path, procs: list[Any]) ->
     )
     assert send(gateway.port, "carol@globex.example", ["bob@acme.example"], CLEAN)["data"][0] == 250
     assert wait_for(lambda: len(box.messages()) == 1, timeout=30)
-    dsn = box.messages()[0]
-    assert b"X-Sink-Mail-From: <>" in dsn
-    assert b"multipart/report" in dsn and b"report-type=delivery-status" in dsn.replace(b'"', b"")
-    assert b"Final-Recipient: rfc822; bob@acme.example" in dsn or b"Final-Recipient: rfc822;bob@acme.example" in dsn
-    assert b"Action: failed" in dsn
+    assert_dsn_for(box.messages()[0], "bob@acme.example", "carol@globex.example")
+
+
+def test_dsn_to_an_external_sender_goes_to_its_mx_found_in_dns(tmp_path: Path, procs: list[Any]) -> None:
+    """The usual inbound case: the sender is on the internet. The DSN goes to the MX of the
+    sender's domain, looked up in a real DNS server (dnsmasq on loopback) and reached on
+    `delivery.mx_port`; a sender whose domain does not exist gets none (and nothing loops)."""
+    senders_mx = sink(tmp_path, procs, "senders-mx")
+    dnsmasq = Dnsmasq(tmp_path, {"sender.example": ("mx.sender.example", LOCALHOST)}).start()
+    procs.append(dnsmasq)
+    refusing = refusing_server(procs)
+    gateway = start(
+        tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(refusing)]}},
+        extra_gateway=dnsmasq.gateway_settings(), mx_port=senders_mx.port,
+    )
+    assert send(gateway.port, "carol@sender.example", ["bob@acme.example"], CLEAN)["data"][0] == 250
+    assert send(gateway.port, "dave@nowhere.sender.example", ["bob@acme.example"], CLEAN)["data"][0] == 250
+    assert wait_for(lambda: len(senders_mx.messages()) >= 1, timeout=30)
+    assert_dsn_for(senders_mx.messages()[0], "bob@acme.example", "carol@sender.example")
+    # the DSN for the sender in a non-existent domain fails for good (NXDOMAIN), and is not retried
+    assert wait_for(lambda: "rcpt=dave@nowhere.sender.example status=bounced" in gateway.log(), timeout=30), (
+        gateway.log()[-3000:]
+    )
+    time.sleep(1.5)  # a retry would come after retry_initial (1 s)
+    assert len(senders_mx.messages()) == 1
 
 
 def test_starttls_offered_when_tls_is_set(tmp_path: Path, procs: list[Any]) -> None:
