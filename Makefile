@@ -23,7 +23,8 @@ venv: $(VENV)/.installed
 # smtp-source), dnsmasq-base (a DNS server on loopback: MX lookups for DSNs). Installed without starting the system
 # Postfix.
 deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  rc=/usr/sbin/policy-rc.d; made=""; \
