@@ -199,6 +199,48 @@ def test_concurrent_accepts_are_group_committed(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_a_batch_of_accepts_stores_exactly_the_rows_of_one_by_one_accepts(tmp_path: Path) -> None:
+    """Batched accepts use multi-row INSERTs; the rows must be those of the one-at-a-time path."""
+    msgs = [
+        message(copy("acme", "deliver"), copy("globex", "quarantine", "x@globex.example", score=7.0)),
+        message(copy("acme", "tag", "a@acme.example", "b@acme.example"), archive=False),
+        message(copy("globex", "quarantine")),
+        message(copy("out", "deliver", "p@one.example", "q@two.example", "r@one.example"), direction="outbound"),
+        *(message(copy("acme", "deliver"), raw=RAW + f"{n}\r\n".encode()) for n in range(150)),  # > one chunk
+    ]
+
+    def tables(state: Path) -> dict[str, list[tuple[Any, ...]]]:
+        return {
+            "bodies": sorted(db_rows(state, "SELECT * FROM bodies")),
+            "messages": sorted(db_rows(state, "SELECT * FROM messages")),
+            "archive": sorted(db_rows(state, "SELECT * FROM archive")),
+            "deliveries": sorted(db_rows(state, "SELECT queue_id, tenant, route_by, mail_from, rcpts, headers,"
+                                                " subject_prefix, created_at, state, next_attempt_at FROM deliveries")),
+            "quarantine": sorted(db_rows(state, "SELECT * FROM quarantine")),
+        }
+
+    async def one_by_one() -> None:
+        store = await opened(tmp_path / "single")
+        for msg in msgs:
+            await store.accept(msg)
+        await store.close()
+
+    async def batched() -> None:
+        store = await opened(tmp_path / "batched")
+        before = store.stats.batches
+        await asyncio.gather(*(store.accept(msg) for msg in msgs))
+        assert store.stats.batches - before < len(msgs)
+        await store.close()
+
+    run(one_by_one())
+    run(batched())
+    single, batch = tables(tmp_path / "single"), tables(tmp_path / "batched")
+    assert len(single["bodies"]) == len(msgs) and len(single["archive"]) == len(msgs) - 1
+    assert len(single["quarantine"]) == 2
+    assert len(single["deliveries"]) == 1 + 1 + 0 + 2 + 150  # the outbound copy: one row per recipient domain
+    assert batch == single
+
+
 def test_a_failing_operation_does_not_undo_its_batch(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = await opened(tmp_path / "state")
