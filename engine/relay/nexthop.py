@@ -57,13 +57,17 @@ class NextHops:
     ) -> None:
         self._tenant_routes = tenant_routes
         self._tenant_of_domain = tenant_of_domain
-        self._mx_port = mx_port
-        self._resolver = dns.asyncresolver.Resolver(configure=not dns_settings.nameservers)
+        self.configure(dns_settings, mx_port)
+
+    def configure(self, dns_settings: DnsSettings, mx_port: int) -> None:
+        """Use these resolver settings and MX port from the next lookup on (a policy reload)."""
+        resolver = dns.asyncresolver.Resolver(configure=not dns_settings.nameservers)
         if dns_settings.nameservers:
-            self._resolver.nameservers = [str(ns) for ns in dns_settings.nameservers]
-        self._resolver.port = dns_settings.port
-        self._resolver.timeout = dns_settings.timeout
-        self._resolver.lifetime = dns_settings.timeout * 2
+            resolver.nameservers = [str(ns) for ns in dns_settings.nameservers]
+        resolver.port = dns_settings.port
+        resolver.timeout = dns_settings.timeout
+        resolver.lifetime = dns_settings.timeout * 2
+        self._resolver, self._mx_port = resolver, mx_port
 
     def routes(self, tenant: str) -> Sequence[Route]:
         """The tenant's routes in the current policy (empty when the tenant is gone)."""

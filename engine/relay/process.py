@@ -201,6 +201,7 @@ async def _child(state: Path) -> None:
             announced = announced or STOP_BYTE in data
             if POLICY_BYTE in data:
                 routing.reload()
+                next_hops.configure(routing.policy.dns, routing.policy.delivery.mx_port)
             relay.wake()
         orphaned = not announced  # EOF: the parent is stopping (it sent STOP_BYTE first) or gone
         stop.set()

@@ -540,6 +540,25 @@ def test_for_address_resolves_mx_implicit_mx_null_mx_and_nxdomain() -> None:
     run(scenario())
 
 
+def test_configure_switches_resolver_and_mx_port_for_the_next_lookup() -> None:
+    """A policy reload that changes `dns` or `delivery.mx_port` takes effect without a restart."""
+    async def scenario() -> None:
+        old, old_settings = await fake_dns({("example.org.", "MX"): ["10 mx.example.org."],
+                                            ("mx.example.org.", "A"): ["192.0.2.1"]})
+        new, new_settings = await fake_dns({("example.org.", "MX"): ["10 mx.example.org."],
+                                            ("mx.example.org.", "A"): ["192.0.2.99"]})
+        hops = NextHops(lambda t: [], lambda d: None, old_settings)
+        before = await hops.for_address("x@example.org")
+        assert not isinstance(before, NoRoute) and [(h.host, h.port) for h in before] == [("192.0.2.1", 25)]
+        hops.configure(new_settings, 2626)
+        after = await hops.for_address("x@example.org")
+        assert not isinstance(after, NoRoute) and [(h.host, h.port) for h in after] == [("192.0.2.99", 2626)]
+        old.close()
+        new.close()
+
+    run(scenario())
+
+
 def test_for_address_dns_timeout_is_temporary() -> None:
     async def scenario() -> None:
         silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
