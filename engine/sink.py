@@ -61,5 +61,6 @@ async def serve_sink(address: str, port: int, maildir: Path) -> None:
 def run_sink(listen: str, maildir: Path) -> int:
     address, _, port = listen.rpartition(":")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
     asyncio.run(serve_sink(address or "127.0.0.1", int(port), maildir))
     return 0
