@@ -14,7 +14,7 @@ import builtins
 import inspect
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, Session
@@ -86,7 +86,8 @@ def install_aiosmtpd_speedups() -> None:
 
 
 class GatewaySMTP(SMTP):
-    """aiosmtpd's SMTP with total and per-client-IP connection limits (421 beyond them)."""
+    """aiosmtpd's SMTP with total and per-client-IP connection limits (421 beyond them), and a
+    421 before closing a connection idle past the command timeout."""
 
     line_length_limit = MAX_LINE_LENGTH  # a class attribute: SMTP.__init__ sizes its reader with it
 
@@ -112,6 +113,13 @@ class GatewaySMTP(SMTP):
             await self.push("550 5.7.1 relaying denied (source routes are not accepted)")
             return
         await super().smtp_RCPT(arg)
+
+    def _timeout_cb(self) -> None:
+        """A silent client: say why before hanging up (aiosmtpd just closes), as Postfix does."""
+        transport = cast(asyncio.WriteTransport | None, self.transport)  # uvloop's is not a subclass
+        if transport is not None and not transport.is_closing():
+            transport.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode())
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     async def _handle_client(self) -> None:
         assert self.session is not None

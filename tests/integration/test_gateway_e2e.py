@@ -503,3 +503,79 @@ def test_relay_restart_while_the_policy_on_disk_is_broken_still_delivers(tmp_pat
     assert send(gateway.port, "alice@example.com", ["bob@acme.example"], CLEAN)["data"][0] == 250
     assert wait_for(lambda: len(box.messages()) == 1, timeout=30), gateway.log()[-2000:]
     assert "relay process exited" in gateway.log()
+
+
+def self_signed(directory: Path) -> str:
+    """A certificate + key for a test server; returns the gateway.yaml `tls:` line."""
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=mail.acme.example",
+         "-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem"), "-days", "2"],
+        check=True, capture_output=True,
+    )
+    return f"tls: {{cert: {directory / 'cert.pem'}, key: {directory / 'key.pem'}}}"
+
+
+def test_tls_required_route_fails_over_from_a_server_without_starttls(tmp_path: Path, procs: list[Any]) -> None:
+    """Route 1 (`tls: required`) offers no STARTTLS: not used, not even in clear. Route 2 is a real
+    STARTTLS server (a second `liveprism serve` with a self-signed certificate): used, encrypted."""
+    plain = sink(tmp_path, procs, "plain")
+    mailbox = sink(tmp_path, procs, "mailbox")
+    downstream_dir = tmp_path / "downstream"
+    downstream_port = free_port()
+    downstream_policy = write_policy(
+        downstream_dir / "policy", port=downstream_port,
+        tenants={"acme": {"domains": ["acme.example"], "routes": [route(mailbox.port)]}},
+        extra_gateway=self_signed(downstream_dir / "keys"),
+    )
+    downstream = Gateway(downstream_policy, downstream_dir / "state", downstream_port).start()
+    procs.append(downstream)
+    required = [
+        {"host": LOCALHOST, "port": plain.port, "priority": 10, "tls": "required"},
+        {"host": LOCALHOST, "port": downstream_port, "priority": 20, "tls": "required"},
+    ]
+    gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": required}})
+    assert send(gateway.port, "alice@example.com", ["bob@acme.example"], CLEAN)["data"][0] == 250
+    assert wait_for(lambda: len(mailbox.messages()) == 1, timeout=30), gateway.log()[-2000:]
+    assert b"with ESMTPS" in mailbox.messages()[0]  # the hop gateway -> downstream was encrypted
+    assert plain.messages() == []
+    assert f"relay=127.0.0.1:{downstream_port}" in gateway.log()
+
+
+def established_local_ports(remote_port: int) -> set[int]:
+    """Local ports of this machine's established IPv4 TCP connections to 127.0.0.1:`remote_port`."""
+    ports = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state = fields[1], fields[2], fields[3]
+        if state == "01" and remote == f"0100007F:{remote_port:04X}":
+            ports.add(int(local.split(":")[1], 16))
+    return ports
+
+
+def test_one_relay_connection_carries_several_messages(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}})
+    connections = []
+    for n in range(1, 6):
+        assert send(gateway.port, "alice@example.com", ["bob@acme.example"], CLEAN)["data"][0] == 250
+        assert wait_for(lambda n=n: len(box.messages()) == n, timeout=30)
+        connections.append(established_local_ports(box.port))
+    assert len(connections[0]) == 1, connections
+    assert all(seen == connections[0] for seen in connections), connections  # the same session every time
+
+
+def test_silent_client_is_dropped_after_command_timeout(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}})
+    policy = gateway.policy / "gateway.yaml"
+    policy.write_text(policy.read_text().replace("command_timeout: 60", "command_timeout: 1"))
+    gateway.stop()
+    gateway.start()
+    with socket.create_connection((LOCALHOST, gateway.port), timeout=15) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"220 ")
+        started = time.monotonic()
+        assert reader.readline().startswith(b"421 4.4.2"), "no timeout reply"
+        assert reader.readline() == b""  # and the connection is closed
+        assert 0.9 <= time.monotonic() - started < 10
