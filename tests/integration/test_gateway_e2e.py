@@ -234,22 +234,27 @@ def test_downstream_down_then_up_is_retried(tmp_path: Path, procs: list[Any]) ->
     assert wait_for(lambda: len(box.messages()) == 1, timeout=30)
 
 
-def refusing_server(procs: list[Any]) -> int:
-    """Postfix's smtp-sink answering 5xx to DATA (a tenant server refusing the message); its port."""
+def smtp_sink(procs: list[Any], *flags: str) -> int:
+    """Postfix's smtp-sink with `flags` (`-f data`: 5xx to DATA, `-r rcpt`: 4xx to RCPT, …); its port."""
     port = free_port()
-    smtp_sink = subprocess.Popen(
-        ["smtp-sink", "-u", "nobody", "-f", "data", f"{LOCALHOST}:{port}", "100"],
+    proc = subprocess.Popen(
+        ["smtp-sink", "-u", "nobody", *flags, f"{LOCALHOST}:{port}", "100"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
     class _Proc:
         def stop(self) -> None:
-            smtp_sink.terminate()
-            smtp_sink.wait(10)
+            proc.terminate()
+            proc.wait(10)
 
     procs.append(_Proc())
     wait_port(port)
     return port
+
+
+def refusing_server(procs: list[Any]) -> int:
+    """A tenant server refusing the message: 5xx to DATA."""
+    return smtp_sink(procs, "-f", "data")
 
 
 def assert_dsn_for(dsn: bytes, rcpt: str, to: str) -> None:
@@ -579,3 +584,15 @@ def test_silent_client_is_dropped_after_command_timeout(tmp_path: Path, procs: l
         assert reader.readline().startswith(b"421 4.4.2"), "no timeout reply"
         assert reader.readline() == b""  # and the connection is closed
         assert 0.9 <= time.monotonic() - started < 10
+
+
+def test_4xx_from_first_route_fails_over_to_second(tmp_path: Path, procs: list[Any]) -> None:
+    """Postfix's smtp-sink answering 4xx to RCPT on route 1: the copy goes to route 2 at once."""
+    box = sink(tmp_path, procs)
+    busy = smtp_sink(procs, "-r", "rcpt")
+    gateway = start(
+        tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(busy, 10), route(box.port, 20)]}}
+    )
+    assert send(gateway.port, "alice@example.com", ["bob@acme.example"], CLEAN)["data"][0] == 250
+    assert wait_for(lambda: len(box.messages()) == 1, timeout=30), gateway.log()[-2000:]
+    assert "attempts=1" in gateway.log().split(f"relay=127.0.0.1:{box.port}")[1].splitlines()[0]  # no retry wait
