@@ -8,16 +8,18 @@ Layout under the state directory::
 
 Write path (group commit). Every change goes through one writer thread that owns the write
 connection. The thread takes every operation queued at that moment as one batch, runs them in
-one transaction (BEGIN IMMEDIATE … COMMIT), each in its own SAVEPOINT so that one failing
-operation does not undo the others, and only then resolves the callers' futures (an `accept`
-returns, the SMTP layer says 250). The raw message is a row of `bodies`, written in the same
-transaction as its index rows: one batch costs one WAL fsync (`synchronous=FULL`), however many
-messages it holds, and the asyncio loop never touches the disk for writes. The writer thread
-shares the GIL with the event loop, and every statement hands it over twice, so the accepts of
-a batch are stored with one multi-row INSERT per table, and each loop is woken once per batch to
-settle its callers' futures. (An earlier version
-kept one file per message; its per-file fdatasync and the thread hand-offs around it made a
-batch several times slower than the transaction itself.)
+one transaction (BEGIN IMMEDIATE … COMMIT; should one operation raise, the batch is rerun with
+each operation in its own SAVEPOINT, so that it fails alone), and only then resolves the
+callers' futures (an `accept` returns, the SMTP layer says 250). The raw message is a row of
+`bodies`, written in the same transaction as its index rows: one batch costs one WAL fsync
+(`synchronous=FULL`), however many messages it holds, and the asyncio loop never touches the
+disk for writes. The writer thread shares the GIL with the event loop, and every statement
+hands it over twice, so the accepts of a batch are stored with one multi-row INSERT per table,
+and each loop is woken once per batch to settle its callers' futures. (An earlier version kept
+one file per message; its per-file fdatasync and the thread hand-offs around it made a batch
+several times slower than the transaction itself.) Every submitted operation is settled: with
+its result, with its own exception, or with `StoreError` if its batch failed, the writer broke
+or the store was closing.
 
 Durability and crash recovery. A message and its rows commit atomically: after a crash at any
 moment a message is either wholly there (acknowledged or about to be) or not at all — nothing
@@ -207,14 +209,17 @@ def _settle(outcomes: list[tuple[_Op[Any], Any]]) -> None:
 
 
 def _resolve(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
-    """In the caller's loop."""
+    """In the caller's loop. One future that cannot take its outcome must not strand the others."""
     for future, outcome in settled:
         if future.done():  # cancelled by its caller meanwhile
             continue
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
+        try:
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+        except Exception as exc:  # e.g. StopIteration cannot be set on a future
+            future.set_exception(StoreError(f"store operation failed: {outcome!r} ({exc})"))
 
 
 class _OperationFailed(Exception):
@@ -504,6 +509,7 @@ class SqliteStore:
         self._reader_conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._turns: WriteTurns | None = None
+        self._closing = False
         self._stats = StoreStats(0, 0, 0, 0)
 
     @property
@@ -563,7 +569,9 @@ class SqliteStore:
         return conn
 
     async def close(self) -> None:
-        """Let the writer finish what is queued, then release threads, connections and the lock."""
+        """Let the writer finish what is queued, then release threads, connections and the lock.
+        Operations submitted from now on fail with StoreError."""
+        self._closing = True
         if self._writer is not None:
             self._queue.put(_STOP)
             await asyncio.to_thread(self._writer.join)
@@ -585,7 +593,7 @@ class SqliteStore:
     # ------------------------------------------------------------ writer thread
 
     def _submit(self, fn: Callable[[_Txn], T], accept: Accepted | None = None) -> asyncio.Future[T]:
-        if self._writer is None:
+        if self._writer is None or self._closing or not self._writer.is_alive():
             raise StoreError("store is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
@@ -611,13 +619,15 @@ class SqliteStore:
                 batch.append(cast(_Op[Any], item))
             try:
                 self._run_batch(conn, batch)
-            except Exception as exc:  # keep the writer alive; nobody in this batch may see success
+            except BaseException as exc:  # keep the writer alive; nobody in this batch may see success
                 log.exception("store writer batch failed")
                 _settle([(op, StoreError(f"store write failed: {exc}")) for op in batch])
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
         live = [op for op in batch if not op.future.cancelled()]  # a race here only costs a wasted write
+        if not live:
+            return
         try:
             done = self._transaction(conn, live)
         except Exception as exc:  # the whole batch failed: no caller may see success

@@ -13,12 +13,14 @@ So the write lock is taken here instead, with SQLite's own waiting switched off
 - every writer retries `BEGIN IMMEDIATE` every 50 µs to 1 ms until it gets the lock or
   `timeout` passes (`StoreError` then);
 - a waiting non-owner (relay, CLI) announces itself in a shared word (`writers.intent`, an
-  mmap'ed file in the state directory: the time it started waiting);
+  mmap'ed file in the state directory), refreshed with the current time at every retry;
 - the owner (front end), before each of its transactions, lets an announced waiter go first:
   it pauses until the announcement is withdrawn, for at most `OWNER_YIELD_MAX`.
 
-Nothing here is needed for correctness (SQLite's lock is), only for latency; a stale or torn
-announcement costs the owner at most `OWNER_YIELD_MAX` once.
+Nothing here is needed for correctness (SQLite's lock is), only for latency. An announcement
+not refreshed for `ANNOUNCEMENT_STALE` is ignored: a waiter killed mid-wait costs the owner at
+most that long (its transactions pause `OWNER_YIELD_MAX` each meanwhile); a torn read of the
+word looks stale or current, and costs at most one pause.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from engine.store.base import StoreError
 
 INTENT_NAME = "writers.intent"
 OWNER_YIELD_MAX = 0.02  # seconds the owner waits for an announced writer, per transaction
-ANNOUNCEMENT_STALE = 1.0  # an announcement older than this is ignored (its writer died or gave up)
+ANNOUNCEMENT_STALE = 0.1  # an announcement older than this is ignored (its writer died or gave up)
 _RETRY_FIRST = 50e-6
 _RETRY_MAX = 1e-3
 _WORD = struct.Struct("=d")
@@ -82,7 +84,7 @@ class WriteTurns:
             now = time.monotonic()
             if now >= deadline:
                 raise StoreError(f"the store's write lock stayed taken for {self.timeout:g} s")
-            if not self.owner and self._announcement() == 0.0:  # another waiter withdrew ours
+            if not self.owner:  # still waiting (and another waiter may have withdrawn ours)
                 self._announce(now)
             time.sleep(pause)
             pause = min(pause * 2, _RETRY_MAX)

@@ -261,6 +261,36 @@ def test_a_failing_operation_does_not_undo_its_batch(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_every_submitted_operation_is_settled(tmp_path: Path) -> None:
+    """No caller hangs: not after an operation raising something odd (StopIteration cannot be set
+    on a future; SystemExit is no Exception), and not when submitting while the store closes."""
+    def stop_iteration(txn: Any) -> None:
+        raise StopIteration
+
+    def system_exit(txn: Any) -> None:
+        raise SystemExit(3)
+
+    async def scenario() -> None:
+        store = await opened(tmp_path / "state")
+        good = message(copy("acme", "deliver"))
+        results = await asyncio.wait_for(
+            asyncio.gather(store._submit(stop_iteration), store.accept(good), return_exceptions=True), 10
+        )
+        assert isinstance(results[0], StoreError) and results[1] is None
+        odd = await asyncio.wait_for(asyncio.gather(store._submit(system_exit), return_exceptions=True), 10)
+        assert isinstance(odd[0], StoreError | SystemExit)
+        later = message(copy("acme", "deliver"))
+        await asyncio.wait_for(store.accept(later), 10)  # the writer survived
+        closing = asyncio.ensure_future(store.close())
+        await asyncio.sleep(0)
+        with pytest.raises(StoreError):
+            await asyncio.wait_for(store.accept(message(copy("acme", "deliver"))), 10)
+        await closing
+        assert set(stored_bodies(tmp_path / "state")) == {good.queue_id, later.queue_id}
+
+    run(scenario())
+
+
 def test_write_failure_raises_store_error(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = await opened(tmp_path / "state")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.store.base import StoreError
-from engine.store.write_turns import OWNER_YIELD_MAX, WriteTurns
+from engine.store.write_turns import ANNOUNCEMENT_STALE, OWNER_YIELD_MAX, WriteTurns
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -66,6 +66,47 @@ def test_non_owner_gets_in_between_back_to_back_owner_transactions(db: Path, tmp
     assert owner_commits > 40  # the owner really was busy all along
     # the owner lets an announced waiter go first: usually it finishes the transaction it is in
     assert statistics.median(overtaken) <= 1, overtaken
+    owner.close()
+    other.close()
+
+
+def test_a_long_wait_keeps_its_turn(db: Path, tmp_path: Path) -> None:
+    """A waiter stuck behind one long owner transaction (longer than ANNOUNCEMENT_STALE) is not
+    taken for dead: it still goes before the owner's next transactions."""
+    owner = WriteTurns(tmp_path, owner=True, timeout=30)
+    other = WriteTurns(tmp_path, owner=False, timeout=30)
+    commits_after_long = 0
+    other_in = threading.Event()
+    long_started = threading.Event()
+
+    def owner_loop() -> None:
+        nonlocal commits_after_long
+        conn = connect(db)
+        owner.begin(conn)
+        long_started.set()
+        time.sleep(ANNOUNCEMENT_STALE * 3)  # e.g. a big purge
+        conn.execute("COMMIT")
+        while not other_in.is_set():
+            owner.begin(conn)
+            conn.execute("INSERT INTO t VALUES ('owner', 0)")
+            time.sleep(0.001)
+            conn.execute("COMMIT")
+            commits_after_long += 1
+        conn.close()
+
+    thread = threading.Thread(target=owner_loop)
+    thread.start()
+    try:
+        long_started.wait(5)
+        conn = connect(db)
+        other.begin(conn)
+        other_in.set()
+        conn.execute("ROLLBACK")
+        conn.close()
+    finally:
+        other_in.set()
+        thread.join()
+    assert commits_after_long <= 2, commits_after_long
     owner.close()
     other.close()
 
