@@ -119,12 +119,13 @@ while time.time() < deadline:
 EOF
   t2=$(now)
   accepted=$(grep -c "liveprism.txn.*reply='250" "$WORK/gateway-$sz.log" || true)
+  sent=$(grep -c "status=sent" "$WORK/gateway-$sz.log" || true)   # one line per delivered recipient
   kill -TERM "$gwpid"; wait "$gwpid" 2>/dev/null || true
   kill "$sinkpid"; wait "$sinkpid" 2>/dev/null || true
   e2e=$(echo "$N / ($t2 - $t0)" | bc -l)
   acc=$(echo "$N / ($t1 - $t0)" | bc -l)
-  printf 'liveprism_%s msgs_per_s=%.0f accept_msgs_per_s=%.0f %s accepted_250=%s\n' \
-    "$sz" "$e2e" "$acc" "$(cat "$WORK/probe-gateway-$sz.txt")" "$accepted"
+  printf 'liveprism_%s msgs_per_s=%.0f accept_msgs_per_s=%.0f %s accepted_250=%s delivered=%s lost=%s\n' \
+    "$sz" "$e2e" "$acc" "$(cat "$WORK/probe-gateway-$sz.txt")" "$accepted" "$sent" "$((accepted - sent))"
   printf '# ratio liveprism/ceiling (%s): %.2f of asyncio, %.2f of uvloop\n' "$sz" \
     "$(echo "$e2e / $ceil" | bc -l)" "$(echo "$e2e / $ceil_uv" | bc -l)"
   if [[ ${WITH_POSTFIX:-0} == 1 ]]; then  # the peer a user would run instead, same box, same run
