@@ -1,8 +1,6 @@
 """`liveprism quarantine list|show|release|delete`: review held mail in the store.
 
-The store is found with `--state DIR`, or from `storage.path` in the policy directory's
-gateway.yaml (`--policy DIR`, default `policies`; the path is relative to the working
-directory). The commands open the store as a non-owner, so they work while the gateway runs:
+The store is found as `engine.cli.store_access` says; the commands work while the gateway runs:
 a release becomes a delivery that the running relay picks up within its poll interval (≤ 1 s),
 or at its next start.
 
@@ -11,7 +9,6 @@ Exit codes: 0 done; 1 unknown id, entry not held, or no store; 2 bad arguments.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import json
 import re
@@ -19,15 +16,21 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import typer
 
+from engine.cli.store_access import (
+    PolicyArgument,
+    PolicyOption,
+    StateOption,
+    clip,
+    fail,
+    when,
+    with_store,
+)
 from engine.relay.compose import header_section
-from engine.store.base import QuarantineEntry, QuarantineRefusal, QuarantineStatus, Store, open_store
-from engine.store.sqlite import DB_NAME
-
-T = TypeVar("T")
+from engine.store.base import QuarantineEntry, QuarantineRefusal, QuarantineStatus, Store
 
 quarantine_app = typer.Typer(
     help="Review held mail: list, show, release or delete quarantined copies.",
@@ -36,13 +39,6 @@ quarantine_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-StateOption = Annotated[
-    Path | None, typer.Option("--state", help="State directory of the store (overrides storage.path).")
-]
-PolicyOption = Annotated[Path, typer.Option("--policy", help="Policy directory whose gateway.yaml gives storage.path.")]
-PolicyArgument = Annotated[
-    Path | None, typer.Argument(help="Policy directory (DESIGN.md's DIR; the same as --policy).", show_default=False)
-]
 EntryId = Annotated[str, typer.Argument(help="Quarantine id, as shown by `list` (<queue id>-<tenant>).")]
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
@@ -64,47 +60,6 @@ def parse_since(value: str, now: float) -> float:
     return moment.timestamp()
 
 
-def state_dir(state: Path | None, policy: Path) -> Path:
-    """The store's directory: `--state`, else `storage.path` of the policy's gateway.yaml."""
-    if state is not None:
-        return state
-    from engine.policy.loader import load_policy
-
-    source = load_policy(policy)
-    if source.gateway is None:
-        problems = "; ".join(f"{p.file}:{p.line}:{p.col}: {p.message}" for p in source.problems if "gateway" in p.file)
-        _fail(f"cannot read storage.path from {policy}/gateway.yaml ({problems or 'missing'}); pass --state DIR")
-    storage = source.gateway.model.storage
-    if storage.url is not None:
-        _fail(f"storage.url ({storage.url}) is not supported by this command; pass --state DIR")
-    return Path(storage.path)
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
-
-
-def _with_store(state: Path | None, policy: Path, action: Callable[[Store], Awaitable[T]]) -> T:
-    directory = state_dir(state, policy)
-    if not (directory / DB_NAME).is_file():
-        _fail(f"no LivePrism store in {directory}")
-
-    async def session() -> T:
-        store = open_store(directory, owner=False)
-        await store.open()
-        try:
-            return await action(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(session())
-
-
-def _when(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
 def _entry_json(entry: QuarantineEntry) -> dict[str, Any]:
     return {
         "id": entry.id,
@@ -116,14 +71,10 @@ def _entry_json(entry: QuarantineEntry) -> dict[str, Any]:
         "reason": entry.reason,
         "score": entry.score,
         "hits": [dict(hit) for hit in entry.hits],
-        "created_at": _when(entry.created_at),
+        "created_at": when(entry.created_at),
         "status": entry.status,
-        "status_at": _when(entry.status_at),
+        "status_at": when(entry.status_at),
     }
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 @quarantine_app.command("list")
@@ -141,7 +92,7 @@ def list_command(
         raise typer.BadParameter(f"{status!r}: expected held, released, deleted or all", param_hint="--status")
     wanted: QuarantineStatus | None = None if status == "all" else status  # type: ignore[assignment]
     after = parse_since(since, time.time()) if since else None
-    entries = _with_store(
+    entries = with_store(
         state, directory or policy, lambda s: s.list_quarantine(tenant=tenant, since=after, status=wanted)
     )
     if as_json:
@@ -154,8 +105,8 @@ def list_command(
     for e in entries:
         score = "" if e.score is None else f"{e.score:.1f}"
         typer.echo(
-            f"{e.id:<28} {_when(e.created_at):<20} {e.status:<8} {score:>6}  {_clip(e.mail_from or '<>', 28):<28} "
-            f"{_clip(', '.join(e.recipients), 28):<28} {_clip(e.subject, 60)}"
+            f"{e.id:<28} {when(e.created_at):<20} {e.status:<8} {score:>6}  {clip(e.mail_from or '<>', 28):<28} "
+            f"{clip(', '.join(e.recipients), 28):<28} {clip(e.subject, 60)}"
         )
 
 
@@ -173,12 +124,12 @@ def show_command(
         entry = await store.get_quarantine(entry_id)
         return entry, (await store.read_message(entry.queue_id) if entry else None)
 
-    entry, message = _with_store(state, directory or policy, fetch)
+    entry, message = with_store(state, directory or policy, fetch)
     if entry is None:
-        _fail(_REFUSALS["not-found"].format(id=entry_id))
+        fail(_REFUSALS["not-found"].format(id=entry_id))
     if raw:
         if message is None:
-            _fail(f"the message of {entry_id} is no longer stored")
+            fail(f"the message of {entry_id} is no longer stored")
         sys.stdout.buffer.write(message)
         sys.stdout.buffer.flush()
         return
@@ -203,9 +154,9 @@ def _change(
     change: Callable[[Store], Awaitable[QuarantineEntry | QuarantineRefusal]],
     done: str,
 ) -> None:
-    result = _with_store(state, policy, change)
+    result = with_store(state, policy, change)
     if isinstance(result, QuarantineRefusal):
-        _fail(_REFUSALS[result.reason].format(id=result.entry_id))
+        fail(_REFUSALS[result.reason].format(id=result.entry_id))
     typer.echo(f"{done} {result.id} ({result.tenant}: {', '.join(result.recipients)})")
 
 
