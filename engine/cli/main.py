@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from engine.cli.quarantine_cmd import quarantine_app
+from engine.cli.queue_cmd import queue_app
 
 app = typer.Typer(
     name="liveprism",
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(queue_app, name="queue")
 
 PolicyDir = Annotated[Path, typer.Argument(help="Policy directory.", show_default=True)]
 

@@ -172,6 +172,24 @@ class QueueSummary:
     next_due: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """One delivery in the queue, as `liveprism queue list` shows it."""
+
+    delivery_id: int
+    queue_id: str
+    tenant: str
+    mail_from: str
+    rcpts: tuple[RcptState, ...]  # every recipient of the copy, with its status so far
+    subject: str
+    size: int
+    state: Literal["queued", "inflight"]
+    attempts: int
+    last_error: str
+    created_at: float
+    next_attempt_at: float
+
+
 # ---------------------------------------------------------------- quarantine and archive
 
 QuarantineStatus = Literal["held", "released", "deleted"]
@@ -255,6 +273,12 @@ class Store(Protocol):
 
     async def queue_summary(self) -> QueueSummary:
         """How many deliveries are waiting and in flight."""
+
+    async def list_queue(self, *, tenant: str | None = None) -> list[QueueEntry]:
+        """Deliveries waiting or in flight, the next due first."""
+
+    async def flush_queue(self, now: float, *, tenant: str | None = None) -> int:
+        """Make every waiting delivery (of `tenant`) due at `now`; returns how many were waiting."""
 
     async def list_quarantine(
         self, *, tenant: str | None = None, since: float | None = None, status: QuarantineStatus | None = "held"

@@ -68,6 +68,7 @@ from engine.store.base import (
     QuarantineEntry,
     QuarantineRefusal,
     QuarantineStatus,
+    QueueEntry,
     QueueSummary,
     RcptState,
     RouteBy,
@@ -768,6 +769,32 @@ class SqliteStore:
             return QueueSummary(counts.get("queued", 0), counts.get("inflight", 0), next_due)
 
         return await self._read(query)
+
+    async def list_queue(self, *, tenant: str | None = None) -> list[QueueEntry]:
+        sql = (
+            "SELECT d.id, d.queue_id, d.tenant, d.mail_from, d.rcpts, m.subject, m.size, d.state, d.attempts,"
+            " d.last_error, d.created_at, d.next_attempt_at FROM deliveries d JOIN messages m USING (queue_id)"
+        )
+        args: tuple[str, ...] = ()
+        if tenant is not None:
+            sql, args = sql + " WHERE d.tenant = ?", (tenant,)
+        sql += " ORDER BY d.state = 'queued', d.next_attempt_at, d.id"  # in flight first, then by due time
+
+        def query(conn: sqlite3.Connection) -> list[QueueEntry]:
+            return [
+                QueueEntry(row[0], row[1], row[2], row[3], _rcpts_from(row[4]), row[5], row[6], row[7], row[8],
+                           row[9], row[10], row[11])
+                for row in conn.execute(sql, args)
+            ]
+
+        return await self._read(query)
+
+    async def flush_queue(self, now: float, *, tenant: str | None = None) -> int:
+        sql = "UPDATE deliveries SET next_attempt_at = ? WHERE state = 'queued' AND next_attempt_at > ?"
+        args: tuple[Any, ...] = (now, now)
+        if tenant is not None:
+            sql, args = sql + " AND tenant = ?", (*args, tenant)
+        return await self._submit(lambda txn: txn.conn.execute(sql, args).rowcount)
 
     # ------------------------------------------------------------ quarantine
 

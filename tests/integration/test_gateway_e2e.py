@@ -234,6 +234,38 @@ def test_downstream_down_then_up_is_retried(tmp_path: Path, procs: list[Any]) ->
     assert wait_for(lambda: len(box.messages()) == 1, timeout=30)
 
 
+def test_queue_list_shows_the_deferred_copy_and_flush_retries_it_now(tmp_path: Path, procs: list[Any]) -> None:
+    """Downstream down, backoff of an hour: `queue list` says why it waits; once the server is
+    back, `queue flush` gets it delivered at once instead of an hour later."""
+    port = free_port()
+    gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(port)]}})
+    policy = gateway.policy / "gateway.yaml"
+    hourly = policy.read_text().replace("retry_initial: 1, retry_max: 2", "retry_initial: 3600, retry_max: 7200")
+    policy.write_text(hourly)
+    gateway.stop()
+    gateway.start()
+    assert send(gateway.port, "alice@example.com", ["bob@acme.example"], CLEAN)["data"][0] == 250
+
+    def queue() -> list[dict[str, Any]]:
+        listed = gateway.cli("queue", "list", str(gateway.policy), "--state", str(gateway.state), "--json")
+        assert listed.returncode == 0, listed.stderr
+        return list(json.loads(listed.stdout))
+
+    assert wait_for(lambda: queue() and queue()[0]["attempts"] == 1 and queue()[0]["state"] == "queued", timeout=30)
+    (entry,) = queue()
+    assert entry["recipients"][0]["rcpt"] == "bob@acme.example" and entry["last_error"], entry
+    text = gateway.cli("queue", "list", "--state", str(gateway.state))
+    assert "bob@acme.example" in text.stdout and "-- 1 deliveries" in text.stdout, text.stdout
+    box = Sink(port, tmp_path / "back").start()
+    procs.append(box)
+    time.sleep(1.5)
+    assert box.messages() == []  # not before its time…
+    flushed = gateway.cli("queue", "flush", "--state", str(gateway.state))
+    assert flushed.returncode == 0 and flushed.stdout.strip() == "1 waiting deliveries due now", flushed
+    assert wait_for(lambda: len(box.messages()) == 1, timeout=10)  # …but at once when flushed
+    assert wait_for(lambda: queue() == [], timeout=10)
+
+
 def smtp_sink(procs: list[Any], *flags: str) -> int:
     """Postfix's smtp-sink with `flags` (`-f data`: 5xx to DATA, `-r rcpt`: 4xx to RCPT, …); its port."""
     port = free_port()
