@@ -9,6 +9,7 @@ Exit codes: 0 done; 1 no store; 2 bad arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -35,9 +36,7 @@ def _entry_json(entry: QueueEntry) -> dict[str, Any]:
         "queue_id": entry.queue_id,
         "tenant": entry.tenant,
         "mail_from": entry.mail_from,
-        "recipients": [
-            {"rcpt": r.rcpt, "status": r.status, "reply": r.reply, "remote": r.remote} for r in entry.rcpts
-        ],
+        "recipients": [dataclasses.asdict(r) for r in entry.rcpts],
         "subject": entry.subject,
         "size": entry.size,
         "state": entry.state,

@@ -171,6 +171,15 @@ class Gateway:
         if self.proc is not None:
             stop(self.proc, sig)
 
+    def restart_with(self, old: str, new: str) -> None:
+        """Replace `old` by `new` in gateway.yaml (it must be there) and restart the gateway."""
+        path = self.policy / "gateway.yaml"
+        text = path.read_text()
+        assert old in text, f"{old!r} not in gateway.yaml"
+        path.write_text(text.replace(old, new))
+        self.stop()
+        self.start()
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -239,11 +239,7 @@ def test_queue_list_shows_the_deferred_copy_and_flush_retries_it_now(tmp_path: P
     back, `queue flush` gets it delivered at once instead of an hour later."""
     port = free_port()
     gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(port)]}})
-    policy = gateway.policy / "gateway.yaml"
-    hourly = policy.read_text().replace("retry_initial: 1, retry_max: 2", "retry_initial: 3600, retry_max: 7200")
-    policy.write_text(hourly)
-    gateway.stop()
-    gateway.start()
+    gateway.restart_with("retry_initial: 1, retry_max: 2", "retry_initial: 3600, retry_max: 7200")
     assert send(gateway.port, "alice@example.com", ["bob@acme.example"], CLEAN)["data"][0] == 250
 
     def queue() -> list[dict[str, Any]]:
@@ -360,10 +356,7 @@ def test_starttls_offered_when_tls_is_set(tmp_path: Path, procs: list[Any]) -> N
 def test_connection_limit_per_ip_gets_421(tmp_path: Path, procs: list[Any]) -> None:
     box = sink(tmp_path, procs)
     gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}})
-    policy = gateway.policy / "gateway.yaml"
-    policy.write_text(policy.read_text().replace("max_connections_per_ip: 100", "max_connections_per_ip: 2"))
-    gateway.stop()
-    gateway.start()
+    gateway.restart_with("max_connections_per_ip: 100", "max_connections_per_ip: 2")
     held = [smtplib.SMTP(LOCALHOST, gateway.port, timeout=10) for _ in range(2)]
     try:
         with socket_banner(gateway.port) as banner:
@@ -605,10 +598,7 @@ def test_one_relay_connection_carries_several_messages(tmp_path: Path, procs: li
 def test_silent_client_is_dropped_after_command_timeout(tmp_path: Path, procs: list[Any]) -> None:
     box = sink(tmp_path, procs)
     gateway = start(tmp_path, procs, {"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}})
-    policy = gateway.policy / "gateway.yaml"
-    policy.write_text(policy.read_text().replace("command_timeout: 60", "command_timeout: 1"))
-    gateway.stop()
-    gateway.start()
+    gateway.restart_with("command_timeout: 60", "command_timeout: 1")
     with socket.create_connection((LOCALHOST, gateway.port), timeout=15) as sock:
         reader = sock.makefile("rb")
         assert reader.readline().startswith(b"220 ")
