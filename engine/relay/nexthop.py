@@ -22,12 +22,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import dns.asyncresolver
-import dns.exception
-import dns.name
-import dns.rdatatype
-import dns.resolver
-
+from engine.dns.resolver import Resolver
 from engine.policy.models import DnsSettings, Route, RouteTls
 
 
@@ -61,13 +56,11 @@ class NextHops:
 
     def configure(self, dns_settings: DnsSettings, mx_port: int) -> None:
         """Use these resolver settings and MX port from the next lookup on (a policy reload)."""
-        resolver = dns.asyncresolver.Resolver(configure=not dns_settings.nameservers)
-        if dns_settings.nameservers:
-            resolver.nameservers = [str(ns) for ns in dns_settings.nameservers]
-        resolver.port = dns_settings.port
-        resolver.timeout = dns_settings.timeout
-        resolver.lifetime = dns_settings.timeout * 2
-        self._resolver, self._mx_port = resolver, mx_port
+        if getattr(self, "_resolver", None) is None:
+            self._resolver = Resolver(dns_settings)
+        else:
+            self._resolver.configure(dns_settings)
+        self._mx_port = mx_port
 
     def routes(self, tenant: str) -> Sequence[Route]:
         """The tenant's routes in the current policy (empty when the tenant is gone)."""
@@ -94,17 +87,17 @@ class NextHops:
         return Route(host=host, port=self._mx_port, priority=preference, tls=RouteTls.opportunistic)
 
     async def _mx_hops(self, domain: str) -> list[Route] | NoRoute:
-        try:
-            answer = await self._resolver.resolve(domain, "MX")
-        except dns.resolver.NXDOMAIN:
+        answer = await self._resolver.query(domain, "MX")
+        if answer.status == "nxdomain":
             return NoRoute(f"5.1.2 domain {domain} does not exist", permanent=True)
-        except dns.resolver.NoAnswer:
+        if answer.status == "nodata":
             exchanges = [(0, domain)]  # implicit MX, RFC 5321 §5.1
-        except dns.exception.DNSException as exc:  # timeout, SERVFAIL, bad name
-            return NoRoute(f"4.4.3 MX lookup for {domain} failed: {exc}", permanent=False)
+        elif not answer.ok:  # timeout, SERVFAIL, bad name
+            return NoRoute(f"4.4.3 MX lookup for {domain} failed: {answer.status} {answer.error}".rstrip(),
+                           permanent=False)
         else:
-            records = [(int(r.preference), r.exchange) for r in answer]
-            if any(exchange == dns.name.root for _, exchange in records):
+            records = [(int(r.preference), r.exchange) for r in answer.rdata]  # type: ignore[attr-defined]
+            if any(str(exchange) == "." for _, exchange in records):
                 return NoRoute(f"5.1.10 {domain} accepts no mail (null MX, RFC 7505)", permanent=True)
             exchanges = [(pref, exchange.to_text(omit_final_dot=True)) for pref, exchange in records]
         hops: list[Route] = []
@@ -124,12 +117,7 @@ class NextHops:
         found: list[str] = []
         temporary = False
         for rdtype in ("A", "AAAA"):
-            try:
-                answer = await self._resolver.resolve(host, rdtype)
-            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-                continue
-            except dns.exception.DNSException:
-                temporary = True
-                continue
-            found.extend(r.address for r in answer)
+            answer = await self._resolver.query(host, rdtype)
+            temporary |= answer.temporary
+            found.extend(answer.records if answer.ok else ())
         return found, temporary
