@@ -142,7 +142,8 @@ class Resolver:
         try:
             answer = await self._resolver.resolve(qname, rdtype, lifetime=timeout, search=False)
         except dns.resolver.NXDOMAIN as exc:
-            response = exc.response(exc.qnames()[0]) if exc.qnames() else None
+            qnames = exc.qnames()  # type: ignore[no-untyped-call]
+            response = exc.response(qnames[0]) if qnames else None  # type: ignore[no-untyped-call]
             return result("nxdomain"), _negative_ttl(response, self._max_negative_ttl)
         except dns.resolver.NoAnswer as exc:
             response = exc.kwargs.get("response")
