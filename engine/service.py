@@ -4,9 +4,15 @@ Lifecycle guarantees:
 - startup: the policy must be valid (else exit 2 with every problem printed); the store
   recovers the spool (files of unacknowledged messages are dropped, acknowledged ones are
   delivered);
-- hot reload (`LivePolicy`): a change under the policy dir is loaded, validated and compiled
-  off the event loop; the new graph replaces the old one atomically. An invalid policy is
-  logged with its problems and the running graph stays;
+- hot reload (`LivePolicy.reload`, one path for the file watcher, a symlink swap, SIGHUP,
+  `POST /reload` and git sync): the policy is loaded (changed files only), validated and compiled
+  off the event loop; the new graph replaces the old one atomically, then every worker process
+  is told to load the same directory and the reload answers once they all did. An invalid policy
+  is recorded with its problems (`GET /policy`) and the running graph stays;
+- `--workers N`: this process serves SMTP and owns the store, the relay child, the admin API and
+  reloads; N-1 worker processes (`engine.workers`) accept on the same listening socket (bound
+  here, inherited: pre-fork, so a second gateway started on the same port by mistake fails to
+  bind instead of silently taking half the connections, as SO_REUSEPORT would let it);
 - delivery runs in a child process (`engine.relay.process`), woken after each accept;
 - SIGTERM/SIGINT: stop accepting connections, let open sessions finish their transaction
   (up to `SHUTDOWN_GRACE` seconds), let in-flight delivery attempts finish, close the store.
@@ -20,21 +26,27 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine import aio
-from engine.graph.compiler import load_graph
-from engine.graph.live import LivePolicy
-from engine.policy.models import Gateway
+from engine.gitsync import Applied, GitSettings, GitSync
+from engine.graph.evaluator import FilterGraph
+from engine.graph.incremental import IncrementalLoader
+from engine.graph.live import Attempt, LivePolicy, ReloadResult
+from engine.policy.models import Gateway, Listener, Storage
 from engine.relay.process import RelayProcess
-from engine.smtp.handler import InboundHandler
+from engine.smtp.handler import InboundHandler, Waker
 from engine.smtp.protocol import ConnectionLimits, GatewaySMTP, install_aiosmtpd_speedups
 from engine.store.base import Store, open_store
+from engine.workers import WorkerPool
 
 log = logging.getLogger("liveprism.serve")
 SHUTDOWN_GRACE = 30.0
@@ -71,36 +83,35 @@ def tls_context(gateway: Gateway, policy_dir: Path) -> ssl.SSLContext | None:
     return context
 
 
-class GatewayService:
-    """One gateway process: the SMTP front end and store owner; the relay runs as its child."""
+def listening_socket(listener: Listener) -> socket.socket:
+    """The inbound listening socket, bound here and shared (inherited) by the worker processes."""
+    family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
+    sock = socket.create_server((listener.address, listener.port), family=family, backlog=1024)
+    sock.setblocking(False)
+    return sock
 
-    def __init__(self, policy: LivePolicy, state: Path) -> None:
-        self.policy = policy
-        self.state = state
-        self._stopping = asyncio.Event()
 
-    async def run(self) -> None:
+@dataclass
+class FrontEnd:
+    """The SMTP server of one process (the parent or a worker) on the shared socket."""
+
+    server: asyncio.AbstractServer
+    limits: ConnectionLimits
+
+    @classmethod
+    async def start(cls, policy: LivePolicy, store: Store, waker: Waker | None, sock: socket.socket) -> FrontEnd:
         install_aiosmtpd_speedups()
-        gateway = self.policy.graph.gateway
-        store = open_store(self.state)
-        await store.open()
-        relay = RelayProcess(self.state, store.lock_fd)
-        relay.publish(self.policy.graph)
-        self.policy.on_reload.append(relay.publish)
-        relay_task = asyncio.create_task(relay.supervise(), name="relay")
         handler = InboundHandler(
-            current_graph=self.policy.current, store=store, relay=relay,
-            log_format=lambda: self.policy.graph.gateway.log.format,
+            current_graph=policy.current, store=store, relay=waker,
+            log_format=lambda: policy.graph.gateway.log.format,
         )
         limits = ConnectionLimits(
-            lambda: (self.policy.graph.gateway.limits.max_connections,
-                     self.policy.graph.gateway.limits.max_connections_per_ip)
+            lambda: (policy.graph.gateway.limits.max_connections, policy.graph.gateway.limits.max_connections_per_ip)
         )
-        context = tls_context(gateway, self.policy.policy_dir)
-        listener = gateway.listeners.inbound
+        context = tls_context(policy.graph.gateway, policy.directory)
 
         def factory() -> GatewaySMTP:
-            current = self.policy.graph.gateway
+            current = policy.graph.gateway
             return GatewaySMTP(
                 handler, limits,
                 hostname=current.hostname, ident="LivePrism ESMTP",
@@ -108,27 +119,140 @@ class GatewayService:
                 tls_context=context, timeout=current.limits.command_timeout,
             )
 
+        server = await asyncio.get_running_loop().create_server(factory, sock=sock)
+        return cls(server, limits)
+
+    async def stop(self) -> None:
+        """Stop accepting; let open sessions finish (up to SHUTDOWN_GRACE)."""
+        self.server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.limits.idle.wait(), SHUTDOWN_GRACE)
+
+
+class GatewayService:
+    """The gateway's main process: SMTP front end and store owner; relay and workers run as its children."""
+
+    def __init__(self, policy: LivePolicy, state: Path, *, workers: int = 1, git: GitSync | None = None) -> None:
+        self.policy = policy
+        self.state = state
+        self.workers = workers
+        self.git = git
+        self._stopping = asyncio.Event()
+        self._relay: RelayProcess | None = None
+        self._pool: WorkerPool | None = None
+        self._store: Store | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def run(self) -> None:
+        gateway = self.policy.graph.gateway
+        store = self._store = open_store(self.state)
+        await store.open()
+        relay = self._relay = RelayProcess(self.state, store.lock_fd)
+        relay.publish(self.policy.graph)
+        self.policy.on_reload.append(relay.publish)
+        relay_task = asyncio.create_task(relay.supervise(), name="relay")
+        listener = gateway.listeners.inbound
+        sock = listening_socket(listener)
+        pool = self._pool = WorkerPool(self.workers - 1, sock, self.state, self.policy, relay.wake)
+        self.policy.after_reload.append(("workers", pool.converge))
+        front = await FrontEnd.start(self.policy, store, relay, sock)
+        admin = await self._start_admin(gateway)
+        await pool.start()
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(factory, listener.address, listener.port, backlog=1024)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stopping.set)
-        reload_task = asyncio.create_task(self.policy.watch(), name="reload")
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        if self.git is not None:
+            reload_task = asyncio.create_task(self._git_periodically(), name="git-sync")
+        else:
+            reload_task = asyncio.create_task(self.policy.watch(), name="reload")
         purge_task = asyncio.create_task(self._purge_periodically(store), name="purge")
-        log.info("listening on %s:%d policy=%s state=%s", listener.address, listener.port,
-                 self.policy.graph.version, self.state)
+        log.info("listening on %s:%d workers=%d policy=%s state=%s", listener.address, listener.port,
+                 self.workers, self.policy.graph.version, self.state)
         await self._stopping.wait()
 
         log.info("stopping: no new connections; finishing open sessions")
-        server.close()
         reload_task.cancel()
         purge_task.cancel()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(limits.idle.wait(), SHUTDOWN_GRACE)
+        await asyncio.gather(front.stop(), pool.stop())
+        if admin is not None:
+            await admin.stop()
         await relay.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await relay_task
         await store.close()
         log.info("stopped; queue left in %s", self.state)
+
+    # ------------------------------------------------------------ reload triggers
+
+    async def reload(self, trigger: str) -> ReloadResult:
+        """SIGHUP and `POST /reload`: reload the directory now, or run a git sync pass now."""
+        if self.git is None:
+            return await self.policy.reload(trigger)
+        outcome = await self.git.run_pass(self._apply_release, force=True)
+        attempt = self.policy.last_attempt
+        if outcome.outcome in ("applied", "rejected") and attempt is not None:
+            return ReloadResult(attempt, self.policy.graph.version, {"git": outcome.outcome})
+        failed = Attempt(
+            version=outcome.version or "", directory=str(self.git.current), at=time.time(), trigger=trigger,
+            applied=outcome.outcome == "unchanged", problems=outcome.problems, revision=outcome.revision,
+        )
+        return ReloadResult(failed, self.policy.graph.version, {"git": outcome.outcome})
+
+    def _on_sighup(self) -> None:
+        log.info("SIGHUP: reloading")
+        task = asyncio.create_task(self.reload("sighup"))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _apply_release(self, policy_dir: Path, revision: str) -> Applied:
+        assert self.git is not None
+        result = await self.policy.reload(
+            "git", policy_dir, revision=revision, source=f"{self.git.settings.remote}#{self.git.settings.branch}"
+        )
+        return Applied(result.applied, result.attempt.version, result.attempt.problems)
+
+    async def _git_periodically(self) -> None:
+        assert self.git is not None
+        while True:
+            await asyncio.sleep(self.git.settings.interval)
+            try:
+                await self.git.run_pass(self._apply_release)
+            except Exception:
+                log.exception("git sync pass failed; next one in %.0f s", self.git.settings.interval)
+
+    # ------------------------------------------------------------ admin
+
+    async def _start_admin(self, gateway: Gateway) -> Any:
+        if gateway.admin is None:
+            return None
+        from engine.admin.server import AdminContext, AdminServer
+
+        context = AdminContext(
+            policy=self.policy, reload=self.reload, ready=self._not_ready, workers=self._worker_versions,
+            git=lambda: self.git.status() if self.git is not None else None, state=self.state,
+        )
+        server = AdminServer(context, gateway.admin)
+        await server.start()
+        return server
+
+    def _worker_versions(self) -> dict[str, str]:
+        versions = {"0": self.policy.graph.version}
+        if self._pool is not None:
+            versions.update(self._pool.versions())
+        return versions
+
+    async def _not_ready(self) -> list[str]:
+        reasons: list[str] = []
+        if self.policy.graph is None:
+            reasons.append("policy: none loaded")
+        if not await asyncio.to_thread(_writable, self.state):
+            reasons.append(f"store: {self.state} is not writable")
+        if self._relay is None or not self._relay.alive:
+            reasons.append("relay: the delivery process is not running")
+        if self._pool is not None:
+            reasons.extend(self._pool.problems())
+        return reasons
 
     async def _purge_periodically(self, store: Store) -> None:
         """Drop archived and quarantined mail past its retention, at start and then hourly."""
@@ -144,21 +268,80 @@ class GatewayService:
             await asyncio.sleep(PURGE_INTERVAL)
 
 
-def run_serve(policy_dir: Path, state_override: Path | None) -> int:
+def _writable(state: Path) -> bool:
+    """The state directory takes a small durable write (the store's spool lives there)."""
+    probe = state / ".readyz"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"ok")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+    except OSError:
+        return False
+
+
+def parse_workers(value: str) -> int | None:
+    """`--workers`: a positive number, or `auto` (one per CPU core); None when invalid."""
+    if value == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return int(value) if value.isdigit() and int(value) >= 1 else None
+
+
+def _print_problems(directory: Path, problems: Any) -> None:
+    for problem in problems:
+        print(f"{directory / problem.file}:{problem.line}:{problem.col}: {problem.severity}: {problem.message}",
+              file=sys.stderr)
+
+
+def _initial_git_policy(git: GitSync, loader: IncrementalLoader) -> tuple[FilterGraph | None, Path]:
+    """At start: the branch head when valid, else the release applied before (kept in `current`)."""
+
+    async def apply(policy_dir: Path, revision: str) -> Applied:
+        result, _ = await asyncio.to_thread(loader.load_graph, policy_dir)
+        applied = result.graph is not None
+        _print_problems(policy_dir, [p for p in result.problems if p.severity == "error"])
+        return Applied(applied, result.graph.version if result.graph else "", ())
+
+    outcome = asyncio.run(git.run_pass(apply))
+    if outcome.outcome == "fetch-failed":
+        print(f"warning: git fetch failed: {'; '.join(outcome.problems)}", file=sys.stderr)
+    if not git.current.exists():
+        return None, git.current
+    result, _ = loader.load_graph(git.current.resolve())
+    return result.graph, git.current
+
+
+def run_serve(policy_dir: Path, state_override: Path | None, *, workers: int = 1,
+              git_settings: GitSettings | None = None) -> int:
     """Load the policy and run the gateway until SIGTERM; exit 2 when the policy is invalid."""
-    result = load_graph(policy_dir)
-    if result.graph is None:
-        for problem in result.problems:
-            print(f"{policy_dir / problem.file}:{problem.line}:{problem.col}: {problem.severity}: {problem.message}",
-                  file=sys.stderr)
-        print("error: the policy is invalid; not starting", file=sys.stderr)
-        return 2
-    graph = result.graph
+    loader = IncrementalLoader()
+    git: GitSync | None = None
+    if git_settings is not None:
+        git = GitSync(git_settings, (state_override or Path(Storage().path)) / "git")
+        graph, policy_dir = _initial_git_policy(git, loader)
+        if graph is None:
+            print("error: no valid policy from git and none applied before; not starting", file=sys.stderr)
+            return 2
+    else:
+        result, _ = loader.load_graph(policy_dir.resolve())
+        if result.graph is None:
+            _print_problems(policy_dir, result.problems)
+            print("error: the policy is invalid; not starting", file=sys.stderr)
+            return 2
+        graph = result.graph
     logging.basicConfig(
         level=graph.gateway.log.level.upper(), stream=sys.stderr,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
-    service = GatewayService(LivePolicy(policy_dir, graph), state_dir(graph.gateway, state_override))
+    source = f"{git_settings.remote}#{git_settings.branch}" if git_settings is not None else None
+    live = LivePolicy(policy_dir, graph, source=source, loader=loader)
+    if git is not None:
+        live.revision = git.state.applied
+    service = GatewayService(live, state_dir(graph.gateway, state_override), workers=workers, git=git)
     aio.run(service.run())
     return 0
+

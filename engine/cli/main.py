@@ -81,11 +81,51 @@ def explain(
 def serve(
     directory: PolicyDir = Path("policies"),
     state: Annotated[Path | None, typer.Option("--state", help="State directory; overrides storage.path.")] = None,
+    workers: Annotated[str, typer.Option("--workers", help="SMTP processes: a number or auto (one per core).")] = "1",
+    git_remote: Annotated[
+        str | None, typer.Option("--git-remote", help="Serve this git repository's branch (any URL git accepts).")
+    ] = None,
+    branch: Annotated[str, typer.Option("--branch", help="Branch to follow with --git-remote.")] = "main",
+    git_path: Annotated[str, typer.Option("--git-path", help="Policy directory inside the repository.")] = "policies",
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between git fetches.", min=1)] = 30.0,
 ) -> None:
-    """Run the gateway on the policy; hot-reloads DIR on change; SIGTERM stops it cleanly."""
-    from engine.service import run_serve
+    """Run the gateway; hot-reloads DIR on change (or the branch of --git-remote); SIGTERM stops it cleanly."""
+    from engine.cli.serve_cmd import run_serve_cmd
 
-    raise typer.Exit(run_serve(directory, state))
+    raise typer.Exit(run_serve_cmd(directory, state, workers, git_remote, branch, git_path, interval))
+
+
+@app.command(hidden=True)
+def worker(
+    state: Annotated[Path, typer.Option("--state")], policy: Annotated[Path, typer.Option("--policy")],
+    listen_fd: Annotated[int, typer.Option("--listen-fd")], control_fd: Annotated[int, typer.Option("--control-fd")],
+    index: Annotated[int, typer.Option("--index")] = 1,
+) -> None:
+    """An SMTP worker process (started by `serve --workers N`)."""
+    from engine.workers import run_worker
+
+    raise typer.Exit(run_worker(state, policy, listen_fd, control_fd, index))
+
+
+@app.command()
+def reload(directory: PolicyDir = Path("policies")) -> None:
+    """Ask the running gateway (admin API of DIR's gateway.yaml) to reload now. Exit 0 applied, 1 rejected."""
+    from engine.cli.reload_cmd import run_reload
+
+    raise typer.Exit(run_reload(directory))
+
+
+@app.command()
+def sync(
+    git_remote: Annotated[str, typer.Option("--git-remote", help="Repository to fetch (any URL git accepts).")],
+    into: Annotated[Path, typer.Option("--into", help="Work dir: releases/ and the `current` symlink to serve.")],
+    branch: Annotated[str, typer.Option("--branch", help="Branch to follow.")] = "main",
+    git_path: Annotated[str, typer.Option("--git-path", help="Policy directory inside the repository.")] = "policies",
+) -> None:
+    """One git sync pass: fetch, validate, swap INTO/current. Exit 0 applied/unchanged, 1 rejected, 2 fetch failed."""
+    from engine.cli.sync_cmd import run_sync
+
+    raise typer.Exit(run_sync(git_remote, into, branch, git_path))
 
 
 @app.command(hidden=True)
@@ -121,9 +161,9 @@ def demo(
 
     child = subprocess.Popen([sys.executable, "-m", "engine", "sink", "--maildir", str(maildir)])
     try:
-        from engine.service import run_serve
+        from engine.cli.serve_cmd import run_serve_cmd
 
-        code = run_serve(directory, state)
+        code = run_serve_cmd(directory, state, "1", None, "main", "policies", 30.0)
     finally:
         child.terminate()
         child.wait(timeout=10)

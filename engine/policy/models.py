@@ -280,6 +280,40 @@ class LogSettings(PolicyModel):
     level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
 
 
+_ENV_REF_RE = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class AdminSettings(PolicyModel):
+    """The admin HTTP listener (health, metrics, policy, reload); absent = no listener."""
+
+    address: str = Field(default="127.0.0.1", description="IP address to listen on (loopback by default).")
+    port: int = Field(default=8025, ge=1, le=65535, description="TCP port of the admin HTTP listener.")
+    token: str = Field(
+        description="Bearer token for POST /reload: env:NAME or a file path (relative to the policy dir), "
+        "never the token itself."
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return str(ipaddress.ip_address(value))
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        """A reference, not a secret: `env:NAME`, or a path (it has a `/`, e.g. `./admin-token`)."""
+        if value.startswith("env:"):
+            if not _ENV_REF_RE.match(value):
+                raise ValueError(f"invalid environment reference {value!r}: expected env:NAME")
+            return value
+        if "/" not in value:
+            raise ValueError(
+                "the token must be referenced as env:NAME or a file path containing '/' (e.g. ./admin-token),"
+                " never written inline"
+            )
+        return value
+
+
 class Gateway(PolicyModel):
     """gateway.yaml: settings shared by every tenant."""
 
@@ -296,6 +330,9 @@ class Gateway(PolicyModel):
     scoring: Scoring = Field(default_factory=Scoring, description="Default score thresholds.")
     checks: Checks = Field(default_factory=Checks, description="External checks (detection only).")
     log: LogSettings = Field(default_factory=LogSettings, description="Transaction log format.")
+    admin: AdminSettings | None = Field(
+        default=None, description="Admin HTTP listener (health, metrics, policy, reload); none when unset."
+    )
     lists: list[str] = Field(default_factory=list, description="Lists applied to every tenant.")
     rules: list[str] = Field(default_factory=list, description="Rule sets applied to every tenant.")
 

@@ -111,6 +111,11 @@ class RelayProcess:
             log.error("relay process exited with %s; restarting in %.0f s", code, RESTART_DELAY)
             await asyncio.sleep(RESTART_DELAY)
 
+    @property
+    def alive(self) -> bool:
+        """The child is running (False between a crash and its restart)."""
+        return self._proc is not None and self._proc.returncode is None
+
     def publish(self, graph: FilterGraph) -> None:
         """Hand the routing of `graph` (the parent's current, valid policy) to the child."""
         RelayPolicy.of(graph).publish(self._state)

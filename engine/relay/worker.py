@@ -35,6 +35,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from engine.admin import metrics
 from engine.policy.models import DeliverySettings, Route
 from engine.relay.client import HopFailure, Reply, SmtpPool, transaction
 from engine.relay.compose import build_copy, fold_long_lines
@@ -242,6 +243,7 @@ class RelayWorker:
             elif status == "failed":
                 failed.append(FailedRecipient(state.rcpt, str(reply), remote))
             states.append(RcptState(state.rcpt, status, str(reply), remote))
+            metrics.delivery_attempt(word, remote or "none")
             log.info(
                 "queue_id=%s delivery=%d tenant=%s rcpt=%s status=%s relay=%s attempts=%d reply=%r",
                 delivery.queue_id,

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from engine.admin.metrics import TransactionObserver
 from engine.graph.evaluator import ACCEPTED_ACTIONS, FilterGraph
 from engine.graph.verdict import Decision
 from engine.mime.view import parse_message
@@ -71,7 +72,9 @@ class InboundHandler:
         store: Store,
         relay: Waker | None,
         log_format: Callable[[], str],
+        observer: TransactionObserver | None = None,
     ) -> None:
+        self._observer = observer or TransactionObserver()
         self._current_graph = current_graph
         self._store = store
         self._relay = relay
@@ -144,6 +147,7 @@ class InboundHandler:
                     await self._store.accept(accepted)  # no copies: the archive row only
                 except Exception:
                     log.exception("could not archive refused message %s", queue_id)
+            self._observer.observe(decision, "inbound", time.monotonic() - txn.started)
             self._log_txn(queue_id, session, envelope, txn, decision, len(raw), str(decision.reply))
             return str(decision.reply)
         try:
@@ -154,6 +158,7 @@ class InboundHandler:
         if self._relay is not None:
             self._relay.wake()
         reply = f"250 2.0.0 queued as {queue_id}"
+        self._observer.observe(decision, "inbound", time.monotonic() - txn.started)
         self._log_txn(queue_id, session, envelope, txn, decision, len(raw), reply)
         return reply
 

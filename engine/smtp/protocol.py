@@ -19,6 +19,8 @@ from typing import Any, cast
 import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, Session
 
+from engine.admin import metrics
+
 
 def client_ip(session: Session) -> str:
     """The connecting client's address ("unknown" when the transport has none)."""
@@ -107,6 +109,13 @@ class GatewaySMTP(SMTP):
             return None, None
         return address, rest
 
+    async def push(self, status: Any) -> None:
+        """Send a reply line; final lines (not `250-` continuations) are counted by code class."""
+        text = status if isinstance(status, str) else bytes(status).decode("ascii", "replace")
+        if text[3:4] != "-":
+            metrics.count_reply(text)
+        await super().push(status)
+
     async def smtp_RCPT(self, arg: str | None) -> None:
         """Refuse source routes (`<@relay:user@domain>`, RFC 5321 Appendix C) instead of stripping them."""
         if arg is not None and _SOURCE_ROUTE.match(arg):
@@ -129,9 +138,11 @@ class GatewaySMTP(SMTP):
             assert self.transport is not None
             self.transport.close()
             return
+        metrics.session_opened()
         try:
             await super()._handle_client()
         finally:
+            metrics.session_closed()
             self._limits.release(ip)
             if self.envelope is not None and self.session is not None:
                 self.event_handler.log_unfinished(self.session, self.envelope)

@@ -1,0 +1,28 @@
+"""The multiprocess-metrics directory, set up before anything imports `prometheus_client`.
+
+prometheus_client picks its value storage when it is first imported: with `PROMETHEUS_MULTIPROC_DIR`
+set, every process (front end, workers, relay: they inherit the environment) writes its own files
+there and a scrape adds them up. So `serve` calls `prepare()` first thing, and `cleanup()` at exit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare() -> Path:
+    """A fresh, private directory for this gateway's metric files, exported in the environment."""
+    assert "prometheus_client" not in sys.modules, "prepare() must run before prometheus_client is imported"
+    path = Path(tempfile.mkdtemp(prefix="liveprism-metrics-"))
+    os.environ[ENV] = str(path)
+    return path
+
+
+def cleanup(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
