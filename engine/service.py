@@ -45,7 +45,8 @@ from engine.policy.models import Gateway, Listener, Storage
 from engine.relay.process import RelayProcess
 from engine.smtp.handler import InboundHandler, Waker
 from engine.smtp.protocol import ConnectionLimits, GatewaySMTP, install_aiosmtpd_speedups
-from engine.store.base import Store, open_store
+from engine.store import open_store
+from engine.store.base import Store
 from engine.workers import WorkerPool
 
 log = logging.getLogger("liveprism.serve")

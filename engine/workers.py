@@ -184,7 +184,7 @@ async def _worker_main(state: Path, policy_dir: Path, listen_fd: int, control_fd
     from engine.graph.incremental import IncrementalLoader
     from engine.graph.live import LivePolicy
     from engine.service import FrontEnd
-    from engine.store.base import open_store
+    from engine.store import open_store
 
     loader = IncrementalLoader()
     result, _ = await asyncio.to_thread(loader.load_graph, policy_dir)
