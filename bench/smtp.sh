@@ -7,6 +7,9 @@
 #   bench/smtp.sh                     # N=10000 2 KB messages, 20 sessions
 #   N=2000 SIZES="2k 50k" bench/smtp.sh
 #   WITH_POSTFIX=1 bench/smtp.sh      # also runs shared/bench/peers (Postfix relay, root) and prints the ratio
+#   WORKERS="1 2" bench/smtp.sh       # serve --workers 1 and 2 in the same run (default "1"); for each: the
+#                                     # CPU-seconds of all gateway processes per 1,000 messages (from /proc) and
+#                                     # the box's idle % during the run, then the rate ratio to the first count
 # Needs: postfix tools (smtp-source, smtp-sink), the venv (.venv or PY=...). Loopback only.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -18,6 +21,7 @@ SESSIONS=${SESSIONS:-20}
 SIZES=${SIZES:-2k 50k}
 WORK=${WORK:-/tmp/liveprism-bench}
 PEERS=${PEERS:-$REPO/../shared/bench/peers}
+WORKERS=${WORKERS:-1}
 P_CEIL=${P_CEIL:-25301}; P_GW=${P_GW:-25302}; P_SINK=${P_SINK:-25303}
 LH=127.0.0.1
 PIDS=()
@@ -30,6 +34,21 @@ rm -rf "$WORK"; mkdir -p "$WORK/msgs"
 
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/$LH/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 now() { date +%s.%N; }
+cpu_of_tree() {  # CPU-seconds (user+system) of a process and all its descendants, from /proc
+  local pids=" $1 " todo=("$1") p kids
+  while ((${#todo[@]})); do
+    p=${todo[0]}; todo=("${todo[@]:1}")
+    kids=$(cat /proc/"$p"/task/*/children 2>/dev/null || true)
+    for k in $kids; do pids+="$k "; todo+=("$k"); done
+  done
+  local ticks=0 t
+  for p in $pids; do
+    t=$(awk '{sub(/^.*\) /, ""); print $12 + $13}' /proc/"$p"/stat 2>/dev/null || echo 0)
+    ticks=$((ticks + t))
+  done
+  echo "$ticks / $(getconf CLK_TCK)" | bc -l
+}
+box_cpu() { awk '/^cpu /{print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }  # idle, total
 
 policy() {  # example rules and lists; one tenant (example.net, the smtp-source recipient domain) -> smtp-sink
   local dir=$WORK/policy; rm -rf "$dir"; mkdir -p "$dir/tenants"
@@ -95,17 +114,24 @@ for sz in $SIZES; do
       "$(cat "$WORK/probe-ceiling-$flavour-$sz.txt")"
   done
 
-  # 2. liveprism serve -> smtp-sink (fsync on, archive on)
+  # 2. liveprism serve -> smtp-sink (fsync on, archive on), once per worker count
+  first_rate=""
+  for w in $WORKERS; do
   policy
   rm -rf "$WORK/state" "$WORK/sink.count"
   smtp-sink -u nobody -c "$LH:$P_SINK" 1000 > "$WORK/sink.out" 2>&1 & PIDS+=($!); sinkpid=$!
   wait_port "$P_SINK"
-  (cd "$REPO" && exec "$PY" -m engine serve "$WORK/policy" --state "$WORK/state" 2> "$WORK/gateway-$sz.log") &
+  (cd "$REPO" && exec "$PY" -m engine serve "$WORK/policy" --state "$WORK/state" --workers "$w" \
+     2> "$WORK/gateway-$sz-w$w.log") &
   PIDS+=($!); gwpid=$!
   wait_port "$P_GW"
+  for _ in $(seq 600); do  # every worker up (they log when they serve)
+    (( $(grep -c "worker .* serving policy" "$WORK/gateway-$sz-w$w.log" || true) >= w - 1 )) && break; sleep 0.1
+  done
+  cpu0=$(cpu_of_tree "$gwpid"); read -r idle0 total0 < <(box_cpu)
   read -r t0 t1 < <(run_load gateway "$P_GW" "$sz")
   # end to end: until the relay queue is empty (every message delivered to smtp-sink)
-  "$PY" - "$WORK/state" <<'EOF'
+  "$PY" - "$WORK/state" <<'EOF2'
 import sqlite3, sys, time
 db = sys.argv[1] + "/index.sqlite3"
 deadline = time.time() + 600
@@ -116,23 +142,34 @@ while time.time() < deadline:
     if pending == 0:
         break
     time.sleep(0.05)
-EOF
+EOF2
   t2=$(now)
-  accepted=$(grep -c "liveprism.txn.*reply='250" "$WORK/gateway-$sz.log" || true)
-  sent=$(grep -c "status=sent" "$WORK/gateway-$sz.log" || true)   # one line per delivered recipient
+  cpu1=$(cpu_of_tree "$gwpid"); read -r idle1 total1 < <(box_cpu)
+  accepted=$(grep -c "liveprism.txn.*reply='250" "$WORK/gateway-$sz-w$w.log" || true)
+  sent=$(grep -c "status=sent" "$WORK/gateway-$sz-w$w.log" || true)   # one line per delivered recipient
   kill -TERM "$gwpid"; wait "$gwpid" 2>/dev/null || true
   kill "$sinkpid"; wait "$sinkpid" 2>/dev/null || true
   e2e=$(echo "$N / ($t2 - $t0)" | bc -l)
   acc=$(echo "$N / ($t1 - $t0)" | bc -l)
-  printf 'liveprism_%s msgs_per_s=%.0f accept_msgs_per_s=%.0f %s accepted_250=%s delivered=%s lost=%s\n' \
-    "$sz" "$e2e" "$acc" "$(cat "$WORK/probe-gateway-$sz.txt")" "$accepted" "$sent" "$((accepted - sent))"
-  printf '# ratio liveprism/ceiling (%s): %.2f of asyncio, %.2f of uvloop\n' "$sz" \
+  cpu_k=$(echo "($cpu1 - $cpu0) * 1000 / $N" | bc -l)
+  idle=$(echo "100 * ($idle1 - $idle0) / ($total1 - $total0)" | bc -l)
+  printf 'liveprism_%s_workers%s msgs_per_s=%.0f accept_msgs_per_s=%.0f %s accepted_250=%s delivered=%s lost=%s cpu_s_per_1000=%.2f box_idle_pct=%.0f\n' \
+    "$sz" "$w" "$e2e" "$acc" "$(cat "$WORK/probe-gateway-$sz.txt")" "$accepted" "$sent" "$((accepted - sent))" \
+    "$cpu_k" "$idle"
+  printf '# ratio liveprism/ceiling (%s, %s workers): %.2f of asyncio, %.2f of uvloop\n' "$sz" "$w" \
     "$(echo "$e2e / $ceil" | bc -l)" "$(echo "$e2e / $ceil_uv" | bc -l)"
+  if [[ -z $first_rate ]]; then first_rate=$e2e; first_w=$w; first_cpu=$cpu_k; else
+    printf '# ratio workers %s/%s (%s): rate %.2f, cpu per message %.2f\n' "$w" "$first_w" "$sz" \
+      "$(echo "$e2e / $first_rate" | bc -l)" "$(echo "$cpu_k / $first_cpu" | bc -l)"
+  fi
+  done
   if [[ ${WITH_POSTFIX:-0} == 1 ]]; then  # the peer a user would run instead, same box, same run
     n_peer=$N; [[ $sz == 50k ]] && n_var=N50 || n_var=N
     pf=$(env ONLY=postfix_relay SIZES="$sz" "$n_var=$n_peer" PY="$PY" bash "$PEERS/run.sh" 2>/dev/null \
          | sed -n 's/^postfix_relay[_0-9k]* msgs_per_s=\([0-9.]*\).*/\1/p')
-    printf 'postfix_relay_%s msgs_per_s=%s\n# ratio liveprism/postfix (%s): %.2f\n' "$sz" "$pf" "$sz" \
-      "$(echo "$e2e / $pf" | bc -l)"
+    printf 'postfix_relay_%s msgs_per_s=%s\n# ratio liveprism/postfix (%s): %.2f with %s worker(s)' "$sz" "$pf" \
+      "$sz" "$(echo "$first_rate / $pf" | bc -l)" "$first_w"
+    [[ $first_w != "$w" ]] && printf ', %.2f with %s' "$(echo "$e2e / $pf" | bc -l)" "$w"
+    echo
   fi
 done

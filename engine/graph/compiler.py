@@ -62,7 +62,8 @@ def _source(loaded: LoadedFile[Any], path: YamlPath) -> str:
     return f"{loaded.path}:{position[0]}" if position is not None else loaded.source(path)
 
 
-def _list_entries(loaded: LoadedFile[PolicyList]) -> Iterator[ListEntry]:
+def list_entries(loaded: LoadedFile[PolicyList]) -> Iterator[ListEntry]:
+    """Every entry of one list file, with its FILE:LINE."""
     policy_list = loaded.model
     for field in ("senders", "domains", "networks"):
         for index, value in enumerate(getattr(policy_list, field)):
@@ -74,14 +75,27 @@ def _effective_scoring(gateway: Gateway, tenant: Tenant) -> Scoring:
     return gateway.scoring.model_copy(update=overrides)
 
 
-def compile_policy(source: PolicySource) -> FilterGraph:
+class IndexBuilder:
+    """Builds the two big matchers of a graph. This one builds them afresh; a reload passes
+    `engine.graph.incremental.IndexCache`, which reuses what the unchanged files compiled to."""
+
+    def content(self, source: PolicySource, conditions: list[Condition]) -> ContentIndex:
+        """The content index of `conditions` (every rule of `source.rulesets`, in file order)."""
+        return ContentIndex(conditions)
+
+    def lists(self, source: PolicySource) -> ListIndex:
+        """The list index of every entry of `source.lists`, in file order."""
+        return ListIndex(entry for loaded in source.lists for entry in list_entries(loaded))
+
+
+def compile_policy(source: PolicySource, indexes: IndexBuilder | None = None) -> FilterGraph:
     """Build the graph. Raises only on a policy that `validate_policy` would have rejected."""
     assert source.gateway is not None, "compile_policy needs a gateway.yaml"
     with paused_gc():  # hundreds of thousands of acyclic objects: collections would only cost time
-        return _compile(source, source.gateway.model)
+        return _compile(source, source.gateway.model, indexes or IndexBuilder())
 
 
-def _compile(source: PolicySource, gateway: Gateway) -> FilterGraph:
+def _compile(source: PolicySource, gateway: Gateway, builder: IndexBuilder) -> FilterGraph:
 
     conditions: list[Condition] = []
     rules: list[CompiledRule] = []
@@ -97,8 +111,6 @@ def _compile(source: PolicySource, gateway: Gateway) -> FilterGraph:
                     _source(loaded, ("rules", position)),
                 )
             )
-
-    entries = [entry for loaded in source.lists for entry in _list_entries(loaded)]
 
     tenants: dict[str, TenantPlan] = {}
     for tenant_file in source.tenants:
@@ -128,7 +140,7 @@ def _compile(source: PolicySource, gateway: Gateway) -> FilterGraph:
         gateway=gateway,
         tenants=tenants,
         rules=rules,
-        content=ContentIndex(conditions),
-        lists=ListIndex(entries),
+        content=builder.content(source, conditions),
+        lists=builder.lists(source),
         global_lists=frozenset(gateway.lists),
     )

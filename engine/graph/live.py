@@ -106,7 +106,7 @@ class LivePolicy:
                                   parsed, time.monotonic() - started)
                 self.last_attempt = attempt  # the files are what is served: nothing to swap
                 return ReloadResult(attempt, self.graph.version, {"unchanged": True})
-            result = await asyncio.to_thread(compile_source, loaded)
+            result = await asyncio.to_thread(compile_source, loaded, self.loader.indexes)
             version = _attempted_version(loaded.content_hash, result.graph)
             errors = tuple(p.format_text() for p in result.problems if p.severity == "error")
             applied = result.graph is not None
