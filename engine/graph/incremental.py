@@ -24,9 +24,12 @@ Compiling (`IndexCache`, passed to `compile_policy`), the two big matchers:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import threading
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,8 +86,9 @@ class IncrementalLoader:
 
     def load_graph(self, root: Path) -> tuple[GraphResult, PolicySource]:
         """`compiler.load_graph` on top of `load`: validate, then compile when there is no error."""
-        source = self.load(root)
-        return compile_source(source, self.indexes), source
+        with frozen_after():
+            source = self.load(root)
+            return compile_source(source, self.indexes), source
 
     def _load(self, root: Path) -> PolicySource:
         files = policy_files(root)
@@ -136,6 +140,26 @@ class IncrementalLoader:
             content_hash=digest.hexdigest() if readable else "",
             files=tuple(files),
         )
+
+
+@contextlib.contextmanager
+def frozen_after() -> Iterator[None]:
+    """Pause the garbage collector for a load, then move everything alive to the permanent
+    generation (`gc.freeze`) before enabling it again.
+
+    A policy is millions of long-lived, acyclic objects. Without the freeze, the first collection
+    after a load walks all of them (seconds for 10,000 rules and 100,000 list entries, holding the
+    GIL: the event loop stalls) and every full collection after it again. Frozen objects are still
+    freed by reference counting when a newer graph replaces theirs; only a cycle among objects alive
+    at a reload would never be collected (at most what open sessions hold at that instant)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.freeze()
+            gc.enable()
 
 
 def _parse(rel: str, data: bytes, model: type[PolicyModel]) -> _Parsed:

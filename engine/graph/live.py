@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.graph.compiler import GraphResult
 from engine.graph.evaluator import FilterGraph
-from engine.graph.incremental import IncrementalLoader, compile_source
-from engine.policy.loader import content_hash, policy_files
+from engine.graph.incremental import IncrementalLoader, compile_source, frozen_after
+from engine.policy.loader import PolicySource, content_hash, policy_files
 
 log = logging.getLogger("liveprism.reload")
 RELOAD_DEBOUNCE_MS = 300
@@ -106,7 +107,7 @@ class LivePolicy:
                                   parsed, time.monotonic() - started)
                 self.last_attempt = attempt  # the files are what is served: nothing to swap
                 return ReloadResult(attempt, self.graph.version, {"unchanged": True})
-            result = await asyncio.to_thread(compile_source, loaded, self.loader.indexes)
+            result = await asyncio.to_thread(self._compile, loaded)
             version = _attempted_version(loaded.content_hash, result.graph)
             errors = tuple(p.format_text() for p in result.problems if p.severity == "error")
             applied = result.graph is not None
@@ -137,6 +138,10 @@ class LivePolicy:
             for name, hook in self.after_reload:
                 hooks[name] = await hook(self)
             return ReloadResult(attempt, self.graph.version, hooks)
+
+    def _compile(self, source: PolicySource) -> GraphResult:
+        with frozen_after():
+            return compile_source(source, self.loader.indexes)
 
     async def watch(self) -> None:
         """Reload on every change under the policy dir (or of its symlink target), until cancelled.

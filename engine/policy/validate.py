@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import subprocess
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -99,8 +99,33 @@ def _duplicate_names(source: PolicySource) -> Iterator[Problem]:
                 first[name] = site
 
 
+class _Memo:
+    """The last result of a check over some files, reused while the very same file objects come
+    again: the incremental loader of a hot reload (`engine.graph.incremental`) hands back an
+    unchanged file's `LoadedFile` itself, so only checks over changed files run again."""
+
+    def __init__(self) -> None:
+        self._last: tuple[tuple[object, ...], tuple[Problem, ...]] = ((), ())
+
+    def get(self, files: tuple[object, ...], compute: Callable[[], Iterable[Problem]]) -> tuple[Problem, ...]:
+        key, value = self._last
+        if files and len(files) == len(key) and all(a is b for a, b in zip(files, key, strict=True)):
+            return value
+        value = tuple(compute())
+        self._last = (files, value)  # one assignment: a concurrent reader sees the old or the new pair
+        return value
+
+
+_RULE_IDS, _ALLOWED_AND_BLOCKED = _Memo(), _Memo()
+_REGEXES: dict[int, tuple[LoadedFile[Any], tuple[Problem, ...]]] = {}
+
+
 def _duplicate_rule_ids(source: PolicySource) -> Iterator[Problem]:
     """Rule ids are unique across the whole policy."""
+    return iter(_RULE_IDS.get(source.rulesets, lambda: _find_duplicate_rule_ids(source)))
+
+
+def _find_duplicate_rule_ids(source: PolicySource) -> Iterator[Problem]:
     first: dict[str, _Site] = {}
     for loaded in source.rulesets:
         for index, rule in enumerate(loaded.model.rules):
@@ -218,6 +243,10 @@ _LIST_FIELDS = (("senders", "sender"), ("domains", "domain"), ("networks", "netw
 
 def _allowed_and_blocked(source: PolicySource) -> Iterator[Problem]:
     """An entry on an allow list and on a block list: the block list wins, the allow entry is dead."""
+    return iter(_ALLOWED_AND_BLOCKED.get(source.lists, lambda: _find_allowed_and_blocked(source)))
+
+
+def _find_allowed_and_blocked(source: PolicySource) -> Iterator[Problem]:
     blocked: dict[tuple[str, str], tuple[LoadedFile[Any], int]] = {}  # first (file, index) of each entry
     for loaded in source.lists:
         if loaded.model.action is ListAction.block:
@@ -245,13 +274,23 @@ def _allowed_and_blocked(source: PolicySource) -> Iterator[Problem]:
 
 
 def _bad_regexes(source: PolicySource) -> Iterator[Problem]:
-    """Every header/body regex and attachment filename pattern compiles with RE2."""
+    """Every header/body regex and attachment filename pattern compiles with RE2 (per file, memoised)."""
+    known = dict(_REGEXES)
+    _REGEXES.clear()
     for loaded in source.rulesets:
-        for index, rule in enumerate(loaded.model.rules):
-            for path, pattern in _patterns(rule.when, ("rules", index, "when")):
-                reason = _re2_error(pattern)
-                if reason is not None:
-                    yield loaded.problem("error", path, f"{path[-1]}: RE2 cannot compile '{pattern}': {reason}")
+        entry = known.get(id(loaded))
+        if entry is None or entry[0] is not loaded:
+            entry = (loaded, tuple(_file_bad_regexes(loaded)))
+        _REGEXES[id(loaded)] = entry
+        yield from entry[1]
+
+
+def _file_bad_regexes(loaded: LoadedFile[Any]) -> Iterator[Problem]:
+    for index, rule in enumerate(loaded.model.rules):
+        for path, pattern in _patterns(rule.when, ("rules", index, "when")):
+            reason = _re2_error(pattern)
+            if reason is not None:
+                yield loaded.problem("error", path, f"{path[-1]}: RE2 cannot compile '{pattern}': {reason}")
 
 
 @functools.lru_cache(maxsize=1 << 16)
