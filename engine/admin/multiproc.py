@@ -18,7 +18,9 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 def prepare() -> Path:
     """A fresh, private directory for this gateway's metric files, exported in the environment."""
-    assert "prometheus_client" not in sys.modules, "prepare() must run before prometheus_client is imported"
+    if "prometheus_client" in sys.modules:  # too late for this process: its own values stay in memory
+        print("warning: prometheus_client was imported before the metrics directory was set; "
+              "/metrics will miss this process's counts", file=sys.stderr)
     path = Path(tempfile.mkdtemp(prefix="liveprism-metrics-"))
     os.environ[ENV] = str(path)
     return path
