@@ -720,8 +720,8 @@ def test_check_hits_handed_in_before_data_count_in_the_verdict(graph: FilterGrap
 
 def test_the_recipient_limit_counts_accepted_rcpt_commands(tmp_path: Path) -> None:
     files = dict(POLICY)
-    files["gateway.yaml"] = files["gateway.yaml"].replace("hostname: mx.test.example",
-                                                          "hostname: mx.test.example\n        limits: {max_recipients: 2}")
+    limit = "hostname: mx.test.example\n        limits: {max_recipients: 2}"
+    files["gateway.yaml"] = files["gateway.yaml"].replace("hostname: mx.test.example", limit)
     loaded = load_graph(write_policy(tmp_path, files))
     assert loaded.graph is not None
     evaluation = loaded.graph.begin(NEUTRAL_IP)
