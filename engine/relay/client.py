@@ -46,8 +46,8 @@ Outcome = Literal["delivered", "failed", "retry"]
 
 @dataclass(frozen=True, slots=True)
 class HopReply:
-    """What a hop (a remote SMTP server) answered; `code` 0 is a local diagnostic (no reply, no route), its text starting
-    with an RFC 3463 status whose class says whether it is permanent."""
+    """What a hop (a remote SMTP server) answered; `code` 0 is a local diagnostic (no reply, no
+    route), its text starting with an RFC 3463 status whose class says whether it is permanent."""
 
     code: int
     text: str
