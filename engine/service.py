@@ -45,18 +45,13 @@ from engine.policy.models import Gateway, Listener, Storage
 from engine.relay.process import RelayProcess
 from engine.smtp.handler import InboundHandler, Waker
 from engine.smtp.protocol import ConnectionLimits, GatewaySMTP, install_aiosmtpd_speedups
-from engine.store import open_store
+from engine.store import open_store, state_dir
 from engine.store.base import Store
 from engine.workers import WorkerPool
 
 log = logging.getLogger("liveprism.serve")
 SHUTDOWN_GRACE = 30.0
 PURGE_INTERVAL = 3600.0
-
-
-def state_dir(gateway: Gateway, override: Path | None) -> Path:
-    """`--state` if given, else `storage.path` relative to the working directory."""
-    return override if override is not None else Path(gateway.storage.path)
 
 
 @contextlib.contextmanager
@@ -321,7 +316,7 @@ def run_serve(policy_dir: Path, state_override: Path | None, *, workers: int = 1
     loader = IncrementalLoader()
     git: GitSync | None = None
     if git_settings is not None:
-        git = GitSync(git_settings, (state_override or Path(Storage().path)) / "git")
+        git = GitSync(git_settings, state_dir(Storage(), state_override) / "git")
         graph, policy_dir = _initial_git_policy(git, loader)
         if graph is None:
             print("error: no valid policy from git and none applied before; not starting", file=sys.stderr)
@@ -342,7 +337,7 @@ def run_serve(policy_dir: Path, state_override: Path | None, *, workers: int = 1
     live = LivePolicy(policy_dir, graph, source=source, loader=loader)
     if git is not None:
         live.revision = git.state.applied
-    service = GatewayService(live, state_dir(graph.gateway, state_override), workers=workers, git=git)
+    service = GatewayService(live, state_dir(graph.gateway.storage, state_override), workers=workers, git=git)
     aio.run(service.run())
     return 0
 

@@ -81,7 +81,7 @@ class WorkerPool:
                 if w.proc is None or w.proc.returncode is not None or not w.version]
 
     async def _supervise(self, worker: _Worker) -> None:
-        from engine.admin.metrics import process_exited
+        from engine.metrics import process_exited
 
         while not self._stopping:
             parent_end, child_end = socket.socketpair()

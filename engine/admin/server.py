@@ -6,7 +6,7 @@ as the file watcher and SIGHUP.
 
 - `GET /healthz`: 200 while the process runs;
 - `GET /readyz`: 200, or 503 with the reasons (`policy`, `store`, `relay`) in JSON;
-- `GET /metrics`: Prometheus text exposition (`engine.admin.metrics`), all processes in one scrape;
+- `GET /metrics`: Prometheus text exposition (`engine.metrics`), all processes in one scrape;
 - `GET /policy`: the version served, when and from where; the last attempt and its problems;
   the version each worker serves; the git sync revisions;
 - `POST /reload`: `Authorization: Bearer TOKEN` required (401 without, 403 wrong, 503 when the
@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.admin import metrics
+from engine import metrics
 from engine.graph.live import LivePolicy, ReloadResult
 from engine.policy.models import AdminSettings
 

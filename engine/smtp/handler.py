@@ -24,10 +24,10 @@ from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from engine.admin.metrics import TransactionObserver
 from engine.graph.evaluator import FilterGraph
 from engine.graph.transaction import Evaluation
 from engine.graph.verdict import REASON_TEMPFAIL_HELD, Decision
+from engine.metrics import TransactionObserver
 from engine.mime.view import parse_message
 from engine.policy.models import Direction
 from engine.smtp.envelope import GatewayEnvelope

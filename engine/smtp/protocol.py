@@ -19,7 +19,7 @@ from typing import Any, cast
 import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, Session
 
-from engine.admin import metrics
+from engine import metrics
 from engine.smtp.envelope import GatewayEnvelope
 
 

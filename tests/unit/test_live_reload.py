@@ -14,7 +14,7 @@ from policy_files import GATEWAY, write_policy
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from engine.admin import metrics
+from engine import metrics
 from engine.admin.server import AdminContext, build_app
 from engine.graph.incremental import IncrementalLoader
 from engine.graph.live import LivePolicy, ReloadResult
