@@ -191,6 +191,7 @@ async def _worker_main(state: Path, policy_dir: Path, listen_fd: int, control_fd
     if result.graph is None:
         log.error("worker %d: the policy in %s is invalid", index, policy_dir)
         return 2
+    logging.getLogger().setLevel(result.graph.gateway.log.level.upper())
     policy = LivePolicy(policy_dir, result.graph, loader=loader)
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=control_fd))
     store = open_store(state, owner=False)
