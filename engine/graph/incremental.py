@@ -228,6 +228,10 @@ class IndexCache(IndexBuilder):
             else:
                 changed.append((loaded, offset, count))
             offset += count
+        if (self._base is not None and not changed and len(conditions) == self._base_size
+                and all(i == j for i, j in enumerate(base_map))):
+            self.layered = False  # the same rule files in the same order: the base index as it is
+            return self._base
         delta_rules = sum(count for _, _, count in changed)
         if self._base is None or delta_rules > DELTA_MAX_SHARE * max(1, len(conditions)):
             self._base = ContentIndex(conditions)
