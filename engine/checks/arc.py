@@ -27,7 +27,7 @@ from typing import Literal
 import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from engine.checks.dkim import DKIMPY_LOGGER, MIN_RSA_BITS, dnsfunc_from, fetch_txt, key_name
+from engine.checks.dkim import DKIMPY_LOGGER, LIBRARY_ERRORS, MIN_RSA_BITS, dnsfunc_from, fetch_txt, key_name
 from engine.checks.lookup import AsyncLookup, Budget
 from engine.dns.resolver import DnsAnswer
 
@@ -113,7 +113,7 @@ async def verify_arc(resolver: AsyncLookup, raw: bytes, *, timeout_budget: float
         present, names = _arc_keys(raw)
         if not present:
             return ArcResult("none", reason="no-arc-sets")
-    except dkim.DKIMException as exc:
+    except (dkim.DKIMException, *LIBRARY_ERRORS) as exc:
         return ArcResult("fail", reason=f"message-format: {exc}")
     answers = await fetch_txt(resolver, names, Budget(resolver, timeout_budget))
     lookups = tuple(answers.values())
@@ -123,7 +123,7 @@ async def verify_arc(resolver: AsyncLookup, raw: bytes, *, timeout_budget: float
                          elapsed=time.monotonic() - started)
     try:  # several RSA verifications in pure Python (ms): off the event loop, a thread hop costs ~0.1 ms
         cv, data, reason = await asyncio.to_thread(_validate, raw, answers)
-    except dkim.DKIMException as exc:
+    except (dkim.DKIMException, *LIBRARY_ERRORS) as exc:
         return ArcResult("fail", reason=f"arc-invalid: {exc}", lookups=lookups, elapsed=time.monotonic() - started)
     sets = tuple(sorted((
         ArcSet(int(str(d["instance"])), _text(d.get("as-domain")), _text(d.get("as-selector")),  # type: ignore[arg-type]

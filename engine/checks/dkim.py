@@ -19,6 +19,7 @@ in a worker thread above `THREAD_ABOVE` bytes, so a large message does not stall
 from __future__ import annotations
 
 import asyncio
+import binascii
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -35,6 +36,11 @@ DkimResultCode = Literal["none", "pass", "fail", "neutral", "temperror", "permer
 
 THREAD_ABOVE = 256 * 1024  # bytes of message above which verification runs in a worker thread
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2: shorter RSA keys are not accepted
+
+# What dkimpy's parsers and its pure-Python RSA/ASN.1 code raise on hostile input besides its own
+# DKIMException: a message, signature or key from the network must give a result, never an exception.
+LIBRARY_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, KeyError, IndexError, UnicodeError,
+                                                binascii.Error)
 
 DKIMPY_LOGGER = logging.getLogger("liveprism.checks.dkimpy")  # dkimpy logs every failure at ERROR
 DKIMPY_LOGGER.addHandler(logging.NullHandler())
@@ -130,7 +136,10 @@ def _signatures(raw: bytes) -> list[tuple[dict[bytes, bytes] | None, str]]:
 
 def _verify_all(raw: bytes, pending: list[int], answers: Mapping[str, DnsAnswer]) -> dict[int, tuple[bool, str]]:
     """dkimpy verification of the signatures at `pending` indexes (pure CPU, no network)."""
-    verifier = dkim.DKIM(raw, logger=DKIMPY_LOGGER, minkey=MIN_RSA_BITS)
+    try:
+        verifier = dkim.DKIM(raw, logger=DKIMPY_LOGGER, minkey=MIN_RSA_BITS)
+    except (dkim.DKIMException, *LIBRARY_ERRORS) as exc:
+        return {idx: (False, f"permerror:message-format: {exc}") for idx in pending}
     dnsfunc = dnsfunc_from(answers)
     out: dict[int, tuple[bool, str]] = {}
     for idx in pending:
@@ -141,7 +150,7 @@ def _verify_all(raw: bytes, pending: list[int], answers: Mapping[str, DnsAnswer]
             text = str(exc)
             token = "body-hash-mismatch" if "body hash" in text else "signature-invalid"
             out[idx] = (False, f"{token}: {text}")
-        except dkim.DKIMException as exc:
+        except (dkim.DKIMException, *LIBRARY_ERRORS) as exc:
             out[idx] = (False, f"permerror:{type(exc).__name__}: {exc}")
     return out
 
@@ -153,7 +162,7 @@ async def verify_dkim(
     started = time.monotonic()
     try:
         signatures = _signatures(raw)
-    except dkim.DKIMException as exc:
+    except (dkim.DKIMException, *LIBRARY_ERRORS) as exc:
         return (DkimResult("", "", "permerror", f"message-format: {exc}"),)
     if not signatures:
         return (DkimResult("", "", "none", "no-signature"),)
