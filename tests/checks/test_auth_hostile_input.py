@@ -23,7 +23,8 @@ SPF_WORDS = ["v=spf1", "a", "mx", "ptr", "all", "-all", "~all", "include:", "exi
 
 
 @settings(max_examples=300)
-@given(st.lists(st.sampled_from(SPF_WORDS), max_size=12), st.sampled_from(["192.0.2.1", "2001:db8::1", "::ffff:1.2.3.4"]))
+@given(st.lists(st.sampled_from(SPF_WORDS), max_size=12),
+       st.sampled_from(["192.0.2.1", "2001:db8::1", "::ffff:1.2.3.4"]))
 def test_any_spf_record_gives_a_result(words: list[str], ip: str) -> None:
     record = "".join(words)
     resolver = FakeResolver({
