@@ -188,6 +188,12 @@ def test_dmarc_policies(resolver: Resolver, author: str, policy_domain: str, dis
     assert result.lookups[0].name == f"_dmarc.{author}"
 
 
+def test_dmarc_several_records_end_discovery(resolver: Resolver) -> None:
+    result = dmarc_for(resolver, message(from_="x@dup.test"), "198.51.100.7", "x@dup.test")
+    assert (result.result, result.disposition, result.reason.split(":")[0]) == ("none", "none", "multiple-records")
+    assert [a.name for a in result.lookups] == ["_dmarc.dup.test"]  # RFC 7489 §6.6.3: no fallback
+
+
 def test_dmarc_pct_sampling_is_deterministic(resolver: Resolver) -> None:
     seen = {}
     for n in range(12):
@@ -270,7 +276,7 @@ def test_authentication_results_header(resolver: Resolver, keys: Keys) -> None:
     assert lines[2].startswith('dkim=fail reason="body-hash-mismatch')
     assert "header.d=sender.test header.s=rsa" in lines[2]
     assert lines[3].startswith("dmarc=fail") and lines[3].endswith("header.from=sender.test policy.dmarc=reject")
-    assert lines[4] == "arc=pass arc.chain=list.test arc.oldest-pass=0"
+    assert lines[4] == "arc=pass (sealers list.test) header.oldest-pass=0"
     # a forged A-R claiming our id is removed, the forwarder's own is kept
     forged = b"Authentication-Results: MXPATH.liveprism.example;\r\n\tdkim=pass header.d=bank.example\r\n" + raw
     cleaned = strip_authentication_results(forged, "mxpath.liveprism.example")

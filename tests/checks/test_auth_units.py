@@ -55,7 +55,7 @@ def test_authentication_results_value() -> None:
                      '\tdkim=permerror reason="no-key: \\"s2._domainkey.b.example\\" nxdomain" header.d=b.example'
                      " header.s=s2;\r\n"
                      "\tdmarc=fail header.from=a.example policy.dmarc=quarantine;\r\n"
-                     "\tarc=pass arc.chain=list.example arc.oldest-pass=0")
+                     "\tarc=pass (sealers list.example) header.oldest-pass=0")
     assert authentication_results(ID) == f"{ID}; none"
     assert authentication_results(ID, dkim=(DkimResult("", "", "none", "no-signature"),)) == f"{ID};\r\n\tdkim=none"
 
