@@ -9,7 +9,8 @@ Results per signature, in header order (RFC 8601 §2.7.1 result names):
 - `pass`: signature and body hash verify;
 - `fail`: the signature or body hash does not verify, or the signature is expired/post-dated;
 - `neutral`: the signature field cannot be parsed (syntax error, missing tags);
-- `permerror`: no key record, a revoked or unusable key (bad syntax, too short, unknown type);
+- `permerror`: From not signed (RFC 6376 §6.1.1), no key record, a revoked or unusable key (bad
+  syntax, too short per RFC 8301, unknown type);
 - `temperror`: the key lookup timed out or the server failed (never turned into `fail`);
 - a message with no signature gives one result `none`.
 Verification is pure CPU once the keys are in hand: it runs inline for ordinary messages and
@@ -130,7 +131,12 @@ def _signatures(raw: bytes) -> list[tuple[dict[bytes, bytes] | None, str]]:
             out.append((None, f"signature-syntax: {exc}"))
             continue
         missing = [t.decode() for t in (b"v", b"a", b"b", b"bh", b"d", b"h", b"s") if t not in tags]
-        out.append((tags, f"signature-syntax: missing {', '.join(missing)}=" if missing else ""))
+        if missing:
+            out.append((tags, f"signature-syntax: missing {', '.join(missing)}="))
+        elif b"from" not in [h.strip().lower() for h in tags[b"h"].split(b":")]:
+            out.append((tags, "from-not-signed: h= lacks From (RFC 6376 §6.1.1)"))
+        else:
+            out.append((tags, ""))
     return out
 
 
@@ -174,7 +180,8 @@ async def verify_dkim(
     for idx, (tags, problem) in enumerate(signatures):
         if tags is None or problem:
             tags = tags or {}
-            results[idx] = DkimResult(_text(tags.get(b"d")), _text(tags.get(b"s")), "neutral", problem)
+            code: DkimResultCode = "permerror" if problem.startswith("from-not-signed") else "neutral"
+            results[idx] = DkimResult(_text(tags.get(b"d")), _text(tags.get(b"s")), code, problem)
             continue
         domain, selector = _text(tags[b"d"]).rstrip(".").lower(), _text(tags[b"s"])
         answer = answers[key_name(selector, domain)]
@@ -193,7 +200,7 @@ async def verify_dkim(
             tags = signatures[idx][0] or {}
             domain, selector = _text(tags[b"d"]).rstrip(".").lower(), _text(tags[b"s"])
             ok, reason = verified[idx]
-            code: DkimResultCode = "pass" if ok else "fail"
+            code = "pass" if ok else "fail"
             if reason.startswith("permerror:"):
                 code, reason = "permerror", reason.removeprefix("permerror:")
             results[idx] = DkimResult(domain, selector, code, reason, _text(tags.get(b"a")), _text(tags.get(b"i")),

@@ -11,6 +11,7 @@ timeouts become temperror within the budget.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,6 +152,11 @@ def test_dkim_key_problems_and_unsigned(resolver: Resolver, keys: Keys) -> None:
     assert [(r.result, r.reason) for r in unsigned] == [("none", "no-signature")]
     broken = b"DKIM-Signature: v=1; a=rsa-sha256; d=sender.test\r\n" + message()
     assert asyncio.run(verify_dkim(resolver, broken))[0].result == "neutral"
+    # a signature that does not cover From could be replayed under any From (dkimpy refuses to make one)
+    signed = sign(message(), "rsa", "sender.test", keys.rsa_pem)
+    no_from = re.sub(rb"h=[^;]*;", b"h=to : subject : date;", signed, count=1)
+    unsigned_from = asyncio.run(verify_dkim(resolver, no_from))
+    assert (unsigned_from[0].result, unsigned_from[0].reason.split(":")[0]) == ("permerror", "from-not-signed")
 
 
 # -- DMARC --------------------------------------------------------------------------------
