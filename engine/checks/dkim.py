@@ -6,7 +6,8 @@ budget); then dkimpy verifies each signature with a `dnsfunc` that only answers 
 fetched, so dkimpy never touches the network and never blocks the event loop on DNS.
 
 Results per signature, in header order (RFC 8601 §2.7.1 result names):
-- `pass`: signature and body hash verify;
+- `pass`: signature and body hash verify (with reason `body-length-limit` when l= signs only
+  the start of the body, RFC 6376 §8.2, so a policy can distrust it);
 - `fail`: the signature or body hash does not verify, or the signature is expired/post-dated;
 - `neutral`: the signature field cannot be parsed (syntax error, missing tags);
 - `permerror`: From not signed (RFC 6376 §6.1.1), no key record, a revoked or unusable key (bad
@@ -203,6 +204,8 @@ async def verify_dkim(
             code = "pass" if ok else "fail"
             if reason.startswith("permerror:"):
                 code, reason = "permerror", reason.removeprefix("permerror:")
+            if ok and b"l" in tags:  # RFC 6376 §8.2: content may have been appended after the signed part
+                reason = f"body-length-limit: l={_text(tags[b'l'])} (only that much of the body is signed)"
             results[idx] = DkimResult(domain, selector, code, reason, _text(tags.get(b"a")), _text(tags.get(b"i")),
                                       answers[key_name(selector, domain)], time.monotonic() - started)
     return tuple(results[i] for i in range(len(signatures)))

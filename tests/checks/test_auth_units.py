@@ -97,3 +97,15 @@ def test_spf_temperror_in_an_include_is_never_fail() -> None:
     result = asyncio.run(check_spf(resolver, client_ip="192.0.2.1", helo="h.example", mail_from="x@a.example"))
     assert (result.result, result.reason.split(":")[0]) == ("temperror", "dns-timeout")
     assert [(a.name, a.status) for a in result.lookups] == [("a.example", "ok"), ("slow.example", "timeout")]
+
+
+def test_dkim_body_length_limit_is_reported() -> None:
+    import dkim as dkimpy
+
+    keys = make_keys()
+    resolver = FakeResolver({"rsa._domainkey.sender.test": [("TXT", "v=DKIM1; k=rsa; p=" + keys.rsa_dns)]})
+    raw = message()
+    header = dkimpy.sign(raw, b"rsa", b"sender.test", keys.rsa_pem, include_headers=[b"from", b"subject"], length=True)
+    appended = bytes(header) + raw + b"Click here: http://phish.example/\r\n"
+    (result,) = asyncio.run(verify_dkim(resolver, appended))
+    assert (result.result, result.reason.split(":")[0]) == ("pass", "body-length-limit")
