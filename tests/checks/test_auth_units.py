@@ -106,6 +106,6 @@ def test_dkim_body_length_limit_is_reported() -> None:
     resolver = FakeResolver({"rsa._domainkey.sender.test": [("TXT", "v=DKIM1; k=rsa; p=" + keys.rsa_dns)]})
     raw = message()
     header = dkimpy.sign(raw, b"rsa", b"sender.test", keys.rsa_pem, include_headers=[b"from", b"subject"], length=True)
-    appended = bytes(header) + raw + b"Click here: http://phish.example/\r\n"
+    appended = bytes(header) + raw + b"\r\nClick here: http://phish.example/\r\n"
     (result,) = asyncio.run(verify_dkim(resolver, appended))
     assert (result.result, result.reason.split(":")[0]) == ("pass", "body-length-limit")
