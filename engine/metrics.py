@@ -45,6 +45,10 @@ ACCEPT_LATENCY = Histogram(
 SESSIONS = Counter("liveprism_smtp_sessions_total", "SMTP connections accepted.")
 SESSIONS_OPEN = Gauge("liveprism_smtp_sessions_open", "SMTP connections open now.", multiprocess_mode="livesum")
 REPLIES = Counter("liveprism_smtp_replies_total", "SMTP replies sent, by code class (2xx, 4xx, 5xx).", ["code_class"])
+REFUSALS = Counter(
+    "liveprism_refusals_total", "Transactions (MAIL) and recipients (RCPT) refused before DATA, by stage and"
+    " reason token.", ["stage", "reason"],
+)
 DELIVERY_ATTEMPTS = Counter(
     "liveprism_delivery_attempts_total", "Delivery attempts per recipient, by result (sent, deferred, bounced,"
     " expired) and route (host:port, or none).", ["result", "route"],
@@ -73,7 +77,11 @@ def delivery_attempt(result: str, route: str) -> None:
 
 
 class TransactionObserver:
-    """Told once per transaction decided after DATA: counts copies and hits, times the accept."""
+    """Told once per transaction decided after DATA (`observe`: copies, hits, accept time) and once
+    per refusal before it (`refused`)."""
+
+    def refused(self, stage: str, reason: str) -> None:
+        REFUSALS.labels(stage, reason or "policy").inc()
 
     def observe(self, decision: Decision, direction: str, seconds: float) -> None:
         ACCEPT_LATENCY.observe(seconds)
@@ -172,7 +180,7 @@ def scrape(snapshot: Callable[[], Snapshot], state: Path | None) -> bytes:
     if directory:
         MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
     else:  # a single process (unit tests): this process's own metrics
-        for metric in (MESSAGES, HITS, ACCEPT_LATENCY, SESSIONS, SESSIONS_OPEN, REPLIES, DELIVERY_ATTEMPTS):
+        for metric in (MESSAGES, HITS, ACCEPT_LATENCY, SESSIONS, SESSIONS_OPEN, REPLIES, REFUSALS, DELIVERY_ATTEMPTS):
             registry.register(metric)
     registry.register(_SnapshotCollector(snapshot, state))
     return generate_latest(registry)

@@ -26,7 +26,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from engine.graph.evaluator import FilterGraph
 from engine.graph.transaction import Evaluation
-from engine.graph.verdict import REASON_TEMPFAIL_HELD, Decision
+from engine.graph.verdict import KIND_LIST, REASON_BLOCK_LIST, REASON_TEMPFAIL_HELD, Decision
 from engine.metrics import TransactionObserver
 from engine.mime.view import parse_message
 from engine.policy.models import Direction
@@ -97,6 +97,8 @@ class InboundHandler:
             env.evaluation = None  # the client may try another sender
             hit = evaluation.refusal_hit
             detail = f"{hit.id} ({hit.message})" if hit is not None else str(reply)
+            self._observer.refused("mail", REASON_BLOCK_LIST if hit is not None and hit.kind == KIND_LIST
+                                   else hit.kind if hit is not None else "")
             self._log_refusal(session, sender, f"MAIL refused: {detail}", evaluation.graph)
             return str(reply)
         envelope.mail_from = address
@@ -112,6 +114,7 @@ class InboundHandler:
         result = env.evaluation.rcpt(address)
         if not result.accepted:
             env.refused.append(f"{sanitise(address)}: {result.reply}")
+            self._observer.refused("rcpt", result.reason)
             return str(result.answer)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)

@@ -259,6 +259,11 @@ def test_two_workers_converge_on_reload_and_one_scrape_covers_both(tmp_path: Pat
     assert any("[worker" not in line for line in lines), "the parent took no connection"
     assert not any("policy=" + first["version"] in line for line in lines)
 
+    with smtplib.SMTP(LOCALHOST, gateway.port, local_hostname="client.test.example", timeout=60) as smtp:
+        smtp.ehlo()
+        smtp.mail("alice@example.com")
+        assert smtp.rcpt("someone@nowhere.example")[0] == 550  # no open relay
+
     # One scrape covers every process.
     status, text = gateway.http("GET", "/metrics")
     assert status == 200
@@ -275,6 +280,12 @@ def test_two_workers_converge_on_reload_and_one_scrape_covers_both(tmp_path: Pat
     replies = {s.labels["code_class"]: s.value for s in families["liveprism_smtp_replies"].samples
                if s.name.endswith("_total")}
     assert replies["2xx"] >= sent * 4  # greeting-less count: EHLO, MAIL, RCPT, DATA end (+QUIT)
+    assert replies["5xx"] == 1
+    refusals = {(s.labels["stage"], s.labels["reason"]): s.value for s in families["liveprism_refusals"].samples
+                if s.name.endswith("_total")}
+    assert refusals == {("rcpt", "relaying-denied"): 1}
+    queue = {s.labels["state"]: s.value for s in families["liveprism_queue_deliveries"].samples}
+    assert set(queue) == {"queued", "inflight"} and "liveprism_archive_messages" in families
     assert wait_for(lambda: len(box.messages()) == sent, timeout=60)
 
 
