@@ -238,6 +238,8 @@ def test_two_workers_converge_on_reload_and_one_scrape_covers_both(tmp_path: Pat
     assert set(first["workers"]) == {"0", "1"} and set(first["workers"].values()) == {first["version"]}
 
     write_atomically(gateway.policy / "rules" / "probe.yaml", PROBE_DELIVER)
+    assert gateway.http("POST", "/reload")[0] == 401
+    assert gateway.http("POST", "/reload", TOKEN + "x")[0] == 403
     status, body = gateway.http("POST", "/reload", TOKEN)
     assert status == 200 and body["applied"], body
     new = body["version"]
