@@ -1,0 +1,157 @@
+"""`liveprism dns --check`: compare the records a policy asks for with what DNS serves.
+
+Contract: `check_drift(plan, resolver)` asks the shared resolver once per planned RRset (all
+concurrently) and returns a `DriftReport` value; it never raises. Per RRset:
+- `ok`: the records of that kind found are exactly the planned ones;
+- `missing`: none found (NXDOMAIN or no data);
+- `different`: some found, but not the planned set (expected vs found);
+- `extra`: every planned record found, plus others of the same kind (two SPF records are a
+  permerror, RFC 7208 §3.2; a second DMARC record voids DMARC, RFC 7489 §6.6.3);
+- `bypass`: an MX of a tenant domain names a host that is not a gateway MX host: mail can reach
+  the tenant around the filter (the backup-MX trick). It outranks the other states;
+- `error`: the lookup failed (timeout, SERVFAIL): nothing is known, and it counts as drift;
+- `skipped`: the plan has no expected value (a DKIM key not created yet): not drift.
+"Of that kind": TXT records at a shared name are told apart by their version tag (`v=spf1`,
+`v=DMARC1`, `v=STSv1`, `v=TLSRPTv1`), so a site-verification TXT at the apex is not drift.
+Values compare semantically: names case-insensitively, SPF terms by whitespace-separated terms,
+tag-value records (DMARC, DKIM, MTA-STS, TLS-RPT) by their tags, ignoring whitespace and order.
+
+`drift_metric_values(report)` is what the admin listener exports as
+`liveprism_dns_drift{domain,record}` (1 drifted, 0 agrees).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+
+from engine.dns.records import DnsPlan, Record, RecordKind, Skipped
+from engine.dns.resolver import DnsAnswer, Resolver
+
+DriftStatus = Literal["ok", "missing", "different", "extra", "bypass", "error", "skipped"]
+_TXT_VERSION: dict[RecordKind, str] = {
+    "spf": "v=spf1", "dmarc": "v=dmarc1", "mta-sts": "v=stsv1", "tls-rpt": "v=tlsrptv1",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RecordDrift:
+    """The verdict for one planned RRset."""
+
+    domain: str  # tenant domain or gateway MX host
+    kind: RecordKind
+    name: str  # owner name, no trailing dot
+    rtype: str
+    status: DriftStatus
+    expected: tuple[str, ...] = ()
+    found: tuple[str, ...] = ()
+    detail: str = ""
+
+    @property
+    def drifted(self) -> bool:
+        return self.status not in ("ok", "skipped")
+
+
+@dataclass(frozen=True, slots=True)
+class DriftReport:
+    items: tuple[RecordDrift, ...]
+
+    @property
+    def drifted(self) -> tuple[RecordDrift, ...]:
+        return tuple(i for i in self.items if i.drifted)
+
+    @property
+    def bypasses(self) -> tuple[RecordDrift, ...]:
+        return tuple(i for i in self.items if i.status == "bypass")
+
+    @property
+    def ok(self) -> bool:
+        return not self.drifted
+
+
+def drift_metric_values(report: DriftReport) -> dict[tuple[str, str], float]:
+    """(domain, record kind) → 1.0 when that record drifted, 0.0 when DNS agrees; skipped
+    records are left out (`liveprism_dns_drift{domain,record}`)."""
+    values: dict[tuple[str, str], float] = {}
+    for item in report.items:
+        if item.status == "skipped":
+            continue
+        key = (item.domain, item.kind)
+        values[key] = max(values.get(key, 0.0), 1.0 if item.drifted else 0.0)
+    return values
+
+
+async def check_drift(plan: DnsPlan, resolver: Resolver) -> DriftReport:
+    """Query every planned RRset and judge it (see the module docstring); items in plan order."""
+    records = plan.records
+    answers = await asyncio.gather(*(resolver.query(r.name, r.rtype) for r in records))
+    mx_hosts = frozenset(plan.mx_hosts)
+    items = [_judge(record, answer, mx_hosts) for record, answer in zip(records, answers, strict=True)]
+    items += [_skipped(s) for s in plan.skipped]
+    return DriftReport(tuple(items))
+
+
+def _skipped(skipped: Skipped) -> RecordDrift:
+    return RecordDrift(skipped.domain, skipped.kind, skipped.name, "TXT", "skipped", detail=skipped.reason)
+
+
+def _judge(record: Record, answer: DnsAnswer, mx_hosts: frozenset[str]) -> RecordDrift:
+    def verdict(status: DriftStatus, found: tuple[str, ...] = (), detail: str = "") -> RecordDrift:
+        return RecordDrift(record.domain, record.kind, record.name, record.rtype, status, record.values, found, detail)
+
+    if answer.temporary:
+        return verdict("error", detail=f"lookup failed: {answer.status} {answer.error}".strip())
+    found = tuple(v for v in answer.records if _of_kind(record.kind, v)) if answer.ok else ()
+    if record.kind == "mx":
+        bypass = [v for v in found if _mx_exchange(v) not in mx_hosts and _mx_exchange(v) != ""]
+        if bypass:
+            hosts = ", ".join(_mx_exchange(v) for v in bypass)
+            return verdict("bypass", found, f"MX to {hosts}: mail can reach the tenant around the gateway")
+    if not found:
+        return verdict("missing", detail="NXDOMAIN" if answer.status == "nxdomain" else "")
+    expected = {_normal(record.kind, v) for v in record.values}
+    actual = {_normal(record.kind, v) for v in found}
+    if expected == actual:
+        return verdict("ok", found)
+    if expected < actual:
+        return verdict("extra", found, f"{len(actual - expected)} more {record.kind} record(s) than planned")
+    return verdict("different", found)
+
+
+def _of_kind(kind: RecordKind, text: str) -> bool:
+    version = _TXT_VERSION.get(kind)
+    if version is None:
+        return True
+    head = text.strip().lower()
+    if kind == "spf":  # RFC 7208 §4.5: "v=spf1" then a space or the end
+        return head == version or head.startswith(version + " ")
+    return head.replace(" ", "").startswith(version + ";") or head.replace(" ", "") == version
+
+
+def _mx_exchange(text: str) -> str:
+    parts = text.split()
+    return parts[-1].rstrip(".").lower() if parts else ""
+
+
+def _normal(kind: RecordKind, text: str) -> object:
+    """A comparable form of one record value (see the module docstring)."""
+    if kind == "mx":
+        parts = text.split()
+        return (int(parts[0]), _mx_exchange(text)) if len(parts) == 2 and parts[0].isdigit() else text.lower()
+    if kind in ("a", "aaaa"):
+        try:
+            return ipaddress.ip_address(text.strip())
+        except ValueError:
+            return text
+    if kind == "spf":
+        return tuple(text.lower().split())
+    tags = []
+    for part in text.split(";"):
+        tag, sep, value = part.partition("=")
+        if sep:
+            tags.append((tag.strip().lower(), "".join(value.split())))
+        elif part.strip():
+            tags.append((part.strip().lower(), ""))
+    return frozenset(tags)
