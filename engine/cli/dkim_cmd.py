@@ -73,9 +73,9 @@ def run_keygen(directory: Path, tenant_name: str, selector: str | None, algorith
               "point private_key at a file, or generate the PEM elsewhere (openssl genpkey)", file=sys.stderr)
         return EXIT_USAGE
     key = generate_key("ed25519" if algorithm == "ed25519" else "rsa")
-    problem = write_new_key(path, key)
-    if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
+    refused = write_new_key(path, key)
+    if refused is not None:
+        print(f"error: {refused}", file=sys.stderr)
         return EXIT_USAGE
     print(f"wrote {algorithm} key {path} (mode 0600; keep it out of git). Publish:", file=sys.stderr)
     ttl = source.gateway.model.dns_ttl if source.gateway is not None else 3600
