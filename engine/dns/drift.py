@@ -14,7 +14,8 @@ concurrently) and returns a `DriftReport` value; it never raises. Per RRset:
 "Of that kind": TXT records at a shared name are told apart by their version tag (`v=spf1`,
 `v=DMARC1`, `v=STSv1`, `v=TLSRPTv1`), so a site-verification TXT at the apex is not drift.
 Values compare semantically: names case-insensitively, SPF terms by whitespace-separated terms,
-tag-value records (DMARC, DKIM, MTA-STS, TLS-RPT) by their tags, ignoring whitespace and order.
+tag-value records (DMARC, MTA-STS, TLS-RPT) by their tags, ignoring whitespace and order, DKIM
+key records by their key type and key (`k=`, `p=`) only.
 
 `drift_metric_values(report)` is what the admin listener exports as
 `liveprism_dns_drift{domain,record}` (1 drifted, 0 agrees).
@@ -154,4 +155,7 @@ def _normal(kind: RecordKind, text: str) -> object:
             tags.append((tag.strip().lower(), "".join(value.split())))
         elif part.strip():
             tags.append((part.strip().lower(), ""))
+    if kind == "dkim":  # the key is what matters: other tags (h=, t=, n=) do not change it
+        found = dict(tags)
+        return (found.get("k", "rsa").lower(), found.get("p", ""))
     return frozenset(tags)
