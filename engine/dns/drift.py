@@ -33,7 +33,7 @@ from engine.dns.resolver import DnsAnswer, Resolver
 
 DriftStatus = Literal["ok", "missing", "different", "extra", "bypass", "error", "skipped"]
 _TXT_VERSION: dict[RecordKind, str] = {
-    "spf": "v=spf1", "dmarc": "v=dmarc1", "mta-sts": "v=stsv1", "tls-rpt": "v=tlsrptv1",
+    "spf": "v=spf1", "dmarc": "v=dmarc1", "dmarc-report": "v=dmarc1", "mta-sts": "v=stsv1", "tls-rpt": "v=tlsrptv1",
 }
 
 

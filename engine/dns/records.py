@@ -8,7 +8,10 @@ its zone (origin = the domain) gets:
 - SPF (RFC 7208): `ip4:`/`ip6:` of the MX hosts (outbound mail leaves from them; `a:HOST` for a
   host without addresses), the tenant's `include:`s, then its `all`; a warning when evaluating it
   needs more than 10 DNS lookups (RFC 7208 §4.6.4; nested includes counted as one each: a floor);
-- DMARC (RFC 7489 §6.3) at `_dmarc`;
+- DMARC (RFC 7489 §6.3) at `_dmarc`; when a report address (rua/ruf) lies outside the domain's
+  organisational domain, the report domain must authorise it (RFC 7489 §7.1): the
+  `DOMAIN._report._dmarc.REPORTDOMAIN` record `v=DMARC1` goes in the report domain's zone when it
+  is in the plan, else a warning names the record the other party must publish;
 - DKIM (RFC 6376 §3.6.1) at `SELECTOR._domainkey` from the public half of `outbound.dkim`'s key;
   a missing or unreadable key is a warning naming the fix, and the record is skipped;
 - MTA-STS (RFC 8461 §3.1) at `_mta-sts` with `id` = a digest of the policy file, so the id changes
@@ -31,8 +34,10 @@ from publicsuffixlist import PublicSuffixList
 from engine.dns.dkim import KeyProblem, load_key, public_record
 from engine.policy.models import DmarcRecord, Gateway, MtaSts, Tenant, TlsRpt
 
-RecordKind = Literal["mx", "spf", "dmarc", "dkim", "mta-sts", "tls-rpt", "a", "aaaa"]
-KIND_ORDER: tuple[RecordKind, ...] = ("mx", "spf", "dmarc", "dkim", "mta-sts", "tls-rpt", "a", "aaaa")
+RecordKind = Literal["mx", "spf", "dmarc", "dkim", "mta-sts", "tls-rpt", "dmarc-report", "a", "aaaa"]
+KIND_ORDER: tuple[RecordKind, ...] = (
+    "mx", "spf", "dmarc", "dkim", "mta-sts", "tls-rpt", "dmarc-report", "a", "aaaa"
+)
 SPF_LOOKUP_LIMIT = 10
 
 
@@ -163,6 +168,9 @@ def plan_dns(gateway: Gateway, tenants: Sequence[Tenant], root: Path) -> DnsPlan
             if tenant.dns.tls_rpt is not None:
                 zone.add(f"_smtp._tls.{domain}", "TXT", "tls-rpt", domain, [_tls_rpt(tenant.dns.tls_rpt)])
     psl = PublicSuffixList()
+    for tenant in sorted(tenants, key=lambda t: t.name):
+        for domain in tenant.domains:
+            _authorise_reports(domain, tenant.dns.dmarc, zones, psl, warnings)
     for name, _, ipv4, ipv6 in hosts:
         origin = _host_zone(name, zones, psl)
         zone = zones.setdefault(origin, _ZoneBuilder(origin, None))
@@ -181,10 +189,9 @@ def _by_prio(host: tuple[str, int, list[str], list[str]]) -> tuple[int, str]:
 def _host_zone(name: str, zones: dict[str, _ZoneBuilder], psl: PublicSuffixList) -> str:
     """The zone an MX host's addresses go in: the longest tenant domain containing it, else its
     registrable domain (the name itself when it is a public suffix or unknown)."""
-    parts = name.split(".")
-    for i in range(len(parts) - 1):
-        if ".".join(parts[i:]) in zones:
-            return ".".join(parts[i:])
+    zone = _longest_zone(name, zones)
+    if zone is not None:
+        return zone.origin
     registrable: str | None = psl.privatesuffix(name)
     return registrable or name
 
@@ -230,6 +237,37 @@ def _dmarc(dmarc: DmarcRecord) -> str:
         if uris:
             tags.append((tag, ",".join(uris)))
     return "; ".join(f"{k}={v}" for k, v in tags)
+
+
+def _authorise_reports(domain: str, dmarc: DmarcRecord, zones: dict[str, _ZoneBuilder], psl: PublicSuffixList,
+                       warnings: list[str]) -> None:
+    """RFC 7489 §7.1 external report destinations of `domain` (see the module docstring)."""
+    own = psl.privatesuffix(domain) or domain
+    report_domains = sorted({
+        uri.partition(":")[2].split("!", 1)[0].rpartition("@")[2].lower()
+        for uri in _uris(dmarc.rua) + _uris(dmarc.ruf)
+    })
+    for report_domain in report_domains:
+        if (psl.privatesuffix(report_domain) or report_domain) == own:
+            continue
+        name = f"{domain}._report._dmarc.{report_domain}"
+        zone = _longest_zone(report_domain, zones)
+        if zone is None:
+            warnings.append(
+                f"{domain}: DMARC reports go to {report_domain}, which must publish {name}. TXT \"v=DMARC1\""
+                " (RFC 7489 §7.1) or receivers will not send them"
+            )
+        elif not any(r.name == name for r in zone.records):
+            zone.add(name, "TXT", "dmarc-report", report_domain, ["v=DMARC1"])
+
+
+def _longest_zone(name: str, zones: dict[str, _ZoneBuilder]) -> _ZoneBuilder | None:
+    parts = name.split(".")
+    for i in range(len(parts) - 1):
+        zone = zones.get(".".join(parts[i:]))
+        if zone is not None:
+            return zone
+    return None
 
 
 def _tls_rpt(tls_rpt: TlsRpt) -> str:

@@ -360,3 +360,23 @@ def test_key_from_environment_variable(tmp_path: Path, monkeypatch: pytest.Monke
     invalid = load_key(tmp_path, reference)
     assert isinstance(invalid, KeyProblem) and invalid.kind == "invalid"
     assert os.environ["LP_TEST_DKIM"] not in invalid.message
+
+
+def test_external_dmarc_report_destinations_are_authorised_or_named(tmp_path: Path) -> None:
+    root = write_policy(tmp_path, {
+        "gateway.yaml": "hostname: mx.gateway.example\nmx_hosts: [{name: mx1.gateway.example, ipv4: [192.0.2.1]}]\n",
+        "tenants/acme.yaml": (
+            "name: acme\ndomains: [acme.example, acme-corp.example, sub.acme.example]\nroutes: [{host: 127.0.0.1}]\n"
+            "dns: {dmarc: {policy: reject, rua: [mailto:d@acme.example, mailto:d@vendor.example],"
+            " ruf: mailto:f@acme.example}}\n"
+        ),
+    })
+    plan = plan_of(root)
+    reports = [(r.zone, r.name, r.values) for r in plan.records if r.kind == "dmarc-report"]
+    # acme-corp.example's reports go to acme.example: acme.example (in the plan) authorises them;
+    # sub.acme.example shares acme.example's organisational domain: nothing to authorise
+    assert reports == [("acme.example", "acme-corp.example._report._dmarc.acme.example", ("v=DMARC1",))]
+    vendor = [w for w in plan.warnings if "vendor.example" in w]
+    assert len(vendor) == 3 and (
+        'acme.example: DMARC reports go to vendor.example, which must publish'
+        ' acme.example._report._dmarc.vendor.example. TXT "v=DMARC1" (RFC 7489 §7.1)') in vendor[0]
