@@ -77,6 +77,8 @@ def run_dns(directory: Path, domain: str | None, fmt: str | None, check: bool, o
         print(f"warning: {warning}", file=sys.stderr)
     if check:
         report = asyncio.run(check_drift(plan, Resolver(source.gateway.model.dns)))
+        for warning in report.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         print(report_json(report) if fmt == "json" else report_text(report), end="")
         return EXIT_DRIFT if report.drifted else EXIT_OK
     if out is None:
@@ -98,7 +100,7 @@ def report_text(report: DriftReport) -> str:
     they differ; then a summary line."""
     lines = []
     for item in report.items:
-        line = f"{item.status:<9} {item.domain:<28} {item.kind:<8} {item.name}. {item.rtype}"
+        line = f"{item.status:<9} {item.domain:<28} {item.kind:<12} {item.name}. {item.rtype}"
         if item.status in ("different", "extra", "bypass", "missing"):
             line += f"  expected: {_values(item.expected)}"
             if item.status != "missing":
@@ -125,5 +127,6 @@ def report_json(report: DriftReport) -> str:
          "expected": list(i.expected), "found": list(i.found), "detail": i.detail}
         for i in report.items
     ]
-    doc = {"drift": bool(report.drifted), "bypass": bool(report.bypasses), "records": items}
+    doc = {"drift": bool(report.drifted), "bypass": bool(report.bypasses), "records": items,
+           "warnings": list(report.warnings)}
     return json.dumps(doc, indent=2) + "\n"

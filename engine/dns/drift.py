@@ -17,6 +17,10 @@ Values compare semantically: names case-insensitively, SPF terms by whitespace-s
 tag-value records (DMARC, MTA-STS, TLS-RPT) by their tags, ignoring whitespace and order, DKIM
 key records by their key type and key (`k=`, `p=`) only.
 
+Beyond the records themselves, each planned SPF record is evaluated for its DNS lookup count
+with nested `include:`/`redirect=` followed (RFC 7208 §4.6.4: more than 10 is a permerror at
+every receiver) and for includes that publish no SPF; those are `warnings`, not drift.
+
 `drift_metric_values(report)` is what the admin listener exports as
 `liveprism_dns_drift{domain,record}` (1 drifted, 0 agrees).
 """
@@ -28,7 +32,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
-from engine.dns.records import DnsPlan, Record, RecordKind, Skipped
+from engine.dns.records import SPF_LOOKUP_LIMIT, DnsPlan, Record, RecordKind, Skipped
 from engine.dns.resolver import DnsAnswer, Resolver
 
 DriftStatus = Literal["ok", "missing", "different", "extra", "bypass", "error", "skipped"]
@@ -58,6 +62,7 @@ class RecordDrift:
 @dataclass(frozen=True, slots=True)
 class DriftReport:
     items: tuple[RecordDrift, ...]
+    warnings: tuple[str, ...] = ()
 
     @property
     def drifted(self) -> tuple[RecordDrift, ...]:
@@ -91,7 +96,52 @@ async def check_drift(plan: DnsPlan, resolver: Resolver) -> DriftReport:
     mx_hosts = frozenset(plan.mx_hosts)
     items = [_judge(record, answer, mx_hosts) for record, answer in zip(records, answers, strict=True)]
     items += [_skipped(s) for s in plan.skipped]
-    return DriftReport(tuple(items))
+    spf = [r for r in records if r.kind == "spf"]
+    counted = await asyncio.gather(*(spf_lookups(r.values[0], resolver) for r in spf))
+    warnings = []
+    for record, (count, problems) in zip(spf, counted, strict=True):
+        if count > SPF_LOOKUP_LIMIT:
+            warnings.append(f"{record.domain}: SPF takes {count} DNS lookups with its includes; RFC 7208 §4.6.4"
+                            f" allows {SPF_LOOKUP_LIMIT} (receivers return permerror)")
+        warnings += [f"{record.domain}: SPF {problem}" for problem in problems]
+    return DriftReport(tuple(items), tuple(dict.fromkeys(warnings)))
+
+
+async def spf_lookups(text: str, resolver: Resolver, _seen: frozenset[str] = frozenset()) -> tuple[int, list[str]]:
+    """(DNS-querying terms of the SPF record `text`, nested includes and redirect counted, RFC 7208
+    §4.6.4; problems met on the way: includes without SPF, failed lookups, loops). Counting stops
+    a little past the limit."""
+    count = 0
+    problems: list[str] = []
+    for term in text.split()[1:]:
+        mechanism = term.lstrip("+-~?").lower()
+        target = ""
+        if mechanism.startswith(("include:", "redirect=")):
+            target = mechanism.split(":" if mechanism.startswith("include:") else "=", 1)[1]
+        elif mechanism in ("a", "mx", "ptr") or mechanism.startswith(("a:", "a/", "mx:", "mx/", "ptr:", "exists:")):
+            count += 1
+            continue
+        else:
+            continue
+        count += 1
+        if count > SPF_LOOKUP_LIMIT + 5:
+            break
+        if target in _seen:
+            problems.append(f"{term}: include loop")
+            continue
+        if "%" in target:  # a macro (RFC 7208 §7): expands per message, cannot be followed here
+            continue
+        answer = await resolver.query(target, "TXT")
+        found = [r for r in answer.records if _of_kind("spf", r)] if answer.ok else []
+        if answer.temporary:
+            problems.append(f"{term}: lookup failed ({answer.status})")
+        elif len(found) != 1:
+            problems.append(f"{term}: {target} publishes {len(found) or 'no'} SPF records (receivers: permerror)")
+        else:
+            nested, nested_problems = await spf_lookups(found[0], resolver, _seen | {target})
+            count += nested
+            problems += nested_problems
+    return count, problems
 
 
 def _skipped(skipped: Skipped) -> RecordDrift:

@@ -98,3 +98,33 @@ def test_skipped_records_are_reported_but_not_drift_nor_metrics() -> None:
     report = asyncio.run(check_drift(plan, resolver))  # type: ignore[arg-type]
     assert [(i.kind, i.status) for i in report.items] == [("mx", "bypass"), ("dkim", "skipped")]
     assert drift_metric_values(report) == {(DOMAIN, "mx"): 1.0}
+
+
+def test_spf_lookups_follow_nested_includes_and_warn_past_ten() -> None:
+    answers: dict[tuple[str, str], tuple[DnsStatus, tuple[str, ...]]] = {
+        ("big.example", "TXT"): ("ok", ("v=spf1 " + " ".join(f"include:n{i}.example" for i in range(4)) + " -all",)),
+        **{(f"n{i}.example", "TXT"): ("ok", ("v=spf1 a mx ip4:192.0.2.9 ~all", "other=x")) for i in range(4)},
+        ("empty.example", "TXT"): ("ok", ("not spf",)),
+        ("loop.example", "TXT"): ("ok", ("v=spf1 include:loop.example -all",)),
+        ("down.example", "TXT"): ("timeout", ()),
+    }
+    resolver = CannedResolver(answers)
+    spf = "v=spf1 ip4:192.0.2.1 include:big.example -all"
+    record = Record(DOMAIN, DOMAIN, "TXT", "spf", DOMAIN, (spf,))
+    plan = DnsPlan(3600, (Zone(DOMAIN, "acme", (record,)),), ())
+    report = asyncio.run(check_drift(plan, resolver))  # type: ignore[arg-type]
+    # 1 (big) + 4 includes + 4 x (a + mx) = 13
+    assert report.warnings == (
+        f"{DOMAIN}: SPF takes 13 DNS lookups with its includes; RFC 7208 §4.6.4 allows 10 (receivers return"
+        " permerror)",
+    )
+    from engine.dns.drift import spf_lookups
+
+    count, problems = asyncio.run(spf_lookups(  # type: ignore[arg-type]
+        "v=spf1 include:empty.example ?include:loop.example include:down.example redirect=n0.example", resolver))
+    assert count == 1 + 2 + 1 + 1 + 2
+    assert problems == [
+        "include:empty.example: empty.example publishes no SPF records (receivers: permerror)",
+        "include:loop.example: include loop",
+        "include:down.example: lookup failed (timeout)",
+    ]
