@@ -19,7 +19,9 @@ key records by their key type and key (`k=`, `p=`) only.
 
 Beyond the records themselves, each planned SPF record is evaluated for its DNS lookup count
 with nested `include:`/`redirect=` followed (RFC 7208 §4.6.4: more than 10 is a permerror at
-every receiver) and for includes that publish no SPF; those are `warnings`, not drift.
+every receiver) and for includes that publish no SPF; and the host of each MTA-STS policy
+(`mta-sts.DOMAIN`, RFC 8461 §3.2) must resolve, or senders cannot fetch the policy. Those are
+`warnings`, not drift.
 
 `drift_metric_values(report)` is what the admin listener exports as
 `liveprism_dns_drift{domain,record}` (1 drifted, 0 agrees).
@@ -104,7 +106,16 @@ async def check_drift(plan: DnsPlan, resolver: Resolver) -> DriftReport:
             warnings.append(f"{record.domain}: SPF takes {count} DNS lookups with its includes; RFC 7208 §4.6.4"
                             f" allows {SPF_LOOKUP_LIMIT} (receivers return permerror)")
         warnings += [f"{record.domain}: SPF {problem}" for problem in problems]
+    policies = [p for zone in plan.zones for p in zone.mta_sts]
+    hosts = await asyncio.gather(*(_resolves(f"mta-sts.{p.domain}", resolver) for p in policies))
+    warnings += [f"{p.domain}: mta-sts.{p.domain} has no address: senders cannot fetch {p.url}"
+                 for p, found in zip(policies, hosts, strict=True) if not found]
     return DriftReport(tuple(items), tuple(dict.fromkeys(warnings)))
+
+
+async def _resolves(name: str, resolver: Resolver) -> bool:
+    answers = await asyncio.gather(resolver.query(name, "A"), resolver.query(name, "AAAA"))
+    return any(a.ok and a.records for a in answers)
 
 
 async def spf_lookups(text: str, resolver: Resolver, _seen: frozenset[str] = frozenset()) -> tuple[int, list[str]]:

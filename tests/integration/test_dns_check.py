@@ -61,6 +61,7 @@ def drifted(report: dict[str, object]) -> list[tuple[str, str, str]]:
 
 def test_check_reports_no_drift_then_exactly_what_changed(tmp_path: Path, nsd: Nsd) -> None:
     root, zones = publish(tmp_path, nsd)
+    zones["acme.example"] += "mta-sts IN A 192.0.2.80\n"  # the web host serving acme's MTA-STS policy
     nsd.start(zones)
 
     code, report = check(root)
@@ -69,6 +70,13 @@ def test_check_reports_no_drift_then_exactly_what_changed(tmp_path: Path, nsd: N
     assert isinstance(records, list) and len(records) == 22  # every planned RRset was looked up
     text = run("dns", str(root), "--check")
     assert text.returncode == 0 and text.stdout.endswith("DNS agrees with the policy (22 records)\n")
+    assert "warning: globex.example: mta-sts.globex.example has no address: senders cannot fetch" in text.stderr
+    assert "mta-sts.acme.example has no address" not in text.stderr
+    assert report["warnings"] == [  # nsd serves no _spf.mailprovider.example: it answers REFUSED
+        "acme.example: SPF include:_spf.mailprovider.example: lookup failed (servfail)",
+        *(f"{d}: mta-sts.{d} has no address: senders cannot fetch https://mta-sts.{d}/.well-known/mta-sts.txt"
+          for d in ("globex-corp.example", "globex.example")),
+    ]
 
     # one record altered in the served zone: exactly that record, expected vs found
     changed = dict(zones)
