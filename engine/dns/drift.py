@@ -31,11 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-from engine.dns.records import SPF_LOOKUP_LIMIT, DnsPlan, Record, RecordKind, Skipped
+from engine.dns.records import SPF_LOOKUP_LIMIT, DnsPlan, Record, RecordKind, Skipped, plan_dns
 from engine.dns.resolver import DnsAnswer, Resolver
+from engine.policy.models import Gateway, Tenant
 
 DriftStatus = Literal["ok", "missing", "different", "extra", "bypass", "error", "skipped"]
 _TXT_VERSION: dict[RecordKind, str] = {
@@ -89,6 +92,12 @@ def drift_metric_values(report: DriftReport) -> dict[tuple[str, str], float]:
         key = (item.domain, item.kind)
         values[key] = max(values.get(key, 0.0), 1.0 if item.drifted else 0.0)
     return values
+
+
+async def policy_drift(gateway: Gateway, tenants: Sequence[Tenant], root: Path, resolver: Resolver) -> DriftReport:
+    """`check_drift` of the policy's plan: the one call a periodic monitor (the admin listener's
+    `liveprism_dns_drift` gauge, via `drift_metric_values`) needs."""
+    return await check_drift(plan_dns(gateway, tenants, root), resolver)
 
 
 async def check_drift(plan: DnsPlan, resolver: Resolver) -> DriftReport:

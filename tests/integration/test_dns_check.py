@@ -14,8 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from engine.dns.drift import check_drift, drift_metric_values
-from engine.dns.records import plan_dns
+from engine.dns.drift import drift_metric_values, policy_drift
 from engine.dns.resolver import Resolver
 from engine.policy.loader import load_policy
 from tests.integration.conftest import LOCALHOST, REPO, liveprism
@@ -118,8 +117,9 @@ def test_check_reports_no_drift_then_exactly_what_changed(tmp_path: Path, nsd: N
     ]
     source = load_policy(root)
     assert source.gateway is not None
-    plan = plan_dns(source.gateway.model, [t.model for t in source.tenants], root)
-    values = drift_metric_values(asyncio.run(check_drift(plan, Resolver(source.gateway.model.dns))))
+    resolver = Resolver(source.gateway.model.dns)
+    report = asyncio.run(policy_drift(source.gateway.model, [t.model for t in source.tenants], root, resolver))
+    values = drift_metric_values(report)
     assert {k for k, v in values.items() if v == 1.0} == {
         ("mxpath.liveprism.example", "a"), ("globex-corp.example", "spf"), ("initech.example", "dmarc")
     }
