@@ -96,7 +96,8 @@ def drift_metric_values(report: DriftReport) -> dict[tuple[str, str], float]:
 
 async def policy_drift(gateway: Gateway, tenants: Sequence[Tenant], root: Path, resolver: Resolver) -> DriftReport:
     """`check_drift` of the policy's plan: the one call a periodic monitor (the admin listener's
-    `liveprism_dns_drift` gauge, via `drift_metric_values`) needs."""
+    `liveprism_dns_drift` gauge, via `drift_metric_values`) needs. Answers may come from the
+    resolver's TTL cache: call `resolver.clear_cache()` first for a fresh look."""
     return await check_drift(plan_dns(gateway, tenants, root), resolver)
 
 
