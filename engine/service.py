@@ -288,8 +288,7 @@ def parse_workers(value: str) -> int | None:
 
 def _print_problems(directory: Path, problems: Any) -> None:
     for problem in problems:
-        print(f"{directory / problem.file}:{problem.line}:{problem.col}: {problem.severity}: {problem.message}",
-              file=sys.stderr)
+        print(problem.format("text", directory), file=sys.stderr)
 
 
 def _initial_git_policy(git: GitSync, loader: IncrementalLoader) -> tuple[FilterGraph | None, Path]:

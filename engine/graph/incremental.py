@@ -2,10 +2,10 @@
 
 Contract: `IncrementalLoader.load(root)` returns what `engine.policy.loader.load_policy(root)`
 returns for the same bytes (same models, positions, problems, content hash; checked by
-`tests/unit/test_live_reload.py`), but a file whose (path, kind, sha256 of its bytes) was parsed
+`tests/unit/test_live_reload.py`), but a file whose (path, kind, sha256 of its text) was parsed
 before by this loader is not parsed again: its `LoadedFile` (immutable) and its problems are
-reused. Each file is read exactly once per load, and both the parse and the content hash use
-those bytes, so an edit racing with the load cannot make the hash disagree with the models.
+reused. Files are read with the loader's own rules (`engine.policy.files.read_policy_text`:
+inside the directory, size limit, UTF-8) and hashed with its `content_hash`.
 
 The cache holds the files of the last load only (a file edited away is dropped), so its memory is
 that of one parsed policy, which the running graph's source references anyway.
@@ -40,17 +40,12 @@ from engine.graph.compiler import GraphResult, IndexBuilder, compile_policy, lis
 from engine.graph.content import ContentIndex
 from engine.graph.lists import ListEntry, ListIndex
 from engine.mime.view import MessageView
-from engine.policy.loader import (
-    LoadedFile,
-    PolicySource,
-    Problem,
-    parse_yaml,
-    paused_gc,
-    policy_files,
-    schema_problems,
-)
+from engine.policy.files import read_policy_text
+from engine.policy.loader import LoadedFile, PolicySource, Problem, content_hash, paused_gc, policy_files
 from engine.policy.models import Condition, Gateway, PolicyList, PolicyModel, RuleSet, Tenant
+from engine.policy.schema_errors import schema_problems
 from engine.policy.validate import validate_policy
+from engine.policy.yaml_positions import parse_yaml
 
 _MODELS: dict[str, type[PolicyModel]] = {"tenants": Tenant, "lists": PolicyList, "rules": RuleSet}
 DELTA_MAX_SHARE = 0.2  # of all rules; beyond it the content index is compiled afresh
@@ -93,7 +88,6 @@ class IncrementalLoader:
     def _load(self, root: Path) -> PolicySource:
         files = policy_files(root)
         problems: list[Problem] = []
-        digest = hashlib.sha256()
         cache: dict[tuple[str, str, str], _Parsed] = {}
         by_rel: dict[str, LoadedFile[Any] | None] = {}
         gateway_files = [rel for rel in files if "/" not in rel]
@@ -102,33 +96,28 @@ class IncrementalLoader:
         for extra in gateway_files[1:]:
             problems.append(Problem("warning", extra, 1, 1, f"ignored: {gateway_files[0]} is used"))
         parsed = 0
-        readable = True
         for rel in files:
             if "/" not in rel and rel != gateway_files[0]:
-                model: type[PolicyModel] | None = None
-            else:
-                model = Gateway if "/" not in rel else _MODELS[rel.partition("/")[0]]
-            try:
-                data = (root / rel).read_bytes()
-            except OSError as exc:
-                readable = False
-                if model is not None:
-                    problems.append(Problem("error", rel, 1, 1, f"cannot read: {exc.strerror or exc}"))
+                continue  # an ignored second gateway file
+            model = Gateway if "/" not in rel else _MODELS[rel.partition("/")[0]]
+            text = read_policy_text(root, rel)  # the loader's rules: inside the directory, size, UTF-8
+            if isinstance(text, Problem):
+                problems.append(text)
                 continue
-            digest.update(f"{rel}\0{len(data)}\0".encode())  # the same formula as loader.content_hash
-            digest.update(data)
-            if model is None:
-                continue
-            key = (rel, model.__name__, hashlib.sha256(data).hexdigest())
+            key = (rel, model.__name__, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest())
             entry = self._cache.get(key)
             if entry is None:
-                entry = _parse(rel, data, model)
+                entry = _parse(rel, text, model)
                 parsed += 1
             cache[key] = entry
             by_rel[rel] = entry.loaded
             problems.extend(entry.problems)
         self._cache = cache
         self.last = LoadStats(len(files), parsed)
+        try:
+            digest = content_hash(root, files)
+        except OSError:
+            digest = ""  # a file vanished or is unreadable; reading it has reported it
         loaded = [(rel, by_rel.get(rel)) for rel in files]
         return PolicySource(
             root=root,
@@ -137,7 +126,7 @@ class IncrementalLoader:
             lists=tuple(f for rel, f in loaded if f is not None and rel.startswith("lists/")),
             rulesets=tuple(f for rel, f in loaded if f is not None and rel.startswith("rules/")),
             problems=tuple(sorted(problems, key=Problem.sort_key)),
-            content_hash=digest.hexdigest() if readable else "",
+            content_hash=digest,
             files=tuple(files),
         )
 
@@ -162,13 +151,9 @@ def frozen_after() -> Iterator[None]:
             gc.enable()
 
 
-def _parse(rel: str, data: bytes, model: type[PolicyModel]) -> _Parsed:
-    """What `loader.load_file` does, from bytes already read."""
+def _parse(rel: str, text: str, model: type[PolicyModel]) -> _Parsed:
+    """What `loader.load_file` does after reading: YAML with positions, then the model."""
     problems: list[Problem] = []
-    try:
-        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as read_text's universal newlines
-    except UnicodeDecodeError as exc:
-        return _Parsed(None, (Problem("error", rel, 1, 1, f"not UTF-8 text: {exc.reason} at byte {exc.start}"),))
     result = parse_yaml(rel, text, problems)
     if result is None:
         return _Parsed(None, tuple(problems))

@@ -79,6 +79,15 @@ def test_incremental_load_reports_like_load_policy(tmp_path: Path, rel: str, tex
     assert fingerprint(loader.load(root)) == fingerprint(load_policy(root))
 
 
+def test_incremental_load_refuses_a_symlink_out_of_the_directory_like_load_policy(tmp_path: Path) -> None:
+    root = write_policy(tmp_path / "policy", {})
+    (tmp_path / "elsewhere.yaml").write_text("name: evil\ndomains: [evil.example]\n")
+    (root / "tenants" / "evil.yaml").symlink_to(tmp_path / "elsewhere.yaml")
+    incremental = IncrementalLoader().load(root)
+    assert fingerprint(incremental) == fingerprint(load_policy(root))
+    assert any("outside the policy directory" in p.message for p in incremental.problems)
+
+
 def test_incremental_load_without_gateway(tmp_path: Path) -> None:
     root = write_policy(tmp_path, {"tenants/acme.yaml": "name: acme\n"}, base=False)
     assert fingerprint(IncrementalLoader().load(root)) == fingerprint(load_policy(root))
