@@ -27,8 +27,7 @@ def run_reload(directory: Path) -> int:
     loaded = load_file(directory, "gateway.yaml", Gateway, problems)
     if loaded is None:
         for problem in problems:
-            print(f"{directory / problem.file}:{problem.line}:{problem.col}: {problem.severity}: {problem.message}",
-                  file=sys.stderr)
+            print(problem.format("text", directory), file=sys.stderr)
         return 2
     admin = loaded.model.admin
     if admin is None:
