@@ -25,6 +25,7 @@ Compiling (`IndexCache`, passed to `compile_policy`), the two big matchers:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import threading
@@ -49,6 +50,14 @@ from engine.policy.yaml_positions import parse_yaml
 
 _MODELS: dict[str, type[PolicyModel]] = {"tenants": Tenant, "lists": PolicyList, "rules": RuleSet}
 DELTA_MAX_SHARE = 0.2  # of all rules; beyond it the content index is compiled afresh
+LOAD_ATTEMPTS = 5
+
+
+def _hash_or_empty(root: Path, files: list[str]) -> str:
+    try:
+        return content_hash(root, files)
+    except OSError:
+        return ""  # a file vanished or is unreadable
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +95,19 @@ class IncrementalLoader:
             return compile_source(source, self.indexes), source
 
     def _load(self, root: Path) -> PolicySource:
-        files = policy_files(root)
+        """Read and parse between two hashes of the directory; again when they differ (a write
+        landed meanwhile): the content hash, and so the version, is always that of what was parsed."""
+        for _ in range(LOAD_ATTEMPTS):
+            files = policy_files(root)
+            before = _hash_or_empty(root, files)
+            source = self._load_files(root, files)
+            if files == policy_files(root) and _hash_or_empty(root, files) == before:
+                return dataclasses.replace(source, content_hash=before)
+        problem = Problem("error", "gateway.yaml", 1, 1,
+                          f"the policy directory kept changing while it was read ({LOAD_ATTEMPTS} tries)")
+        return dataclasses.replace(source, problems=(*source.problems, problem), content_hash="")
+
+    def _load_files(self, root: Path, files: list[str]) -> PolicySource:
         problems: list[Problem] = []
         cache: dict[tuple[str, str, str], _Parsed] = {}
         by_rel: dict[str, LoadedFile[Any] | None] = {}
@@ -114,10 +135,6 @@ class IncrementalLoader:
             problems.extend(entry.problems)
         self._cache = cache
         self.last = LoadStats(len(files), parsed)
-        try:
-            digest = content_hash(root, files)
-        except OSError:
-            digest = ""  # a file vanished or is unreadable; reading it has reported it
         loaded = [(rel, by_rel.get(rel)) for rel in files]
         return PolicySource(
             root=root,
@@ -126,7 +143,7 @@ class IncrementalLoader:
             lists=tuple(f for rel, f in loaded if f is not None and rel.startswith("lists/")),
             rulesets=tuple(f for rel, f in loaded if f is not None and rel.startswith("rules/")),
             problems=tuple(sorted(problems, key=Problem.sort_key)),
-            content_hash=digest,
+            content_hash="",  # set by `_load`
             files=tuple(files),
         )
 

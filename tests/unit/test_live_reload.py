@@ -276,3 +276,29 @@ def test_layered_content_index_matches_a_fresh_compile(tmp_path: Path) -> None:
                                     "client_ip": "192.0.2.1"}
             assert incremental.explain(**args)[0] == fresh.explain(**args)[0]
     assert layered_seen, "no edit went through the layered index"
+
+
+def test_a_write_during_the_load_never_labels_old_content_with_the_new_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The version must be the hash of what was parsed: a write landing between the read and the
+    hash makes the loader read again."""
+    import engine.graph.incremental as incremental
+
+    root = copy_example(tmp_path)
+    acme = root / "tenants" / "acme.yaml"
+    original = acme.read_text()
+    real_load_files = incremental.IncrementalLoader._load_files
+    writes = iter([original.replace("acme.example", "acme-renamed.example")])
+
+    def load_files_then_write(self: Any, directory: Path, files: list[str]) -> PolicySource:
+        source = real_load_files(self, directory, files)
+        text = next(writes, None)
+        if text is not None:  # once: right after the texts were read, before the hash is taken
+            acme.write_text(text)
+        return source
+
+    monkeypatch.setattr(incremental.IncrementalLoader, "_load_files", load_files_then_write)
+    source = IncrementalLoader().load(root)
+    assert source.content_hash == load_policy(root).content_hash
+    assert fingerprint(source) == fingerprint(load_policy(root))
