@@ -56,7 +56,8 @@ MAX_NESTING: Final = 50
 MAX_PARTS: Final = 10_000
 """Entities (parts at any depth, the message itself included) visited per message; the rest is skipped."""
 MAX_HEADER_BYTES: Final = 1024 * 1024
-"""Header field bytes (all entities) that are RFC 2047-decoded per message; later fields stay raw."""
+"""Longest header block read as fields (what follows is read as body), and the header field bytes
+(all entities together) that are RFC 2047-decoded per message (later fields stay raw)."""
 MAX_DECODED_BYTES: Final = 64 * 1024 * 1024
 """Body bytes decoded (transfer encoding and charset) per message; later bodies are counted, not read."""
 
@@ -64,6 +65,7 @@ _HEADER_PARSER: Final = BytesParser(policy=compat32)  # only to salvage headers 
 # The header block: lines that start a field ("name:", or a "From " envelope line) or continue one
 # (space or tab); the feedparser's headerRE, per line. Line ends are CRLF, LF or a lone CR.
 _HEADER_BLOCK: Final = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*:|[ \t])[^\r\n]*(?:\r\n|\r|\n|\Z))*")
+_SCAN_SLICE: Final = 64 * 1024
 # What may follow "--" boundary on a delimiter line: "--" (close delimiter), transport padding, line end.
 _DELIMITER_TAIL: Final = re.compile(rb"(--)?[ \t]*(?:\r\n|\r|\n|\Z)")
 _ENCODED_WORD: Final = re.compile(r"=\?([^?]*)\?([bBqQ])\?(.*?)\?=", re.S)
@@ -224,6 +226,29 @@ def _strip_eol(data: bytes, start: int, end: int) -> int:
     return end
 
 
+def _header_block_end(data: bytes, start: int, end: int, slice_size: int = _SCAN_SLICE) -> int:
+    """Where the header block of data[start:end] ends (``_HEADER_BLOCK``), found in slices of about
+    *slice_size* bytes cut at line ends: one regex call holds the GIL for its whole length, and a
+    6 MB header scanned at once stalled the event loop for 0.4 s while parsing ran in a thread."""
+    pos = start
+    while True:
+        cut = end
+        if end - pos > slice_size:
+            limit = pos + slice_size
+            cut = max(data.rfind(b"\n", pos, limit), data.rfind(b"\r", pos, limit)) + 1
+            if cut <= pos:  # one line longer than a slice: up to its end (a cheap character-class run)
+                line_end = min((i for i in (data.find(b"\n", limit, end), data.find(b"\r", limit, end)) if i >= 0),
+                               default=end - 1)
+                cut = line_end + 1
+            if data[cut - 1] == 13 and cut < end and data[cut] == 10:  # keep a CRLF whole
+                cut += 1
+        match = _HEADER_BLOCK.match(data, pos, cut)
+        found = match.end() if match else pos
+        if found < cut or cut >= end:
+            return found
+        pos = cut
+
+
 def _multipart_parts(
     data: bytes, start: int, end: int, delimiter: bytes, limit: int = MAX_PARTS
 ) -> tuple[list[tuple[int, int]] | None, bool, int, bool]:
@@ -376,8 +401,10 @@ class _Builder:
         leading "From " envelope line is dropped, a later one too (``bad-header``) unless it is the
         block's last line, which then starts the body.
         """
-        match = _HEADER_BLOCK.match(data, start, end)
-        block_end = match.end() if match else start
+        cap = min(end, start + MAX_HEADER_BYTES)  # a larger header block: the rest is read as body
+        block_end = _header_block_end(data, start, cap)
+        if block_end == cap < end:
+            self.defects.add(HEADERS_TOO_LARGE)
         body = block_end
         if block_end < end:
             first = data[block_end]

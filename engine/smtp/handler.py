@@ -16,6 +16,7 @@ Contract:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -27,7 +28,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from engine.graph.evaluator import FilterGraph
 from engine.graph.transaction import Evaluation
 from engine.graph.verdict import REASON_TEMPFAIL_HELD, Decision
-from engine.mime.view import parse_message
+from engine.mime.view import MessageView, parse_message
 from engine.policy.models import Direction
 from engine.smtp.envelope import GatewayEnvelope
 from engine.smtp.headers import received_header, sanitise, verdict_headers
@@ -37,6 +38,17 @@ from engine.store.base import Envelope as StoredEnvelope
 
 log = logging.getLogger("liveprism.smtp")
 txn_log = logging.getLogger("liveprism.txn")
+
+OFFLOAD_SIZE = 64 * 1024
+"""Messages this large are parsed and evaluated off the event loop (issue 7: a 6 MB header or a
+200,000-part multipart must not stall every other session); smaller ones cost less than the hop."""
+
+
+def _evaluate(evaluation: Evaluation, raw: bytes) -> tuple[MessageView, Decision]:
+    """Parse *raw* and decide it (the graph is immutable and the evaluation is this session's own,
+    so this may run in a worker thread)."""
+    view = parse_message(raw)
+    return view, evaluation.data(view)
 
 
 class Waker(Protocol):
@@ -122,8 +134,10 @@ class InboundHandler:
         raw = envelope.original_content or b""
         queue_id = new_queue_id()
         try:
-            view = parse_message(raw)
-            decision = evaluation.data(view)
+            if len(raw) >= OFFLOAD_SIZE:  # parse + evaluate in a thread: other sessions keep being served
+                view, decision = await asyncio.to_thread(_evaluate, evaluation, raw)
+            else:
+                view, decision = _evaluate(evaluation, raw)
         except Exception:  # a bug must not cost the client its message: it retries
             log.exception("evaluation failed for %s; replying 451", queue_id)
             return "451 4.3.0 temporary failure evaluating the message"
