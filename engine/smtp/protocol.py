@@ -20,7 +20,6 @@ import aiosmtpd.smtp
 from aiosmtpd.smtp import MISSING, SMTP, Session
 
 from engine.smtp.data import read_data
-
 from engine.smtp.envelope import GatewayEnvelope
 
 

@@ -3,17 +3,13 @@
 
 from __future__ import annotations
 
-import os
-import pwd
-import smtplib
 import socket
-import stat
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import LOCALHOST, Gateway, Sink, free_port, route, wait_for, write_policy
+from tests.integration.conftest import LOCALHOST, Gateway, Sink, free_port, route, write_policy
 
 CLEAN = b"From: alice@example.com\r\nTo: bob@acme.example\r\nSubject: hello\r\n\r\nHello Bob.\r\n"
 
