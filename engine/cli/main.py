@@ -81,11 +81,12 @@ def explain(
 def serve(
     directory: PolicyDir = Path("policies"),
     state: Annotated[Path | None, typer.Option("--state", help="State directory; overrides storage.path.")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Run as this user once the ports are bound.")] = None,
 ) -> None:
     """Run the gateway on the policy; hot-reloads DIR on change; SIGTERM stops it cleanly."""
     from engine.service import run_serve
 
-    raise typer.Exit(run_serve(directory, state))
+    raise typer.Exit(run_serve(directory, state, user))
 
 
 @app.command(hidden=True)

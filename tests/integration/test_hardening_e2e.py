@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import smtplib
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import LOCALHOST, Gateway, Sink, free_port, route, write_policy
+from tests.integration.conftest import LOCALHOST, Gateway, Sink, free_port, route, wait_for, wait_port, write_policy
 
 CLEAN = b"From: alice@example.com\r\nTo: bob@acme.example\r\nSubject: hello\r\n\r\nHello Bob.\r\n"
 
@@ -130,3 +134,112 @@ def test_noop_answered_within_100ms_while_hostile_messages_are_processed(tmp_pat
     # both were accepted with the malformed-mime hit (a cap was reached: the example policy holds them)
     accepted = [line for line in gateway.log().splitlines() if "queued as" in line]
     assert len(accepted) == 2 and all("malformed-mime" in line for line in accepted), accepted
+
+
+# ---------------------------------------------------------------- item 3: store permissions, --user
+
+def modes(state: Path) -> dict[str, int]:
+    return {entry.name: stat.S_IMODE(entry.stat().st_mode) for entry in state.iterdir()} | {
+        ".": stat.S_IMODE(state.stat().st_mode)
+    }
+
+
+def test_state_is_private_under_umask_022_and_loose_modes_are_repaired(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    old = os.umask(0o022)
+    try:
+        gateway = start(tmp_path, procs, box)
+    finally:
+        os.umask(old)
+    send_clean(gateway.port)
+    assert wait_for(lambda: len(box.messages()) == 1)
+    found = modes(gateway.state)
+    assert found.pop(".") == 0o700
+    assert {"index.sqlite3", "index.sqlite3-wal", "index.sqlite3-shm", "relay-policy.json"} <= set(found)
+    assert all(mode == 0o600 for mode in found.values()), {k: oct(v) for k, v in found.items()}
+    # an operator (or an older version) left it readable by everyone: repaired at start, with a warning
+    gateway.stop()
+    os.chmod(gateway.state, 0o755)
+    for entry in gateway.state.iterdir():
+        os.chmod(entry, 0o644)
+    gateway.start()
+    send_clean(gateway.port)
+    assert wait_for(lambda: len(box.messages()) == 2)
+    repaired = modes(gateway.state)
+    assert repaired.pop(".") == 0o700 and set(repaired.values()) == {0o600}
+    assert "state directory was readable by others; repaired" in gateway.log()
+
+
+def send_clean(port: int) -> None:
+    with smtplib.SMTP(LOCALHOST, port, timeout=30) as client:
+        client.sendmail("alice@example.com", ["bob@acme.example"], CLEAN)
+
+
+def uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError("no Uid line")
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def interpreter_for(user: str, base: Path) -> Path:
+    """A Python that *user* may run: this machine's Python lives under /root (0700), so a venv of
+    Debian's /usr/bin/python3.11 that imports this checkout and its dependencies."""
+    import site
+    import subprocess
+
+    venv = base / "venv"
+    subprocess.run(["/usr/bin/python3.11", "-m", "venv", "--without-pip", str(venv)], check=True)
+    ours = [path for path in site.getsitepackages() if path.endswith("site-packages")][0]
+    repo = Path(__file__).resolve().parents[2]
+    (venv / "lib" / "python3.11" / "site-packages" / "liveprism.pth").write_text(
+        f"{repo}\nimport site; site.addsitedir({ours!r})\n"
+    )
+    return venv / "bin" / "python3"
+
+
+def test_serve_user_binds_as_root_then_runs_as_the_user_and_delivers(tmp_path: Path, procs: list[Any]) -> None:
+    import shutil
+    import subprocess
+    import tempfile
+
+    assert os.geteuid() == 0, "this test checks the root -> --user drop (CI runs as root)"
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="liveprism-user-", dir="/tmp"))  # tmp_path's parents are 0700
+    os.chmod(base, 0o755)
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        python = interpreter_for("nobody", base)
+        box = sink(tmp_path, procs)
+        port = free_port()
+        policy = write_policy(base / "policy", port=port,
+                              tenants={"acme": {"domains": ["acme.example"], "routes": [route(box.port)]}})
+        state = base / "state"
+        log_path = tmp_path / "gateway-user.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen([str(python), "-m", "engine", "serve", str(policy), "--state", str(state),
+                                     "--user", "nobody"], cwd=base, stdout=log, stderr=subprocess.STDOUT)
+        wait_port(port, proc=proc)
+        assert wait_for(lambda: uid_of(proc.pid) == nobody.pw_uid and children_of(proc.pid), timeout=20), \
+            log_path.read_text()
+        relay = children_of(proc.pid)[0]
+        assert uid_of(relay) == nobody.pw_uid
+        assert os.stat(state).st_uid == nobody.pw_uid
+        send_clean(port)
+        assert wait_for(lambda: len(box.messages()) == 1, timeout=30), log_path.read_text()
+        assert "running as nobody" in log_path.read_text()
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_serve_as_root_without_user_warns(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, box)
+    assert wait_for(lambda: "use --user NAME to drop privileges" in gateway.log(), timeout=10)
