@@ -194,7 +194,7 @@ def interpreter_for(user: str, base: Path) -> Path:
 
     venv = base / "venv"
     subprocess.run(["/usr/bin/python3.11", "-m", "venv", "--without-pip", str(venv)], check=True)
-    ours = [path for path in site.getsitepackages() if path.endswith("site-packages")][0]
+    ours = next(path for path in site.getsitepackages() if path.endswith("site-packages"))
     repo = Path(__file__).resolve().parents[2]
     (venv / "lib" / "python3.11" / "site-packages" / "liveprism.pth").write_text(
         f"{repo}\nimport site; site.addsitedir({ours!r})\n"
