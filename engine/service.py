@@ -36,18 +36,13 @@ from engine.privileges import Account, drop_privileges, resolve_account
 from engine.relay.process import RelayProcess
 from engine.smtp.handler import InboundHandler
 from engine.smtp.protocol import ConnectionLimits, GatewaySMTP, install_aiosmtpd_speedups
-from engine.store import open_store
+from engine.store import open_store, state_dir
 from engine.store.base import Store
 from engine.store.permissions import chown_state_dir
 
 log = logging.getLogger("liveprism.serve")
 SHUTDOWN_GRACE = 30.0
 PURGE_INTERVAL = 3600.0
-
-
-def state_dir(gateway: Gateway, override: Path | None) -> Path:
-    """`--state` if given, else `storage.path` relative to the working directory."""
-    return override if override is not None else Path(gateway.storage.path)
 
 
 @contextlib.contextmanager
@@ -177,6 +172,6 @@ def run_serve(policy_dir: Path, state_override: Path | None, user: str | None = 
     )
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
     os.umask(0o077)  # whatever this process or its relay child creates is private (the store also sets modes)
-    service = GatewayService(LivePolicy(policy_dir, graph), state_dir(graph.gateway, state_override), account)
+    service = GatewayService(LivePolicy(policy_dir, graph), state_dir(graph.gateway.storage, state_override), account)
     aio.run(service.run())
     return 0
