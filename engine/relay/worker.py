@@ -40,6 +40,7 @@ from engine.relay.client import HopFailure, HopReply, SmtpPool, transaction
 from engine.relay.compose import build_copy, fold_long_lines
 from engine.relay.dsn import FailedRecipient, dsn_message
 from engine.relay.nexthop import Hop, NextHops, NoRoute, ordered
+from engine.smtp.headers import escape, has_control
 from engine.store.base import AttemptRecord, Delivery, RcptState, RcptStatus, Store, StoreError
 
 log = logging.getLogger("liveprism.relay")
@@ -173,9 +174,17 @@ class RelayWorker:
             replies = dict.fromkeys(pending, (HopReply(0, "5.3.0 the message is missing from the spool"), ""))
             return self._outcome(delivery, settings, replies, data)
         data = fold_long_lines(build_copy(raw, delivery.headers, delivery.subject_prefix))
+        if has_control(delivery.mail_from):  # queued before the front end refused these: fail, never loop
+            replies = dict.fromkeys(pending, (HopReply(0, "5.1.7 invalid sender address (control characters)"), ""))
+            return self._outcome(delivery, settings, replies, data)
+        for rcpt in [rcpt for rcpt in pending if has_control(rcpt)]:  # fails alone; the others go on
+            replies[rcpt] = (HopReply(0, "5.1.3 invalid recipient address (control characters)"), "")
+            pending.remove(rcpt)
+        if not pending:
+            return self._outcome(delivery, settings, replies, data)
         hops = await self._hops(delivery)
         if isinstance(hops, NoRoute):
-            replies = dict.fromkeys(pending, (HopReply(0, hops.reason), ""))
+            replies.update(dict.fromkeys(pending, (HopReply(0, hops.reason), "")))
             return self._outcome(delivery, settings, replies, data)
         for hop in hops:
             got = await self._try_hop(hop, delivery.mail_from, pending, data, settings.connect_timeout)
@@ -247,7 +256,7 @@ class RelayWorker:
                 delivery.queue_id,
                 delivery.id,
                 delivery.tenant,
-                state.rcpt,
+                escape(state.rcpt),
                 word,
                 remote or "none",
                 delivery.attempts,
@@ -266,7 +275,8 @@ class RelayWorker:
                 original=copy,
             )
             log.info(
-                "queue_id=%s delivery=%d dsn=%s to=%s", delivery.queue_id, delivery.id, dsn.queue_id, delivery.mail_from
+                "queue_id=%s delivery=%d dsn=%s to=%s", delivery.queue_id, delivery.id, dsn.queue_id,
+                escape(delivery.mail_from),
             )
         next_attempt = max(now, min(now + backoff(settings, delivery.attempts), deadline))
         if any(s.status == "pending" and s.rcpt not in replies for s in delivery.rcpts):

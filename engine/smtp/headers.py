@@ -7,18 +7,42 @@ characters, CR and LF are replaced, so envelope data can never inject a header l
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from email.utils import formatdate
 
 from engine.graph.verdict import TenantVerdict
 from engine.policy.models import Action
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
+# C0 controls (CR, LF, NUL, ESC…), DEL, C1 controls (U+0085 NEL among them) and the Unicode line
+# and paragraph separators: what a terminal, a log reader or a header parser may take as a line
+# break or an escape sequence.
+_UNSAFE_CHAR = "\x00-\x1f\x7f-\x9f\u2028\u2029"
+_UNSAFE = re.compile(f"[{_UNSAFE_CHAR}]+")
+_UNSAFE_ONE = re.compile(f"[{_UNSAFE_CHAR}]")
 _MAX_VALUE = 200
 
 
 def sanitise(value: str) -> str:
     """One safe header token: no control characters (so no CR/LF), bounded length."""
     return _UNSAFE.sub("?", value)[:_MAX_VALUE]
+
+
+def has_control(value: str) -> bool:
+    """Whether *value* holds a character `sanitise` would replace."""
+    return _UNSAFE_ONE.search(value) is not None
+
+
+def escape(value: str) -> str:
+    """*value* for a log line or a terminal: control characters written as ``\\xNN`` / ``\\uNNNN``
+    (and the backslash doubled), everything else as it is."""
+    if not has_control(value) and "\\" not in value:
+        return value
+    return _UNSAFE_ONE.sub(_escaped, value.replace("\\", "\\\\"))
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def received_header(*, hostname: str, helo: str, client_ip: str, queue_id: str, rcpt: str | None,
@@ -45,3 +69,21 @@ def verdict_headers(verdict: TenantVerdict, policy_version: str) -> bytes:
     if verdict.action is Action.tag:
         lines += ["X-Spam-Flag: YES", f"X-Spam-Score: {verdict.score:g}"]
     return "".join(line + "\r\n" for line in lines).encode("utf-8", "replace")
+
+
+OWN_TRACE_LIMIT = 2
+"""Copies carrying this gateway's own Received trace this many times are a loop: a message may
+legitimately pass twice (a tenant's outbound mail to another tenant), never three times."""
+
+
+def loop_refusal(received: Sequence[str], hostname: str, hopcount_limit: int) -> str | None:
+    """The 554 for a message in a mail loop, judged by its (unfolded) Received header values: more
+    than `hopcount_limit` of them (RFC 5321 §6.3, Postfix's hopcount_limit), or this gateway's own
+    trace `OWN_TRACE_LIMIT` times; None otherwise."""
+    if len(received) > hopcount_limit:
+        return f"554 5.4.6 too many hops ({len(received)} Received header fields; mail loop?)"
+    own = f"by {hostname} (LivePrism)"
+    passes = sum(own in value for value in received)
+    if passes >= OWN_TRACE_LIMIT:
+        return f"554 5.4.6 mail loop: this message already passed through {hostname} {passes} times"
+    return None
