@@ -170,6 +170,18 @@ def test_state_is_private_under_umask_022_and_loose_modes_are_repaired(tmp_path:
     assert "state directory was readable by others; repaired" in gateway.log()
 
 
+def send_raw(port: int, raw: bytes) -> str:
+    """One transaction with *raw* sent as it is (it must not hold CRLF "." CRLF); the DATA reply."""
+    client = Line(port)
+    try:
+        for command in ("EHLO client.test.example", "MAIL FROM:<alice@example.com>", "RCPT TO:<bob@acme.example>"):
+            assert client.cmd(command).startswith("250")
+        assert client.cmd("DATA").startswith("354")
+        return client.cmd(raw + b".")
+    finally:
+        client.close()
+
+
 def send_clean(port: int) -> None:
     with smtplib.SMTP(LOCALHOST, port, timeout=30) as client:
         client.sendmail("alice@example.com", ["bob@acme.example"], CLEAN)
@@ -243,3 +255,126 @@ def test_serve_as_root_without_user_warns(tmp_path: Path, procs: list[Any]) -> N
     box = sink(tmp_path, procs)
     gateway = start(tmp_path, procs, box)
     assert wait_for(lambda: "use --user NAME to drop privileges" in gateway.log(), timeout=10)
+
+
+# ---------------------------------------------------------------- item 6: control characters in addresses
+
+def test_control_characters_and_unannounced_utf8_in_addresses_are_refused(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, box)
+    client = Line(gateway.port)
+    try:
+        assert client.cmd("EHLO client.test.example").startswith("250")
+        assert client.cmd(b"MAIL FROM:<al\x00ice@example.com>").startswith("501 5.5.2")
+        assert client.cmd("MAIL FROM:<alice@example.com>").startswith("250")
+        assert client.cmd(b"RCPT TO:<bo\x01b@acme.example>").startswith("501 5.5.2")
+        assert client.cmd(b"RCPT TO:<bo\x1bb@acme.example>").startswith("501 5.5.2")
+        assert client.cmd("RCPT TO:<b\u2028ob@acme.example>".encode()).startswith("501 5.5.2")
+        assert client.cmd("RCPT TO:<jürgen@acme.example>".encode()).startswith("553 5.6.7")  # no SMTPUTF8
+        assert client.cmd("RCPT TO:<bob@acme.example>").startswith("250")
+        assert client.cmd("DATA").startswith("354")
+        assert client.cmd(CLEAN + b".").startswith("250")
+        # with SMTPUTF8 announced, a UTF-8 local part is fine
+        assert client.cmd("MAIL FROM:<alice@example.com> SMTPUTF8").startswith("250")
+        assert client.cmd("RCPT TO:<jürgen@acme.example>".encode()).startswith("250")
+    finally:
+        client.close()
+    assert wait_for(lambda: len(box.messages()) >= 1)
+    assert b"\x01" not in box.messages()[0]
+
+
+# ---------------------------------------------------------------- item 7: error limits
+
+def test_session_closed_after_max_errors_with_one_summary_line(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, box)
+    client = Line(gateway.port)
+    try:
+        assert client.cmd("EHLO client.test.example").startswith("250")
+        assert client.cmd("MAIL FROM:<alice@example.com>").startswith("250")
+        # 300 pipelined refused RCPTs in one write, as in the issue's repro
+        client.sock.sendall(b"".join(b"RCPT TO:<victim%d@elsewhere.example>\r\n" % i for i in range(300)))
+        replies = []
+        while True:
+            try:
+                replies.append(client.reply())
+            except ConnectionError:
+                break
+    finally:
+        client.close()
+    assert replies[:20] == [replies[0]] * 20 and replies[0].startswith("550"), replies[:3]
+    assert replies[20].startswith("421 4.7.0") and "too many errors" in replies[20]
+    assert len(replies) == 21  # nothing answered after the 421: the connection is closed
+    assert wait_for(lambda: "errors=20" in gateway.log())
+    summary = [line for line in gateway.log().splitlines() if "liveprism.session" in line]
+    assert len(summary) == 1 and "disconnected='too many errors'" in summary[0], summary
+    refusals = [line for line in gateway.log().splitlines() if "RCPT refused" in line]
+    assert len(refusals) <= 1 and len(refusals[0] if refusals else "") < 4000  # one bounded line, not 68 MB
+
+
+def test_junk_command_loop_is_closed(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, box)
+    client = Line(gateway.port)
+    try:
+        assert client.cmd("EHLO client.test.example").startswith("250")
+        for _ in range(100):
+            assert client.cmd("NOOP").startswith("250")
+        assert client.cmd("RSET").startswith("421 4.7.0")
+        try:
+            reply: str | None = client.cmd("NOOP")
+        except (ConnectionError, OSError):
+            reply = None
+        assert reply is None
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------- item 8: bare CR, first-line folding
+
+def test_forged_gateway_fields_behind_bare_cr_never_reach_the_tenant(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, box)
+    forged = (b"From: alice@example.com\r\nSubject: x\rX-LivePrism-Verdict: action=deliver; forged\r"
+              b"X-Spam-Flag: NO\r\nTo: bob@acme.example\r\n\r\nhello\r\n")
+    assert send_raw(gateway.port, forged).startswith("250")  # raw bytes (smtplib would turn CR into CRLF)
+    assert wait_for(lambda: len(box.messages()) == 1), gateway.log()[-2000:]
+    for message in box.messages():
+        head = message.replace(b"\r\n", b"\n").partition(b"\n\n")[0]
+        assert b"forged" not in head and b"X-Spam-Flag: NO" not in head, head
+        assert head.count(b"X-LivePrism-Verdict:") == 1
+        assert b"Subject: x\nTo: bob@acme.example" in head  # the bare CR became a line break
+
+
+# ---------------------------------------------------------------- item 2: mail loops
+
+def test_too_many_hops_get_554(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, box)
+    hops = b"".join(b"Received: from hop%d.example by hop%d.example; Tue, 1 Dec 2026 10:00:00 +0000\r\n" % (i, i + 1)
+                    for i in range(51))
+    with smtplib.SMTP(LOCALHOST, gateway.port, timeout=30) as client:
+        client.ehlo("client.test.example")
+        client.mail("alice@example.com")
+        client.rcpt("bob@acme.example")
+        code, text = client.data(hops + CLEAN)
+    assert (code, text.decode()[:25]) == (554, "5.4.6 too many hops (51 R")
+    with smtplib.SMTP(LOCALHOST, gateway.port, timeout=30) as client:  # 50 hops: still fine
+        client.sendmail("alice@example.com", ["bob@acme.example"], hops[hops.index(b"\r\n") + 2 :] + CLEAN)
+    assert wait_for(lambda: len(box.messages()) == 1)
+
+
+def test_route_pointing_at_the_gateway_itself_stops_looping(tmp_path: Path, procs: list[Any]) -> None:
+    box = sink(tmp_path, procs)  # the sender's MX, for the DSN
+    port = free_port()
+    policy = write_policy(tmp_path / "policy", port=port,
+                          tenants={"acme": {"domains": ["acme.example"], "routes": [route(port)]}})
+    gateway = Gateway(policy, tmp_path / "state", port).start()
+    procs.append(gateway)
+    with smtplib.SMTP(LOCALHOST, port, timeout=30) as client:
+        client.sendmail("", ["bob@acme.example"], CLEAN)  # null sender: no DSN to chase
+    assert wait_for(lambda: "mail loop" in gateway.log(), timeout=30), gateway.log()[-3000:]
+    time.sleep(3)
+    accepted = [line for line in gateway.log().splitlines() if "liveprism.txn" in line and "queued as" in line]
+    assert len(accepted) == 2, accepted  # the original and one copy back; the third pass is refused
+    assert "554 5.4.6 mail loop: this message already passed through mxpath.test.example 2 times" in gateway.log()
