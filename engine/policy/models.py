@@ -233,6 +233,11 @@ class DeliverySettings(PolicyModel):
         le=65535,
         description="Port of the mail exchangers found in DNS (DSNs to external senders). 25 except in test labs.",
     )
+    dsn: Literal["external", "tenants-only", "off"] = Field(
+        default="external",
+        description="Who gets delivery status notifications (bounces): any sender (external), senders in a"
+        " tenant's domain only (tenants-only), or nobody (off). Never an address literal; one per message.",
+    )
 
 
 class DnsSettings(PolicyModel):

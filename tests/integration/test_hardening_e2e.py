@@ -378,3 +378,37 @@ def test_route_pointing_at_the_gateway_itself_stops_looping(tmp_path: Path, proc
     accepted = [line for line in gateway.log().splitlines() if "liveprism.txn" in line and "queued as" in line]
     assert len(accepted) == 2, accepted  # the original and one copy back; the third pass is refused
     assert "554 5.4.6 mail loop: this message already passed through mxpath.test.example 2 times" in gateway.log()
+
+
+# ---------------------------------------------------------------- item 5: backscatter
+
+def test_backscatter_headers_only_capped_one_dsn_per_message_none_to_address_literals(
+    tmp_path: Path, procs: list[Any]
+) -> None:
+    from tests.integration.test_gateway_e2e import refusing_server
+
+    box = sink(tmp_path, procs)  # globex's server: the (forged) sender's mailbox
+    refusing = refusing_server(procs)  # acme's and initech's servers refuse DATA with 5xx
+    port = free_port()
+    policy = write_policy(tmp_path / "policy", port=port, tenants={
+        "acme": {"domains": ["acme.example"], "routes": [route(refusing)]},
+        "initech": {"domains": ["initech.example"], "routes": [route(refusing)]},
+        "globex": {"domains": ["globex.example"], "routes": [route(box.port)]},
+    })
+    path = policy / "gateway.yaml"
+    path.write_text(path.read_text().replace("max_message_size: 200000", "max_message_size: 2000000"))
+    gateway = Gateway(policy, tmp_path / "state", port).start()
+    procs.append(gateway)
+    reflected = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"x" * 900) for i in range(1000))  # ~900 KB of header
+    raw = b"From: carol@globex.example\r\nSubject: bounce me\r\n" + reflected + b"\r\n" + b"body line\r\n" * 1000
+    with smtplib.SMTP(LOCALHOST, port, timeout=60) as client:  # one message, two failing tenants
+        client.sendmail("carol@globex.example", ["bob@acme.example", "dan@initech.example"], raw)
+        client.sendmail("x@[127.0.0.1]", ["bob@acme.example"], CLEAN)  # a sender that is an address literal
+    assert wait_for(lambda: gateway.log().count("no DSN to") >= 2, timeout=60), gateway.log()[-3000:]
+    assert wait_for(lambda: len(box.messages()) >= 1, timeout=30)
+    time.sleep(2)
+    dsns = box.messages()
+    assert len(dsns) == 1  # one DSN for the message, though both tenants' copies bounced
+    assert len(dsns[0]) < 60 * 1024 and b"body line" not in dsns[0]
+    assert "no DSN to x@[127.0.0.1]: the sender is an address literal" in gateway.log()
+    assert "a DSN was already sent for this message" in gateway.log()
