@@ -365,7 +365,6 @@ def test_too_many_hops_get_554(tmp_path: Path, procs: list[Any]) -> None:
 
 
 def test_route_pointing_at_the_gateway_itself_stops_looping(tmp_path: Path, procs: list[Any]) -> None:
-    box = sink(tmp_path, procs)  # the sender's MX, for the DSN
     port = free_port()
     policy = write_policy(tmp_path / "policy", port=port,
                           tenants={"acme": {"domains": ["acme.example"], "routes": [route(port)]}})

@@ -607,7 +607,7 @@ def test_recipient_with_control_characters_fails_alone_and_the_others_are_delive
         await wait_until_async(gw.queue_empty)
         await gw.stop()
         assert [m.rcpts for m in tenant.messages] == [["carol@acme.example"]]
-        per_message, per_rcpt = status_groups(list(parse(sender_server.messages[0].data).iter_parts())[1])
+        _, per_rcpt = status_groups(list(parse(sender_server.messages[0].data).iter_parts())[1])
         assert per_rcpt["status"] == "5.1.3"
         await gw.store.close()
 
