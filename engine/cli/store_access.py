@@ -15,7 +15,7 @@ from typing import Annotated, NoReturn, TypeVar
 
 import typer
 
-from engine.smtp.headers import escape
+from engine.mime.printable import escape
 from engine.store import open_store, state_dir
 from engine.store.base import Store
 from engine.store.sqlite import DB_NAME

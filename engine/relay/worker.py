@@ -37,12 +37,12 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from engine.mime.printable import escape, has_control
 from engine.policy.models import DeliverySettings
 from engine.relay.client import HopFailure, HopReply, SmtpPool, transaction
 from engine.relay.compose import build_copy, fold_long_lines
 from engine.relay.dsn import FailedRecipient, dsn_message, dsn_refusal
 from engine.relay.nexthop import Hop, NextHops, NoRoute, ordered
-from engine.smtp.headers import escape, has_control
 from engine.store.base import AttemptRecord, Delivery, RcptState, RcptStatus, Store, StoreError
 
 log = logging.getLogger("liveprism.relay")

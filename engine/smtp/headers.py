@@ -11,38 +11,16 @@ from collections.abc import Sequence
 from email.utils import formatdate
 
 from engine.graph.verdict import TenantVerdict
+from engine.mime.printable import UNSAFE_CHARS
 from engine.policy.models import Action
 
-# C0 controls (CR, LF, NUL, ESC…), DEL, C1 controls (U+0085 NEL among them) and the Unicode line
-# and paragraph separators: what a terminal, a log reader or a header parser may take as a line
-# break or an escape sequence.
-_UNSAFE_CHAR = "\x00-\x1f\x7f-\x9f\u2028\u2029"
-_UNSAFE = re.compile(f"[{_UNSAFE_CHAR}]+")
-_UNSAFE_ONE = re.compile(f"[{_UNSAFE_CHAR}]")
+_UNSAFE = re.compile(f"[{UNSAFE_CHARS}]+")
 _MAX_VALUE = 200
 
 
 def sanitise(value: str) -> str:
     """One safe header token: no control characters (so no CR/LF), bounded length."""
     return _UNSAFE.sub("?", value)[:_MAX_VALUE]
-
-
-def has_control(value: str) -> bool:
-    """Whether *value* holds a character `sanitise` would replace."""
-    return _UNSAFE_ONE.search(value) is not None
-
-
-def escape(value: str) -> str:
-    """*value* for a log line or a terminal: control characters written as ``\\xNN`` / ``\\uNNNN``
-    (and the backslash doubled), everything else as it is."""
-    if not has_control(value) and "\\" not in value:
-        return value
-    return _UNSAFE_ONE.sub(_escaped, value.replace("\\", "\\\\"))
-
-
-def _escaped(match: re.Match[str]) -> str:
-    code = ord(match[0])
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def received_header(*, hostname: str, helo: str, client_ip: str, queue_id: str, rcpt: str | None,

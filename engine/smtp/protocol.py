@@ -20,9 +20,9 @@ from typing import Any, cast
 import aiosmtpd.smtp
 from aiosmtpd.smtp import MISSING, SMTP, Session
 
+from engine.mime.printable import escape, has_control
 from engine.smtp.data import read_data
 from engine.smtp.envelope import GatewayEnvelope
-from engine.smtp.headers import escape, has_control
 
 
 def client_ip(session: Session) -> str:

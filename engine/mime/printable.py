@@ -1,0 +1,34 @@
+"""Control characters in text that came from the wire (addresses, HELO names, subjects).
+
+`has_control` says whether a value holds one; `escape` writes them visibly for a log line or a
+terminal, so that nothing a client sends can break a line or send an escape sequence to an
+administrator's terminal (issue 7).
+"""
+
+from __future__ import annotations
+
+import re
+
+# C0 controls (CR, LF, NUL, ESC…), DEL, C1 controls (U+0085 NEL among them) and the Unicode line
+# and paragraph separators: what a terminal, a log reader or a header parser may take as a line
+# break or an escape sequence.
+UNSAFE_CHARS = "\x00-\x1f\x7f-\x9f\u2028\u2029"
+_UNSAFE_ONE = re.compile(f"[{UNSAFE_CHARS}]")
+
+
+def has_control(value: str) -> bool:
+    """Whether *value* holds one of `UNSAFE_CHARS`."""
+    return _UNSAFE_ONE.search(value) is not None
+
+
+def escape(value: str) -> str:
+    """*value* for a log line or a terminal: control characters written as ``\\xNN`` / ``\\uNNNN``
+    (and the backslash doubled), everything else as it is."""
+    if not has_control(value) and "\\" not in value:
+        return value
+    return _UNSAFE_ONE.sub(_escaped, value.replace("\\", "\\\\"))
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
