@@ -51,7 +51,7 @@ def strip_gateway_fields(raw: bytes) -> bytes:
 
 
 _BARE_CR = re.compile(rb"\r(?!\n)")
-_HEADER_END = (b"\r\n\r\n", b"\n\n", b"\r\r")
+_EMPTY_LINE = re.compile(rb"(?:\A|\r\n|\n|\r(?!\n))(\r\n|\n|\r)")
 
 
 def normalise_header_section(raw: bytes) -> bytes:
@@ -67,8 +67,8 @@ def normalise_header_section(raw: bytes) -> bytes:
     while raw[:1] in (b" ", b"\t"):
         eol = raw.find(b"\n")
         raw = b"" if eol < 0 else raw[eol + 1 :]
-    ends = [found for found in (raw.find(marker) for marker in _HEADER_END) if found >= 0]
-    end = min(ends) if ends else len(raw)
+    blank = _EMPTY_LINE.search(raw)  # (CRLF, LF and a lone CR all end a line, as in engine.mime.view)
+    end = blank.start(1) if blank else len(raw)
     head = raw[:end]
     if b"\r" not in head or not _BARE_CR.search(head):
         return raw
