@@ -38,7 +38,7 @@ async def read_data(
     """Read one message after `354`; see the module docstring."""
     wire = bytearray(b"\r\n")  # the CRLF "before" line 1, so that ".\r\n" first ends an empty message
     too_much = too_long = False  # once too much, only the last bytes are kept, to find the end
-    open_line = 0  # length of the line not yet ended, for the line limit
+    open_line = 0  # length of the line not yet ended (its CRLF excluded), for the line limit
     while True:
         chunk = await reader.read(CHUNK)
         if not chunk:
@@ -47,19 +47,24 @@ async def read_data(
         search_from = max(len(wire) - len(_END) + 1, 0)
         wire += chunk
         found = wire.find(_END, search_from)
-        if not too_long:  # the longest line of this chunk, with the line the last chunk left open
-            lines = (wire[len(wire) - len(chunk) : found + 2] if found >= 0 else chunk).split(b"\n")
-            if len(lines) == 1:
-                open_line += len(lines[0])
-            else:
-                longest = max(open_line + len(lines[0]), max(map(len, lines[1:-1]), default=0)) + 1
-                open_line = len(lines[-1])
-                too_long = longest > line_limit
-            too_long = too_long or open_line > line_limit
+        if not too_long and not too_much:  # the longest CRLF-ended line (aiosmtpd's unit) so far
+            begin = len(wire) - len(chunk) - 1  # from one byte back: a CR there may pair with an LF here
+            stop = found + 2 if found >= 0 else len(wire)
+            if stop > begin:
+                lines = wire[begin:stop].split(b"\r\n")
+                first = open_line + len(lines[0]) - 1  # (that byte was counted with the last chunk)
+                if len(lines) == 1:
+                    open_line = first
+                else:
+                    too_long = max(first, max(map(len, lines[1:-1]), default=0)) + 2 > line_limit
+                    open_line = len(lines[-1])
+                too_long = too_long or open_line > line_limit
         if found < 0:
-            if size_limit and len(wire) - 2 > size_limit:  # read on to the end, keeping nothing
+            # Over the limit for sure (the last 3 bytes may be the "." CR of the end line, which does
+            # not count): read on to the end keeping only what may start the end line.
+            if too_much or (size_limit and len(wire) - 2 - (len(_END) - 2) > size_limit):
                 too_much = True
-                del wire[: len(wire) - len(_END)]
+                del wire[: max(0, len(wire) - (len(_END) - 1))]
             continue
         leftover = bytes(wire[found + len(_END) :])
         if leftover:  # commands pipelined after the end of data (RFC 2920): the command loop's
