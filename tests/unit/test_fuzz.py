@@ -105,8 +105,8 @@ def test_fuzz_encoded_word_headers_decode_to_text(words: list[str], eol: str) ->
 
 # ---------------------------------------------------------------- SMTP command and DATA parsers
 
-ADDRESS_CHARS = st.sampled_from(list("ab.@<>\" \\:,;()[]%!+=") + ["\x00", "\x01", "\x1b", "\x7f", "\x85",
-                                                                     "\u2028", "é", "ü", "\udcff"])
+ADDRESS_CHARS = st.sampled_from([*"ab.@<>\" \\:,;()[]%!+=", "\x00", "\x01", "\x1b", "\x7f", "\x85",
+                                  "\u2028", "é", "ü", "\udcff"])
 
 
 @FUZZ
