@@ -21,14 +21,16 @@ def has_control(value: str) -> bool:
     return _UNSAFE_ONE.search(value) is not None
 
 
-def escape(value: str) -> str:
-    """*value* for a log line or a terminal: control characters written as ``\\xNN`` / ``\\uNNNN``
-    (and the backslash doubled), everything else as it is."""
+def escape(value: str, keep: str = "") -> str:
+    """*value* for a log line or a terminal: control characters other than those in *keep* written
+    as ``\\xNN`` / ``\\uNNNN`` (and the backslash doubled), everything else as it is."""
     if not has_control(value) and "\\" not in value:
         return value
-    return _UNSAFE_ONE.sub(_escaped, value.replace("\\", "\\\\"))
 
+    def escaped(match: re.Match[str]) -> str:
+        char = match[0]
+        if char in keep:
+            return char
+        return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
 
-def _escaped(match: re.Match[str]) -> str:
-    code = ord(match[0])
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return _UNSAFE_ONE.sub(escaped, value.replace("\\", "\\\\"))
