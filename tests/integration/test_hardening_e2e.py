@@ -414,3 +414,29 @@ def test_backscatter_headers_only_capped_one_dsn_per_message_none_to_address_lit
     assert len(dsns[0]) < 60 * 1024 and b"body line" not in dsns[0]
     assert "no DSN to x@[127.0.0.1]: the sender is an address literal" in gateway.log()
     assert "a DSN was already sent for this message" in gateway.log()
+
+
+# ---------------------------------------------------------------- item 9: command_timeout per read in DATA
+
+def test_slow_upload_succeeds_while_bytes_keep_coming(tmp_path: Path, procs: list[Any]) -> None:
+    """RFC 5321 §4.5.3.2.6: the DATA timeout applies per read. With command_timeout 2 s, an upload
+    taking 5 s in 0.5 s steps is accepted (aiosmtpd used one deadline for the whole DATA phase)."""
+    box = sink(tmp_path, procs)
+    gateway = start(tmp_path, procs, box)
+    gateway.restart_with("command_timeout: 60", "command_timeout: 2")
+    client = Line(gateway.port)
+    try:
+        for command in ("EHLO client.test.example", "MAIL FROM:<alice@example.com>", "RCPT TO:<bob@acme.example>"):
+            assert client.cmd(command).startswith("250")
+        assert client.cmd("DATA").startswith("354")
+        client.sock.sendall(CLEAN)
+        started = time.monotonic()
+        for index in range(10):
+            time.sleep(0.5)
+            client.sock.sendall(b"slow line %d\r\n" % index)
+        assert time.monotonic() - started > 4
+        assert client.cmd(b".").startswith("250")
+    finally:
+        client.close()
+    assert wait_for(lambda: len(box.messages()) == 1)
+    assert b"slow line 9" in box.messages()[0]
