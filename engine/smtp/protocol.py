@@ -218,7 +218,9 @@ class GatewaySMTP(SMTP):
         and is closed (RFC 5321 §3.8; Postfix's smtpd_hard_error_limit)."""
         await super().push(status)
         reply = status if isinstance(status, str) else status.decode("utf-8", "replace")
-        if reply[:1] in ("4", "5") and not self._closing_for_errors:
+        # "452 4.5.3 too many recipients" is not the client's error: it sends the rest in the next
+        # transaction (Postfix only counts far beyond the limit, smtpd_recipient_overshoot_limit).
+        if reply[:1] in ("4", "5") and not reply.startswith("452 4.5.3") and not self._closing_for_errors:
             self.errors += 1
             if self.errors >= self._max_errors()[0]:
                 await self._close_for("too many errors")
