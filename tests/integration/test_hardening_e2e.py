@@ -120,6 +120,7 @@ def noop_latencies_while_processing(port: int, raw: bytes) -> tuple[list[float],
 def test_noop_answered_within_100ms_while_hostile_messages_are_processed(tmp_path: Path, procs: list[Any]) -> None:
     box = sink(tmp_path, procs)
     gateway = start(tmp_path, procs, box, max_size=30 * 1024 * 1024)
+    gateway.restart_with("command_timeout: 60", "command_timeout: 60, max_junk_commands: 1000000")  # B's NOOPs
     for raw in (folded_encoded_words(6 * 1024 * 1024), many_parts(200_000)):
         latencies, reply, wait = noop_latencies_while_processing(gateway.port, raw)
         assert reply.startswith("250"), reply
