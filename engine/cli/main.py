@@ -130,6 +130,19 @@ def demo(
     raise typer.Exit(code)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def test(
+    ctx: typer.Context,
+    repo: Annotated[Path, typer.Argument(help="Policy repository (holds policies/ and tests/features/).")] = Path("."),
+    junitxml: Annotated[Path | None, typer.Option("--junitxml", help="Write a JUnit XML report.")] = None,
+    cucumberjson: Annotated[Path | None, typer.Option("--cucumberjson", help="Write a Cucumber JSON report.")] = None,
+) -> None:
+    """Run the Gherkin scenarios of REPO/tests/features (pytest + the liveprism steps); exit code is pytest's."""
+    from engine.cli.test_cmd import run_test
+
+    raise typer.Exit(run_test(repo, junitxml, cucumberjson, ctx.args))
+
+
 def main() -> None:
     """Entry point for `python -m engine`."""
     app()
