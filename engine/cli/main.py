@@ -143,6 +143,23 @@ def test(
     raise typer.Exit(run_test(repo, junitxml, cucumberjson, ctx.args))
 
 
+@app.command()
+def plan(
+    directory: PolicyDir = Path("policies"),
+    base: Annotated[str, typer.Option("--base", help="Git ref to compare the work tree with.")] = "origin/main",
+    corpus: Annotated[Path | None, typer.Option("--corpus", help="Directory of *.eml to replay.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="text, markdown or json.")] = "text",
+    state: Annotated[Path | None, typer.Option("--state", help="Also replay this store's quarantine/archive.")] = None,
+    since: Annotated[str, typer.Option("--since", help="Archive window for --state: 7d, 24h or ISO date.")] = "7d",
+) -> None:
+    """Semantic diff of the policy against --base and the messages whose verdict it changes."""
+    from engine.cli.plan_cmd import run_plan, since_seconds
+
+    if fmt not in ("text", "markdown", "json"):
+        raise typer.BadParameter(f"{fmt!r}: expected text, markdown or json", param_hint="--format")
+    raise typer.Exit(run_plan(directory, base, corpus, fmt, state, since_seconds(since)))
+
+
 def main() -> None:
     """Entry point for `python -m engine`."""
     app()
