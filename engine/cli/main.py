@@ -160,6 +160,14 @@ def plan(
     raise typer.Exit(run_plan(directory, base, corpus, fmt, state, since_seconds(since)))
 
 
+@app.command()
+def init(directory: Annotated[Path, typer.Argument(help="Directory of the new policy repository.")]) -> None:
+    """Scaffold a policy repository (policies/, tests/, CI workflow) that passes validate and test."""
+    from engine.cli.init_cmd import run_init
+
+    raise typer.Exit(run_init(directory))
+
+
 def main() -> None:
     """Entry point for `python -m engine`."""
     app()

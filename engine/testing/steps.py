@@ -9,6 +9,7 @@ Every `Then` that fails prints the verdict trace with each hit's FILE:LINE.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from pytest_bdd import given, parsers, then, when
@@ -33,7 +34,15 @@ def liveprism_scenario(request: pytest.FixtureRequest) -> Scenario:
     """The state of the running scenario; paths are relative to the repository root (rootdir)."""
     config = request.config
     policy = str(config.getini("liveprism_policy") or "policies")
-    return Scenario(root=config.rootpath, policy=policy)
+    return Scenario(root=repository_root(request.node.path, policy, config.rootpath), policy=policy)
+
+
+def repository_root(feature: Path, policy: str, rootdir: Path) -> Path:
+    """The nearest directory above `feature` holding `policy`/gateway.yaml; else pytest's rootdir."""
+    for directory in feature.parents:
+        if (directory / policy / "gateway.yaml").is_file() or (directory / policy / "gateway.yml").is_file():
+            return directory
+    return rootdir
 
 
 def _split(addresses: str) -> list[str]:
