@@ -90,6 +90,12 @@ def _closing_bracket(lines: list[str], line: int, col: int) -> tuple[int, int] |
     return None
 
 
+def _dash_col(line: str, item_col: int) -> int:
+    """Column of the `-` that introduces the block sequence item starting at `item_col` of `line`."""
+    head = line[:item_col].rstrip()
+    return len(head) - 1 if head.endswith("-") else max(item_col - 2, 0)
+
+
 def append_scalar(text: str, key: str, value: str) -> Edited | EditRefused:
     """Add `value` to the top-level sequence `key` (see the module docstring)."""
     data = _top(text)
@@ -122,8 +128,7 @@ def append_scalar(text: str, key: str, value: str) -> Edited | EditRefused:
         lines[row] = spliced + lines[row][index:]
         return _verified("".join(lines), key, value, row + 1)
     last_line, item_col = current.lc.item(len(current) - 1)
-    dash_col = max(item_col - 2, 0)
-    new_line = " " * dash_col + f"- {item}\n"
+    new_line = " " * _dash_col(lines[last_line], item_col) + f"- {item}\n"
     insert_at = last_line + 1
     if insert_at == len(lines) and not lines[-1].endswith("\n"):
         lines[-1] += "\n"
@@ -140,8 +145,8 @@ def append_block(text: str, key: str, item_lines: list[str], ident: str) -> Edit
     if not isinstance(current, CommentedSeq) or current.fa.flow_style() or len(current) == 0:
         return EditRefused(f"{key} must be a non-empty block list to append to")
     lines = text.splitlines(keepends=True)
-    _, item_col = current.lc.item(0)
-    indent = " " * max(item_col - 2, 0)
+    first_line, item_col = current.lc.item(0)
+    indent = " " * _dash_col(lines[first_line], item_col)
     keys = list(data.keys())
     following = keys[keys.index(key) + 1 :]
     end = min((data.lc.key(k)[0] for k in following), default=len(lines))
