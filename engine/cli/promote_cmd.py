@@ -32,7 +32,7 @@ from engine.policy.loader import LoadedFile, PolicySource, load_policy
 from engine.policy.models import ListAction, PolicyList, RuleSet
 from engine.policy.validate import validate_policy
 from engine.policy.yaml_edit import Edited, append_block, append_scalar
-from engine.store.base import QuarantineEntry, StoredMessage, Store
+from engine.store.base import QuarantineEntry, Store, StoredMessage
 
 _RE2_SPECIAL = set("\\.+*?()|[]{}^$-#&~")
 
@@ -202,7 +202,7 @@ def _body_line(raw: bytes | None) -> str:
     from email import message_from_bytes
 
     message = message_from_bytes(raw, policy=default_policy)
-    part = message.get_body(preferencelist=("plain", "html"))  # type: ignore[attr-defined]
+    part = message.get_body(preferencelist=("plain", "html"))
     text = part.get_content() if part is not None else ""
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     return max(lines, key=len)[:80] if lines else ""

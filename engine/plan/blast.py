@@ -60,11 +60,8 @@ def _action(decision: Decision, tenant: str | None) -> str:
 def compare(name: str, old: Decision, new: Decision, tenant: str | None = None) -> Flip | None:
     """The flip of one message (for one tenant's copy when given), or None when nothing changed."""
     old_action, new_action = _action(old, tenant), _action(new, tenant)
-    old_tenants = {t: v.action for t, v in old.tenants.items()}
-    new_tenants = {t: v.action for t, v in new.tenants.items()}
-    if tenant is not None:
-        old_tenants = {tenant: old_tenants.get(tenant)} if tenant in old_tenants else {}
-        new_tenants = {tenant: new_tenants.get(tenant)} if tenant in new_tenants else {}
+    old_tenants = {t: v.action for t, v in old.tenants.items() if tenant is None or t == tenant}
+    new_tenants = {t: v.action for t, v in new.tenants.items() if tenant is None or t == tenant}
     if old_action == new_action and old_tenants == new_tenants and old.reply.code == new.reply.code:
         return None
     old_ids, new_ids = _ids(old, tenant), _ids(new, tenant)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from pytest_bdd import given, parsers, then, when
 
+from engine.graph.evaluator import RcptResult
 from engine.graph.verdict import KIND_ANTIVIRUS, KIND_LIST, KIND_RULE, Hit, TenantVerdict
 from engine.policy.models import Action, Direction
 from engine.testing.world import Attachment, Scenario, ScenarioFailure, guess_type
@@ -344,7 +345,7 @@ def _tenant(scenario: Scenario, tenant: str) -> TenantVerdict:
     return verdict
 
 
-def _rcpt(scenario: Scenario, address: str):  # type: ignore[no-untyped-def]
+def _rcpt(scenario: Scenario, address: str) -> RcptResult:
     wanted = address.strip().lower()
     for result in scenario.result().rcpt_results:
         if result.address == wanted:

@@ -100,7 +100,7 @@ def test_init_workflow_is_the_engines_policy_workflow(tmp_path: Path) -> None:
     engine = (REPO / ".github" / "workflows" / "policy.yml").read_text()
     expected = engine.replace("pip install --quiet -e .", "pip install --quiet 'REQUIREMENT'").replace(
         '"tests/**", ".github/workflows/policy.yml"', '"tests/**"')
-    assert POLICY_WORKFLOW == expected
+    assert expected == POLICY_WORKFLOW
     scaffold = tmp_path / "policy.yml"
     scaffold.write_text(scaffold_files()[".github/workflows/policy.yml"])
     result = subprocess.run([str(ACTIONLINT), str(scaffold)], capture_output=True, text=True, check=False)
