@@ -19,7 +19,7 @@ from typing import Any
 from engine.graph.evaluator import FilterGraph
 from engine.graph.verdict import KIND_LIST, KIND_MIME, KIND_RULE, Decision, Hit
 from engine.policy.models import Action, Direction
-from engine.store.base import open_store
+from engine.store import open_store
 from engine.store.sqlite import DB_NAME
 from engine.testing.replay import Envelope, EnvelopeError, envelope_for, run
 

@@ -1,8 +1,9 @@
 """One message through a compiled graph, as `serve` would take it, and where its envelope comes from.
 
-`run(graph, envelope, raw)` drives the graph's single evaluation path (`FilterGraph.explain`, the
-wrapper over the SMTP-stage evaluation that `serve` uses); the BDD steps and `liveprism plan`
-both call it, so a scenario and a blast-radius replay can never disagree with the gateway.
+`run(graph, envelope, raw)` drives the gateway's transaction object
+(`engine.graph.transaction.simulate`: connect, MAIL, RCPT, DATA on one `Evaluation`, as `serve`
+does); the BDD steps and `liveprism plan` both call it, so a scenario and a blast-radius replay
+can never disagree with the gateway.
 
 `envelope_for(path, raw)`: a corpus message's envelope is its sidecar `NAME.envelope` (JSON:
 `mail_from`, `rcpts`, optional `client_ip`, `helo`, `direction`) when there is one, else the
@@ -13,14 +14,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
 from pathlib import Path
 
-from engine.graph.evaluator import FilterGraph, RcptResult
-from engine.graph.verdict import Decision, Hit
+from engine.graph.evaluator import FilterGraph
+from engine.graph.transaction import Outcome, simulate
+from engine.graph.verdict import Hit
 from engine.policy.models import Direction
 
 DEFAULT_CLIENT_IP = "192.0.2.1"  # TEST-NET-1 (RFC 5737): on no list of the example policy
@@ -38,25 +40,18 @@ class Envelope:
     direction: Direction = Direction.inbound
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The decision for the whole transaction and each recipient's RCPT result."""
-
-    decision: Decision
-    rcpt_results: tuple[RcptResult, ...] = field(default_factory=tuple)
-
-
 def run(graph: FilterGraph, envelope: Envelope, raw: bytes, external_hits: Sequence[Hit] = ()) -> Outcome:
     """Every SMTP stage of one transaction against `graph` (connect, MAIL, RCPT, DATA)."""
-    decision, results = graph.explain(
+    return simulate(
+        graph,
         raw=raw,
         mail_from=envelope.mail_from,
         rcpts=list(envelope.rcpts),
         client_ip=envelope.client_ip,
+        helo=envelope.helo,
         direction=envelope.direction,
         external_hits=external_hits,
     )
-    return Outcome(decision, results)
 
 
 def header_envelope(raw: bytes) -> tuple[str, tuple[str, ...]]:

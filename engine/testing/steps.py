@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from pytest_bdd import given, parsers, then, when
 
-from engine.graph.evaluator import RcptResult
-from engine.graph.verdict import KIND_ANTIVIRUS, KIND_LIST, KIND_RULE, Hit, TenantVerdict
+from engine.graph.verdict import KIND_ANTIVIRUS, KIND_LIST, KIND_RULE, Hit, RcptResult, TenantVerdict
 from engine.policy.models import Action, Direction
 from engine.testing.world import Attachment, Scenario, ScenarioFailure, guess_type
 

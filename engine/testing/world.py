@@ -18,10 +18,11 @@ from pathlib import Path
 from engine.cli.explain_cmd import render_text
 from engine.graph.compiler import load_graph
 from engine.graph.evaluator import FilterGraph
+from engine.graph.transaction import Outcome
 from engine.graph.verdict import Hit
 from engine.policy.loader import content_hash, policy_files
 from engine.policy.models import Direction
-from engine.testing.replay import DEFAULT_CLIENT_IP, DEFAULT_HELO, Envelope, Outcome, envelope_for, run
+from engine.testing.replay import DEFAULT_CLIENT_IP, DEFAULT_HELO, Envelope, envelope_for, run
 from engine.testing.resolver import StaticResolver
 
 
@@ -166,7 +167,7 @@ class Scenario:
             for name, verdict in outcome.decision.tenants.items()
         }
         decision = replace(outcome.decision, tenants=tenants)
-        return "verdict trace:\n" + render_text(decision, outcome.rcpt_results)
+        return "verdict trace:\n" + render_text(replace(outcome, decision=decision))
 
     def fail(self, message: str) -> ScenarioFailure:
         return ScenarioFailure(f"{message}\n\n{self.trace()}")

@@ -1,5 +1,5 @@
 Feature: Block and allow lists
-  Gateway-wide block lists refuse at MAIL, tenant block lists at RCPT; an allow list delivers
+  Gateway-wide block lists refuse at connect (networks) or MAIL (senders), tenant block lists at RCPT; an allow list delivers
   whatever the content rules say.
 
   Scenario Outline: the gateway-wide block list refuses a sender for every tenant
@@ -16,12 +16,12 @@ Feature: Block and allow lists
       | offers@bad.example       | peter@initech.example   |
       | kit@mail.phish-kit.example | bob@acme.example      |
 
-  Scenario Outline: the gateway-wide block list refuses client networks
+  Scenario Outline: the gateway-wide block list refuses client networks at connect
     Given a message from "alice@example.com" to "bob@acme.example"
     And the client address <ip>
     When it is received
     Then it is rejected with 550
-    And it is refused at MAIL
+    And it is refused at CONNECT
 
     Examples:
       | ip              |

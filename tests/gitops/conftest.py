@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.store.base import Accepted, CopyPlan, Envelope, new_queue_id, open_store
+from engine.store import open_store
+from engine.store.base import Accepted, CopyPlan, Envelope, new_queue_id
 from engine.store.sqlite import quarantine_id
 
 REPO = Path(__file__).resolve().parents[2]
