@@ -161,7 +161,7 @@ def _rule_edit(
         fail(f"no rule set {wanted}" if wanted else f"tenant {entry.tenant} and the gateway have no rule set: "
              "pass --rules NAME")
     if part == "subject":
-        text = entry.subject.strip()
+        text = (entry.subject or _header(held.raw, "Subject")).strip()
         condition = f"header: {{name: Subject, regex: {_yaml_single('(?i)' + re2_escape(text))}}}"
     else:
         text = _body_line(held.raw)
@@ -188,11 +188,15 @@ def _rule_edit(
     return rel, result, f"added rule {ident} to rule set {target.model.name}", f'{word}\n    And rule "{ident}" matched'
 
 
-def _header_from(raw: bytes | None) -> str:
+def _header(raw: bytes | None, name: str) -> str:
+    """The decoded value of header `name` of `raw` ("" when absent)."""
     if raw is None:
         return ""
-    headers = BytesHeaderParser(policy=default_policy).parsebytes(raw)
-    return parseaddr(str(headers.get("From", "")))[1]
+    return str(BytesHeaderParser(policy=default_policy).parsebytes(raw).get(name, ""))
+
+
+def _header_from(raw: bytes | None) -> str:
+    return parseaddr(_header(raw, "From"))[1]
 
 
 def _body_line(raw: bytes | None) -> str:

@@ -30,6 +30,7 @@ class StaticResolver:
     records: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     failures: dict[tuple[str, str], DnsStatus] = field(default_factory=dict)
     asked: list[tuple[str, str]] = field(default_factory=list)  # every query, in order (for assertions)
+    timeout: float = 2.0  # what the checks read from a resolver (engine.checks.lookup.AsyncLookup); never waited
 
     def add(self, name: str, rdtype: str, value: str) -> None:
         """Answer `value` (one more record) for `name`/`rdtype`."""

@@ -35,7 +35,8 @@ Feature: Outbound mail from tenants' own servers
     And it is delivered
 
   Scenario: DNS answers declared by a scenario are served by the static resolver
-    Given DNS answers TXT "v=spf1 -all" for "x.example"
+    Given DNS answers TXT "v=spf1 ip4:192.0.2.0/24 -all" for "x.example"
+    And the client address 192.0.2.1
     And a message from "a@x.example" to "bob@acme.example"
     When it is received
     Then it is delivered

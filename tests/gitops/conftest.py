@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.policy.models import Action
 from engine.store import open_store
 from engine.store.base import Accepted, CopyPlan, Envelope, new_queue_id
 from engine.store.sqlite import quarantine_id
@@ -52,15 +53,17 @@ class StoredMail:
     archived_queue_id: str  # a delivered message in the archive
 
 
-def _accepted(raw: bytes, mail_from: str, rcpt: str, tenant: str, action: str, client_ip: str) -> Accepted:
+def _accepted(raw: bytes, mail_from: str, rcpt: str, tenant: str, action: str, client_ip: str,
+              subject: str = "") -> Accepted:
     verdict = {"action": action, "score": 0.0, "reason": "score", "hits": []}
     return Accepted(
         queue_id=new_queue_id(),
         raw=raw,
         envelope=Envelope(mail_from, (rcpt,), client_ip, "client.example", time.time() - 3600),
+        subject=subject,
         policy_version="v1",
         verdict={"action": action, "tenants": {tenant: verdict}},
-        copies=(CopyPlan(tenant, (rcpt,), action, b"", None, verdict),),
+        copies=(CopyPlan(tenant, (rcpt,), Action(action), b"", reason="score"),),
         archive=True,
     )
 
@@ -70,7 +73,7 @@ def stored_mail(tmp_path: Path) -> StoredMail:
     """A store holding the corpus invoice phish (held for acme) and the clean lunch message (delivered)."""
     corpus = REPO / "tests" / "corpus"
     phish = _accepted((corpus / "invoice-phish.eml").read_bytes(), "accounts@vendor-billing.example",
-                      "ap@acme.example", "acme", "quarantine", "198.18.5.5")
+                      "ap@acme.example", "acme", "quarantine", "198.18.5.5", "Overdue invoice 2291")
     clean = _accepted((corpus / "clean.eml").read_bytes(), "alice@example.com", "bob@acme.example", "acme",
                       "deliver", "192.0.2.1")
     state = tmp_path / "state"
@@ -84,3 +87,6 @@ def stored_mail(tmp_path: Path) -> StoredMail:
 
     asyncio.run(fill())
     return StoredMail(state, quarantine_id(phish.queue_id, "acme"), clean.queue_id)
+
+
+pytest_plugins = ["tests.gitops.steps_workflow"]
