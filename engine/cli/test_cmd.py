@@ -9,6 +9,7 @@ exit code are pytest's; 2 when REPO has no tests/features directory.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -21,7 +22,9 @@ def pytest_command(
     repo: Path, junitxml: Path | None, cucumberjson: Path | None, extra: Sequence[str] = ()
 ) -> list[str]:
     """The pytest command line `liveprism test` runs (from `repo`)."""
-    command = [sys.executable, "-m", "pytest", str(FEATURES), "--rootdir", ".", "-p", "liveprism"]
+    command = [sys.executable, "-m", "pytest", str(FEATURES), "--rootdir", "."]
+    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):  # entry points are not loaded: name both plugins
+        command += ["-p", "pytest_bdd.plugin", "-p", "engine.testing.plugin"]
     if junitxml is not None:
         command += ["--junitxml", str(junitxml.resolve())]
     if cucumberjson is not None:

@@ -90,6 +90,29 @@ def _closing_bracket(lines: list[str], line: int, col: int) -> tuple[int, int] |
     return None
 
 
+def _scalar_end(line: str, col: int) -> int:
+    """End (exclusive) of the flow scalar starting at `col` of `line`: its closing quote, or the
+    last non-blank character before `,`, `]`, ` #` or the end of the line."""
+    quote = line[col : col + 1]
+    if quote in ("'", '"'):
+        index = col + 1
+        while index < len(line):
+            if quote == '"' and line[index] == "\\":
+                index += 2
+                continue
+            if line[index] == quote:
+                if quote == "'" and line[index + 1 : index + 2] == "'":
+                    index += 2
+                    continue
+                return index + 1
+            index += 1
+        return len(line.rstrip("\r\n"))
+    index = col
+    while index < len(line) and line[index] not in ",]\r\n" and line[index : index + 2] != " #":
+        index += 1
+    return len(line[:index].rstrip())
+
+
 def _dash_col(line: str, item_col: int) -> int:
     """Column of the `-` that introduces the block sequence item starting at `item_col` of `line`."""
     head = line[:item_col].rstrip()
@@ -119,6 +142,15 @@ def append_scalar(text: str, key: str, value: str) -> Edited | EditRefused:
         row, index = close
         before = lines[row][:index]
         trimmed = before.rstrip()
+        if len(current) and not trimmed:  # `]` on a line of its own: a new item line before it
+            last_row, last_col = current.lc.item(len(current) - 1)
+            last = lines[last_row]
+            end = _scalar_end(last, last_col)
+            if not last[end:].lstrip().startswith(","):
+                lines[last_row] = last[:end] + "," + last[end:]
+            indent = last[: len(last) - len(last.lstrip())]
+            lines.insert(row, f"{indent}{item}\n")
+            return _verified("".join(lines), key, value, row + 1)
         if len(current) == 0:
             spliced = before + item
         elif trimmed.endswith(","):

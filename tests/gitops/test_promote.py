@@ -157,3 +157,11 @@ def test_edits_are_refused_not_guessed() -> None:
         "QUOTED@single.example is already in senders")
     assert isinstance(append_scalar("name: [unclosed\n", "senders", "a@b"), EditRefused)
     assert isinstance(append_block(BLOCK_STYLE, "domains", ["- id: x"], "x"), EditRefused)
+
+
+def test_multi_line_flow_list_gets_a_new_item_line() -> None:
+    text = 'name: a\naction: block\nnetworks: [\n  1.1.1.1,   # one\n  "2.2.2.2"  # two\n]\n'
+    result = append_scalar(text, "networks", "3.3.3.3")
+    assert isinstance(result, Edited)
+    assert result.text == 'name: a\naction: block\nnetworks: [\n  1.1.1.1,   # one\n  "2.2.2.2",  # two\n' \
+                          '  3.3.3.3\n]\n'
