@@ -153,7 +153,7 @@ class Plan:
 
     def _corpus_heading(self) -> str:
         replay = self.corpus_replay
-        return (f"{len(replay.flips)} of {replay.replayed} corpus messages change verdict"
+        return (f"{len(replay.flips)} of {replay.replayed} corpus messages change verdict or route"
                 f" ({self.corpus.as_posix()})")
 
     def _store_sections(self) -> list[tuple[str, tuple[Any, ...]]]:

@@ -63,7 +63,13 @@ def compare(name: str, old: Decision, new: Decision, tenant: str | None = None) 
     old_tenants = {t: v.action for t, v in old.tenants.items() if tenant is None or t == tenant}
     new_tenants = {t: v.action for t, v in new.tenants.items() if tenant is None or t == tenant}
     if old_action == new_action and old_tenants == new_tenants and old.reply.code == new.reply.code:
-        return None
+        moved = [
+            f"{t} route {', '.join(v.routes)} -> {', '.join(new.tenants[t].routes)}"
+            for t, v in old.tenants.items()
+            if (tenant is None or t == tenant) and t in new.tenants and v.action in DELIVERED
+            and v.routes != new.tenants[t].routes
+        ]
+        return Flip(name, old_action, f"{new_action} [{'; '.join(moved)}]", ()) if moved else None
     old_ids, new_ids = _ids(old, tenant), _ids(new, tenant)
     causes = tuple([f"+{i}" for i in sorted(new_ids - old_ids)] + [f"-{i}" for i in sorted(old_ids - new_ids)])
     if old_action == new_action:  # one tenant's copy changed, not the transaction's outcome

@@ -39,6 +39,16 @@ def _compact(value: Any) -> str:
     return text if len(text) <= 120 else text[:119] + "…"
 
 
+def _item_text(item: Any) -> str:
+    """A list item as a reviewer reads it: text as is, a route as `host:port (priority P, tls T)`."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, Mapping) and {"host", "port"} <= set(item):
+        extra = ", ".join(f"{k} {v}" for k, v in item.items() if k not in ("host", "port"))
+        return f"{item['host']}:{item['port']}" + (f" ({extra})" if extra else "")
+    return _compact(item)
+
+
 def _sample(items: list[str]) -> str:
     shown = ", ".join(items[:SAMPLES])
     return shown + (f", … (+{len(items) - SAMPLES} more)" if len(items) > SAMPLES else "")
@@ -61,8 +71,8 @@ def value_diff(old: Any, new: Any, path: str = "") -> list[str]:
                 lines.extend(value_diff(old[key], new[key], sub))
         return lines
     if isinstance(old, list) and isinstance(new, list):
-        old_keys = [_compact(item) if not isinstance(item, str) else item for item in old]
-        new_keys = [_compact(item) if not isinstance(item, str) else item for item in new]
+        old_keys = [_item_text(item) for item in old]
+        new_keys = [_item_text(item) for item in new]
         added = [k for k in new_keys if k not in old_keys]
         removed = [k for k in old_keys if k not in new_keys]
         lines = []

@@ -17,6 +17,7 @@ Feature: The sample messages in tests/corpus
       | newsletter.eml      | rejected    |
       | ceo-fraud.eml       | tagged      |
       | malformed-mime.eml  | quarantined |
+      | globex-order.eml    | delivered   |
 
   Scenario: structurally broken MIME is held for review
     Given the message in "tests/corpus/malformed-mime.eml"

@@ -47,7 +47,7 @@ def test_plan_reports_added_rule_removed_entry_and_flipped_messages(policy_repo:
     assert "-acme-allow" in flips["partner-invoice.eml"]["causes"]
     assert flips["invoice-phish.eml"]["old"] == "quarantine" and flips["invoice-phish.eml"]["new"] == "tag"
     assert "gtube.eml" not in flips and "sextortion.eml" not in flips  # unchanged messages are not listed
-    assert plan["corpus"]["replayed"] == 8
+    assert plan["corpus"]["replayed"] == 9
 
 
 def test_plan_text_and_markdown(policy_repo: Path) -> None:
@@ -58,7 +58,7 @@ def test_plan_text_and_markdown(policy_repo: Path) -> None:
     assert "rule added: lunch-invitation  policies/rules/acme-content.yaml:14" in text.stdout
     markdown = run_cli("plan", "policies", "--base", "main", "--format", "markdown", cwd=policy_repo)
     assert "| rule `lunch-invitation` | added | `policies/rules/acme-content.yaml:14` |" in markdown.stdout
-    assert "3 of 8 corpus messages change verdict" in markdown.stdout
+    assert "3 of 9 corpus messages change verdict or route" in markdown.stdout
 
 
 def test_plan_replays_the_quarantine_and_the_archive(policy_repo: Path, stored_mail: StoredMail) -> None:
@@ -77,6 +77,21 @@ def test_plan_replays_the_quarantine_and_the_archive(policy_repo: Path, stored_m
 def test_plan_without_change_and_bad_ref(policy_repo: Path) -> None:
     same = run_cli("plan", "policies", "--base", "main", cwd=policy_repo)
     assert same.returncode == 0
-    assert "policy changes: none" in same.stdout and "0 of 8 corpus messages change verdict" in same.stdout
+    assert "policy changes: none" in same.stdout and "0 of 9 corpus messages change verdict or route" in same.stdout
     bad = run_cli("plan", "policies", "--base", "no-such-branch", cwd=policy_repo)
     assert bad.returncode == 2 and "unknown git ref 'no-such-branch'" in bad.stderr
+
+
+def test_plan_shows_route_changes_and_the_messages_that_move(policy_repo: Path) -> None:
+    tenant = policy_repo / "policies" / "tenants" / "globex.yaml"
+    tenant.write_text(tenant.read_text().replace(
+        "{host: 127.0.0.1, port: 2626, priority: 10, tls: opportunistic}",
+        "{host: mx.globex.example, port: 25, priority: 10, tls: required}").replace(
+        "domains: [globex.example, globex-corp.example]", "domains: [globex.example, globex-corp.example, globex.de]"))
+    result = run_cli("plan", "policies", "--base", "main", cwd=policy_repo)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "      domains: +1 (globex.de)" in lines
+    assert "      routes: +1 (mx.globex.example:25 (priority 10, tls required))" in lines
+    assert "      routes: -1 (127.0.0.1:2626 (priority 10, tls opportunistic))" in lines
+    assert "  globex-order.eml: deliver -> deliver [globex route 127.0.0.1:2626 -> mx.globex.example:25]" in lines
