@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import mimetypes
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from engine.cli.explain_cmd import render_text
 from engine.graph.compiler import load_graph
 from engine.graph.evaluator import FilterGraph
 from engine.graph.transaction import Outcome
@@ -158,17 +157,28 @@ class Scenario:
         return self.outcome
 
     def trace(self) -> str:
-        """The verdict trace (as `liveprism explain` prints it), hits with the policy's FILE:LINE."""
+        """The verdict trace: the reply of each SMTP stage, then each tenant copy with its hits at FILE:LINE."""
         outcome = self.result()
-        prefix = self.policy.rstrip("/") + "/"
-        tenants = {
-            name: replace(verdict, hits=tuple(
-                replace(hit, source=prefix + hit.source) if ".yaml:" in hit.source or ".yml:" in hit.source else hit
-                for hit in verdict.hits))
-            for name, verdict in outcome.decision.tenants.items()
-        }
-        decision = replace(outcome.decision, tenants=tenants)
-        return "verdict trace:\n" + render_text(replace(outcome, decision=decision))
+        decision = outcome.decision
+        lines = [f"verdict trace (policy {decision.policy_version}):"]
+        for stage, reply in outcome.replies:
+            word, _, argument = stage.partition(" ")
+            lines.append(f"  {(word.upper() + ' ' + argument).strip():<34} {reply}")
+        for name, verdict in decision.tenants.items():
+            lines.append(f"  copy for {name}: {verdict.action.value} (score {verdict.score:g}, reason {verdict.reason},"
+                         f" stage {verdict.stage}) routes {', '.join(verdict.routes) or 'none'}")
+            for hit in verdict.hits:
+                action = hit.action.value if hit.action else "-"
+                lines.append(f"    {hit.kind:<6} {hit.id:<34} score {hit.score:>5g}  action {action:<10} "
+                             f"{self._where(hit.source)}")
+        lines.append(f"  decision: {decision.action.value} at {decision.stage}; reply {decision.reply}")
+        return "\n".join(lines)
+
+    def _where(self, source: str) -> str:
+        """A hit's FILE:LINE relative to the repository (policy files are given relative to the policy)."""
+        if ".yaml:" in source or ".yml:" in source:
+            return f"{self.policy.rstrip('/')}/{source}"
+        return source
 
     def fail(self, message: str) -> ScenarioFailure:
         return ScenarioFailure(f"{message}\n\n{self.trace()}")
