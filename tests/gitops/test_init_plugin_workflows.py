@@ -98,7 +98,7 @@ def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
 
 def test_init_workflow_is_the_engines_policy_workflow(tmp_path: Path) -> None:
     engine = (REPO / ".github" / "workflows" / "policy.yml").read_text()
-    expected = engine.replace("pip install --quiet -e .", "pip install --quiet 'REQUIREMENT'").replace(
+    expected = engine.replace("pip install --quiet -e '.[test]'", "pip install --quiet 'REQUIREMENT'").replace(
         '"tests/**", ".github/workflows/policy.yml"', '"tests/**"')
     assert expected == POLICY_WORKFLOW
     scaffold = tmp_path / "policy.yml"
