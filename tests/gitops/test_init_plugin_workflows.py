@@ -59,7 +59,7 @@ Feature: a scenario that fails on purpose
 def test_plugin_from_a_policy_repository_outside_this_tree(tmp_path: Path) -> None:
     """Only YAML and .feature files; `python -m pytest` there finds the steps through the entry point."""
     repo = tmp_path / "elsewhere"
-    shutil.copytree(REPO / "policies", repo / "policies", ignore=shutil.ignore_patterns("*.json"))
+    shutil.copytree(REPO / "policies", repo / "policies", ignore=shutil.ignore_patterns("*.json", ".*"))
     shutil.copytree(REPO / "tests" / "corpus", repo / "tests" / "corpus")
     (repo / "tests" / "features").mkdir()
     for name in ("tenants.feature", "lists.feature", "corpus.feature"):
