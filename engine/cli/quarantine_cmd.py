@@ -178,3 +178,8 @@ def delete_command(
 ) -> None:
     """Drop a held copy (the archive keeps the message when archiving is on)."""
     _change(state, directory or policy, lambda s: s.delete_quarantine(entry_id, time.time()), "deleted")
+
+
+from engine.cli.promote_cmd import promote_command  # noqa: E402  (its own module; registered here)
+
+quarantine_app.command("promote")(promote_command)
