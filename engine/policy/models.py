@@ -325,6 +325,16 @@ class LogSettings(PolicyModel):
 class Gateway(PolicyModel):
     """gateway.yaml: settings shared by every tenant."""
 
+    @field_validator("postmaster")
+    @classmethod
+    def _postmaster(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        pattern = check_address_pattern(value)
+        if pattern.startswith("*"):
+            raise ValueError(f"postmaster must be one mailbox, not a pattern: {value!r}")
+        return pattern
+
     hostname: str = Field(description="The MX target published for every tenant domain; also the HELO name.")
     mx_hosts: list[MxHost] = Field(default_factory=list, description="The MXPath servers and their addresses.")
     listeners: Listeners = Field(default_factory=Listeners, description="SMTP listeners.")
@@ -341,6 +351,11 @@ class Gateway(PolicyModel):
     scoring: Scoring = Field(default_factory=Scoring, description="Default score thresholds.")
     checks: Checks = Field(default_factory=Checks, description="External checks (detection only).")
     log: LogSettings = Field(default_factory=LogSettings, description="Transaction log format.")
+    postmaster: str | None = Field(
+        default=None,
+        description="Mailbox (in a tenant's domain) that receives RCPT TO:<postmaster> and postmaster@hostname"
+        " (RFC 5321 §4.5.1); refused with 550 when unset.",
+    )
     lists: list[str] = Field(default_factory=list, description="Lists applied to every tenant.")
     rules: list[str] = Field(default_factory=list, description="Rule sets applied to every tenant.")
 

@@ -232,6 +232,12 @@ def _settings_that_cannot_work(source: PolicySource) -> Iterator[Problem]:
     gateway = source.gateway
     if gateway is None:
         return
+    postmaster = gateway.model.postmaster
+    if postmaster is not None:
+        domain = postmaster.rpartition("@")[2]
+        if not any(domain in loaded.model.domains for loaded in source.tenants):
+            yield gateway.problem("error", ("postmaster",),
+                                  f"postmaster {postmaster}: no tenant owns {domain}, so it could not be delivered")
     tls = gateway.model.tls
     if (tls.cert is None) != (tls.key is None):
         yield gateway.problem("error", ("tls",), "tls needs both cert and key (STARTTLS cannot be offered with one)")
