@@ -9,7 +9,7 @@ from engine.admin import multiproc
 
 
 def run_serve_cmd(directory: Path, state: Path | None, workers: str, git_remote: str | None, branch: str,
-                  git_path: str, interval: float) -> int:
+                  git_path: str, interval: float, user: str | None = None) -> int:
     """Exit 2 on a bad option or an invalid policy; else run until stopped (0)."""
     metrics_dir = multiproc.prepare()  # before anything imports prometheus_client
     try:
@@ -21,6 +21,6 @@ def run_serve_cmd(directory: Path, state: Path | None, workers: str, git_remote:
             print(f"error: --workers {workers!r}: expected a positive number or auto", file=sys.stderr)
             return 2
         git = GitSettings(git_remote, branch, git_path, interval) if git_remote else None
-        return run_serve(directory, state, workers=count, git_settings=git)
+        return run_serve(directory, state, workers=count, git_settings=git, user=user)
     finally:
         multiproc.cleanup(metrics_dir)

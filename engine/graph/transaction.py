@@ -42,6 +42,7 @@ from engine.graph.verdict import (
     REASON_BLOCK_LIST,
     REASON_TEMPFAIL_HELD,
     REPLY_MAIL_OK,
+    REPLY_NO_POSTMASTER,
     REPLY_NO_RECIPIENTS,
     REPLY_RCPT_OK,
     REPLY_REJECT,
@@ -53,6 +54,7 @@ from engine.graph.verdict import (
     Reply,
     Stage,
     TenantVerdict,
+    a_label_domain,
     normalise_address,
     policy_refusal,
 )
@@ -122,7 +124,15 @@ class Evaluation:
             result = RcptResult(address, None, REPLY_TOO_MANY_RECIPIENTS, "too-many-recipients")
             self.rcpt_results.append(result)
             return result
-        result = self.graph.rcpt(self.client_ip, self.mail_from, address, direction=self.direction)
+        given = a_label_domain(address.strip().strip("<>").strip())
+        if self._is_postmaster(given):  # RFC 5321 §4.5.1: accepted without a domain
+            postmaster = self.graph.gateway.postmaster
+            if postmaster is None:
+                result = RcptResult(given, None, REPLY_NO_POSTMASTER, "unknown-user")
+                self.rcpt_results.append(result)
+                return result
+            given = postmaster
+        result = self.graph.rcpt(self.client_ip, self.mail_from, given, direction=self.direction)
         self.rcpt_results.append(result)
         if not result.accepted or result.tenant is None:
             if result.tenant is not None and result.reason == REASON_BLOCK_LIST:
@@ -134,8 +144,15 @@ class Evaluation:
         self._accepted_rcpts += 1
         if result.address not in self._seen:  # the same mailbox twice is delivered once
             self._seen.add(result.address)
-            self.recipients.setdefault(result.tenant, []).append(address.strip().strip("<>").strip())
+            self.recipients.setdefault(result.tenant, []).append(given)
         return result
+
+    def _is_postmaster(self, address: str) -> bool:
+        """`postmaster` without a domain, or at the gateway's own host name (case-insensitive)."""
+        local, at, domain = address.lower().rpartition("@")
+        if not at:
+            return domain == "postmaster"
+        return local == "postmaster" and domain.rstrip(".") == self.graph.gateway.hostname
 
     # ------------------------------------------------------------ DATA and the outcome
 

@@ -81,6 +81,7 @@ REPLY_MAIL_OK = Reply(250, "2.1.0", "OK")
 REPLY_RCPT_OK = Reply(250, "2.1.5", "OK")
 REPLY_TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "too many recipients")
 REPLY_NO_RECIPIENTS = Reply(554, "5.5.1", "no valid recipients")
+REPLY_NO_POSTMASTER = Reply(550, "5.1.1", "no postmaster mailbox is configured (gateway.yaml postmaster)")
 REPLY_RELAY_DENIED = Reply(550, "5.7.1", "relaying denied")
 REPLY_UNKNOWN_USER = Reply(550, "5.1.1", "unknown recipient")
 REPLY_TEMPFAIL = Reply(451, "4.7.1", "try again later")
@@ -105,8 +106,21 @@ def policy_refusal(hit: Hit) -> Reply:
 
 
 def normalise_address(address: str) -> str:
-    """Lowercase an envelope address and drop angle brackets; "" stays "" (the null sender)."""
-    return address.strip().strip("<>").strip().lower()
+    """Lowercase an envelope address, drop angle brackets and write an internationalised domain
+    as A-labels (`x@münchen.example` is `x@xn--mnchen-3ya.example`, as policy domains are);
+    "" stays "" (the null sender)."""
+    return a_label_domain(address.strip().strip("<>").strip()).lower()
+
+
+def a_label_domain(address: str) -> str:
+    """`address` with a non-ASCII domain written as A-labels (IDNA); unchanged when it cannot be."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii():
+        return address
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        return address
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ Contract:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -28,16 +29,29 @@ from engine.graph.evaluator import FilterGraph
 from engine.graph.transaction import Evaluation
 from engine.graph.verdict import KIND_LIST, REASON_BLOCK_LIST, REASON_TEMPFAIL_HELD, Decision
 from engine.metrics import TransactionObserver
-from engine.mime.view import parse_message
+from engine.mime.view import MessageView, header_text, parse_message
 from engine.policy.models import Direction
 from engine.smtp.envelope import GatewayEnvelope
-from engine.smtp.headers import received_header, sanitise, verdict_headers
+from engine.smtp.headers import loop_refusal, received_header, sanitise, verdict_headers
 from engine.smtp.protocol import client_ip
 from engine.store.base import Accepted, CopyPlan, Store, new_queue_id
 from engine.store.base import Envelope as StoredEnvelope
 
 log = logging.getLogger("liveprism.smtp")
 txn_log = logging.getLogger("liveprism.txn")
+
+OFFLOAD_SIZE = 64 * 1024
+"""Messages this large are parsed and evaluated off the event loop (issue 7: a 6 MB header or a
+200,000-part multipart must not stall every other session); smaller ones cost less than the hop."""
+
+
+def _evaluate(evaluation: Evaluation, raw: bytes) -> tuple[MessageView, Decision | str]:
+    """Parse *raw* and decide it, or the 554 of a mail loop (the graph is immutable and the
+    evaluation is this session's own, so this may run in a worker thread)."""
+    view = parse_message(raw)
+    gateway = evaluation.graph.gateway
+    loop = loop_refusal(header_text(view, "received"), gateway.hostname, gateway.limits.hopcount_limit)
+    return view, loop if loop is not None else evaluation.data(view)
 
 
 class Waker(Protocol):
@@ -71,6 +85,11 @@ class InboundHandler:
         self._store = store
         self._relay = relay
         self._log_format = log_format
+
+    def session_limits(self) -> tuple[int, int]:
+        """(`limits.max_errors`, `limits.max_junk_commands`) of the live policy, for GatewaySMTP."""
+        limits = self._current_graph().gateway.limits
+        return limits.max_errors, limits.max_junk_commands
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -128,11 +147,16 @@ class InboundHandler:
         raw = envelope.original_content or b""
         queue_id = new_queue_id()
         try:
-            view = parse_message(raw)
-            decision = evaluation.data(view)
+            if len(raw) >= OFFLOAD_SIZE:  # parse + evaluate in a thread: other sessions keep being served
+                view, decision = await asyncio.to_thread(_evaluate, evaluation, raw)
+            else:
+                view, decision = _evaluate(evaluation, raw)
         except Exception:  # a bug must not cost the client its message: it retries
             log.exception("evaluation failed for %s; replying 451", queue_id)
             return "451 4.3.0 temporary failure evaluating the message"
+        if isinstance(decision, str):  # a mail loop: refused before any policy, like a size limit
+            self._log_refusal(session, evaluation.mail_from, f"DATA refused: {decision}", evaluation.graph)
+            return decision
         accepted = self._accepted(queue_id, raw, view.subject, session, evaluation, decision)
         if not decision.reply.is_positive:
             if accepted.archive:  # refused mail is archived too: "why was it rejected?" has an answer

@@ -617,4 +617,28 @@ def test_4xx_from_first_route_fails_over_to_second(tmp_path: Path, procs: list[A
     )
     assert send(gateway.port, "alice@example.com", ["bob@acme.example"], CLEAN)["data"][0] == 250
     assert wait_for(lambda: len(box.messages()) == 1, timeout=30), gateway.log()[-2000:]
+    # (the sink stores the message before the relay logs its reply: wait for the line)
+    assert wait_for(lambda: f"relay=127.0.0.1:{box.port}" in gateway.log(), timeout=10), gateway.log()[-2000:]
     assert "attempts=1" in gateway.log().split(f"relay=127.0.0.1:{box.port}")[1].splitlines()[0]  # no retry wait
+
+
+def test_postmaster_without_domain_and_idn_recipients_are_delivered(tmp_path: Path, procs: list[Any]) -> None:
+    """RFC 5321 §4.5.1: RCPT TO:<postmaster> is accepted and goes to the configured mailbox; an
+    SMTPUTF8 recipient in a U-label domain is the tenant's (policy domains are A-labels)."""
+    box = sink(tmp_path, procs)
+    tenants = {
+        "acme": {"domains": ["acme.example"], "routes": [route(box.port)]},
+        "muenchen": {"domains": ["münchen.example"], "routes": [route(box.port)]},
+    }
+    gateway = start(tmp_path, procs, tenants, extra_gateway="postmaster: hostmaster@acme.example")
+    out = swaks(gateway.port, "--from", "alice@example.com", "--to", "postmaster")
+    assert "<-  250 2.1.5" in out.stdout and "queued as" in out.stdout, out.stdout
+    with smtplib.SMTP(LOCALHOST, gateway.port, timeout=30) as client:
+        client.ehlo("client.test.example")
+        client.command_encoding = "utf-8"
+        assert client.mail("alice@example.com", ["SMTPUTF8"])[0] == 250
+        assert client.rcpt("anna@münchen.example")[0] == 250
+        assert client.data(CLEAN)[0] == 250
+    assert wait_for(lambda: len(box.messages()) == 2)
+    rcpts = sorted(re.search(rb"X-Sink-Rcpt-To: (.*)", m).group(1).strip() for m in box.messages())  # type: ignore[union-attr]
+    assert rcpts == [b"anna@xn--mnchen-3ya.example", b"hostmaster@acme.example"]

@@ -729,3 +729,40 @@ def test_the_recipient_limit_counts_accepted_rcpt_commands(tmp_path: Path) -> No
     replies = [str(evaluation.rcpt(r).answer) for r in ("a@acme.example", "nobody@nowhere.example",
                                                           "b@acme.example", "c@acme.example")]
     assert replies == ["250 2.1.5 OK", "550 5.7.1 relaying denied", "250 2.1.5 OK", "452 4.5.3 too many recipients"]
+
+
+def test_internationalised_domains_are_matched_as_a_labels(tmp_path: Path) -> None:
+    """x@münchen.example and x@xn--mnchen-3ya.example are one mailbox (policy domains are A-labels)."""
+    files = dict(POLICY)
+    files["tenants/muenchen.yaml"] = """\
+        name: muenchen
+        domains: [münchen.example]
+        routes: [{host: mail.muenchen.internal}]
+        """
+    loaded = load_graph(write_policy(tmp_path, files))
+    assert loaded.graph is not None
+    evaluation = loaded.graph.begin(NEUTRAL_IP)
+    evaluation.mail(SENDER)
+    assert evaluation.rcpt("Anna@MÜNCHEN.example").accepted
+    assert evaluation.rcpt("anna@xn--mnchen-3ya.example").accepted
+    assert evaluation.recipients == {"muenchen": ["Anna@xn--mnchen-3ya.example"]}  # one mailbox, case kept
+
+
+def test_postmaster_without_a_domain_goes_to_the_configured_mailbox(tmp_path: Path) -> None:
+    files = dict(POLICY)
+    files["gateway.yaml"] = files["gateway.yaml"].replace(
+        "hostname: mx.test.example", "hostname: mx.test.example\n        postmaster: hostmaster@acme.example")
+    loaded = load_graph(write_policy(tmp_path, files))
+    assert loaded.graph is not None
+    evaluation = loaded.graph.begin(NEUTRAL_IP)
+    evaluation.mail(SENDER)
+    assert evaluation.rcpt("<Postmaster>").accepted  # RFC 5321 §4.5.1
+    assert evaluation.rcpt("postmaster@MX.test.example").accepted
+    assert evaluation.recipients == {"acme": ["hostmaster@acme.example"]}
+
+
+def test_postmaster_is_refused_when_none_is_configured(graph: FilterGraph) -> None:
+    evaluation = graph.begin(NEUTRAL_IP)
+    evaluation.mail(SENDER)
+    result = evaluation.rcpt("postmaster")
+    assert str(result.answer) == "550 5.1.1 no postmaster mailbox is configured (gateway.yaml postmaster)"

@@ -29,6 +29,7 @@ RANKS = {
     "admin": 5,
     "plan": 5,
     "sink": 5,
+    "privileges": 5,  # serve --user: drops root; imports nothing of the engine
     "service": 6,
     "workers": 6,  # SMTP worker processes of `serve --workers N`; they run service's FrontEnd
     "cli": 7,
