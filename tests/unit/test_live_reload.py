@@ -111,9 +111,9 @@ def test_reload_keeps_serving_on_invalid_policy_and_records_the_problems(tmp_pat
 
     async def scenario() -> tuple[ReloadResult, ReloadResult, ReloadResult]:
         unchanged = await live.reload("api")
-        (root / "tenants" / "acme.yaml").write_text("name: acme\ndomains: [acme.example]\nroutes: nope\n")
+        (root / "tenants" / "globex.yaml").write_text("name: globex\ndomains: [globex.example]\nroutes: nope\n")
         rejected = await live.reload("api")
-        (root / "tenants" / "acme.yaml").unlink()
+        (root / "tenants" / "globex.yaml").unlink()
         applied = await live.reload("watch")
         return unchanged, rejected, applied
 
@@ -121,7 +121,8 @@ def test_reload_keeps_serving_on_invalid_policy_and_records_the_problems(tmp_pat
     assert unchanged.applied and unchanged.served == served.version and unchanged.hooks == {"unchanged": True}
     assert not rejected.applied and rejected.served == served.version
     assert rejected.attempt.version and rejected.attempt.version != served.version
-    assert rejected.attempt.problems and all(p.startswith("tenants/acme.yaml:3:") for p in rejected.attempt.problems)
+    problems = rejected.attempt.problems
+    assert problems and all(p.startswith("tenants/globex.yaml:3:") for p in problems)
     assert applied.applied and live.graph.version == applied.served != served.version
     assert swapped == [applied.served]  # the invalid policy never reached a callback
     assert (live.attempts, live.failures) == (3, 1)
@@ -187,7 +188,7 @@ def test_admin_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             seen["wrong"] = (await client.post("/reload", headers={"Authorization": "Bearer wrong"})).status
             response = await client.post("/reload", headers={"Authorization": "Bearer right"})
             seen["ok"] = (response.status, await response.json())
-            (root / "tenants" / "acme.yaml").write_text("name: [\n")
+            (root / "tenants" / "globex.yaml").write_text("name: [\n")
             response = await client.post("/reload", headers={"Authorization": "Bearer right"})
             seen["bad"] = (response.status, await response.json())
             seen["policy"] = await (await client.get("/policy")).json()
@@ -201,7 +202,7 @@ def test_admin_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert seen["ok"][0] == 200 and seen["ok"][1]["applied"] and seen["ok"][1]["version"] == live.graph.version
     status, body = seen["bad"]
     assert status == 422 and not body["applied"] and body["version"] == live.graph.version
-    assert body["problems"][0].startswith("tenants/acme.yaml:2:1: error: ")
+    assert body["problems"][0].startswith("tenants/globex.yaml:2:1: error: ")
     assert seen["policy"]["last_attempt"]["problems"] == body["problems"]
     assert seen["policy"]["version"] == live.graph.version and seen["policy"]["workers"] == {"0": live.graph.version}
 
