@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import aio
+from engine.admin import multiproc
 from engine.gitsync import Applied, GitSettings, GitSync
 from engine.graph.evaluator import FilterGraph
 from engine.graph.incremental import IncrementalLoader
@@ -157,6 +158,7 @@ class GatewayService:
         admin = await self._start_admin(gateway)
         if self.account is not None:  # ports bound: give up root before the relay and workers start
             chown_state_dir(self.state, self.account.uid, self.account.gid)
+            multiproc.hand_over(self.account.uid, self.account.gid)
             drop_privileges(self.account)
             log.info("running as %s (uid %d)", self.account.name, self.account.uid)
         elif os.geteuid() == 0:

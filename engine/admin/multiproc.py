@@ -26,5 +26,15 @@ def prepare() -> Path:
     return path
 
 
+def hand_over(uid: int, gid: int) -> None:
+    """Give the directory (and the files already in it) to the account `serve --user` becomes, so
+    the processes it starts after dropping privileges can write their own files there."""
+    directory = os.environ.get(ENV)
+    if not directory:
+        return
+    for path in (Path(directory), *Path(directory).iterdir()):
+        os.chown(path, uid, gid)
+
+
 def cleanup(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
