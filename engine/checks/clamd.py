@@ -15,6 +15,7 @@ upload and the answer together take at most `timeout` seconds. Chunks are `chunk
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import time
 from dataclasses import dataclass
@@ -88,10 +89,8 @@ async def _exchange(address: str, data: bytes, chunk_size: int) -> str:
         reply = exc.partial
     finally:
         writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
     return reply[:_MAX_REPLY].decode("utf-8", "replace")
 
 
