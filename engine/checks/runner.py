@@ -30,14 +30,13 @@ and the scan are recorded as `Lookup`s (name, type, status, answers, time) for `
 from __future__ import annotations
 
 import asyncio
-import importlib
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
 from engine.checks import clamd, dnsbl
+from engine.checks.support import auth_module
 from engine.dns.resolver import DnsAnswer
 from engine.graph.verdict import KIND_ANTIVIRUS, Hit
 from engine.mime.view import MessageView
@@ -47,17 +46,6 @@ KIND_CHECK = "check"
 SOURCE = "gateway.yaml checks"
 _REFUSING = frozenset({Action.reject, Action.tempfail})
 _DKIM_ORDER = ("pass", "fail", "policy", "neutral", "permerror", "temperror", "none")
-AUTH_CHECKS = ("spf", "dkim", "dmarc", "arc")
-
-
-@cache
-def auth_module(name: str) -> Any:
-    """The authentication check module `engine.checks.<name>` (spf, dkim, dmarc, arc, authres),
-    or None while it is not built; `validate` refuses enabling a check whose module is missing."""
-    try:
-        return importlib.import_module(f"engine.checks.{name}")
-    except ImportError:
-        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -393,11 +393,11 @@ class MimeChecks(PolicyModel):
 
 
 class Checks(PolicyModel):
-    dnsbl: list[Dnsbl] = Field(default_factory=list, description="DNS block lists for the client IP, queried at connect.")
+    dnsbl: list[Dnsbl] = Field(default_factory=list, description="DNS block lists for the client IP.")
     uribl: list[Uribl] = Field(
         default_factory=list, description="Domain block lists for the sender domain and the domains of body links."
     )
-    spf: SpfCheck = Field(default_factory=SpfCheck, description="SPF (RFC 7208) of the envelope sender; off by default.")
+    spf: SpfCheck = Field(default_factory=SpfCheck, description="SPF (RFC 7208) of the envelope sender; off by default")
     dkim: DkimCheck = Field(default_factory=DkimCheck, description="DKIM (RFC 6376) verification; off by default.")
     dmarc: DmarcCheck = Field(default_factory=DmarcCheck, description="DMARC (RFC 7489); off by default.")
     arc: ArcCheck = Field(default_factory=ArcCheck, description="ARC (RFC 8617) verification; off by default.")

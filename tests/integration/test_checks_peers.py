@@ -91,7 +91,7 @@ def test_dnsbl_listed_clean_refused_ipv6_and_returns(nsd: Nsd) -> None:
     assert (listed.status, listed.answers, listed.query) == ("listed", ("127.0.0.2",), "2.0.0.127.bl.test")
     assert clean.status == "clean"
     assert refused.status == "error" and "refused" in refused.reason  # 127.255.255.254 is no listing
-    assert ipv6.status == "listed" and ipv6.query.startswith("2.0.0.0.") and ipv6.query.endswith(".8.b.d.0.1.0.0.2.bl.test")
+    assert ipv6.status == "listed" and ipv6.query == "2." + "0." * 23 + "8.b.d.0.1.0.0.2.bl.test"
     assert mapped.status == "listed"
     assert filtered.status == "clean"  # 127.0.0.3 is not in returns
     assert kept.status == "listed"

@@ -1,0 +1,161 @@
+"""The check modules' pure parts, the Checks models, `validate` of check settings and the
+`check` rule condition (no network: the real peers are in tests/integration/test_checks_*.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from policy_files import ACME, write_policy
+from pydantic import ValidationError
+
+from engine.checks import clamd, dnsbl
+from engine.dns.resolver import DnsAnswer
+from engine.graph.content import ContentIndex
+from engine.mime.view import parse_message
+from engine.policy import models as m
+from engine.policy.loader import load_policy
+from engine.policy.validate import validate_policy
+
+
+def problems_of(root: Path) -> list[str]:
+    return [p.format_text() for p in validate_policy(load_policy(root))]
+
+
+# ---------------------------------------------------------------- DNSBL
+
+
+def test_query_names_ipv4_ipv6_mapped() -> None:
+    assert dnsbl.query_name("192.0.2.99", "bl.example") == "99.2.0.192.bl.example"
+    assert dnsbl.query_name("::ffff:192.0.2.99", "bl.example") == "99.2.0.192.bl.example"
+    # RFC 5782 §2.4: 2001:db8:1:2:3:4:567:89ab
+    assert dnsbl.query_name("2001:db8:1:2:3:4:567:89ab", "bl.example") == (
+        "b.a.9.8.7.6.5.0.4.0.0.0.3.0.0.0.2.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2.bl.example"
+    )
+    assert dnsbl.query_name("unknown", "bl.example") is None
+
+
+def answer(status: str, *records: str) -> DnsAnswer:
+    return DnsAnswer("q", "A", status, records)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("dns", "returns", "expected"),
+    [
+        (answer("nxdomain"), [], "clean"),
+        (answer("nodata"), [], "clean"),
+        (answer("ok", "127.0.0.2"), [], "listed"),
+        (answer("ok", "127.0.0.4", "127.0.0.2"), ["127.0.0.2"], "listed"),
+        (answer("ok", "127.0.0.4"), ["127.0.0.2"], "clean"),
+        (answer("ok", "127.255.255.254"), [], "error"),  # refused by the operator
+        (answer("ok", "127.255.255.252", "127.0.0.2"), [], "error"),
+        (answer("ok", "198.51.100.7"), [], "error"),  # NXDOMAIN rewriting resolver
+        (answer("timeout"), [], "error"),
+        (answer("servfail"), [], "error"),
+    ],
+)
+def test_classify(dns: DnsAnswer, returns: list[str], expected: str) -> None:
+    from ipaddress import IPv4Address
+
+    assert dnsbl.classify(dns, [IPv4Address(r) for r in returns])[0] == expected
+
+
+def test_link_domains_registrable_deduplicated_and_bounded() -> None:
+    raw = (
+        b"From: a@b.example\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        b'<a href="https://a.shop.co.uk/x">1</a> <a href="HTTP://user@b.shop.co.uk">2</a> '
+        b'<a href="http://192.0.2.1/">ip</a> www.Other.example and http://co.uk/ text'
+    )
+    assert dnsbl.link_domains(raw, 10) == ("shop.co.uk", "other.example")
+    assert dnsbl.link_domains(raw, 0) == ()
+    assert dnsbl.link_domains(b"\xff\xfe garbage", 5) == ()
+
+
+# ---------------------------------------------------------------- clamd
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("stream: OK\0", ("clean", "", "")),
+        ("stream: Win.Test.EICAR_HDB-1 FOUND\0", ("virus", "Win.Test.EICAR_HDB-1", "")),
+        ("INSTREAM size limit exceeded. ERROR\0", ("error", "", clamd.REASON_SIZE_LIMIT)),
+        ("stream: Can't allocate memory ERROR\0", ("error", "", clamd.REASON_CLAMD_ERROR)),
+        ("what?", ("error", "", clamd.REASON_PROTOCOL)),
+    ],
+)
+def test_clamd_replies(reply: str, expected: tuple[str, str, str]) -> None:
+    assert clamd.parse_reply(reply) == expected
+
+
+# ---------------------------------------------------------------- models
+
+
+def test_checks_off_by_default_and_validated() -> None:
+    checks = m.Checks()
+    assert not (checks.spf.enabled or checks.dkim.enabled or checks.dmarc.enabled or checks.arc.enabled)
+    with pytest.raises(ValidationError, match="unknown result softfial"):
+        m.Checks.model_validate({"spf": {"scores": {"softfial": 1}}})
+    with pytest.raises(ValidationError, match="expected tcp://HOST:PORT or unix:///path"):
+        m.Checks.model_validate({"antivirus": {"clamd": "127.0.0.1:3310"}})
+    with pytest.raises(ValidationError, match="unknown check 'spam'"):
+        m.Rule.model_validate({"id": "x", "when": {"check": "spam"}, "then": {"score": 1}})
+    with pytest.raises(ValidationError, match="invalid check result"):
+        m.Tenant.model_validate({"name": "a", "domains": ["a.example"], "checks": {"spf": {"score": 1}}})
+
+
+# ---------------------------------------------------------------- validate
+
+
+def test_validate_refuses_checks_not_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.checks.support as support
+
+    monkeypatch.setattr(support, "supported", lambda name: name != "arc")
+    write_policy(tmp_path, {"gateway.yaml": "hostname: mx.example.com\nchecks:\n  arc: {enabled: true}\n"})
+    assert problems_of(tmp_path) == [
+        "gateway.yaml:3:9: error: checks.arc: not supported yet (this build has no ARC check); remove it or set"
+        " enabled: false"
+    ]
+
+
+def test_validate_rules_and_overrides_name_running_checks(tmp_path: Path) -> None:
+    gateway = "hostname: mx.example.com\nchecks:\n  dnsbl: [{zone: bl.example}]\n  antivirus: {clamd: 'tcp://127.0.0.1:3310'}\n"
+    rules = (
+        "name: r\nrules:\n"
+        "  - {id: a, when: {check: dnsbl, result: [bl.example]}, then: {score: 1}}\n"
+        "  - {id: b, when: {check: dnsbl, result: [other.example]}, then: {score: 1}}\n"
+        "  - {id: c, when: {any: [{check: spf, result: [fail]}]}, then: {score: 1}}\n"
+        "  - {id: d, when: {check: virus}, then: {score: 1}}\n"
+    )
+    tenant = ACME + "rules: [r]\nchecks:\n  dnsbl:bl.example: {score: 0}\n  uribl:x.example: {score: 0}\n"
+    write_policy(tmp_path, {"gateway.yaml": gateway, "rules/r.yaml": rules, "tenants/acme.yaml": tenant})
+    assert problems_of(tmp_path) == [
+        "rules/r.yaml:4:20: error: rule 'b' tests dnsbl zone other.example, which gateway.yaml checks.dnsbl does"
+        " not have: it could never match",
+        "rules/r.yaml:5:27: error: rule 'c' tests check 'spf', which gateway.yaml checks does not run: it could"
+        " never match",
+        "tenants/acme.yaml:8:3: error: override of check 'uribl', which gateway.yaml checks does not run",
+    ]
+
+
+# ---------------------------------------------------------------- check condition
+
+
+def test_check_condition_matches_check_results() -> None:
+    rules = [
+        m.Rule.model_validate({"id": "spf-bad", "when": {"check": "spf", "result": ["fail", "softfail"]},
+                               "then": {"score": 1}}),
+        m.Rule.model_validate({"id": "any-dnsbl", "when": {"check": "dnsbl"}, "then": {"score": 1}}),
+        m.Rule.model_validate({"id": "dmarc-fail", "when": {"check": "dmarc", "result": ["fail"]},
+                               "then": {"score": 1}}),
+        m.Rule.model_validate({"id": "no-spf-pass", "when": {"not": {"check": "spf", "result": ["pass"]}},
+                               "then": {"score": 1}}),
+        m.Rule.model_validate({"id": "both", "when": {"all": [{"check": "virus"}, {"body": {"contains": ["hi"]}}]},
+                               "then": {"score": 1}}),
+    ]
+    index = ContentIndex([rule.when for rule in rules])
+    view = parse_message(b"Subject: x\r\n\r\nhi there\r\n")
+    assert index.matching_rules(view) == [3]
+    assert index.matching_rules(view, frozenset({"spf:softfail", "dnsbl:bl.example"})) == [0, 1, 3]
+    assert index.matching_rules(view, frozenset({"spf:pass", "dmarc:reject"})) == [2]
+    assert index.matching_rules(view, frozenset({"spf:pass", "virus:Eicar"})) == [4]
