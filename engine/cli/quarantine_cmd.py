@@ -29,7 +29,7 @@ from engine.cli.store_access import (
     when,
     with_store,
 )
-from engine.relay.compose import header_section
+from engine.mime.raw_headers import header_section
 from engine.store.base import QuarantineEntry, QuarantineRefusal, QuarantineStatus, Store
 
 quarantine_app = typer.Typer(

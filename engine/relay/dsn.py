@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import format_datetime
 
-from engine.relay.compose import header_section
+from engine.mime.raw_headers import header_section
 from engine.store.base import Accepted, CopyPlan, Envelope, new_queue_id
 
 _STATUS = re.compile(r"^(?:\d{3}[ -])?([245])\.(\d{1,3})\.(\d{1,3})\b")

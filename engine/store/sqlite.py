@@ -57,7 +57,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
-from engine.relay.compose import header_value
+from engine.mime.raw_headers import header_value
 from engine.store.base import (
     Accepted,
     AttemptRecord,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.relay.compose import build_copy, fold_long_lines, header_section, header_value
+from engine.mime.raw_headers import header_section, header_value
+from engine.relay.compose import build_copy, fold_long_lines
 
 HEADERS = b"Received: from x by mxpath.test\r\nX-Spam-Flag: YES\r\n"
 

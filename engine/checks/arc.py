@@ -1,0 +1,145 @@
+"""ARC chain validation (RFC 8617 §5.2): detection only.
+
+Algorithm: the ARC sets are read first; the keys of every ARC-Seal and ARC-Message-Signature
+are fetched concurrently on the shared async resolver; dkimpy's ARC validator then runs with a
+`dnsfunc` answering only from those answers (no network, no blocking DNS).
+
+Results: `none` (no ARC set), `pass` (the chain validates: every seal verifies, the newest
+ARC-Message-Signature verifies, cv= is consistent), `fail` (anything else), and `temperror`
+when a key lookup timed out (a DNS failure never turns into `fail`). The sealers are given in
+instance order (i=1 first) with what each one reported (its ARC-Authentication-Results), and
+`oldest_pass` says from which instance on the message is unmodified (RFC 8617 §5.2 step 6:
+the lowest instance whose ARC-Message-Signature still verifies; 0 when all do). Whether a
+sealer is trusted is the policy's decision (`checks.arc.trusted_sealers`); `trusted_sealer`
+is a pure helper for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import dkim
+from dkim.util import InvalidTagValueList, parse_tag_value
+
+from engine.checks.dkim import DKIMPY_LOGGER, MIN_RSA_BITS, THREAD_ABOVE, dnsfunc_from, fetch_txt, key_name
+from engine.checks.lookup import AsyncLookup, Budget
+from engine.dns.resolver import DnsAnswer
+
+ArcResultCode = Literal["none", "pass", "fail", "temperror"]
+_ARC_FIELDS = (b"arc-seal", b"arc-message-signature", b"arc-authentication-results")
+_INSTANCE = re.compile(rb"(?:^|[\s;])i\s*=\s*(\d+)", re.I)
+
+
+@dataclass(frozen=True, slots=True)
+class ArcSet:
+    """One ARC set (RFC 8617 §4.1) as the validator saw it."""
+
+    instance: int
+    sealer: str  # ARC-Seal d=
+    selector: str  # ARC-Seal s=
+    cv: str  # the chain validation status the sealer recorded ("none" for i=1, "pass", "fail")
+    seal_valid: bool
+    ams_domain: str  # ARC-Message-Signature d=
+    ams_valid: bool
+    authentication_results: str  # the sealer's ARC-Authentication-Results (what it saw)
+
+
+@dataclass(frozen=True, slots=True)
+class ArcResult:
+    """The ARC chain validation outcome."""
+
+    result: ArcResultCode
+    sets: tuple[ArcSet, ...] = ()  # i=1 first
+    oldest_pass: int = 0  # lowest instance whose AMS verifies (0 = all verify); meaningful on pass
+    reason: str = ""
+    lookups: tuple[DnsAnswer, ...] = ()
+    elapsed: float = 0.0
+
+    @property
+    def sealers(self) -> tuple[str, ...]:
+        """The sealing domains in instance order (i=1 first)."""
+        return tuple(s.sealer for s in self.sets)
+
+    @property
+    def oldest_pass_sealer(self) -> str:
+        """The sealer of the `oldest_pass` instance ("" when every AMS verifies, i.e. unmodified)."""
+        return next((s.sealer for s in self.sets if s.instance == self.oldest_pass), "")
+
+    def trusted_sealer(self, trusted: Collection[str]) -> str | None:
+        """The newest sealer when the chain passes and that sealer is in `trusted` (case-insensitive)."""
+        if self.result != "pass" or not self.sets:
+            return None
+        newest = self.sets[-1].sealer
+        return newest if newest.lower() in {t.lower().rstrip(".") for t in trusted} else None
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode("ascii", "replace") if value else ""
+
+
+def _arc_keys(raw: bytes) -> list[str]:
+    """Key record names of every ARC-Seal and ARC-Message-Signature (unparsable ones skipped)."""
+    headers, _ = dkim.rfc822_parse(raw)
+    names: list[str] = []
+    for name, value in headers:
+        if name.lower() in (b"arc-seal", b"arc-message-signature"):
+            try:
+                tags = parse_tag_value(value)
+            except InvalidTagValueList:
+                continue
+            if b"d" in tags and b"s" in tags:
+                names.append(key_name(_text(tags[b"s"]), _text(tags[b"d"])))
+    return names
+
+
+def _has_arc(raw: bytes) -> bool:
+    headers, _ = dkim.rfc822_parse(raw)
+    return any(n.lower() in _ARC_FIELDS for n, _ in headers)
+
+
+def _validate(raw: bytes, answers: Mapping[str, DnsAnswer]) -> tuple[bytes | None, list[dict[str, object]], str]:
+    verifier = dkim.ARC(raw, logger=DKIMPY_LOGGER, minkey=MIN_RSA_BITS)
+    cv, data, reason = verifier.verify(dnsfunc=dnsfunc_from(answers))
+    return cv, list(data), str(reason)
+
+
+async def verify_arc(resolver: AsyncLookup, raw: bytes, *, timeout_budget: float | None = None) -> ArcResult:
+    """Validate the ARC chain of `raw` (the message as received); never raises."""
+    started = time.monotonic()
+    try:
+        if not _has_arc(raw):
+            return ArcResult("none", reason="no-arc-sets")
+        names = _arc_keys(raw)
+    except dkim.DKIMException as exc:
+        return ArcResult("fail", reason=f"message-format: {exc}")
+    answers = await fetch_txt(resolver, names, Budget(resolver, timeout_budget))
+    lookups = tuple(answers.values())
+    temporary = [a for a in lookups if a.temporary]
+    if temporary:
+        return ArcResult("temperror", reason=f"dns-{temporary[0].status}: {temporary[0].name}", lookups=lookups,
+                         elapsed=time.monotonic() - started)
+    try:
+        if len(raw) > THREAD_ABOVE:
+            cv, data, reason = await asyncio.to_thread(_validate, raw, answers)
+        else:
+            cv, data, reason = _validate(raw, answers)
+    except dkim.DKIMException as exc:
+        return ArcResult("fail", reason=f"arc-invalid: {exc}", lookups=lookups, elapsed=time.monotonic() - started)
+    sets = tuple(sorted((
+        ArcSet(int(str(d["instance"])), _text(d.get("as-domain")), _text(d.get("as-selector")),  # type: ignore[arg-type]
+               _text(d.get("cv")), bool(d.get("as-valid")), _text(d.get("ams-domain")),  # type: ignore[arg-type]
+               bool(d.get("ams-valid")), _text(d.get("aar-value")).strip())  # type: ignore[arg-type]
+        for d in data), key=lambda s: s.instance))
+    oldest = 0
+    for arc_set in sets:  # RFC 8617 §5.2 step 6: lowest instance from which every newer AMS verifies
+        if not arc_set.ams_valid:
+            oldest = arc_set.instance + 1
+    result: ArcResultCode = "pass" if cv == dkim.CV_Pass else "fail"
+    return ArcResult(result, sets, oldest if result == "pass" else 0,
+                     "" if result == "pass" else f"chain-{'ended' if cv is None else 'invalid'}: {reason}",
+                     lookups, time.monotonic() - started)

@@ -1,0 +1,192 @@
+"""DKIM verification (RFC 6376, Ed25519 per RFC 8463) of every signature: detection only.
+
+Algorithm: the DKIM-Signature fields are read first (d=, s=); the key records
+`<s>._domainkey.<d>` are fetched concurrently on the shared async resolver (within the time
+budget); then dkimpy verifies each signature with a `dnsfunc` that only answers from what was
+fetched, so dkimpy never touches the network and never blocks the event loop on DNS.
+
+Results per signature, in header order (RFC 8601 §2.7.1 result names):
+- `pass`: signature and body hash verify;
+- `fail`: the signature or body hash does not verify, or the signature is expired/post-dated;
+- `neutral`: the signature field cannot be parsed (syntax error, missing tags);
+- `permerror`: no key record, a revoked or unusable key (bad syntax, too short, unknown type);
+- `temperror`: the key lookup timed out or the server failed (never turned into `fail`);
+- a message with no signature gives one result `none`.
+Verification is pure CPU once the keys are in hand: it runs inline for ordinary messages and
+in a worker thread above `THREAD_ABOVE` bytes, so a large message does not stall the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import dkim
+from dkim.util import InvalidTagValueList, parse_tag_value
+
+from engine.checks.lookup import AsyncLookup, Budget
+from engine.dns.resolver import DnsAnswer
+
+DkimResultCode = Literal["none", "pass", "fail", "neutral", "temperror", "permerror"]
+
+THREAD_ABOVE = 256 * 1024  # bytes of message above which verification runs in a worker thread
+MIN_RSA_BITS = 1024  # RFC 8301 §3.2: shorter RSA keys are not accepted
+
+DKIMPY_LOGGER = logging.getLogger("liveprism.checks.dkimpy")  # dkimpy logs every failure at ERROR
+DKIMPY_LOGGER.addHandler(logging.NullHandler())
+DKIMPY_LOGGER.propagate = False
+
+
+@dataclass(frozen=True, slots=True)
+class DkimResult:
+    """The outcome of one DKIM-Signature (or `none` for an unsigned message)."""
+
+    domain: str  # d= (the signing domain, used for DMARC alignment)
+    selector: str  # s=
+    result: DkimResultCode
+    reason: str = ""  # a kebab-case token, then details ("body-hash-mismatch", "no-key: …")
+    algorithm: str = ""  # a= ("rsa-sha256", "ed25519-sha256")
+    identity: str = ""  # i= when present
+    lookup: DnsAnswer | None = None  # the key record lookup
+    elapsed: float = 0.0  # seconds for this signature (key lookup shared, verification own)
+
+
+def key_name(selector: str, domain: str) -> str:
+    """The DNS name of a DKIM key record (RFC 6376 §3.6.2.1)."""
+    return f"{selector}._domainkey.{domain}".rstrip(".").lower()
+
+
+async def fetch_txt(resolver: AsyncLookup, names: Iterable[str], budget: Budget) -> dict[str, DnsAnswer]:
+    """TXT answers for `names`, looked up concurrently, each within the time left in `budget`."""
+    unique = sorted({n.rstrip(".").lower() for n in names})
+
+    async def one(name: str) -> DnsAnswer:
+        timeout = budget.query_timeout()
+        if timeout is not None and timeout <= 0.0:
+            return DnsAnswer(name, "TXT", "timeout", error="check time budget spent")
+        return await resolver.query(name, "TXT", timeout=timeout)
+
+    answers = await asyncio.gather(*(one(n) for n in unique))
+    return dict(zip(unique, answers, strict=True))
+
+
+def dnsfunc_from(answers: Mapping[str, DnsAnswer]) -> Callable[..., bytes | None]:
+    """A dkimpy `dnsfunc` answering only from `answers` (first TXT record; None when missing)."""
+
+    def lookup(name: bytes | str, timeout: float = 5) -> bytes | None:
+        key = (name.decode("ascii", "replace") if isinstance(name, bytes) else name).rstrip(".").lower()
+        answer = answers.get(key)
+        if answer is None or answer.temporary:
+            raise dkim.DnsTimeoutError(f"no answer for {key}")
+        return answer.records[0].encode("utf-8") if answer.ok and answer.records else None
+
+    return lookup
+
+
+def key_problem(answer: DnsAnswer) -> tuple[DkimResultCode, str] | None:
+    """Why a key record cannot be used (temperror/permerror and a reason), or None when usable."""
+    if answer.temporary:
+        return "temperror", f"dns-{answer.status}: {answer.name} {answer.error}".rstrip()
+    if not answer.ok or not answer.records:
+        return "permerror", f"no-key: {answer.name} {answer.status}"
+    record = answer.records[0].encode("utf-8")
+    try:
+        if parse_tag_value(record).get(b"p", b"x").strip() == b"":
+            return "permerror", f"key-revoked: empty p= at {answer.name} (RFC 6376 §3.6.1)"
+        pk, bits, ktag, _ = dkim.evaluate_pk(answer.name.encode(), record)
+    except (dkim.DKIMException, InvalidTagValueList, ValueError, TypeError) as exc:
+        return "permerror", f"bad-key: {exc}"
+    if pk is None:
+        return "permerror", "bad-key: unusable key record"
+    if ktag == b"rsa" and bits is not None and bits < MIN_RSA_BITS:
+        return "permerror", f"key-too-short: {bits} bits"
+    return None
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode("ascii", "replace") if value else ""
+
+
+def _signatures(raw: bytes) -> list[tuple[dict[bytes, bytes] | None, str]]:
+    """Each DKIM-Signature's tags (None when unparsable) and the parse problem, in header order."""
+    headers, _ = dkim.rfc822_parse(raw)
+    out: list[tuple[dict[bytes, bytes] | None, str]] = []
+    for name, value in headers:
+        if name.lower() != b"dkim-signature":
+            continue
+        try:
+            tags = parse_tag_value(value)
+        except InvalidTagValueList as exc:
+            out.append((None, f"signature-syntax: {exc}"))
+            continue
+        missing = [t.decode() for t in (b"v", b"a", b"b", b"bh", b"d", b"h", b"s") if t not in tags]
+        out.append((tags, f"signature-syntax: missing {', '.join(missing)}=" if missing else ""))
+    return out
+
+
+def _verify_all(raw: bytes, pending: list[int], answers: Mapping[str, DnsAnswer]) -> dict[int, tuple[bool, str]]:
+    """dkimpy verification of the signatures at `pending` indexes (pure CPU, no network)."""
+    verifier = dkim.DKIM(raw, logger=DKIMPY_LOGGER, minkey=MIN_RSA_BITS)
+    dnsfunc = dnsfunc_from(answers)
+    out: dict[int, tuple[bool, str]] = {}
+    for idx in pending:
+        try:
+            ok = bool(verifier.verify(idx=idx, dnsfunc=dnsfunc))
+            out[idx] = (ok, "" if ok else "bad-signature")
+        except dkim.ValidationError as exc:
+            text = str(exc)
+            token = "body-hash-mismatch" if "body hash" in text else "signature-invalid"
+            out[idx] = (False, f"{token}: {text}")
+        except dkim.DKIMException as exc:
+            out[idx] = (False, f"permerror:{type(exc).__name__}: {exc}")
+    return out
+
+
+async def verify_dkim(
+    resolver: AsyncLookup, raw: bytes, *, timeout_budget: float | None = None
+) -> tuple[DkimResult, ...]:
+    """Verify every DKIM-Signature of `raw` (the message as received); never raises."""
+    started = time.monotonic()
+    try:
+        signatures = _signatures(raw)
+    except dkim.DKIMException as exc:
+        return (DkimResult("", "", "permerror", f"message-format: {exc}"),)
+    if not signatures:
+        return (DkimResult("", "", "none", "no-signature"),)
+    budget = Budget(resolver, timeout_budget)
+    names = [key_name(_text(t[b"s"]), _text(t[b"d"])) for t, problem in signatures if t is not None and not problem]
+    answers = await fetch_txt(resolver, names, budget) if names else {}
+    results: dict[int, DkimResult] = {}
+    pending: list[int] = []
+    for idx, (tags, problem) in enumerate(signatures):
+        if tags is None or problem:
+            tags = tags or {}
+            results[idx] = DkimResult(_text(tags.get(b"d")), _text(tags.get(b"s")), "neutral", problem)
+            continue
+        domain, selector = _text(tags[b"d"]).rstrip(".").lower(), _text(tags[b"s"])
+        answer = answers[key_name(selector, domain)]
+        bad_key = key_problem(answer)
+        if bad_key is not None:
+            results[idx] = DkimResult(domain, selector, bad_key[0], bad_key[1], _text(tags.get(b"a")),
+                                      _text(tags.get(b"i")), answer)
+            continue
+        pending.append(idx)
+    if pending:
+        if len(raw) > THREAD_ABOVE:
+            verified = await asyncio.to_thread(_verify_all, raw, pending, answers)
+        else:
+            verified = _verify_all(raw, pending, answers)
+        for idx in pending:
+            tags = signatures[idx][0] or {}
+            domain, selector = _text(tags[b"d"]).rstrip(".").lower(), _text(tags[b"s"])
+            ok, reason = verified[idx]
+            code: DkimResultCode = "pass" if ok else "fail"
+            if reason.startswith("permerror:"):
+                code, reason = "permerror", reason.removeprefix("permerror:")
+            results[idx] = DkimResult(domain, selector, code, reason, _text(tags.get(b"a")), _text(tags.get(b"i")),
+                                      answers[key_name(selector, domain)], time.monotonic() - started)
+    return tuple(results[i] for i in range(len(signatures)))

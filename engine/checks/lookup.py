@@ -1,0 +1,41 @@
+"""What the checks need from a resolver, and a time budget shared by the lookups of one check.
+
+`AsyncLookup` is the one method of `engine.dns.resolver.Resolver` the checks call, so tests can
+hand them an in-memory fake with the same contract (never raises; outcomes are `DnsAnswer`s).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from engine.dns.resolver import DnsAnswer
+
+
+class AsyncLookup(Protocol):
+    timeout: float
+
+    async def query(self, name: str, rdtype: str, *, timeout: float | None = None) -> DnsAnswer: ...
+
+
+class Budget:
+    """A deadline for all the lookups of one check: each query gets at most the time left."""
+
+    def __init__(self, resolver: AsyncLookup, total: float | None) -> None:
+        self._per_query = resolver.timeout
+        self._deadline = None if total is None else time.monotonic() + total
+
+    def remaining(self) -> float | None:
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+    def query_timeout(self) -> float | None:
+        """Seconds the next query may take (None = the resolver's own timeout), or 0.0 when spent."""
+        left = self.remaining()
+        if left is None:
+            return None
+        return max(0.0, min(self._per_query, left))
+
+    @property
+    def exhausted(self) -> bool:
+        left = self.remaining()
+        return left is not None and left <= 0.0
