@@ -36,7 +36,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.checks import clamd, dnsbl
-from engine.checks.support import auth_module
+from engine.checks.arc import ArcResult, verify_arc
+from engine.checks.authres import authentication_results
+from engine.checks.dkim import DkimResult, verify_dkim
+from engine.checks.dmarc import DmarcResult, check_dmarc
+from engine.checks.spf import SpfResult, check_spf
 from engine.dns.resolver import DnsAnswer
 from engine.graph.verdict import KIND_ANTIVIRUS, Hit
 from engine.mime.view import MessageView
@@ -98,6 +102,20 @@ class CheckReport:
     def to_json(self) -> dict[str, Any]:
         return {"elapsed_ms": round(self.elapsed * 1000, 1), "lookups": [lookup.to_json() for lookup in self.lookups]}
 
+    def authentication_results(self, authserv_id: str) -> str | None:
+        """The Authentication-Results value (RFC 8601) of the checks that ran; None when none did."""
+        spf, dkim = self.results.get("spf"), self.results.get("dkim")
+        dmarc, arc = self.results.get("dmarc"), self.results.get("arc")
+        if not any(isinstance(r, SpfResult | DmarcResult | ArcResult | tuple) for r in (spf, dkim, dmarc, arc)):
+            return None
+        return authentication_results(
+            authserv_id,
+            spf=spf if isinstance(spf, SpfResult) else None,
+            dkim=tuple(r for r in dkim if isinstance(r, DkimResult)) if isinstance(dkim, tuple) else (),
+            dmarc=dmarc if isinstance(dmarc, DmarcResult) else None,
+            arc=arc if isinstance(arc, ArcResult) else None,
+        )
+
 
 def _result_hit(checks: Checks, name: str, result: str, message: str = "") -> Hit:
     settings = getattr(checks, name)
@@ -110,8 +128,10 @@ def _result_hit(checks: Checks, name: str, result: str, message: str = "") -> Hi
 class CheckRun:
     """The checks of one transaction (see the module docstring). Not thread-safe; one event loop."""
 
-    def __init__(self, checks: Checks, resolver: dnsbl.DnsClient, *, enabled: bool = True) -> None:
+    def __init__(self, checks: Checks, resolver: dnsbl.DnsClient, *, hostname: str = "unknown",
+                 enabled: bool = True) -> None:
         self.checks = checks
+        self.hostname = hostname
         self._resolver = resolver
         self._enabled = enabled
         self._tasks: dict[str, asyncio.Task[Any]] = {}
@@ -132,7 +152,7 @@ class CheckRun:
         limit = self.checks.timeout if timeout is None else timeout
 
         async def bounded() -> Any:
-            return await asyncio.wait_for(coro, limit)
+            return await asyncio.wait_for(coro, limit + 0.5)  # the checks stop themselves at `limit`
 
         self._tasks[name] = asyncio.ensure_future(bounded())
 
@@ -155,10 +175,9 @@ class CheckRun:
         domain = sender.rpartition("@")[2].strip("<>").lower()
         if self.checks.uribl and domain:
             self._start("uribl-sender", dnsbl.check_domains(self._dns("uribl"), [domain], self.checks.uribl))
-        if (self.checks.spf.enabled or self.checks.dmarc.enabled) and auth_module("spf") is not None:
-            spf = auth_module("spf")
-            self._start("spf", spf.check_spf(self._dns("spf"), client_ip=self.client_ip, helo=self.helo,
-                                              mail_from=sender))
+        if self.checks.spf.enabled or self.checks.dmarc.enabled:
+            self._start("spf", check_spf(self._dns("spf"), client_ip=self.client_ip, helo=self.helo, mail_from=sender,
+                                         timeout_budget=self.checks.timeout, receiver=self.hostname))
 
     async def early_hits(self) -> tuple[Hit, ...]:
         """Hits available before DATA that were not handed over yet. Waits (bounded by each
@@ -213,12 +232,11 @@ class CheckRun:
         checks = self.checks
         if checks.uribl and checks.max_link_domains:
             self._start("uribl-links", self._link_lookups(raw))
-        dkim_mod, arc_mod = auth_module("dkim"), auth_module("arc")
-        if (checks.dkim.enabled or checks.dmarc.enabled) and dkim_mod is not None:
-            self._start("dkim", dkim_mod.verify_dkim(self._dns("dkim"), raw))
-        if checks.arc.enabled and arc_mod is not None:
-            self._start("arc", arc_mod.verify_arc(self._dns("arc"), raw))
-        if checks.dmarc.enabled and auth_module("dmarc") is not None:
+        if checks.dkim.enabled or checks.dmarc.enabled:
+            self._start("dkim", verify_dkim(self._dns("dkim"), raw, timeout_budget=checks.timeout))
+        if checks.arc.enabled:
+            self._start("arc", verify_arc(self._dns("arc"), raw, timeout_budget=checks.timeout))
+        if checks.dmarc.enabled:  # waits for SPF and DKIM, then asks for the DMARC record
             self._start("dmarc", self._dmarc(view), timeout=checks.timeout * 3)
         antivirus = checks.antivirus
         if antivirus is not None:
@@ -230,17 +248,16 @@ class CheckRun:
         domains = await asyncio.to_thread(dnsbl.link_domains, raw, self.checks.max_link_domains)
         return await dnsbl.check_domains(self._dns("uribl"), domains, self.checks.uribl)
 
-    async def _dmarc(self, view: MessageView) -> Any:
-        """DMARC once SPF and DKIM are known; temperror-like None when either never answered."""
-        spf_task, dkim_task = self._tasks.get("spf"), self._tasks.get("dkim")
-        spf_result = await _settled(spf_task)
-        dkim_results = await _settled(dkim_task)
-        if spf_result is None or dkim_results is None:
+    async def _dmarc(self, view: MessageView) -> DmarcResult | None:
+        """DMARC once SPF and DKIM are known; None (→ temperror) when either never answered."""
+        spf_result = await _settled(self._tasks.get("spf"))
+        dkim_results = await _settled(self._tasks.get("dkim"))
+        if not isinstance(spf_result, SpfResult) or dkim_results is None:
             return None
-        domain = view.from_addresses[0].rpartition("@")[2] if view.from_addresses else ""
-        dmarc_mod = auth_module("dmarc")
-        return await dmarc_mod.check_dmarc(self._dns("dmarc"), header_from_domain=domain, spf=spf_result,
-                                           dkim=dkim_results or ())
+        domains = [address.rpartition("@")[2] for address in view.from_addresses]
+        seed = next(iter(view.headers.get("message-id", ())), "")
+        return await check_dmarc(self._dns("dmarc"), header_from_domain=domains, spf=spf_result,
+                                 dkim=tuple(dkim_results), seed=seed, timeout_budget=self.checks.timeout)
 
     # ------------------------------------------------------------ results -> hits
 
@@ -332,15 +349,14 @@ class CheckRun:
     def _dmarc_override(self, hits: list[Hit]) -> list[Hit]:
         """A DMARC failure forgiven by a passing ARC chain sealed by a trusted forwarder."""
         arc = self._results.get("arc")
-        trusted = set(self.checks.arc.trusted_sealers)
         failed = next((h for h in hits if h.id in ("dmarc:fail", "dmarc:quarantine", "dmarc:reject")), None)
-        if failed is None or arc is None or str(arc.result) != "pass" or not trusted:
+        if failed is None or not isinstance(arc, ArcResult):
             return hits
-        sealers = [str(s).lower() for s in getattr(arc, "sealers", ()) or ()]
-        if not sealers or sealers[-1] not in trusted:
+        sealer = arc.trusted_sealer(self.checks.arc.trusted_sealers)
+        if sealer is None:
             return hits
         replacement = _result_hit(self.checks, "dmarc", "pass",
-                                  f"{failed.id} overridden: ARC chain sealed by trusted {sealers[-1]}")
+                                  f"{failed.id} overridden: ARC chain sealed by trusted {sealer}")
         return [replacement if h is failed else h for h in hits]
 
     def _antivirus_hits(self, result: clamd.ScanResult | None) -> list[Hit]:

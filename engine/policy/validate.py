@@ -325,21 +325,12 @@ def _git_tracks(root: Path, path: str) -> bool:
 
 
 def _check_settings(source: PolicySource) -> Iterator[Problem]:
-    """Checks this build cannot run are refused (never accepted and silently skipped); rules and
-    tenant overrides may only name checks (and zones) the gateway runs."""
-    from engine.checks.support import AUTH_CHECKS, supported
-
+    """Rules and tenant overrides may only name checks (and zones) the gateway runs; ARC trust
+    needs ARC and DMARC (it forgives DMARC failures)."""
     gateway = source.gateway
     if gateway is None:
         return
     checks = gateway.model.checks
-    for name in AUTH_CHECKS:
-        if getattr(checks, name).enabled and not supported(name):
-            yield gateway.problem(
-                "error", ("checks", name, "enabled"),
-                f"checks.{name}: not supported yet (this build has no {name.upper()} check); remove it or set"
-                " enabled: false",
-            )
     if checks.arc.trusted_sealers and not (checks.arc.enabled and checks.dmarc.enabled):
         yield gateway.problem(
             "error", ("checks", "arc", "trusted_sealers"),

@@ -107,14 +107,12 @@ def test_checks_off_by_default_and_validated() -> None:
 # ---------------------------------------------------------------- validate
 
 
-def test_validate_refuses_checks_not_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.checks.support as support
-
-    monkeypatch.setattr(support, "supported", lambda name: name != "arc")
-    write_policy(tmp_path, {"gateway.yaml": "hostname: mx.example.com\nchecks:\n  arc: {enabled: true}\n"})
+def test_validate_arc_trust_needs_arc_and_dmarc(tmp_path: Path) -> None:
+    gateway = "hostname: mx.example.com\nchecks:\n  arc: {enabled: true, trusted_sealers: [lists.example]}\n"
+    write_policy(tmp_path, {"gateway.yaml": gateway})
     assert problems_of(tmp_path) == [
-        "gateway.yaml:3:9: error: checks.arc: not supported yet (this build has no ARC check); remove it or set"
-        " enabled: false"
+        "gateway.yaml:3:24: error: checks.arc.trusted_sealers needs arc and dmarc enabled (a trusted chain"
+        " overrides DMARC failures)"
     ]
 
 
