@@ -18,6 +18,7 @@ from engine.checks.arc import ArcResult
 from engine.checks.dkim import DkimResult
 from engine.checks.dmarc import DmarcResult
 from engine.checks.spf import SpfResult
+from engine.mime.raw_headers import fields
 
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`{|}~]+")  # RFC 2045 token characters
 _ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]*@[A-Za-z0-9\-.]+")  # local-part@domain, dot-atom
@@ -112,19 +113,12 @@ def authserv_id_of(value: bytes) -> str:
 def strip_authentication_results(raw: bytes, authserv_id: str) -> bytes:
     """`raw` (a header section or a whole message) without the A-R fields claiming `authserv_id`."""
     ours = authserv_id.strip().rstrip(".").lower()
+    wanted = FIELD_NAME.lower()
     out: list[bytes] = []
-    lines = raw.splitlines(keepends=True)
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line in (b"\r\n", b"\n"):  # end of the header section: the rest is copied untouched
-            out.extend(lines[i:])
-            break
-        j = i + 1
-        while j < len(lines) and lines[j][:1] in (b" ", b"\t"):
-            j += 1  # continuation lines of a folded field
-        name, colon, value = b"".join(lines[i:j]).partition(b":")
-        if not (colon and name.rstrip(b" \t").lower() == FIELD_NAME.lower() and authserv_id_of(value) == ours):
-            out.extend(lines[i:j])
-        i = j
+    pos = 0
+    for start, end, name in fields(raw):
+        if name == wanted and authserv_id_of(raw[raw.index(b":", start) + 1 : end]) == ours:
+            out.append(raw[pos:start])
+            pos = end
+    out.append(raw[pos:])
     return b"".join(out)

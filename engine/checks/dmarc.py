@@ -32,6 +32,7 @@ from engine.checks.dkim import DkimResult
 from engine.checks.lookup import AsyncLookup, Budget
 from engine.checks.spf import SpfResult
 from engine.dns.resolver import DnsAnswer
+from engine.mime.raw_headers import fields
 
 DmarcResultCode = Literal["none", "pass", "fail", "temperror", "permerror"]
 Disposition = Literal["none", "quarantine", "reject"]
@@ -129,25 +130,12 @@ def sample(seed: str, pct: int) -> bool:
     return bucket < pct
 
 
-def author_domains(header_section: bytes) -> tuple[str, ...]:
-    """The domains of every address in every From field (RFC 7489 §6.6.1), lowercased, in order."""
-    values: list[str] = []
-    current: list[bytes] | None = None
-    for line in header_section.replace(b"\r\n", b"\n").split(b"\n"):
-        if not line:
-            break
-        if line[:1] in (b" ", b"\t"):
-            if current is not None:
-                current.append(line)
-            continue
-        if current is not None:
-            values.append(b" ".join(current).decode("utf-8", "replace"))
-            current = None
-        name, colon, value = line.partition(b":")
-        if colon and name.strip().lower() == b"from":
-            current = [value]
-    if current is not None:
-        values.append(b" ".join(current).decode("utf-8", "replace"))
+def author_domains(raw: bytes) -> tuple[str, ...]:
+    """The domains of every address in every top-level From field of `raw` (RFC 7489 §6.6.1), in order."""
+    values = [
+        re.sub(r"\r?\n(?=[ \t])", "", raw[raw.index(b":", start) + 1 : end].decode("utf-8", "replace"))
+        for start, end, name in fields(raw) if name == b"from"
+    ]
     domains: list[str] = []
     for _, address in email.utils.getaddresses(values):
         domain = address.rpartition("@")[2].strip().rstrip(".").lower()
