@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine.policy.models import Action
 from engine.store.base import Accepted, CopyPlan, Envelope, new_queue_id
 from engine.store.sqlite import SqliteStore
 
@@ -38,8 +39,8 @@ def message(size: int) -> Accepted:
     verdict = {"action": "deliver", "score": 0.5, "hits": [], "reason": "clean"}
     envelope = Envelope("alice@sender.example", ("bob@acme.example",), "192.0.2.1", "client.example", time.time())
     headers = f"Received: from client.example by mxpath.example with ESMTP id {queue_id}\r\n".encode()
-    plan = CopyPlan("acme", ("bob@acme.example",), "deliver", headers, None, verdict)
-    return Accepted(queue_id, raw, envelope, "bench", verdict, (plan,), archive=True)
+    plan = CopyPlan("acme", ("bob@acme.example",), Action.deliver, headers, reason="clean", score=0.5)
+    return Accepted(queue_id, raw, envelope, f"bench {queue_id}", "bench", verdict, (plan,), archive=True)
 
 
 async def bench(state: Path, total: int, concurrency: int, size: int) -> None:

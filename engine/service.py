@@ -34,7 +34,8 @@ from engine.policy.models import Gateway
 from engine.relay.process import RelayProcess
 from engine.smtp.handler import InboundHandler
 from engine.smtp.protocol import ConnectionLimits, GatewaySMTP, install_aiosmtpd_speedups
-from engine.store.base import Store, open_store
+from engine.store import open_store
+from engine.store.base import Store
 
 log = logging.getLogger("liveprism.serve")
 SHUTDOWN_GRACE = 30.0

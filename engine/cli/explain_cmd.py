@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 from engine.graph.compiler import load_graph
-from engine.graph.evaluator import RcptResult
-from engine.graph.verdict import Decision
+from engine.graph.transaction import Outcome, simulate
 from engine.policy.models import Direction
 
 
@@ -43,34 +42,35 @@ def run_explain(
                       file=sys.stderr)
         print("error: the policy is invalid; run `liveprism validate`", file=sys.stderr)
         return 2
-    decision, rcpt_results = result.graph.explain(
-        raw=raw, mail_from=mail_from, rcpts=rcpts, client_ip=client_ip, direction=flow
-    )
+    sender = "" if mail_from.strip() in ("", "<>") else mail_from
+    outcome = simulate(result.graph, raw=raw, mail_from=sender, rcpts=rcpts, client_ip=client_ip, helo=helo,
+                       direction=flow)
     if as_json:
-        print(json.dumps(explain_json(decision, rcpt_results, helo), indent=2))
+        print(json.dumps(explain_json(outcome, helo), indent=2))
     else:
-        print(render_text(decision, rcpt_results))
+        print(render_text(outcome))
     return 0
 
 
-def explain_json(decision: Decision, rcpt_results: tuple[RcptResult, ...], helo: str) -> dict[str, object]:
-    """DESIGN.md's `explain --json` object, plus `stage`, `helo` and per-recipient RCPT replies."""
-    data = decision.to_json()
+def explain_json(outcome: Outcome, helo: str) -> dict[str, object]:
+    """DESIGN.md's `explain --json` object, plus `stage`, `helo`, per-recipient RCPT replies and
+    the reply of every SMTP stage in order (`replies`: what `serve` answers)."""
+    data = outcome.decision.to_json()
     data["helo"] = helo
     data["recipients"] = {
-        result.address: {"tenant": result.tenant, "reply": str(result.reply) if result.reply else "250 2.1.5 ok"}
-        for result in rcpt_results
+        result.address: {"tenant": result.tenant, "reply": str(result.answer)} for result in outcome.rcpt_results
     }
+    data["replies"] = [{"stage": stage, "reply": str(reply)} for stage, reply in outcome.replies]
     return data
 
 
-def render_text(decision: Decision, rcpt_results: tuple[RcptResult, ...]) -> str:
+def render_text(outcome: Outcome) -> str:
     """A short human-readable trace: recipients, then each tenant's hits and decision."""
+    decision = outcome.decision
     lines = [f"policy {decision.policy_version}", ""]
-    for result in rcpt_results:
-        reply = str(result.reply) if result.reply else "250 2.1.5 ok"
-        lines.append(f"RCPT {result.address:<32} tenant={result.tenant or '-':<12} {reply}")
-    if rcpt_results:
+    for result in outcome.rcpt_results:
+        lines.append(f"RCPT {result.address:<32} tenant={result.tenant or '-':<12} {result.answer}")
+    if outcome.rcpt_results:
         lines.append("")
     for name, verdict in decision.tenants.items():
         lines.append(

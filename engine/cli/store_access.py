@@ -15,7 +15,8 @@ from typing import Annotated, NoReturn, TypeVar
 
 import typer
 
-from engine.store.base import Store, open_store
+from engine.store import open_store
+from engine.store.base import Store
 from engine.store.sqlite import DB_NAME
 
 T = TypeVar("T")

@@ -1,7 +1,8 @@
-"""The compiled, immutable filter graph and its stage-by-stage evaluation.
+"""The compiled, immutable filter graph: what each SMTP stage's input matches.
 
-Stages follow the SMTP transaction so that each decision is taken at the earliest stage that
-can see its input (DESIGN.md "Decisions"):
+A transaction is evaluated by an `Evaluation` (`FilterGraph.begin`, engine/graph/transaction.py),
+which calls these per-stage lookups in protocol order; nothing else decides. Each decision is
+taken at the earliest stage that can see its input (DESIGN.md "Decisions"):
 - `connect(ip)` / `mail(ip, sender)`: lists applied to every tenant (gateway `lists`), by client
   network and envelope sender;
 - `rcpt(ip, sender, rcpt)`: open-relay refusal, recipient validation, the recipient tenant's
@@ -9,9 +10,8 @@ can see its input (DESIGN.md "Decisions"):
   is the one owning the sender's domain whose `outbound.networks` hold the client, and any
   recipient domain is accepted for it (SMTP AUTH, which the graph cannot see, is the SMTP
   layer's to check before calling `data` with the tenant itself);
-- `data(...)`: content rules, header From against lists, score thresholds, one verdict per
-  tenant, and the one reply for the client.
-`explain(...)` runs every stage in order: `serve`, `explain` and the BDD steps share this path.
+- `tenant_verdicts(...)`: content rules, header From against lists, score thresholds, one
+  verdict per tenant (the transaction combines them into the client's reply).
 Nothing here raises on bad input and nothing mutates the graph: a reload swaps the whole object.
 """
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from engine.graph.content import ContentIndex
 from engine.graph.lists import ListEntry, ListIndex
+from engine.graph.transaction import Evaluation, Outcome, simulate
 from engine.graph.verdict import (
     HIT_MALFORMED_MIME,
     KIND_ANTIVIRUS,
@@ -37,20 +38,19 @@ from engine.graph.verdict import (
     REASON_SCORE,
     REASON_UNKNOWN_USER,
     REASON_VIRUS,
-    REPLY_REJECT,
     REPLY_RELAY_DENIED,
-    REPLY_TEMPFAIL,
     REPLY_UNKNOWN_USER,
     Decision,
     Hit,
+    RcptResult,
     Reply,
+    Stage,
     TenantVerdict,
     action_reply,
+    normalise_address,
 )
-from engine.mime.view import MessageView, parse_message
+from engine.mime.view import MessageView
 from engine.policy.models import AcceptMode, Action, Direction, Gateway, ListAction, Route, Scoring
-
-ACCEPTED_ACTIONS = frozenset({Action.deliver, Action.tag, Action.quarantine, Action.discard})
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +95,8 @@ class TenantPlan:
         """`host:port` of each route, in the order they are tried."""
         return tuple(route.label for route in self.routes)
 
-    def refusal(self, rcpts: tuple[str, ...], hits: tuple[Hit, ...], stage: str, reply: Reply) -> TenantVerdict:
-        """The verdict of a copy refused before DATA by a block list (for `explain`)."""
+    def refusal(self, rcpts: tuple[str, ...], hits: tuple[Hit, ...], stage: Stage, reply: Reply) -> TenantVerdict:
+        """The verdict of a copy refused before DATA by a block list or a check."""
         return TenantVerdict(self.name, rcpts, Action.reject, 0.0, hits, self.route_labels, REASON_BLOCK_LIST,
                              stage, reply)
 
@@ -113,29 +113,9 @@ class TenantPlan:
         return Action.deliver
 
 
-@dataclass(frozen=True, slots=True)
-class RcptResult:
-    """Outcome of RCPT TO: the owning tenant (None when no tenant owns the domain) and a refusal."""
-
-    address: str
-    tenant: str | None
-    reply: Reply | None
-    reason: str = ""
-    hits: tuple[Hit, ...] = ()
-
-    @property
-    def accepted(self) -> bool:
-        return self.reply is None
-
-
 def _list_hit(entry: ListEntry) -> Hit:
     action = {ListAction.block: Action.reject, ListAction.allow: Action.deliver}.get(entry.action, Action.quarantine)
     return Hit(entry.list_name, KIND_LIST, 0.0, action, entry.source, f"{entry.field}: {entry.value}")
-
-
-def normalise_address(address: str) -> str:
-    """Lowercase an envelope address and drop angle brackets; "" stays "" (the null sender)."""
-    return address.strip().strip("<>").strip().lower()
 
 
 def _relay_trick(address: str) -> bool:
@@ -180,6 +160,10 @@ class FilterGraph:
             for plan in self.tenants.values()
         }
         self._route_labels = {plan.name: plan.route_labels for plan in self.tenants.values()}  # precomputed
+
+    def begin(self, client_ip: str, helo: str = "", direction: Direction = Direction.inbound) -> Evaluation:
+        """A new transaction from this client against this graph (engine/graph/transaction.py)."""
+        return Evaluation(self, client_ip, helo, direction)
 
     # ------------------------------------------------------------ lookups
 
@@ -251,7 +235,7 @@ class FilterGraph:
 
     # ------------------------------------------------------------ data stage
 
-    def data(
+    def tenant_verdicts(
         self,
         *,
         client_ip: str,
@@ -260,12 +244,10 @@ class FilterGraph:
         view: MessageView,
         direction: Direction = Direction.inbound,
         external_hits: Sequence[Hit] = (),
-    ) -> Decision:
-        """One verdict per tenant for an accepted message and the reply for the client.
+    ) -> dict[str, TenantVerdict]:
+        """One verdict per tenant for an accepted message (tenant name → its accepted recipients).
 
-        `recipients` maps tenant name → its accepted recipients (from `rcpt`).
-        `external_hits` are check results (antivirus, DNSBL, …) computed outside the graph.
-        """
+        `external_hits` are check results (antivirus, DNSBL, …) computed outside the graph."""
         matched_rules = self._content.matching_rules(view)
         entries = self._lists.match_ip(client_ip) + self._lists.match_address(normalise_address(mail_from))
         for header_from in view.from_addresses:
@@ -274,14 +256,13 @@ class FilterGraph:
         if view.defects:
             score = self.gateway.checks.mime.malformed_score
             builtin.append(Hit(HIT_MALFORMED_MIME, KIND_MIME, score, None, "builtin", ",".join(view.defects)))
-        verdicts = {
+        return {
             tenant: self._tenant_verdict(
                 self.tenants[tenant], tuple(rcpts), direction, matched_rules, entries, builtin, external_hits
             )
             for tenant, rcpts in recipients.items()
             if tenant in self.tenants
         }
-        return self._combine(verdicts, "data", self.version)
 
     def _tenant_verdict(
         self,
@@ -326,22 +307,6 @@ class FilterGraph:
             action, reason, message = by_score, REASON_SCORE, None
         return verdict(action, reason, message)
 
-    @staticmethod
-    def _combine(verdicts: Mapping[str, TenantVerdict], stage: str, version: str) -> Decision:
-        """The client's reply (DESIGN.md): 5xx only when every copy is rejected, 4xx only when
-        none is accepted and one is tempfailed, otherwise 250."""
-        copies = list(verdicts.values())
-        accepted = [v for v in copies if v.action in ACCEPTED_ACTIONS]
-        if accepted:
-            action = max((v.action for v in accepted), key=lambda a: a.severity)
-            return Decision(action, Reply(250, "2.0.0", "queued"), dict(verdicts), version, stage)
-        tempfailed = [v for v in copies if v.action is Action.tempfail]
-        if tempfailed or not copies:
-            reply = (tempfailed[0].reply if tempfailed else None) or REPLY_TEMPFAIL
-            return Decision(Action.tempfail, reply, dict(verdicts), version, stage)
-        reply = copies[0].reply or REPLY_REJECT
-        return Decision(Action.reject, reply, dict(verdicts), version, stage)
-
     # ------------------------------------------------------------ whole transaction
 
     def explain(
@@ -351,40 +316,13 @@ class FilterGraph:
         mail_from: str,
         rcpts: Sequence[str],
         client_ip: str,
+        helo: str = "",
         direction: Direction = Direction.inbound,
         external_hits: Sequence[Hit] = (),
     ) -> tuple[Decision, tuple[RcptResult, ...]]:
-        """Run every stage as `serve` would; returns the decision and each recipient's RCPT result."""
-        # Gateway-wide block lists guard the inbound listener; outbound clients are tenants' own servers.
-        blocked = self.mail(client_ip, mail_from) if direction is not Direction.outbound else None
-        if blocked is not None:
-            reply = Reply(550, "5.7.1", f"rejected by policy ({blocked.id})")
-            verdicts = {}
-            for rcpt in rcpts:
-                tenant = self.tenant_of_domain(normalise_address(rcpt).rpartition("@")[2])
-                if tenant is not None and tenant not in verdicts:
-                    verdicts[tenant] = self.tenants[tenant].refusal((), (blocked,), "mail", reply)
-            return Decision(Action.reject, reply, verdicts, self.version, "mail"), ()
-        results = tuple(self.rcpt(client_ip, mail_from, rcpt, direction=direction) for rcpt in rcpts)
-        accepted: dict[str, list[str]] = {}
-        rejected: dict[str, TenantVerdict] = {}
-        for result in results:
-            if result.accepted and result.tenant is not None:
-                accepted.setdefault(result.tenant, []).append(result.address)
-            elif result.tenant is not None and result.reason == REASON_BLOCK_LIST and result.reply is not None:
-                plan = self.tenants[result.tenant]
-                rejected[result.tenant] = plan.refusal((result.address,), result.hits, "rcpt", result.reply)
-        if not accepted:
-            first = next((r.reply for r in results if r.reply is not None), REPLY_RELAY_DENIED)
-            reply = first if results else Reply(554, "5.5.1", "no valid recipients")
-            return Decision(Action.reject, reply, rejected, self.version, "rcpt"), results
-        decision = self.data(
-            client_ip=client_ip,
-            mail_from=mail_from,
-            recipients=accepted,
-            view=parse_message(raw),
-            direction=direction,
-            external_hits=external_hits,
+        """Run every stage as `serve` would (`simulate`); the decision and each RCPT's result."""
+        outcome: Outcome = simulate(
+            self, raw=raw, mail_from=mail_from, rcpts=rcpts, client_ip=client_ip, helo=helo,
+            direction=direction, external_hits=external_hits,
         )
-        tenants = {**rejected, **decision.tenants}
-        return Decision(decision.action, decision.reply, tenants, self.version, decision.stage), results
+        return outcome.decision, outcome.rcpt_results

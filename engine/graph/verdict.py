@@ -6,10 +6,15 @@ reused verbatim in logs, headers and metrics.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 from engine.policy.models import Action
+
+Stage = Literal["connect", "mail", "rcpt", "data"]
+
+# Actions under which a copy is accepted (250) and stored.
+ACCEPTED_ACTIONS = frozenset({Action.deliver, Action.tag, Action.quarantine, Action.discard})
 
 # Reason tokens: why a tenant copy got its action.
 REASON_VIRUS = "virus"
@@ -20,6 +25,7 @@ REASON_SCORE = "score"
 REASON_CLEAN = "clean"
 REASON_RELAY_DENIED = "relaying-denied"
 REASON_UNKNOWN_USER = "unknown-user"
+REASON_TEMPFAIL_HELD = "tempfail-held"  # tempfailed while another tenant's copy took the 250: held
 
 # Hit kinds.
 KIND_RULE = "rule"
@@ -71,6 +77,10 @@ class Reply:
         return self.code < 400
 
 
+REPLY_MAIL_OK = Reply(250, "2.1.0", "OK")
+REPLY_RCPT_OK = Reply(250, "2.1.5", "OK")
+REPLY_TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "too many recipients")
+REPLY_NO_RECIPIENTS = Reply(554, "5.5.1", "no valid recipients")
 REPLY_RELAY_DENIED = Reply(550, "5.7.1", "relaying denied")
 REPLY_UNKNOWN_USER = Reply(550, "5.1.1", "unknown recipient")
 REPLY_TEMPFAIL = Reply(451, "4.7.1", "try again later")
@@ -86,6 +96,39 @@ def action_reply(action: Action, message: str | None) -> Reply | None:
     return None
 
 
+def policy_refusal(hit: Hit) -> Reply:
+    """The reply refusing a whole transaction before DATA because of `hit` (a block list entry or
+    a check whose action is reject/tempfail)."""
+    if hit.action is Action.tempfail:
+        return Reply(451, "4.7.1", hit.message) if hit.message and hit.kind != "list" else REPLY_TEMPFAIL
+    return Reply(550, "5.7.1", f"rejected by policy ({hit.id})")
+
+
+def normalise_address(address: str) -> str:
+    """Lowercase an envelope address and drop angle brackets; "" stays "" (the null sender)."""
+    return address.strip().strip("<>").strip().lower()
+
+
+@dataclass(frozen=True, slots=True)
+class RcptResult:
+    """Outcome of RCPT TO: the owning tenant (None when no tenant owns the domain) and a refusal
+    (`reply` is None when the recipient is accepted; `answer` is what the client is told)."""
+
+    address: str  # normalised
+    tenant: str | None
+    reply: Reply | None
+    reason: str = ""
+    hits: tuple[Hit, ...] = ()
+
+    @property
+    def accepted(self) -> bool:
+        return self.reply is None
+
+    @property
+    def answer(self) -> Reply:
+        return self.reply or REPLY_RCPT_OK
+
+
 @dataclass(frozen=True, slots=True)
 class TenantVerdict:
     """The decision for one tenant's copy of a message."""
@@ -97,9 +140,13 @@ class TenantVerdict:
     hits: tuple[Hit, ...]
     routes: tuple[str, ...]
     reason: str
-    stage: str
+    stage: Stage
     reply: Reply | None = None
     subject_prefix: str | None = None
+
+    def held(self, reason: str) -> TenantVerdict:
+        """This copy held in quarantine instead (see `engine.graph.transaction.combine`)."""
+        return replace(self, action=Action.quarantine, reason=reason, reply=None)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -121,7 +168,14 @@ class Decision:
     reply: Reply
     tenants: dict[str, TenantVerdict] = field(default_factory=dict)
     policy_version: str = ""
-    stage: str = "data"
+    stage: Stage = "data"
+
+    @property
+    def copies(self) -> tuple[TenantVerdict, ...]:
+        """The tenants' copies to store (accepted actions), when the client got 250."""
+        if not self.reply.is_positive:
+            return ()
+        return tuple(v for v in self.tenants.values() if v.action in ACCEPTED_ACTIONS)
 
     def to_json(self) -> dict[str, Any]:
         return {

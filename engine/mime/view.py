@@ -114,6 +114,12 @@ class MessageView:
     """Length of the raw input in bytes."""
 
     @property
+    def subject(self) -> str:
+        """The decoded top-level Subject ("" when absent)."""
+        values = self.headers.get("subject")
+        return values[0] if values else ""
+
+    @property
     def malformed(self) -> bool:
         """True when any defect was found."""
         return bool(self.defects)

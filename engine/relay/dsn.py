@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from email.utils import format_datetime
 
 from engine.mime.raw_headers import header_section
+from engine.policy.models import Action
 from engine.store.base import Accepted, CopyPlan, Envelope, new_queue_id
+
+DSN_SUBJECT = "Undelivered Mail Returned to Sender"
 
 _STATUS = re.compile(r"^(?:\d{3}[ -])?([245])\.(\d{1,3})\.(\d{1,3})\b")
 _REMOTE_REPLY = re.compile(r"^[2-5]\d\d\b")
@@ -79,7 +82,7 @@ def build_dsn(
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",
         f"To: <{sender}>",
-        "Subject: Undelivered Mail Returned to Sender",
+        f"Subject: {DSN_SUBJECT}",
         f"Date: {_date(now)}",
         f"Message-ID: <{queue_id}@{reporting_mta}>",
         "MIME-Version: 1.0",
@@ -161,15 +164,16 @@ def dsn_message(
         failed=failed,
         original=original,
     )
-    verdict = {"action": "deliver", "reason": "dsn", "score": 0.0, "hits": []}
     return Accepted(
         queue_id=queue_id,
         raw=raw,
         envelope=Envelope(
             mail_from="", rcpts=(sender,), client_ip="", helo=reporting_mta, received_at=now, direction="dsn"
         ),
+        subject=DSN_SUBJECT,
         policy_version="",
-        verdict=verdict,
-        copies=(CopyPlan(tenant, (sender,), "deliver", b"", None, verdict),),
+        verdict={"action": "deliver", "reason": "dsn", "score": 0.0, "hits": []},
+        # to the MX of the sender's domain (or the tenant's routes when the sender is a tenant's)
+        copies=(CopyPlan(tenant, (sender,), Action.deliver, b"", route_by="address", reason="dsn"),),
         archive=False,
     )

@@ -38,7 +38,7 @@ from engine.graph.evaluator import FilterGraph
 from engine.policy.models import DeliverySettings, DnsSettings, Route
 from engine.relay.nexthop import NextHops
 from engine.relay.worker import RelayWorker
-from engine.store.base import open_store
+from engine.store import open_store
 
 log = logging.getLogger("liveprism.relay")
 RESTART_DELAY = 1.0

@@ -1,4 +1,4 @@
-"""The inbound SMTP front end: aiosmtpd hooks that drive the filter graph stage by stage.
+"""The inbound SMTP front end: aiosmtpd hooks that drive one `Evaluation` per transaction.
 
 Contract:
 - envelope decisions are replied at the earliest stage (MAIL for gateway-wide block lists,
@@ -8,6 +8,8 @@ Contract:
 - `250` is sent only after `Store.accept` returned, i.e. after the message and its index rows
   are committed and fsynced. If the store fails the client gets `451 4.3.0` and keeps the message;
 - a message refused after DATA is still archived (when the archive is on), with its verdict;
+- what is decided is the `Evaluation`'s business (engine/graph/transaction.py), shared with
+  `explain` and the BDD steps; this module only answers, stores and logs;
 - one graph snapshot serves a whole transaction, so a hot reload never mixes two policies;
 - nothing a client sends can crash the process: evaluation errors become `451 4.3.0`.
 """
@@ -18,15 +20,16 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from engine.graph.evaluator import ACCEPTED_ACTIONS, FilterGraph
-from engine.graph.verdict import Decision
+from engine.graph.evaluator import FilterGraph
+from engine.graph.transaction import Evaluation
+from engine.graph.verdict import REASON_TEMPFAIL_HELD, Decision
 from engine.mime.view import parse_message
-from engine.policy.models import Action
+from engine.policy.models import Direction
+from engine.smtp.envelope import GatewayEnvelope
 from engine.smtp.headers import received_header, sanitise, verdict_headers
 from engine.smtp.protocol import client_ip
 from engine.store.base import Accepted, CopyPlan, Store, new_queue_id
@@ -42,27 +45,16 @@ class Waker(Protocol):
     def wake(self) -> None: ...
 
 
-@dataclass
-class Transaction:
-    """Per-transaction state kept beside aiosmtpd's envelope (reset by RSET and after DATA)."""
-
-    graph: FilterGraph | None = None
-    started: float = field(default_factory=time.monotonic)
-    recipients: dict[str, list[str]] = field(default_factory=dict)  # tenant -> accepted rcpts, as given
-    seen: set[str] = field(default_factory=set)  # normalised accepted rcpts
-    refused: list[str] = field(default_factory=list)  # "rcpt: reply" for the log
-
-
-def _txn(envelope: Envelope) -> Transaction:
-    state = getattr(envelope, "liveprism", None)
-    if state is None:
-        state = Transaction()
-        envelope.liveprism = state  # type: ignore[attr-defined]
-    return state
+def _envelope(envelope: Envelope) -> GatewayEnvelope:
+    """Our envelope (GatewaySMTP creates only these); a plain one is wrapped for safety."""
+    if isinstance(envelope, GatewayEnvelope):
+        return envelope
+    raise TypeError("InboundHandler needs GatewaySMTP (its envelopes carry the evaluation)")
 
 
 class InboundHandler:
-    """aiosmtpd handler for the inbound (MX) listener."""
+    """aiosmtpd handler for the inbound (MX) listener: it drives one `Evaluation` per transaction
+    and stores what the decision accepts; it decides nothing itself."""
 
     def __init__(
         self,
@@ -92,59 +84,57 @@ class InboundHandler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
-        txn = _txn(envelope)
-        txn.graph = graph = self._current_graph()
+        env = _envelope(envelope)
         sender = "" if address == "<>" else address
-        blocked = graph.mail(client_ip(session), sender)
-        if blocked is not None:
-            self._log_refusal(session, sender, f"MAIL refused: {blocked.id} ({blocked.message})", graph)
-            return f"550 5.7.1 rejected by policy ({blocked.id})"
+        env.evaluation = evaluation = self._current_graph().begin(
+            client_ip(session), session.host_name or "", Direction.inbound
+        )
+        reply = evaluation.connect() or evaluation.mail(sender)
+        if not reply.is_positive:
+            env.evaluation = None  # the client may try another sender
+            hit = evaluation.refusal_hit
+            detail = f"{hit.id} ({hit.message})" if hit is not None else str(reply)
+            self._log_refusal(session, sender, f"MAIL refused: {detail}", evaluation.graph)
+            return str(reply)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
-        return "250 2.1.0 OK"
+        return str(reply)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
-        txn = _txn(envelope)
-        graph = txn.graph or self._current_graph()
-        if len(envelope.rcpt_tos) >= graph.gateway.limits.max_recipients:
-            return "452 4.5.3 too many recipients"
-        sender = "" if envelope.mail_from == "<>" else (envelope.mail_from or "")
-        result = graph.rcpt(client_ip(session), sender, address)
-        if result.reply is not None or result.tenant is None:
-            txn.refused.append(f"{sanitise(address)}: {result.reply}")
-            return str(result.reply)
+        env = _envelope(envelope)
+        if env.evaluation is None:  # aiosmtpd answers RCPT before MAIL itself; never reached
+            return "503 5.5.1 need MAIL command"
+        result = env.evaluation.rcpt(address)
+        if not result.accepted:
+            env.refused.append(f"{sanitise(address)}: {result.reply}")
+            return str(result.answer)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
-        if result.address not in txn.seen:  # the same mailbox twice is delivered once
-            txn.seen.add(result.address)
-            # RFC 5321 §2.4: the local part's case is the destination's business; keep it as given
-            txn.recipients.setdefault(result.tenant, []).append(address)
-        return "250 2.1.5 OK"
+        return str(result.answer)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        txn = _txn(envelope)
-        graph = txn.graph or self._current_graph()
+        env = _envelope(envelope)
+        evaluation = env.evaluation
+        if evaluation is None:  # aiosmtpd answers DATA before MAIL/RCPT itself; never reached
+            return "503 5.5.1 need MAIL command"
         raw = envelope.original_content or b""
-        sender = "" if envelope.mail_from == "<>" else (envelope.mail_from or "")
         queue_id = new_queue_id()
         try:
             view = parse_message(raw)
-            decision = graph.data(
-                client_ip=client_ip(session), mail_from=sender, recipients=txn.recipients, view=view
-            )
+            decision = evaluation.data(view)
         except Exception:  # a bug must not cost the client its message: it retries
             log.exception("evaluation failed for %s; replying 451", queue_id)
             return "451 4.3.0 temporary failure evaluating the message"
-        accepted = self._accepted(queue_id, raw, session, envelope, txn, graph, decision, sender)
+        accepted = self._accepted(queue_id, raw, view.subject, session, evaluation, decision)
         if not decision.reply.is_positive:
             if accepted.archive:  # refused mail is archived too: "why was it rejected?" has an answer
                 try:
                     await self._store.accept(accepted)  # no copies: the archive row only
                 except Exception:
                     log.exception("could not archive refused message %s", queue_id)
-            self._log_txn(queue_id, session, envelope, txn, decision, len(raw), str(decision.reply))
+            self._log_txn(queue_id, session, env, decision, len(raw), str(decision.reply))
             return str(decision.reply)
         try:
             await self._store.accept(accepted)
@@ -154,59 +144,44 @@ class InboundHandler:
         if self._relay is not None:
             self._relay.wake()
         reply = f"250 2.0.0 queued as {queue_id}"
-        self._log_txn(queue_id, session, envelope, txn, decision, len(raw), reply)
+        self._log_txn(queue_id, session, env, decision, len(raw), reply)
         return reply
 
     def _accepted(
-        self,
-        queue_id: str,
-        raw: bytes,
-        session: Session,
-        envelope: Envelope,
-        txn: Transaction,
-        graph: FilterGraph,
-        decision: Decision,
-        sender: str,
+        self, queue_id: str, raw: bytes, subject: str, session: Session, evaluation: Evaluation, decision: Decision
     ) -> Accepted:
+        """What the store keeps: the message, its envelope and each copy the decision accepts, with
+        the trace and verdict header fields that copy carries."""
         now = time.time()
-        tls = session.ssl is not None
+        graph = evaluation.graph
         copies = []
-        for verdict in decision.tenants.values():
-            action = verdict.action
-            if action is Action.tempfail and decision.reply.is_positive:
-                # Another tenant's copy took the 250, so this one cannot be deferred to the client
-                # any more: hold it (releasable) rather than lose it.
+        for verdict in decision.copies:
+            if verdict.reason == REASON_TEMPFAIL_HELD:
                 log.warning("queue_id=%s tenant=%s tempfail after 250: copy held in quarantine",
                             queue_id, verdict.tenant)
-                action = Action.quarantine
-            if action not in ACCEPTED_ACTIONS:
-                continue
             rcpt = verdict.recipients[0] if len(verdict.recipients) == 1 else None
             headers = received_header(
-                hostname=graph.gateway.hostname, helo=session.host_name or "", client_ip=client_ip(session),
-                queue_id=queue_id, rcpt=rcpt, esmtp=bool(session.extended_smtp), tls=tls, received_at=now,
+                hostname=graph.gateway.hostname, helo=evaluation.helo, client_ip=evaluation.client_ip,
+                queue_id=queue_id, rcpt=rcpt, esmtp=bool(session.extended_smtp), tls=session.ssl is not None,
+                received_at=now,
             ) + verdict_headers(verdict, decision.policy_version)
-            copies.append(
-                CopyPlan(
-                    tenant=verdict.tenant,
-                    recipients=verdict.recipients,
-                    action=action.value,
-                    headers=headers,
-                    subject_prefix=verdict.subject_prefix,
-                    verdict=verdict.to_json(),
-                )
-            )
+            copies.append(CopyPlan(
+                tenant=verdict.tenant, recipients=verdict.recipients, action=verdict.action, headers=headers,
+                subject_prefix=verdict.subject_prefix, route_by="tenant", reason=verdict.reason,
+                score=verdict.score, hits=verdict.hits,
+            ))
         stored_envelope = StoredEnvelope(
-            mail_from=sender,
-            rcpts=tuple(r for rcpts in txn.recipients.values() for r in rcpts),
-            client_ip=client_ip(session),
-            helo=session.host_name or "",
+            mail_from=evaluation.mail_from,
+            rcpts=tuple(r for rcpts in evaluation.recipients.values() for r in rcpts),
+            client_ip=evaluation.client_ip,
+            helo=evaluation.helo,
             received_at=now,
         )
         return Accepted(
             queue_id=queue_id,
             raw=raw,
             envelope=stored_envelope,
+            subject=subject,
             policy_version=decision.policy_version,
             verdict=decision.to_json(),
             copies=tuple(copies),
@@ -216,23 +191,22 @@ class InboundHandler:
     # ------------------------------------------------------------ logging
 
     def _log_txn(
-        self, queue_id: str, session: Session, envelope: Envelope, txn: Transaction, decision: Decision,
-        size: int, reply: str,
+        self, queue_id: str, session: Session, env: GatewayEnvelope, decision: Decision, size: int, reply: str
     ) -> None:
         """One structured line per transaction (text key=value or JSON, per gateway `log.format`)."""
         record: dict[str, Any] = {
             "queue_id": queue_id,
             "client": client_ip(session),
             "helo": sanitise(session.host_name or ""),
-            "from": sanitise(envelope.mail_from or ""),
-            "rcpts": [sanitise(r) for r in envelope.rcpt_tos],
-            "refused": txn.refused,
+            "from": sanitise(env.mail_from or ""),
+            "rcpts": [sanitise(r) for r in env.rcpt_tos],
+            "refused": env.refused,
             "tenants": {
                 name: {"action": v.action.value, "score": v.score, "hits": [h.id for h in v.hits]}
                 for name, v in decision.tenants.items()
             },
             "size": size,
-            "duration_ms": round((time.monotonic() - txn.started) * 1000, 1),
+            "duration_ms": round((time.monotonic() - env.started) * 1000, 1),
             "policy": decision.policy_version,
             "reply": reply,
         }
@@ -251,10 +225,9 @@ class InboundHandler:
 
     def log_unfinished(self, session: Session, envelope: Envelope) -> None:
         """A transaction that ended without DATA but refused recipients gets its log line too."""
-        txn = getattr(envelope, "liveprism", None)
-        if isinstance(txn, Transaction) and txn.refused:
-            graph = txn.graph or self._current_graph()
-            self._log_refusal(session, envelope.mail_from or "", f"RCPT refused: {'; '.join(txn.refused)}", graph)
+        if isinstance(envelope, GatewayEnvelope) and envelope.refused:
+            graph = envelope.evaluation.graph if envelope.evaluation else self._current_graph()
+            self._log_refusal(session, envelope.mail_from or "", f"RCPT refused: {'; '.join(envelope.refused)}", graph)
 
     def _log_refusal(self, session: Session, sender: str, reason: str, graph: FilterGraph) -> None:
         """The log line of a transaction refused before DATA (no queue id: nothing was queued)."""

@@ -19,6 +19,8 @@ from typing import Any, cast
 import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, Session
 
+from engine.smtp.envelope import GatewayEnvelope
+
 
 def client_ip(session: Session) -> str:
     """The connecting client's address ("unknown" when the transport has none)."""
@@ -94,6 +96,11 @@ class GatewaySMTP(SMTP):
     def __init__(self, handler: object, limits: ConnectionLimits, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._limits = limits
+
+    def _create_envelope(self) -> GatewayEnvelope:
+        """aiosmtpd's envelope factory (checked against aiosmtpd 1.4.6): every transaction gets a
+        `GatewayEnvelope`, which carries its evaluation."""
+        return GatewayEnvelope()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's `_getaddr` with a fast path for plain `<local@domain>` (the parent builds a

@@ -24,8 +24,10 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Protocol
+
+from engine.graph.verdict import Hit
+from engine.policy.models import Action
 
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _TIME_CHARS = 9  # milliseconds since the epoch, base 36: good until the year 5138
@@ -77,16 +79,30 @@ class Envelope:
     direction: str = "inbound"  # inbound: tenant routes; anything else (outbound, dsn): MX of each recipient
 
 
+RouteBy = Literal["tenant", "address"]
+
+
 @dataclass(frozen=True, slots=True)
 class CopyPlan:
-    """One tenant's copy of an accepted message (rejected/tempfailed copies are never stored)."""
+    """One tenant's copy of an accepted message, as the transaction decided it (rejected and
+    tempfailed copies are never stored). `deliver`/`tag` copies become deliveries, grouped by
+    route: one over the tenant's routes, or one per recipient domain to its MX (`route_by`);
+    `quarantine` copies are held; `discard` copies are archived only."""
 
     tenant: str
     recipients: tuple[str, ...]
-    action: str  # "deliver" | "tag" | "quarantine" | "discard"
+    action: Action
     headers: bytes  # CRLF-terminated header lines prepended to this copy, already sanitised; may be b""
-    subject_prefix: str | None  # tag: prefix of the top-level Subject (a Subject is added when missing)
-    verdict: Mapping[str, Any]  # {"action","score","hits":[{"id","kind","score","action","source"}],"reason"}
+    subject_prefix: str | None = None  # tag: prefix of the top-level Subject (a Subject is added when missing)
+    route_by: RouteBy = "tenant"
+    reason: str = ""  # reason token (engine.graph.verdict REASON_*)
+    score: float = 0.0
+    hits: tuple[Hit, ...] = ()
+
+    def verdict_json(self) -> dict[str, Any]:
+        """What the quarantine keeps of the verdict (shown by `quarantine show`)."""
+        return {"action": self.action.value, "score": self.score, "reason": self.reason,
+                "hits": [hit.to_json() for hit in self.hits], "recipients": list(self.recipients)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +113,9 @@ class Accepted:
     queue_id: str
     raw: bytes  # exactly as received, CRLF line ends
     envelope: Envelope
+    subject: str  # decoded top-level Subject (from the MIME view), for listings; "" when absent
     policy_version: str
-    verdict: Mapping[str, Any]  # whole-transaction verdict, kept in the archive
+    verdict: Mapping[str, Any]  # whole-transaction verdict (`Decision.to_json`), kept as is in the archive
     copies: tuple[CopyPlan, ...]
     archive: bool  # keep in the archive (gateway archive.enabled)
 
@@ -106,7 +123,6 @@ class Accepted:
 # ---------------------------------------------------------------- delivery queue
 
 RcptStatus = Literal["pending", "delivered", "failed"]
-RouteBy = Literal["tenant", "address"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,16 +321,3 @@ class Store(Protocol):
     def lock_fd(self) -> int | None:
         """The owner's lock on the state directory (inherited by the relay child, so a new owner
         waits until the old relay is gone); None when not the owner."""
-
-
-def open_store(state_dir: Path, *, owner: bool = True, fsync_commits: bool = True) -> Store:
-    """The embedded store (SQLite, messages included) under `state_dir`, created if missing.
-
-    `owner=True` is the gateway: it takes an exclusive lock on the state directory and runs
-    crash recovery in `open`. The relay process and tools that review or release mail while the
-    gateway runs (the `quarantine` CLI) pass `owner=False`. `fsync_commits=False` (the relay)
-    commits without fsync: see `engine.store.sqlite` for why that cannot lose accepted mail.
-    """
-    from engine.store.sqlite import SqliteStore
-
-    return SqliteStore(state_dir, owner=owner, fsync_commits=fsync_commits)

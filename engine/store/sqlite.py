@@ -57,7 +57,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
-from engine.mime.raw_headers import header_value
+from engine.policy.models import Action
 from engine.store.base import (
     Accepted,
     AttemptRecord,
@@ -76,6 +76,8 @@ from engine.store.base import (
     StoreError,
 )
 from engine.store.write_turns import WriteTurns
+
+_STORED_BODY_ACTIONS = frozenset({Action.deliver, Action.tag, Action.quarantine})  # copies that need the body
 
 log = logging.getLogger("liveprism.store")
 
@@ -301,7 +303,7 @@ class _AcceptRows:
 
     def add(self, msg: Accepted) -> None:
         env = msg.envelope
-        subject = header_value(msg.raw, "subject") or ""
+        subject = msg.subject
         self.bodies.append((msg.queue_id, msg.raw))
         self.messages.append((
             msg.queue_id, env.received_at, env.mail_from, _json(list(env.rcpts)), env.client_ip, env.helo,
@@ -310,11 +312,11 @@ class _AcceptRows:
         if msg.archive:
             self.archive.append((msg.queue_id, env.received_at))
         for copy in msg.copies:
-            if copy.action in ("deliver", "tag"):
-                # Inbound copies go to the tenant's routes; anything else (outbound mail, DSNs) to the
-                # MX of each recipient domain, so one delivery row per domain (RFC 5321 §5.1).
+            if copy.action in (Action.deliver, Action.tag):
+                # A copy for the tenant's routes is one delivery; a copy for the MX of each recipient
+                # domain (outbound mail, DSNs) is one delivery row per domain (RFC 5321 §5.1).
                 groups: list[tuple[RouteBy, tuple[str, ...]]]
-                if env.direction == "inbound":
+                if copy.route_by == "tenant":
                     groups = [("tenant", copy.recipients)]
                 else:
                     by_domain: dict[str, list[str]] = {}
@@ -326,13 +328,11 @@ class _AcceptRows:
                         msg.queue_id, copy.tenant, route_by, env.mail_from, _rcpts_json(RcptState(r) for r in rcpts),
                         copy.headers, copy.subject_prefix, env.received_at, env.received_at,
                     ))
-            elif copy.action == "quarantine":
-                verdict = dict(copy.verdict)
-                score = verdict.get("score")
+            elif copy.action is Action.quarantine:
+                verdict = copy.verdict_json()
                 self.quarantine.append((
                     quarantine_id(msg.queue_id, copy.tenant), msg.queue_id, copy.tenant, _json(list(copy.recipients)),
-                    copy.headers, env.mail_from, subject, str(verdict.get("reason") or ""),
-                    float(score) if isinstance(score, int | float) else None, _json(list(verdict.get("hits") or [])),
+                    copy.headers, env.mail_from, subject, copy.reason, copy.score, _json(verdict["hits"]),
                     _json(verdict), env.received_at, env.received_at,
                 ))
 
@@ -369,7 +369,7 @@ def _insert_message(txn: _Txn, msg: Accepted) -> None:
 
 def _keeps(msg: Accepted) -> bool:
     """Whether anything would reference the message (else there is nothing to store)."""
-    return msg.archive or any(copy.action in ("deliver", "tag", "quarantine") for copy in msg.copies)
+    return msg.archive or any(copy.action in _STORED_BODY_ACTIONS for copy in msg.copies)
 
 
 def _drop_if_unreferenced(txn: _Txn, queue_id: str) -> None:

@@ -215,14 +215,10 @@ def decide(
     direction: Direction = Direction.inbound,
     external_hits: tuple[Hit, ...] = (),
 ) -> Decision:
-    return graph.data(
-        client_ip=client_ip,
-        mail_from=mail_from,
-        recipients=tenants,
-        view=parse_message(raw),
-        direction=direction,
-        external_hits=external_hits,
-    )
+    evaluation = graph.begin(client_ip, "client.example", direction)
+    evaluation.mail_from = mail_from  # the DATA stage alone: envelope stages are tested on their own
+    evaluation.recipients = {tenant: list(rcpts) for tenant, rcpts in tenants.items()}
+    return evaluation.data(parse_message(raw), external_hits)
 
 
 def acme_copy(graph: FilterGraph, raw: bytes, **kwargs: object) -> TenantVerdict:

@@ -30,10 +30,11 @@ from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope as ServerEnvelope
 from aiosmtpd.smtp import Session
 
-from engine.policy.models import DeliverySettings, DnsSettings, Route, RouteTls
+from engine.policy.models import Action, DeliverySettings, DnsSettings, Route, RouteTls
 from engine.relay.nexthop import NextHops, NoRoute
 from engine.relay.worker import RelayWorker
-from engine.store.base import Accepted, CopyPlan, Envelope, Store, new_queue_id, open_store
+from engine.store import open_store
+from engine.store.base import Accepted, CopyPlan, Envelope, Store, new_queue_id
 from engine.store.sqlite import DB_NAME, SqliteStore, quarantine_id
 
 T = TypeVar("T")
@@ -193,9 +194,10 @@ class Gateway:
             queue_id=new_queue_id(),
             raw=raw,
             envelope=Envelope(mail_from, tuple(rcpts), "192.0.2.1", "client.example", time.time()),
+            subject="",
             policy_version="test",
             verdict={"action": action},
-            copies=(CopyPlan(tenant, tuple(rcpts), action, HEADERS, subject_prefix, {"action": action, "score": 0.0}),),
+            copies=(CopyPlan(tenant, tuple(rcpts), Action(action), HEADERS, subject_prefix),),
             archive=archive,
         )
         await self.store.accept(msg)

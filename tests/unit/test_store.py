@@ -18,6 +18,10 @@ from typing import Any, TypeVar
 
 import pytest
 
+from engine.graph.verdict import Hit
+from engine.mime.raw_headers import header_value
+from engine.policy.models import Action
+from engine.store import open_store
 from engine.store.base import (
     Accepted,
     AttemptRecord,
@@ -26,9 +30,9 @@ from engine.store.base import (
     QuarantineEntry,
     QuarantineRefusal,
     RcptState,
+    RouteBy,
     StoreError,
     new_queue_id,
-    open_store,
 )
 from engine.store.sqlite import DB_NAME, SqliteStore, quarantine_id
 
@@ -41,10 +45,10 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-def copy(tenant: str, action: str, *rcpts: str, score: float = 0.0) -> CopyPlan:
-    verdict = {"action": action, "score": score, "reason": "score", "hits": [{"id": "r1", "kind": "rule"}]}
+def copy(tenant: str, action: str, *rcpts: str, score: float = 0.0, route_by: RouteBy = "tenant") -> CopyPlan:
     return CopyPlan(
-        tenant, rcpts or (f"u@{tenant}.example",), action, f"X-Tenant: {tenant}\r\n".encode(), None, verdict
+        tenant, rcpts or (f"u@{tenant}.example",), Action(action), f"X-Tenant: {tenant}\r\n".encode(),
+        route_by=route_by, reason="score", score=score, hits=(Hit("r1", "rule"),),
     )
 
 
@@ -62,6 +66,7 @@ def message(
         queue_id=new_queue_id(),
         raw=raw,
         envelope=Envelope(mail_from, rcpts, "192.0.2.7", "client.example", when, direction),
+        subject=header_value(raw, "subject") or "",
         policy_version="v1",
         verdict={"action": "deliver", "tenants": sorted(c.tenant for c in copies)},
         copies=copies,
@@ -168,7 +173,7 @@ def test_message_nothing_references_is_not_stored(tmp_path: Path) -> None:
 def test_outbound_copies_are_routed_by_recipient_domain(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = await opened(tmp_path / "state")
-        plan = copy("acme", "deliver", "x@one.example", "y@two.example", "z@ONE.example")
+        plan = copy("acme", "deliver", "x@one.example", "y@two.example", "z@ONE.example", route_by="address")
         await store.accept(message(plan, direction="outbound"))
         claimed = await store.claim_due(time.time(), 10)
         assert sorted((d.route_by, d.pending) for d in claimed.deliveries) == [
@@ -205,7 +210,8 @@ def test_a_batch_of_accepts_stores_exactly_the_rows_of_one_by_one_accepts(tmp_pa
         message(copy("acme", "deliver"), copy("globex", "quarantine", "x@globex.example", score=7.0)),
         message(copy("acme", "tag", "a@acme.example", "b@acme.example"), archive=False),
         message(copy("globex", "quarantine")),
-        message(copy("out", "deliver", "p@one.example", "q@two.example", "r@one.example"), direction="outbound"),
+        message(copy("out", "deliver", "p@one.example", "q@two.example", "r@one.example", route_by="address"),
+                direction="outbound"),
         *(message(copy("acme", "deliver"), raw=RAW + f"{n}\r\n".encode()) for n in range(150)),  # > one chunk
     ]
 
@@ -362,15 +368,17 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys, time
     from pathlib import Path
-    from engine.store.base import Accepted, CopyPlan, Envelope, new_queue_id, open_store
+    from engine.policy.models import Action
+    from engine.store.base import Accepted, CopyPlan, Envelope, new_queue_id
+    from engine.store import open_store
 
     async def acceptor(store, n):
         while True:
             qid = new_queue_id()
             raw = (f"Subject: {qid}\\r\\n\\r\\n" + "x" * 2000 + "\\r\\n").encode()
             env = Envelope("a@sender.example", ("b@acme.example",), "192.0.2.1", "h", time.time())
-            plan = CopyPlan("acme", ("b@acme.example",), "deliver", b"", None, {})
-            await store.accept(Accepted(qid, raw, env, "v", {}, (plan,), archive=n % 2 == 0))
+            plan = CopyPlan("acme", ("b@acme.example",), Action.deliver, b"")
+            await store.accept(Accepted(qid, raw, env, "", "v", {}, (plan,), archive=n % 2 == 0))
             print(qid, flush=True)  # acknowledged: the SMTP layer would say 250 now
 
     async def main():
@@ -453,7 +461,8 @@ def test_dsn_is_stored_in_the_same_transaction_as_the_bounce(tmp_path: Path) -> 
         store = await opened(tmp_path / "state")
         await store.accept(message(copy("acme", "deliver"), archive=False))
         (delivery,) = (await store.claim_due(time.time(), 10)).deliveries
-        dsn = message(copy("acme", "deliver", "a@sender.example"), archive=False, direction="dsn", mail_from="")
+        dsn = message(copy("acme", "deliver", "a@sender.example", route_by="address"), archive=False, direction="dsn",
+                      mail_from="")
         failed = (RcptState(delivery.rcpts[0].rcpt, "failed", "550 5.1.1 unknown", "mx:25"),)
         await store.record_attempt(AttemptRecord(delivery.id, failed, "", time.time(), dsn))
         (queued,) = (await store.claim_due(time.time(), 10)).deliveries
@@ -491,7 +500,7 @@ def test_quarantine_list_release_delete(tmp_path: Path) -> None:
             "score",
             "Hello",
         )
-        assert first.hits == ({"id": "r1", "kind": "rule"},) and first.mail_from == "a@sender.example"
+        assert first.hits == (Hit("r1", "rule").to_json(),) and first.mail_from == "a@sender.example"
         assert [e.id for e in await store.list_quarantine(tenant="beta")] == [held[2].id]
         assert [e.id for e in await store.list_quarantine(since=time.time() - DAY)] == [held[1].id, held[2].id]
         assert (await store.claim_due(time.time(), 10)).deliveries == ()  # held mail is not delivered

@@ -11,7 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from engine.cli.quarantine_cmd import parse_since, quarantine_app
-from engine.store.base import Accepted, CopyPlan, Envelope, new_queue_id, open_store
+from engine.graph.verdict import Hit
+from engine.policy.models import Action
+from engine.store import open_store
+from engine.store.base import Accepted, CopyPlan, Envelope, new_queue_id
 from engine.store.sqlite import quarantine_id
 
 RAW = b"From: spammer@bad.example\r\nSubject: Overdue invoice\r\n\r\nPay now.\r\n"
@@ -19,21 +22,18 @@ runner = CliRunner()
 
 
 def held(tenant: str, rcpt: str, age_days: float, score: float) -> Accepted:
-    verdict = {
-        "action": "quarantine",
-        "score": score,
-        "reason": "score",
-        "hits": [{"id": "invoice-phish", "kind": "rule", "score": 6.0, "action": None, "source": "rules/x.yaml:3"}],
-    }
+    hit = Hit("invoice-phish", "rule", 6.0, None, "rules/x.yaml:3")
     return Accepted(
         queue_id=new_queue_id(),
         raw=RAW,
         envelope=Envelope(
             "spammer@bad.example", (rcpt,), "203.0.113.9", "bad.example", time.time() - age_days * 86_400
         ),
+        subject="Overdue invoice",
         policy_version="v1",
-        verdict=verdict,
-        copies=(CopyPlan(tenant, (rcpt,), "quarantine", b"X-LivePrism-Action: quarantine\r\n", None, verdict),),
+        verdict={"action": "quarantine", "score": score},
+        copies=(CopyPlan(tenant, (rcpt,), Action.quarantine, b"X-LivePrism-Action: quarantine\r\n", reason="score",
+                         score=score, hits=(hit,)),),
         archive=True,
     )
 

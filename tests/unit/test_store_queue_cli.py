@@ -10,7 +10,9 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from engine.cli.queue_cmd import queue_app
-from engine.store.base import Accepted, AttemptRecord, CopyPlan, Envelope, RcptState, new_queue_id, open_store
+from engine.policy.models import Action
+from engine.store import open_store
+from engine.store.base import Accepted, AttemptRecord, CopyPlan, Envelope, RcptState, new_queue_id
 
 RAW = b"From: alice@example.com\r\nSubject: Quarterly report\r\n\r\nFigures attached.\r\n"
 HOUR = 3600.0
@@ -18,14 +20,14 @@ runner = CliRunner()
 
 
 def accepted(tenant: str, *rcpts: str) -> Accepted:
-    verdict = {"action": "deliver", "score": 0.0, "reason": "score", "hits": []}
     return Accepted(
         queue_id=new_queue_id(),
         raw=RAW,
         envelope=Envelope("alice@example.com", rcpts, "203.0.113.9", "mail.example.com", time.time()),
+        subject="Quarterly report",
         policy_version="v1",
-        verdict=verdict,
-        copies=(CopyPlan(tenant, rcpts, "deliver", b"", None, verdict),),
+        verdict={"action": "deliver"},
+        copies=(CopyPlan(tenant, rcpts, Action.deliver, b""),),
         archive=False,
     )
 

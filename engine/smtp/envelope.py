@@ -1,0 +1,24 @@
+"""The per-transaction state of an SMTP session: aiosmtpd's `Envelope` plus the evaluation.
+
+`GatewaySMTP._create_envelope` (aiosmtpd's envelope factory, called at connect, after RSET and
+after each DATA) makes one of these, so the state of a transaction lives and dies with aiosmtpd's
+envelope and needs no attributes set on aiosmtpd's own objects.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiosmtpd.smtp import Envelope
+
+from engine.graph.transaction import Evaluation
+
+
+class GatewayEnvelope(Envelope):
+    """aiosmtpd's envelope with the transaction's `Evaluation` (None until MAIL FROM)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.evaluation: Evaluation | None = None
+        self.started = time.monotonic()
+        self.refused: list[str] = []  # "rcpt: reply" of refused recipients, for the transaction log
