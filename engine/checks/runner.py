@@ -37,14 +37,14 @@ from typing import Any
 
 from engine.checks import clamd, dnsbl
 from engine.checks.arc import ArcResult, verify_arc
-from engine.checks.authres import authentication_results
+from engine.checks.authres import authentication_results, header_field, strip_authentication_results
 from engine.checks.dkim import DkimResult, verify_dkim
 from engine.checks.dmarc import DmarcResult, check_dmarc
 from engine.checks.spf import SpfResult, check_spf
-from engine.dns.resolver import DnsAnswer
+from engine.dns.resolver import DnsAnswer, Resolver
 from engine.graph.verdict import KIND_ANTIVIRUS, Hit
 from engine.mime.view import MessageView
-from engine.policy.models import Action, Checks
+from engine.policy.models import Action, Checks, DnsSettings, Gateway
 
 KIND_CHECK = "check"
 SOURCE = "gateway.yaml checks"
@@ -102,6 +102,11 @@ class CheckReport:
     def to_json(self) -> dict[str, Any]:
         return {"elapsed_ms": round(self.elapsed * 1000, 1), "lookups": [lookup.to_json() for lookup in self.lookups]}
 
+    def authentication_results_field(self, authserv_id: str) -> bytes:
+        """The whole Authentication-Results field (CRLF-terminated), or b"" when no check ran."""
+        value = self.authentication_results(authserv_id)
+        return header_field(value) if value is not None else b""
+
     def authentication_results(self, authserv_id: str) -> str | None:
         """The Authentication-Results value (RFC 8601) of the checks that ran; None when none did."""
         spf, dkim = self.results.get("spf"), self.results.get("dkim")
@@ -154,7 +159,8 @@ class CheckRun:
         async def bounded() -> Any:
             return await asyncio.wait_for(coro, limit + 0.5)  # the checks stop themselves at `limit`
 
-        self._tasks[name] = asyncio.ensure_future(bounded())
+        task = self._tasks[name] = asyncio.ensure_future(bounded())
+        task.add_done_callback(_retrieve)  # a check nobody waits for (the client left) logs nothing
 
     def _dns(self, check: str) -> RecordingResolver:
         return RecordingResolver(self._resolver, check, self._lookups)
@@ -378,6 +384,11 @@ class CheckRun:
         return [Hit("antivirus:error", kind, 0.0, antivirus.on_error, source, message or f"not scanned: {reason}")]
 
 
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 async def _settled(task: asyncio.Task[Any] | None) -> Any:
     """The task's result once it ends; None when it failed, timed out or was cancelled."""
     if task is None:
@@ -387,3 +398,46 @@ async def _settled(task: asyncio.Task[Any] | None) -> Any:
     except (asyncio.CancelledError, Exception):
         return None
 
+
+
+def checks_configured(checks: Checks) -> bool:
+    """Whether `checks` asks for any external check (DNSBL, URIBL, SPF, DKIM, DMARC, ARC, clamd)."""
+    return bool(
+        checks.dnsbl or checks.uribl or checks.antivirus is not None
+        or checks.spf.enabled or checks.dkim.enabled or checks.dmarc.enabled or checks.arc.enabled
+    )
+
+
+class Checker:
+    """Makes the `CheckRun` of each transaction, all sharing one resolver (one TTL cache) that
+    follows the current policy's `dns:` settings across reloads."""
+
+    def __init__(self) -> None:
+        self._resolver: Resolver | None = None
+        self._settings: DnsSettings | None = None
+
+    def resolver(self, settings: DnsSettings) -> Resolver:
+        if self._resolver is None:
+            self._resolver = Resolver(settings)
+        elif settings != self._settings:
+            self._resolver.configure(settings)
+        self._settings = settings
+        return self._resolver
+
+    def begin(self, gateway: Gateway, client_ip: str, helo: str) -> CheckRun | None:
+        """A started run for one transaction (DNSBL under way), or None when no check is configured."""
+        if not checks_configured(gateway.checks):
+            return None
+        run = CheckRun(gateway.checks, self.resolver(gateway.dns), hostname=gateway.hostname)
+        run.connect(client_ip, helo)
+        return run
+
+
+def strip_forged_authentication_results(raw: bytes, hostname: str) -> bytes:
+    """`raw` without incoming Authentication-Results fields claiming our authserv-id (RFC 8601 §5);
+    the message is only rewritten when its header section mentions the field at all."""
+    end = raw.find(b"\r\n\r\n")
+    head = raw if end < 0 else raw[:end]
+    if b"authentication-results" not in head.lower():
+        return raw
+    return strip_authentication_results(raw, hostname)
