@@ -4,6 +4,7 @@ never answers. Each listens on 127.0.0.1 on a free port, is started by the test 
 
 from __future__ import annotations
 
+import base64
 import io
 import socket
 import subprocess
@@ -13,11 +14,29 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from tests.integration.conftest import LOCALHOST, free_port, stop, wait_port
 
 # The EICAR test file (https://www.eicar.org/download-anti-malware-testfile/), split so that this
 # source file itself is not a detection.
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+@dataclass(frozen=True)
+class Key:
+    pem: bytes
+    record: str  # the TXT record text, split in 255-byte strings for the zone file
+
+
+def make_key() -> Key:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    text = "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode()
+    return Key(pem, " ".join(f'"{text[i:i + 250]}"' for i in range(0, len(text), 250)))
 
 
 def eicar_zip() -> bytes:

@@ -4,36 +4,16 @@ hit (score, action) under the policy, the ARC override by a trusted sealer, Auth
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from engine.checks.runner import CheckReport, CheckRun
 from engine.dns.resolver import Resolver
 from engine.mime.view import parse_message
 from engine.policy.models import Action, Checks, DnsSettings
-from tests.integration.check_peers import Nsd
-
-
-@dataclass(frozen=True)
-class Key:
-    pem: bytes
-    record: str  # the TXT record text, split in 255-byte strings for the zone file
-
-
-def make_key() -> Key:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                            serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    text = "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode()
-    return Key(pem, " ".join(f'"{text[i:i + 250]}"' for i in range(0, len(text), 250)))
-
+from tests.integration.check_peers import Nsd, make_key
 
 SENDER_KEY = make_key()
 LIST_KEY = make_key()
