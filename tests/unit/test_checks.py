@@ -157,3 +157,40 @@ def test_check_condition_matches_check_results() -> None:
     assert index.matching_rules(view, frozenset({"spf:softfail", "dnsbl:bl.example"})) == [0, 1, 3]
     assert index.matching_rules(view, frozenset({"spf:pass", "dmarc:reject"})) == [2]
     assert index.matching_rules(view, frozenset({"spf:pass", "virus:Eicar"})) == [4]
+
+
+# ---------------------------------------------------------------- in the graph
+
+
+def test_tenant_overrides_and_check_rules_in_the_verdict(tmp_path: Path) -> None:
+    from engine.graph.compiler import load_graph
+    from engine.graph.transaction import simulate
+    from engine.graph.verdict import KIND_ANTIVIRUS, Hit
+
+    gateway = "hostname: mx.example.com\nchecks:\n  spf: {enabled: true}\n  dnsbl: [{zone: bl.example}]\n" \
+              "  antivirus: {clamd: 'tcp://127.0.0.1:3310'}\nrules: [r]\n"
+    rules = "name: r\nrules:\n  - {id: spf-softfail-hold, when: {check: spf, result: [softfail]}, " \
+            "then: {action: quarantine}}\n"
+    beta = "name: beta\ndomains: [beta.example]\nroutes: [{host: mail.beta.example}]\nlists: [allow]\n" \
+           "checks:\n  spf:fail: {score: 20}\n  dnsbl:*: {action: reject}\n"
+    allow = "name: allow\naction: allow\nsenders: ['*@friend.example']\n"
+    write_policy(tmp_path, {"gateway.yaml": gateway, "rules/r.yaml": rules, "tenants/beta.yaml": beta,
+                            "lists/allow.yaml": allow})
+    result = load_graph(tmp_path)
+    assert result.graph is not None, result.problems
+    graph = result.graph
+    def verdicts(*hits: Hit, sender: str = "a@sender.example") -> dict[str, tuple[str, float]]:
+        raw = f"From: {sender}\r\nSubject: hi\r\n\r\nhello\r\n".encode()
+        outcome = simulate(graph, raw=raw, mail_from=sender, rcpts=["x@acme.example", "y@beta.example"],
+                           client_ip="192.0.2.1", external_hits=hits)
+        return {name: (v.action.value, v.score) for name, v in outcome.decision.tenants.items()}
+
+    spf_fail = Hit("spf:fail", "check", 3.0)
+    assert verdicts(spf_fail) == {"acme": ("tag", 3.0), "beta": ("reject", 20.0)}  # beta's own score
+    listed = Hit("dnsbl:bl.example", "check", 5.0)
+    assert verdicts(listed) == {"acme": ("tag", 5.0), "beta": ("reject", 5.0)}  # beta's own action (dnsbl:*)
+    assert verdicts(Hit("spf:softfail", "check", 1.0)) == {"acme": ("quarantine", 1.0), "beta": ("quarantine", 1.0)}
+    virus = Hit("virus:Eicar", KIND_ANTIVIRUS, 0.0, m.Action.reject, "", "virus found")
+    # a virus overrides beta's allow list; without it the allow list delivers
+    assert verdicts(virus, sender="a@friend.example")["beta"] == ("reject", 0.0)
+    assert verdicts(sender="a@friend.example")["beta"] == ("deliver", 0.0)
