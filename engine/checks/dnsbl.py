@@ -12,6 +12,9 @@ Contract (detection only; what a listing does is the policy's business):
   how long it took.
 Link domains (`link_domains`) are the registrable domains (public suffix list) of the http(s)
 and `www.` links in the text and HTML parts, at most `limit` distinct ones in order of appearance.
+Given the message's MIME view, the raw message (quoted-printable soft line breaks removed) and
+the view's decoded texts are searched, without a second MIME parse; only a base64-encoded HTML
+part (whose href targets the view does not keep) needs the stdlib parser (`needs_full_parse`).
 """
 
 from __future__ import annotations
@@ -21,14 +24,15 @@ import email
 import email.policy
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from publicsuffixlist import PublicSuffixList
 
 from engine.dns.resolver import DnsAnswer
+from engine.mime.view import MessageView
 
 ListStatus = Literal["listed", "clean", "error"]
 
@@ -36,6 +40,9 @@ _REFUSED = ipaddress.ip_network("127.255.255.0/24")
 _LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 # A link's host: after a scheme (http, https) or a bare "www." start.
 _LINK_HOST = re.compile(r"(?i)(?:\bhttps?://(?:[^\s/@<>\"']*@)?|\bwww\.)([a-z0-9\u00a1-\uffff][a-z0-9.\u00a1-\uffff-]*)")
+_LINK_HOST_BYTES = re.compile(rb"(?i)(?:\bhttps?://(?:[^\s/@<>\"']*@)?|\bwww\.)([a-z0-9][a-z0-9.-]*)")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_BASE64_PART = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*base64")
 _MAX_SCAN_BYTES = 2_000_000  # text bytes searched for links per message
 
 
@@ -186,23 +193,49 @@ def _texts(raw: bytes) -> Iterable[str]:
             return
 
 
-def link_domains(raw: bytes, limit: int) -> tuple[str, ...]:
-    """Registrable domains of the links in the message's text and HTML parts, at most `limit`."""
+def needs_full_parse(raw: bytes, view: MessageView) -> bool:
+    """Whether link extraction needs the stdlib parser: an HTML part may be base64-encoded."""
+    return "text/html" in view.content_types and _BASE64_PART.search(raw, 0, _MAX_SCAN_BYTES) is not None
+
+
+def link_domains(raw: bytes, limit: int, view: MessageView | None = None) -> tuple[str, ...]:
+    """Registrable domains of the links in the message's text and HTML parts, at most `limit`.
+
+    With `view` (and no base64 HTML part, see `needs_full_parse`) the raw bytes and the view's
+    decoded texts are searched; without it every text part is decoded by the stdlib parser."""
     found: dict[str, None] = {}
     if limit <= 0:
         return ()
-    try:
-        texts = list(_texts(raw))
-    except Exception:  # a message the stdlib parser chokes on has no links we can read
-        return ()
-    for text in texts:
-        for match in _LINK_HOST.finditer(text):
-            host = match.group(1).rstrip(".-")
-            if match.group(0).lower().startswith("www."):
-                host = "www." + host
-            domain = registrable_domain(host)
-            if domain is not None and domain not in found:
-                found[domain] = None
-                if len(found) >= limit:
-                    return tuple(found)
+    hosts: list[str] = []
+    if view is not None and not needs_full_parse(raw, view):
+        end = _HEADER_END.search(raw)
+        start = end.end() if end is not None else 0  # the body: links in header fields do not count
+        data = raw[start:start + _MAX_SCAN_BYTES].replace(b"=\r\n", b"").replace(b"=\n", b"")  # QP soft breaks
+        hosts.extend(_hosts(_LINK_HOST_BYTES.finditer(data), bytes))
+        if _BASE64_PART.search(raw, 0, _MAX_SCAN_BYTES):  # base64 text/plain: its decoded text
+            for text in view.texts:
+                hosts.extend(_hosts(_LINK_HOST.finditer(text), str))
+    else:
+        try:
+            texts = list(_texts(raw))
+        except Exception:  # a message the stdlib parser chokes on has no links we can read
+            return ()
+        for text in texts:
+            hosts.extend(_hosts(_LINK_HOST.finditer(text), str))
+    for host in hosts:
+        domain = registrable_domain(host)
+        if domain is not None and domain not in found:
+            found[domain] = None
+            if len(found) >= limit:
+                break
     return tuple(found)
+
+
+def _hosts(matches: Iterable[re.Match[Any]], kind: type) -> Iterator[str]:
+    for match in matches:
+        host = match.group(1)
+        start = match.group(0)[:4]
+        if kind is bytes:
+            host, start = host.decode("ascii"), start.decode("ascii")
+        host = host.rstrip(".-")
+        yield "www." + host if start.lower() == "www." else host

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.checks import clamd, dnsbl
+from engine.checks import clamd, dkim_speedups, dnsbl
 from engine.checks.arc import ArcResult, verify_arc
 from engine.checks.authres import authentication_results, header_field, strip_authentication_results
 from engine.checks.dkim import DkimResult, verify_dkim
@@ -45,6 +45,8 @@ from engine.dns.resolver import DnsAnswer, Resolver
 from engine.graph.verdict import KIND_ANTIVIRUS, Hit
 from engine.mime.view import MessageView
 from engine.policy.models import Action, Checks, DnsSettings, Gateway
+
+dkim_speedups.install()
 
 KIND_CHECK = "check"
 SOURCE = "gateway.yaml checks"
@@ -157,7 +159,8 @@ class CheckRun:
         limit = self.checks.timeout if timeout is None else timeout
 
         async def bounded() -> Any:
-            return await asyncio.wait_for(coro, limit + 0.5)  # the checks stop themselves at `limit`
+            async with asyncio.timeout(limit + 0.5):  # the checks stop themselves at `limit`
+                return await coro
 
         task = self._tasks[name] = asyncio.ensure_future(bounded())
         task.add_done_callback(_retrieve)  # a check nobody waits for (the client left) logs nothing
@@ -237,7 +240,7 @@ class CheckRun:
     def _start_content(self, raw: bytes, view: MessageView) -> None:
         checks = self.checks
         if checks.uribl and checks.max_link_domains:
-            self._start("uribl-links", self._link_lookups(raw))
+            self._start("uribl-links", self._link_lookups(raw, view))
         if checks.dkim.enabled or checks.dmarc.enabled:
             self._start("dkim", verify_dkim(self._dns("dkim"), raw, timeout_budget=checks.timeout))
         if checks.arc.enabled:
@@ -250,8 +253,12 @@ class CheckRun:
                                                 chunk_size=antivirus.chunk_size),
                         timeout=antivirus.timeout + 1)
 
-    async def _link_lookups(self, raw: bytes) -> tuple[dnsbl.ListResult, ...]:
-        domains = await asyncio.to_thread(dnsbl.link_domains, raw, self.checks.max_link_domains)
+    async def _link_lookups(self, raw: bytes, view: MessageView) -> tuple[dnsbl.ListResult, ...]:
+        limit = self.checks.max_link_domains
+        if dnsbl.needs_full_parse(raw, view):  # base64 HTML: decoded by the stdlib parser, off the loop
+            domains = await asyncio.to_thread(dnsbl.link_domains, raw, limit)
+        else:
+            domains = dnsbl.link_domains(raw, limit, view)
         return await dnsbl.check_domains(self._dns("uribl"), domains, self.checks.uribl)
 
     async def _dmarc(self, view: MessageView) -> DmarcResult | None:
@@ -415,6 +422,7 @@ class Checker:
     def __init__(self) -> None:
         self._resolver: Resolver | None = None
         self._settings: DnsSettings | None = None
+        dnsbl.registrable_domain("warm.example")  # parse the public suffix list now, not in a transaction
 
     def resolver(self, settings: DnsSettings) -> Resolver:
         if self._resolver is None:

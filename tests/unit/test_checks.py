@@ -71,6 +71,27 @@ def test_link_domains_registrable_deduplicated_and_bounded() -> None:
     assert dnsbl.link_domains(b"\xff\xfe garbage", 5) == ()
 
 
+def test_link_domains_from_the_view_match_a_full_parse() -> None:
+    from email.message import EmailMessage
+
+    def build(html_cte: str | None, text_cte: str) -> bytes:
+        msg = EmailMessage()
+        msg["From"] = "a@b.example"
+        msg["List-Unsubscribe"] = "<https://unsubscribe.example/x>"
+        msg.set_content("plain www.plain-link.example and https://shared.example/", cte=text_cte)
+        if html_cte is not None:
+            long_path = "p" * 90
+            msg.add_alternative(f'<a href="https://very-long-name-for-a-domain.example/{long_path}">x</a>'
+                                '<a href="http://shared.example/">y</a>', subtype="html", cte=html_cte)
+        return msg.as_bytes()
+
+    for html_cte, text_cte in [("7bit", "7bit"), ("quoted-printable", "quoted-printable"), (None, "base64"),
+                               ("base64", "7bit")]:
+        raw = build(html_cte, text_cte)
+        assert dnsbl.link_domains(raw, 10, parse_message(raw)) == dnsbl.link_domains(raw, 10), (html_cte, text_cte)
+        assert "unsubscribe.example" not in dnsbl.link_domains(raw, 10, parse_message(raw))
+
+
 # ---------------------------------------------------------------- clamd
 
 
@@ -194,3 +215,28 @@ def test_tenant_overrides_and_check_rules_in_the_verdict(tmp_path: Path) -> None
     # a virus overrides beta's allow list; without it the allow list delivers
     assert verdicts(virus, sender="a@friend.example")["beta"] == ("reject", 0.0)
     assert verdicts(sender="a@friend.example")["beta"] == ("deliver", 0.0)
+
+
+def test_dkim_rsa_speedup_answers_as_dkimpy() -> None:
+    import hashlib
+
+    import dkim.crypto
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+
+    from engine.checks import dkim_speedups
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    public = dkim.crypto.parse_public_key(der)
+    cases = []
+    for name, algorithm in (("sha256", hashes.SHA256()), ("sha1", hashes.SHA1())):
+        digest = hashlib.new(name, b"the signed headers")
+        signature = key.sign(digest.digest(), padding.PKCS1v15(), utils.Prehashed(algorithm))
+        broken = bytes([signature[0] ^ 1]) + signature[1:]
+        cases += [(digest, signature), (digest, broken), (hashlib.new(name, b"other"), signature),
+                  (digest, signature + b"\0"), (digest, b"\0" * 8)]
+    original, fast = dkim.crypto.RSASSA_PKCS1_v1_5_verify, dkim_speedups.rsassa_pkcs1_v1_5_verify
+    answers = [(original(h, s, public), fast(h, s, public)) for h, s in cases]
+    assert [a for a, _ in answers] == [b for _, b in answers]
+    assert [a for a, _ in answers].count(True) == 2
