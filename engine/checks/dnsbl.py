@@ -154,6 +154,7 @@ def _psl() -> PublicSuffixList:
     return PublicSuffixList()
 
 
+@lru_cache(maxsize=4096)
 def registrable_domain(host: str) -> str | None:
     """The registrable domain (public suffix + one label) of a host name; None for IPs and suffixes."""
     host = host.strip().strip(".").lower()
@@ -164,10 +165,11 @@ def registrable_domain(host: str) -> str | None:
         return None
     except ValueError:
         pass
-    try:
-        host = host.encode("idna").decode("ascii")
-    except UnicodeError:
-        return None
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
     domain = _psl().privatesuffix(host)
     return str(domain) if domain else None
 
