@@ -259,6 +259,8 @@ class CheckRun:
             domains = await asyncio.to_thread(dnsbl.link_domains, raw, limit)
         else:
             domains = dnsbl.link_domains(raw, limit, view)
+        sender_domain = self.sender.rpartition("@")[2].lower()  # asked at MAIL already
+        domains = tuple(domain for domain in domains if domain != sender_domain)
         return await dnsbl.check_domains(self._dns("uribl"), domains, self.checks.uribl)
 
     async def _dmarc(self, view: MessageView) -> DmarcResult | None:

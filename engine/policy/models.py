@@ -364,7 +364,9 @@ class Antivirus(PolicyModel):
         default=Action.tempfail,
         description="Action when clamd cannot be asked (down, timeout, over its StreamMaxLength).",
     )
-    timeout: float = Field(default=30.0, gt=0, description="Seconds one scan may take (connect included).")
+    timeout: float = Field(
+        default=15.0, gt=0, description="Seconds one scan may take (connect included); keep it below checks.budget."
+    )
     chunk_size: int = Field(
         default=65_536, ge=1024, le=16_777_216,
         description="INSTREAM chunk size in bytes; keep it below clamd's StreamMaxLength.",
