@@ -336,6 +336,12 @@ def _check_settings(source: PolicySource) -> Iterator[Problem]:
             "error", ("checks", "arc", "trusted_sealers"),
             "checks.arc.trusted_sealers needs arc and dmarc enabled (a trusted chain overrides DMARC failures)",
         )
+    if checks.antivirus is not None and checks.antivirus.timeout >= checks.budget:
+        yield gateway.problem(
+            "warning", ("checks", "antivirus"),
+            f"checks.antivirus.timeout {checks.antivirus.timeout:g} s is not below checks.budget {checks.budget:g} s:"
+            " a slow scan is cut at the budget and the message gets on_error",
+        )
     running = _running_checks(checks)
     for loaded in source.rulesets:
         for index, rule in enumerate(loaded.model.rules):
