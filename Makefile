@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 # Debian packages the integration tests drive: swaks (SMTP client), openssl (test certificates), postfix (smtp-sink,
-# smtp-source), dnsmasq-base (a DNS server on loopback: MX lookups for DSNs). Installed without starting the system
-# Postfix.
+# smtp-source), dnsmasq-base and nsd (DNS servers on loopback), clamav + clamav-daemon (clamd and sigtool; the tests
+# build their own signature database), bind9-utils (named-checkzone), opendkim-tools (an independent DKIM verifier),
+# git (policy repositories). Installed without starting any system service (policy-rc.d refuses them).
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \

@@ -34,17 +34,12 @@ from engine.policy.models import Gateway
 from engine.relay.process import RelayProcess
 from engine.smtp.handler import InboundHandler
 from engine.smtp.protocol import ConnectionLimits, GatewaySMTP, install_aiosmtpd_speedups
-from engine.store import open_store
+from engine.store import open_store, state_dir
 from engine.store.base import Store
 
 log = logging.getLogger("liveprism.serve")
 SHUTDOWN_GRACE = 30.0
 PURGE_INTERVAL = 3600.0
-
-
-def state_dir(gateway: Gateway, override: Path | None) -> Path:
-    """`--state` if given, else `storage.path` relative to the working directory."""
-    return override if override is not None else Path(gateway.storage.path)
 
 
 @contextlib.contextmanager
@@ -160,6 +155,6 @@ def run_serve(policy_dir: Path, state_override: Path | None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
-    service = GatewayService(LivePolicy(policy_dir, graph), state_dir(graph.gateway, state_override))
+    service = GatewayService(LivePolicy(policy_dir, graph), state_dir(graph.gateway.storage, state_override))
     aio.run(service.run())
     return 0

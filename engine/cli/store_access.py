@@ -15,7 +15,7 @@ from typing import Annotated, NoReturn, TypeVar
 
 import typer
 
-from engine.store import open_store
+from engine.store import open_store, state_dir
 from engine.store.base import Store
 from engine.store.sqlite import DB_NAME
 
@@ -30,7 +30,7 @@ PolicyArgument = Annotated[
 ]
 
 
-def state_dir(state: Path | None, policy: Path) -> Path:
+def store_dir(state: Path | None, policy: Path) -> Path:
     """The store's directory: `--state`, else `storage.path` of the policy's gateway.yaml."""
     if state is not None:
         return state
@@ -43,7 +43,7 @@ def state_dir(state: Path | None, policy: Path) -> Path:
     storage = source.gateway.model.storage
     if storage.url is not None:
         fail(f"storage.url ({storage.url}) is not supported by this command; pass --state DIR")
-    return Path(storage.path)
+    return state_dir(storage)
 
 
 def fail(message: str) -> NoReturn:
@@ -54,7 +54,7 @@ def fail(message: str) -> NoReturn:
 
 def with_store(state: Path | None, policy: Path, action: Callable[[Store], Awaitable[T]]) -> T:
     """Run `action` on the store (opened as a non-owner, closed afterwards); exit 1 if there is none."""
-    directory = state_dir(state, policy)
+    directory = store_dir(state, policy)
     if not (directory / DB_NAME).is_file():
         fail(f"no LivePrism store in {directory}")
 

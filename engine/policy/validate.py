@@ -48,6 +48,7 @@ def validate_policy(source: PolicySource) -> tuple[Problem, ...]:
             _bad_regexes,
             _tenants_without_routes,
             _settings_that_cannot_work,
+            _not_supported_yet,
             _allowed_and_blocked,
             _names_match_files,
             _tracked_secrets,
@@ -155,6 +156,25 @@ def _tenants_without_routes(source: PolicySource) -> Iterator[Problem]:
             yield loaded.problem(
                 "error", path, f"tenant '{loaded.model.name}' has no routes: accepted mail could not be delivered"
             )
+
+
+def _not_supported_yet(source: PolicySource) -> Iterator[Problem]:
+    """Keys of DESIGN.md that the gateway does not carry out yet: an error, so that nobody believes
+    a setting protects them while it is ignored; a warning where the setting is used, but only
+    in part (tenants' outbound settings drive `explain --direction outbound`, not mail yet)."""
+    gateway = source.gateway
+    if gateway is not None:
+        if "outbound" in gateway.model.listeners.model_fields_set:
+            yield gateway.problem("error", ("listeners", "outbound"),
+                                  "not supported yet: the outbound listener is not built; remove listeners.outbound")
+        if gateway.model.storage.url is not None:
+            yield gateway.problem("error", ("storage", "url"),
+                                  "not supported yet: a server database; remove storage.url to use the embedded store")
+    for loaded in source.tenants:
+        if loaded.model.outbound.model_fields_set:
+            yield loaded.problem("warning", ("outbound",),
+                                 "outbound mail is not relayed yet (no outbound listener): these settings are used by"
+                                 " `explain --direction outbound` and `liveprism dns` only; nothing is signed or sent")
 
 
 def _settings_that_cannot_work(source: PolicySource) -> Iterator[Problem]:

@@ -32,7 +32,8 @@ from typing import Literal
 
 import aiosmtplib
 
-from engine.policy.models import Route, RouteTls
+from engine.policy.models import RouteTls
+from engine.relay.nexthop import Hop
 
 log = logging.getLogger("liveprism.relay")
 
@@ -44,9 +45,9 @@ Outcome = Literal["delivered", "failed", "retry"]
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
-    """An SMTP reply; `code` 0 is a local diagnostic (no reply, no route), its text starting
-    with an RFC 3463 status whose class says whether it is permanent."""
+class HopReply:
+    """What a hop (a remote SMTP server) answered; `code` 0 is a local diagnostic (no reply, no
+    route), its text starting with an RFC 3463 status whose class says whether it is permanent."""
 
     code: int
     text: str
@@ -63,8 +64,8 @@ class Reply:
         return "retry"
 
 
-def _reply(code: int, message: str) -> Reply:
-    return Reply(code, " ".join(message.split()))
+def _reply(code: int, message: str) -> HopReply:
+    return HopReply(code, " ".join(message.split()))
 
 
 @dataclass(slots=True)
@@ -83,12 +84,12 @@ class Connection:
 class HopFailure:
     """The hop could not be used at all; every recipient is retried on the next hop (a 4.x.x `reply`)."""
 
-    reply: Reply
+    reply: HopReply
 
 
 @dataclass(frozen=True, slots=True)
 class TransactionResult:
-    replies: dict[str, Reply]  # one per recipient given
+    replies: dict[str, HopReply]  # one per recipient given
     reusable: bool  # the session is clean and may carry the next message
     stale: bool = False  # a pooled session was dead before the first reply: retry on a fresh one
 
@@ -127,7 +128,7 @@ class SmtpPool:
         self.connections_opened = 0
 
     async def acquire(
-        self, hop: Route, connect_timeout: float, abort: asyncio.Event, *, fresh: bool = False
+        self, hop: Hop, connect_timeout: float, abort: asyncio.Event, *, fresh: bool = False
     ) -> Connection | HopFailure | None:
         """A clean session to `hop` (pooled unless `fresh`); the caller must `release` it.
 
@@ -194,7 +195,7 @@ class SmtpPool:
         self._destinations = {key: dest for key, dest in self._destinations.items() if dest.users}
         await asyncio.gather(*(_quit(c) for c in idle))
 
-    async def _connect(self, hop: Route, connect_timeout: float, *, tls: bool) -> Connection | HopFailure:
+    async def _connect(self, hop: Hop, connect_timeout: float, *, tls: bool) -> Connection | HopFailure:
         client = aiosmtplib.SMTP(
             hostname=hop.host,
             port=hop.port,
@@ -213,18 +214,18 @@ class SmtpPool:
                 except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
                     client.close()
                     if hop.tls is RouteTls.required:
-                        return HopFailure(Reply(0, f"4.7.5 TLS with {hop.label} failed: {exc}"))
+                        return HopFailure(HopReply(0, f"4.7.5 TLS with {hop.label} failed: {exc}"))
                     log.info("relay=%s tls=failed fallback=plaintext error=%r", hop.label, str(exc))
                     return await self._connect(hop, connect_timeout, tls=False)
             elif hop.tls is RouteTls.required:
                 await _quit_client(client)
-                return HopFailure(Reply(0, f"4.7.4 {hop.label} does not offer STARTTLS and the route requires TLS"))
+                return HopFailure(HopReply(0, f"4.7.4 {hop.label} does not offer STARTTLS and the route requires TLS"))
         except aiosmtplib.SMTPResponseException as exc:  # refused greeting or EHLO/HELO: try the next hop
             client.close()
-            return HopFailure(Reply(0, f"4.4.1 {hop.label} refused the session: {_reply(exc.code, exc.message)}"))
+            return HopFailure(HopReply(0, f"4.4.1 {hop.label} refused the session: {_reply(exc.code, exc.message)}"))
         except (aiosmtplib.SMTPException, OSError) as exc:  # refused, unreachable, timed out, dropped
             client.close()
-            return HopFailure(Reply(0, f"4.4.1 cannot talk to {hop.label}: {exc}"))
+            return HopFailure(HopReply(0, f"4.4.1 cannot talk to {hop.label}: {exc}"))
         tls_active = client.get_transport_info("sslcontext") is not None
         return Connection((hop.host, hop.port, hop.tls), hop.label, client, tls_active)
 
@@ -284,7 +285,7 @@ async def transaction(conn: Connection, mail_from: str, rcpts: list[str], data: 
     encoding = "ascii"
     if not all(address.isascii() for address in (mail_from, *rcpts)):
         if not client.supports_extension("smtputf8"):
-            refusal = Reply(0, f"5.6.7 {conn.label} does not support SMTPUTF8, needed for these addresses")
+            refusal = HopReply(0, f"5.6.7 {conn.label} does not support SMTPUTF8, needed for these addresses")
             return TransactionResult(dict.fromkeys(rcpts, refusal), reusable=True)
         options.append("SMTPUTF8")
         encoding = "utf-8"
@@ -298,10 +299,10 @@ async def transaction(conn: Connection, mail_from: str, rcpts: list[str], data: 
         )
     except (aiosmtplib.SMTPException, OSError) as exc:
         client.close()
-        lost = Reply(0, f"4.4.2 connection to {conn.label} lost at MAIL: {exc}")
+        lost = HopReply(0, f"4.4.2 connection to {conn.label} lost at MAIL: {exc}")
         return TransactionResult(dict.fromkeys(rcpts, lost), reusable=False, stale=conn.reused)
 
-    replies: dict[str, Reply] = {}
+    replies: dict[str, HopReply] = {}
     accepted: list[str] = []
     for rcpt in rcpts:
         try:
@@ -312,7 +313,7 @@ async def transaction(conn: Connection, mail_from: str, rcpts: list[str], data: 
             replies[rcpt] = _reply(code, exc.message)
         except (aiosmtplib.SMTPException, OSError) as exc:
             client.close()
-            lost = Reply(0, f"4.4.2 connection to {conn.label} lost at RCPT: {exc}")
+            lost = HopReply(0, f"4.4.2 connection to {conn.label} lost at RCPT: {exc}")
             return TransactionResult({r: replies.get(r, lost) for r in rcpts}, reusable=False)
         else:
             accepted.append(rcpt)
@@ -328,7 +329,7 @@ async def transaction(conn: Connection, mail_from: str, rcpts: list[str], data: 
         # The end of DATA may have reached the server: retrying may deliver twice, which
         # RFC 5321 §6.1 prefers to losing the message.
         client.close()
-        replies.update(dict.fromkeys(accepted, Reply(0, f"4.4.2 connection to {conn.label} lost at DATA: {exc}")))
+        replies.update(dict.fromkeys(accepted, HopReply(0, f"4.4.2 connection to {conn.label} lost at DATA: {exc}")))
         return TransactionResult(replies, reusable=False)
     replies.update(dict.fromkeys(accepted, _reply(response.code, response.message)))
     return TransactionResult(replies, reusable=True)

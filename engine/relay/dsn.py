@@ -6,7 +6,7 @@ fields (Reporting-MTA, Arrival-Date) and per-recipient fields (Final-Recipient, 
 per RFC 3463, Remote-MTA, Diagnostic-Code, Last-Attempt-Date), and the original header section
 as `text/rfc822-headers`. It is sent from the null reverse-path (RFC 5321 §4.5.5) to the
 envelope sender, marked `Auto-Submitted: auto-replied` (RFC 3834 §5), and queued through the
-store like any accepted message (direction "dsn": routed by the recipient's domain).
+store like any accepted message (outbound, routed by the recipient's domain).
 
 The relay never sends one to the null sender — which also means never for a DSN — and the
 gateway never sends one for mail it rejected or quarantined: those never reach the relay.
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from email.utils import format_datetime
 
 from engine.mime.raw_headers import header_section
-from engine.policy.models import Action
+from engine.policy.models import Action, Direction
 from engine.store.base import Accepted, CopyPlan, Envelope, new_queue_id
 
 DSN_SUBJECT = "Undelivered Mail Returned to Sender"
@@ -168,7 +168,8 @@ def dsn_message(
         queue_id=queue_id,
         raw=raw,
         envelope=Envelope(
-            mail_from="", rcpts=(sender,), client_ip="", helo=reporting_mta, received_at=now, direction="dsn"
+            mail_from="", rcpts=(sender,), client_ip="", helo=reporting_mta, received_at=now,
+            direction=Direction.outbound,
         ),
         subject=DSN_SUBJECT,
         policy_version="",

@@ -27,6 +27,25 @@ from engine.policy.models import DnsSettings, Route, RouteTls
 
 
 @dataclass(frozen=True, slots=True)
+class Hop:
+    """One server to try: a tenant route, or a mail exchanger found in DNS."""
+
+    host: str
+    port: int
+    tls: RouteTls
+    priority: int = 0  # route priority or MX preference: lowest first
+
+    @property
+    def label(self) -> str:
+        """`host:port`, as shown in logs, queue listings and DSNs."""
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def of_route(cls, route: Route) -> Hop:
+        return cls(route.host, route.port, route.tls, route.priority)
+
+
+@dataclass(frozen=True, slots=True)
 class NoRoute:
     """No hop for an address: `permanent` failures bounce, others are retried."""
 
@@ -34,9 +53,9 @@ class NoRoute:
     permanent: bool
 
 
-def ordered(routes: Sequence[Route]) -> list[Route]:
-    """Routes by priority, lowest first; equal priorities shuffled."""
-    return sorted(routes, key=lambda route: (route.priority, random.random()))
+def ordered(routes: Sequence[Route]) -> list[Hop]:
+    """Routes as hops by priority, lowest first; equal priorities shuffled."""
+    return [Hop.of_route(route) for route in sorted(routes, key=lambda route: (route.priority, random.random()))]
 
 
 class NextHops:
@@ -66,7 +85,7 @@ class NextHops:
         """The tenant's routes in the current policy (empty when the tenant is gone)."""
         return self._tenant_routes(tenant)
 
-    async def for_address(self, address: str) -> list[Route] | NoRoute:
+    async def for_address(self, address: str) -> list[Hop] | NoRoute:
         """Ordered hops for mail to `address` (see the module docstring)."""
         domain = address.rpartition("@")[2].strip().lower().rstrip(".")
         if not domain:
@@ -83,10 +102,10 @@ class NextHops:
             return routes or NoRoute(f"4.4.0 tenant {tenant} has no routes", permanent=False)
         return await self._mx_hops(domain)
 
-    def _hop(self, host: str, preference: int) -> Route:
-        return Route(host=host, port=self._mx_port, priority=preference, tls=RouteTls.opportunistic)
+    def _hop(self, host: str, preference: int) -> Hop:
+        return Hop(host, self._mx_port, RouteTls.opportunistic, preference)
 
-    async def _mx_hops(self, domain: str) -> list[Route] | NoRoute:
+    async def _mx_hops(self, domain: str) -> list[Hop] | NoRoute:
         answer = await self._resolver.query(domain, "MX")
         if answer.status == "nxdomain":
             return NoRoute(f"5.1.2 domain {domain} does not exist", permanent=True)
@@ -100,7 +119,7 @@ class NextHops:
             if any(str(exchange) == "." for _, exchange in records):
                 return NoRoute(f"5.1.10 {domain} accepts no mail (null MX, RFC 7505)", permanent=True)
             exchanges = [(pref, exchange.to_text(omit_final_dot=True)) for pref, exchange in records]
-        hops: list[Route] = []
+        hops: list[Hop] = []
         temporary = False
         for preference, host in sorted(exchanges, key=lambda item: (item[0], random.random())):
             addresses, failed = await self._addresses(host)

@@ -35,11 +35,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from engine.policy.models import DeliverySettings, Route
-from engine.relay.client import HopFailure, Reply, SmtpPool, transaction
+from engine.policy.models import DeliverySettings
+from engine.relay.client import HopFailure, HopReply, SmtpPool, transaction
 from engine.relay.compose import build_copy, fold_long_lines
 from engine.relay.dsn import FailedRecipient, dsn_message
-from engine.relay.nexthop import NextHops, NoRoute, ordered
+from engine.relay.nexthop import Hop, NextHops, NoRoute, ordered
 from engine.store.base import AttemptRecord, Delivery, RcptState, RcptStatus, Store, StoreError
 
 log = logging.getLogger("liveprism.relay")
@@ -148,7 +148,7 @@ class RelayWorker:
             log.exception(
                 "queue_id=%s delivery=%d status=deferred reason=internal-error", delivery.queue_id, delivery.id
             )
-            error = (Reply(0, "4.3.0 internal error in the relay"), "")
+            error = (HopReply(0, "4.3.0 internal error in the relay"), "")
             try:  # the usual bookkeeping: backoff, and expiry with a DSN after give_up_after
                 record = self._outcome(delivery, settings, dict.fromkeys(delivery.pending, error), b"")
             except Exception:  # the bookkeeping itself failed: plain retry later
@@ -167,15 +167,15 @@ class RelayWorker:
     async def _deliver(self, delivery: Delivery, settings: DeliverySettings) -> AttemptRecord:
         raw = delivery.raw if delivery.raw is not None else await self._store.read_message(delivery.queue_id)
         pending = list(delivery.pending)
-        replies: dict[str, tuple[Reply, str]] = {}
+        replies: dict[str, tuple[HopReply, str]] = {}
         data = b""
         if raw is None:
-            replies = dict.fromkeys(pending, (Reply(0, "5.3.0 the message is missing from the spool"), ""))
+            replies = dict.fromkeys(pending, (HopReply(0, "5.3.0 the message is missing from the spool"), ""))
             return self._outcome(delivery, settings, replies, data)
         data = fold_long_lines(build_copy(raw, delivery.headers, delivery.subject_prefix))
         hops = await self._hops(delivery)
         if isinstance(hops, NoRoute):
-            replies = dict.fromkeys(pending, (Reply(0, hops.reason), ""))
+            replies = dict.fromkeys(pending, (HopReply(0, hops.reason), ""))
             return self._outcome(delivery, settings, replies, data)
         for hop in hops:
             got = await self._try_hop(hop, delivery.mail_from, pending, data, settings.connect_timeout)
@@ -187,15 +187,15 @@ class RelayWorker:
                 break
         return self._outcome(delivery, settings, replies, data)
 
-    async def _hops(self, delivery: Delivery) -> Sequence[Route] | NoRoute:
+    async def _hops(self, delivery: Delivery) -> Sequence[Hop] | NoRoute:
         if delivery.route_by == "address":
             return await self._next_hops.for_address(delivery.rcpts[0].rcpt)
         routes = ordered(self._next_hops.routes(delivery.tenant))
         return routes or NoRoute(f"4.4.0 tenant {delivery.tenant} has no routes", permanent=False)
 
     async def _try_hop(
-        self, hop: Route, mail_from: str, rcpts: list[str], data: bytes, connect_timeout: float
-    ) -> dict[str, Reply] | None:
+        self, hop: Hop, mail_from: str, rcpts: list[str], data: bytes, connect_timeout: float
+    ) -> dict[str, HopReply] | None:
         """Replies of `hop` for `rcpts`; None when the worker stopped before a session was free."""
         fresh = False
         while True:
@@ -218,7 +218,7 @@ class RelayWorker:
         self,
         delivery: Delivery,
         settings: DeliverySettings,
-        replies: dict[str, tuple[Reply, str]],
+        replies: dict[str, tuple[HopReply, str]],
         copy: bytes,
     ) -> AttemptRecord:
         now = time.time()

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.policy.models import Storage
 from engine.store.base import Store
+
+
+def state_dir(storage: Storage, override: Path | None = None) -> Path:
+    """The state directory: `--state` when given, else `storage.path` relative to the working
+    directory (DESIGN.md: state never lives in the policy repository)."""
+    return override if override is not None else Path(storage.path)
 
 
 def open_store(state_dir: Path, *, owner: bool = True, fsync_commits: bool = True) -> Store:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from engine.graph.verdict import Hit
-from engine.policy.models import Action
+from engine.policy.models import Action, Direction
 
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _TIME_CHARS = 9  # milliseconds since the epoch, base 36: good until the year 5138
@@ -76,7 +76,7 @@ class Envelope:
     client_ip: str
     helo: str
     received_at: float  # unix time
-    direction: str = "inbound"  # inbound: tenant routes; anything else (outbound, dsn): MX of each recipient
+    direction: Direction = Direction.inbound  # outbound: tenants' mail to the world, and DSNs
 
 
 RouteBy = Literal["tenant", "address"]

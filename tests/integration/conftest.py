@@ -207,7 +207,6 @@ def write_policy(
 hostname: mxpath.test.example
 listeners:
   inbound: {{address: 127.0.0.1, port: {port}}}
-  outbound: {{address: 127.0.0.1, port: {free_port()}}}
 limits: {{max_message_size: 200000, max_recipients: 50, max_connections: 200, max_connections_per_ip: 100,
           command_timeout: 60}}
 delivery: {{retry_initial: 1, retry_max: 2, give_up_after: 3600, connect_timeout: 2, mx_port: {mx_port}}}

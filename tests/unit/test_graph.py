@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-from email.message import EmailMessage
-from email.policy import SMTP
 from pathlib import Path
 
 import pytest
@@ -36,10 +34,10 @@ from engine.graph.verdict import (
 )
 from engine.mime.view import parse_message
 from engine.policy.models import Action, Direction
+from tests.example_corpus import CLEAN, EXAMPLE_MESSAGES, GTUBE, message
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "policies"
-GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 NEUTRAL_IP = "192.0.2.1"  # on no list
 SENDER = "news@sender.example"
@@ -178,31 +176,6 @@ def example() -> FilterGraph:
     result = load_graph(EXAMPLE)
     assert result.graph is not None, [p.format_text() for p in result.problems]
     return result.graph
-
-
-def message(
-    body: str = "Hello, the minutes of Monday's meeting are below.\n",
-    *,
-    subject: str = "Meeting minutes",
-    sender: str = "Nora News <news@sender.example>",
-    to: str = "bob@acme.example",
-    attachments: tuple[tuple[str, str, bytes], ...] = (),
-    html: str | None = None,
-) -> bytes:
-    """A realistic message: text (and optional HTML alternative), optional attachments."""
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["Date"] = "Mon, 02 Sep 2024 09:30:00 +0000"
-    msg["Message-ID"] = "<20240902093000.1234@sender.example>"
-    msg.set_content(body)
-    if html is not None:
-        msg.add_alternative(html, subtype="html")
-    for filename, ctype, data in attachments:
-        maintype, subtype = ctype.split("/")
-        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
-    return msg.as_bytes(policy=SMTP)
 
 
 def decide(
@@ -667,131 +640,6 @@ def test_explain_json_clean_message(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- the worked example in policies/
 
-FORWARDED = EmailMessage()
-FORWARDED["From"] = "Tom <tom@vendor.example>"
-FORWARDED["To"] = "carol@sender.example"
-FORWARDED["Subject"] = "Tool for the project"
-FORWARDED.set_content("Here is the updater we talked about.\n")
-FORWARDED.add_attachment(
-    b"MZ\x90\x00" + bytes(200), maintype="application", subtype="octet-stream", filename="updater.exe"
-)
-
-
-def _forward() -> bytes:
-    msg = EmailMessage()
-    msg["From"] = "Carol <carol@sender.example>"
-    msg["To"] = "eve@globex.example"
-    msg["Subject"] = "Fwd: Tool for the project"
-    msg.set_content("See the forwarded message below.\n")
-    msg.add_attachment(FORWARDED)
-    return msg.as_bytes(policy=SMTP)
-
-
-ZIP = b"PK\x03\x04" + bytes(100)
-EXE = b"MZ\x90\x00" + bytes(200)
-
-EXAMPLE_MESSAGES: dict[str, tuple[bytes, set[str]]] = {
-    "gtube": (message(f"Testing the filter:\n\n{GTUBE}\n"), {"gtube"}),
-    "dangerous-attachment": (
-        message(
-            "Please run the attached installer to get the new VPN client.\n",
-            attachments=(("vpn-setup.exe", "application/x-msdownload", EXE),),
-        ),
-        {"dangerous-attachment"},
-    ),
-    "double-extension": (
-        message(
-            "Your invoice is attached.\n",
-            subject="Invoice 2024-0917",
-            attachments=(("Invoice_2024-0917.pdf.scr", "application/octet-stream", EXE),),
-        ),
-        {"double-extension", "dangerous-attachment"},
-    ),
-    "executable-in-forwarded-message": (_forward(), {"executable-in-forwarded-message", "dangerous-attachment"}),
-    "macro-document": (
-        message(
-            "Updated budget attached, please enable editing.\n",
-            attachments=(("budget-q3.xlsm", "application/vnd.ms-excel.sheet.macroEnabled.12", b"PK\x03\x04"),),
-        ),
-        {"macro-document"},
-    ),
-    "disk-image-attachment": (
-        message(
-            "Shipping documents attached.\n",
-            attachments=(("shipment-docs.iso", "application/octet-stream", bytes(512)),),
-        ),
-        {"disk-image-attachment"},
-    ),
-    "html-attachment": (
-        message(
-            "Your secure message is attached. Open it to read.\n",
-            attachments=(("SecureMessage.html", "text/html", b"<form action=https://x.example>"),),
-        ),
-        {"html-attachment"},
-    ),
-    "invoice-lure": (
-        message(
-            "Hello,\n\nOur records show the invoice below is still open. Please arrange the wire transfer\n"
-            "to settle the balance by Friday.\n\nAccounts Receivable\n",
-            subject="Final notice: unpaid invoice #4471",
-        ),
-        {"invoice-lure"},
-    ),
-    "gift-card-lure": (
-        message(
-            "Are you at your desk? I need you to buy 5 Google Play cards for a client, it is urgent.\n"
-            "Keep this discreet, I will explain later. Send me the codes from the back of each gift card.\n",
-            subject="Quick favour",
-            sender="CEO <ceo.office@freemail.example>",
-        ),
-        {"gift-card-lure"},
-    ),
-    "credential-phish": (
-        message(
-            "Dear user,\n\nWe detected a problem with your mailbox. Please verify your account within 24 hours\n"
-            "or it will be closed.\n\nIT Helpdesk\n",
-            subject="Action required",
-        ),
-        {"credential-phish"},
-    ),
-    "lookalike-sender-domain": (
-        message(
-            "Your account has been limited. Log in to restore access.\n",
-            subject="Account limited",
-            sender="PayPal Service <service@paypa1.com>",
-        ),
-        {"lookalike-sender-domain"},
-    ),
-    "urgent-payment-request": (
-        message(
-            "Please process it before noon and confirm when done.\n", subject="Urgent wire needed for the supplier"
-        ),
-        {"urgent-payment-request"},
-    ),
-    "sextortion-bitcoin": (
-        message(
-            "I recorded you through your webcam while you were visiting an adult website.\n"
-            "Send 0.1 BTC to my bitcoin wallet 1A2b3C4d5E6f or your contacts will see everything.\n",
-            subject="Your account was hacked",
-        ),
-        {"sextortion-bitcoin"},
-    ),
-    "encrypted-archive-lure": (
-        message(
-            "The scanned contract is in the attached archive.\nThe archive password is 4471.\n",
-            attachments=(("contract-scan.zip", "application/zip", ZIP),),
-        ),
-        {"encrypted-archive-lure"},
-    ),
-    "quarantine-malformed-mime": (
-        b"From: Nora News <news@sender.example>\r\nTo: bob@globex.example\r\nSubject: Newsletter\r\n"
-        b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed\r\n\r\n--x\r\nContent-Type: text/plain\r\n\r\n"
-        b"This month's news.\r\n--x--\r\n",
-        {"quarantine-malformed-mime"},
-    ),
-}
-
-
 def _global_rule_ids() -> list[str]:
     text = (EXAMPLE / "rules" / "global-content.yaml").read_text()
     return re.findall(r"^\s*-\s*id:\s*([a-z0-9-]+)\s*$", text, re.M)
@@ -810,18 +658,7 @@ def test_example_global_rule_fires(example: FilterGraph, rule_id: str) -> None:
 
 
 def test_example_clean_realistic_message_fires_nothing(example: FilterGraph) -> None:
-    raw = message(
-        "Hi team,\n\nAttached are the minutes of Monday's project meeting and the updated schedule.\n"
-        "Please review the budget figures before Friday; the next milestone review is on the 12th.\n\n"
-        "Thanks,\nNora\n",
-        subject="Minutes: project meeting, Monday",
-        html="<html><body><p>Hi team,</p><p>Attached are the minutes of Monday's project meeting.</p>"
-        "<p>Thanks,<br>Nora</p></body></html>",
-        attachments=(
-            ("minutes.pdf", "application/pdf", b"%PDF-1.7\n" + bytes(100)),
-            ("schedule.xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", ZIP),
-        ),
-    )
+    raw = CLEAN
     decision = decide(
         example,
         raw,
@@ -838,3 +675,57 @@ def test_example_acme_invoice_phish_only_for_acme(example: FilterGraph) -> None:
     assert "invoice-phish" in rule_ids(decision.tenants["acme"])
     assert "invoice-phish" not in rule_ids(decision.tenants["globex"])
     assert decision.tenants["acme"].action is Action.quarantine  # 6.0 >= acme's quarantine_at 5.0
+
+
+# ---------------------------------------------------------------- the transaction object (engine/graph/transaction.py)
+
+
+def test_tempfail_after_another_copys_250_is_held_in_explain_as_in_serve(graph: FilterGraph) -> None:
+    decision, _ = graph.explain(raw=message("acmewait"), mail_from=SENDER, client_ip=NEUTRAL_IP,
+                                rcpts=["bob@acme.example", "eve@globex.example"])
+    assert decision.reply.code == 250
+    acme = decision.tenants["acme"]
+    assert (acme.action, acme.reason) == (Action.quarantine, "tempfail-held")
+    assert {v.tenant for v in decision.copies} == {"acme", "globex"}
+
+
+def test_recipients_keep_their_case_and_duplicates_are_one_recipient(graph: FilterGraph) -> None:
+    evaluation = graph.begin(NEUTRAL_IP, "client.example")
+    assert evaluation.mail(SENDER).code == 250
+    answers = [evaluation.rcpt(rcpt).answer for rcpt in ("Bob@acme.example", "<BOB@ACME.example>", "bob@acme.example")]
+    assert [str(answer) for answer in answers] == ["250 2.1.5 OK"] * 3
+    decision = evaluation.data(parse_message(message()))
+    assert decision.tenants["acme"].recipients == ("Bob@acme.example",)
+
+
+def test_a_refusing_check_hit_refuses_the_transaction_before_data(graph: FilterGraph) -> None:
+    evaluation = graph.begin(NEUTRAL_IP)
+    listed = Hit("dnsbl:zen.example", "dnsbl", 5.0, Action.reject, "gateway.yaml:12")
+    assert evaluation.add_hits([Hit("spf:pass", "spf")]) is None
+    refusal = evaluation.add_hits([listed])
+    assert refusal is not None and str(refusal) == "550 5.7.1 rejected by policy (dnsbl:zen.example)"
+    assert evaluation.mail(SENDER) == refusal  # a refusal is final
+    assert not evaluation.rcpt("bob@acme.example").accepted
+    assert evaluation.finish().stage == "connect" and evaluation.refusal_hit == listed
+
+
+def test_check_hits_handed_in_before_data_count_in_the_verdict(graph: FilterGraph) -> None:
+    evaluation = graph.begin(NEUTRAL_IP)
+    evaluation.add_hits([Hit("spf:softfail", "spf", 3.5)])
+    evaluation.mail(SENDER)
+    evaluation.rcpt("eve@globex.example")
+    verdict = evaluation.data(parse_message(message())).tenants["globex"]
+    assert verdict.score == 3.5 and verdict.action is Action.tag and verdict.hits[0].id == "spf:softfail"
+
+
+def test_the_recipient_limit_counts_accepted_rcpt_commands(tmp_path: Path) -> None:
+    files = dict(POLICY)
+    limit = "hostname: mx.test.example\n        limits: {max_recipients: 2}"
+    files["gateway.yaml"] = files["gateway.yaml"].replace("hostname: mx.test.example", limit)
+    loaded = load_graph(write_policy(tmp_path, files))
+    assert loaded.graph is not None
+    evaluation = loaded.graph.begin(NEUTRAL_IP)
+    evaluation.mail(SENDER)
+    replies = [str(evaluation.rcpt(r).answer) for r in ("a@acme.example", "nobody@nowhere.example",
+                                                          "b@acme.example", "c@acme.example")]
+    assert replies == ["250 2.1.5 OK", "550 5.7.1 relaying denied", "250 2.1.5 OK", "452 4.5.3 too many recipients"]

@@ -16,65 +16,17 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-import dns.message
-import dns.rcode
-import dns.rdatatype
-import dns.rrset
 import pytest
-from aiosmtpd.smtp import SMTP as SMTPServer
-from aiosmtpd.smtp import Envelope as ServerEnvelope
-from aiosmtpd.smtp import Session
+from relay_harness import FAST, HEADERS, RAW, Gateway, Recorder, RelayLab, route, wait_until, wait_until_async
 
-from engine.policy.models import Action, DeliverySettings, DnsSettings, Route, RouteTls
+from engine.policy.models import DeliverySettings, DnsSettings, RouteTls
 from engine.relay.nexthop import NextHops, NoRoute
-from engine.relay.worker import RelayWorker
-from engine.store import open_store
-from engine.store.base import Accepted, CopyPlan, Envelope, Store, new_queue_id
 from engine.store.sqlite import DB_NAME, SqliteStore, quarantine_id
 
 T = TypeVar("T")
-
-RAW = (
-    b"From: Alice <alice@sender.example>\r\n"
-    b"To: bob@acme.example\r\n"
-    b"Subject: quarterly numbers\r\n"
-    b"Message-ID: <m1@sender.example>\r\n"
-    b"\r\n"
-    b"Hello Bob,\r\n"
-    b".a line starting with a dot\r\n"
-    b"\r\n"
-    b"trailing spaces   \r\n"
-)
-HEADERS = (
-    b"Received: from client.example by mxpath.test; Sat, 28 Nov 2026 18:00:00 +0000\r\nX-LivePrism-Action: deliver\r\n"
-)
-FAST = DeliverySettings(retry_initial=1, retry_max=1, give_up_after=3600, connect_timeout=2)
-
-
-def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-
-
-async def wait_until_async(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
 
 def db_count(state: Path, sql: str, *args: Any) -> int:
     """One count, read by an independent connection (what is committed)."""
@@ -92,129 +44,7 @@ def free_port() -> int:
     return port
 
 
-# ---------------------------------------------------------------- tenant servers
-
-
-@dataclass
-class Received:
-    mail_from: str
-    rcpts: list[str]
-    data: bytes
-    tls: bool
-
-
-@dataclass
-class Recorder:
-    """aiosmtpd handler that records every message and can refuse recipients or data."""
-
-    rcpt_replies: dict[str, str] = field(default_factory=dict)
-    data_reply: str | None = None
-    data_delay: float = 0.0
-    messages: list[Received] = field(default_factory=list)
-    connections: int = 0
-
-    async def handle_RCPT(
-        self, server: SMTPServer, session: Session, envelope: ServerEnvelope, address: str, options: list[str]
-    ) -> str:
-        reply = self.rcpt_replies.get(address)
-        if reply:
-            return reply
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: SMTPServer, session: Session, envelope: ServerEnvelope) -> str:
-        if self.data_delay:
-            await asyncio.sleep(self.data_delay)
-        if self.data_reply:
-            return self.data_reply
-        content = envelope.original_content
-        assert isinstance(content, bytes)
-        self.messages.append(
-            Received(str(envelope.mail_from), list(envelope.rcpt_tos), content, session.ssl is not None)
-        )
-        return "250 2.0.0 queued"
-
-
-async def serve(
-    handler: Recorder, port: int = 0, tls_context: ssl.SSLContext | None = None, timeout: float = 300
-) -> tuple[asyncio.Server, int]:
-    def factory() -> SMTPServer:
-        handler.connections += 1
-        return SMTPServer(handler, hostname="tenant.test", tls_context=tls_context, timeout=timeout)
-
-    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", port)
-    return server, server.sockets[0].getsockname()[1]
-
-
-def route(port: int, priority: int = 10, tls: RouteTls = RouteTls.none) -> Route:
-    return Route(host="127.0.0.1", port=port, priority=priority, tls=tls)
-
-
 # ---------------------------------------------------------------- gateway side
-
-
-@dataclass
-class Gateway:
-    """A store, tenants' routes and a relay worker, as `serve` wires them."""
-
-    store: Store
-    routes: dict[str, list[Route]]
-    domains: dict[str, str]
-    settings: DeliverySettings = FAST
-    dns: DnsSettings = field(default_factory=DnsSettings)
-    mx_port: int = 25
-    worker_options: dict[str, Any] = field(default_factory=dict)
-    worker: RelayWorker | None = None
-    task: asyncio.Task[None] | None = None
-
-    def start(self) -> RelayWorker:
-        hops = NextHops(lambda t: self.routes.get(t, []), self.domains.get, self.dns, mx_port=self.mx_port)
-        options = {"poll_interval": 0.1, **self.worker_options}
-        self.worker = RelayWorker(self.store, hops, lambda: self.settings, "mxpath.test", **options)
-        self.task = asyncio.create_task(self.worker.run())
-        return self.worker
-
-    async def stop(self) -> None:
-        assert self.worker is not None and self.task is not None
-        await self.worker.stop()
-        await self.task
-
-    async def accept(
-        self,
-        *,
-        mail_from: str = "alice@sender.example",
-        rcpts: Sequence[str] = ("bob@acme.example",),
-        tenant: str = "acme",
-        action: str = "deliver",
-        raw: bytes = RAW,
-        subject_prefix: str | None = None,
-        archive: bool = False,
-    ) -> Accepted:
-        msg = Accepted(
-            queue_id=new_queue_id(),
-            raw=raw,
-            envelope=Envelope(mail_from, tuple(rcpts), "192.0.2.1", "client.example", time.time()),
-            subject="",
-            policy_version="test",
-            verdict={"action": action},
-            copies=(CopyPlan(tenant, tuple(rcpts), Action(action), HEADERS, subject_prefix),),
-            archive=archive,
-        )
-        await self.store.accept(msg)
-        if self.worker is not None:
-            self.worker.wake()
-        return msg
-
-    async def queue_empty(self) -> bool:
-        summary = await self.store.queue_summary()
-        return summary.queued == 0 and summary.inflight == 0
-
-
-async def gateway(tmp_path: Path, routes: dict[str, list[Route]], **kwargs: Any) -> Gateway:
-    store = open_store(tmp_path / "state")
-    await store.open()
-    domains = {"acme.example": "acme", "sender.example": "senders"}
-    return Gateway(store, routes, domains, **kwargs)
 
 
 def parse(data: bytes) -> email.message.EmailMessage:
@@ -237,15 +67,15 @@ def status_groups(report: email.message.Message) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize("body_with_claim", [True, False], ids=["small", "large"])
 def test_delivers_copy_byte_exact_with_prepended_headers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body_with_claim: bool
+    relay_lab: RelayLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body_with_claim: bool
 ) -> None:
     if not body_with_claim:  # as for a message too big to come with its claim: read separately
         monkeypatch.setattr("engine.store.sqlite.CLAIM_WITH_BODY_MAX", 0)
 
     async def scenario() -> None:
         tenant = Recorder()
-        server, port = await serve(tenant)
-        gw = await gateway(tmp_path, {"acme": [route(port)]})
+        port = await relay_lab.serve(tenant)
+        gw = await relay_lab.gateway({"acme": [route(port)]})
         gw.start()
         msg = await gw.accept(rcpts=("bob@acme.example", "carol@acme.example"), archive=True)
         await wait_until(lambda: len(tenant.messages) == 1)
@@ -257,16 +87,15 @@ def test_delivers_copy_byte_exact_with_prepended_headers(
         assert got.rcpts == ["bob@acme.example", "carol@acme.example"]
         assert await gw.store.read_message(msg.queue_id) == RAW  # archived: the message stays
         await gw.store.close()
-        server.close()
 
-    run(scenario())
+    relay_lab.run(scenario())
 
 
-def test_tag_copy_gets_subject_prefix_and_unreferenced_message_is_deleted(tmp_path: Path) -> None:
+def test_tag_copy_gets_subject_prefix_and_unreferenced_message_is_deleted(relay_lab: RelayLab, tmp_path: Path) -> None:
     async def scenario() -> None:
         tenant = Recorder()
-        server, port = await serve(tenant)
-        gw = await gateway(tmp_path, {"acme": [route(port)]})
+        port = await relay_lab.serve(tenant)
+        gw = await relay_lab.gateway({"acme": [route(port)]})
         gw.start()
         msg = await gw.accept(action="tag", subject_prefix="[SPAM]")
         await wait_until_async(gw.queue_empty)
@@ -276,29 +105,27 @@ def test_tag_copy_gets_subject_prefix_and_unreferenced_message_is_deleted(tmp_pa
         assert await gw.store.read_message(msg.queue_id) is None  # delivered, not archived: gone
         assert db_count(tmp_path / "state", "SELECT count(*) FROM bodies WHERE queue_id = ?", msg.queue_id) == 0
         await gw.store.close()
-        server.close()
 
-    run(scenario())
+    relay_lab.run(scenario())
 
 
-def test_first_route_down_second_route_used(tmp_path: Path) -> None:
+def test_first_route_down_second_route_used(relay_lab: RelayLab, tmp_path: Path) -> None:
     async def scenario() -> None:
         backup = Recorder()
-        server, port = await serve(backup)
-        gw = await gateway(tmp_path, {"acme": [route(port, priority=20), route(free_port(), priority=10)]})
+        port = await relay_lab.serve(backup)
+        gw = await relay_lab.gateway({"acme": [route(port, priority=20), route(free_port(), priority=10)]})
         gw.start()
         await gw.accept()
         await wait_until(lambda: len(backup.messages) == 1)
         await gw.stop()
         assert backup.messages[0].data == HEADERS + RAW
         await gw.store.close()
-        server.close()
 
-    run(scenario())
+    relay_lab.run(scenario())
 
 
 @pytest.mark.parametrize("where", ["rcpt", "data"])
-def test_4xx_on_first_route_fails_over_to_second(tmp_path: Path, where: str) -> None:
+def test_4xx_on_first_route_fails_over_to_second(relay_lab: RelayLab, tmp_path: Path, where: str) -> None:
     async def scenario() -> None:
         busy = Recorder()
         if where == "rcpt":
@@ -306,9 +133,9 @@ def test_4xx_on_first_route_fails_over_to_second(tmp_path: Path, where: str) -> 
         else:
             busy.data_reply = "451 4.3.0 try later"
         second = Recorder()
-        server1, port1 = await serve(busy)
-        server2, port2 = await serve(second)
-        gw = await gateway(tmp_path, {"acme": [route(port1, priority=10), route(port2, priority=20)]})
+        port1 = await relay_lab.serve(busy)
+        port2 = await relay_lab.serve(second)
+        gw = await relay_lab.gateway({"acme": [route(port1, priority=10), route(port2, priority=20)]})
         gw.start()
         await gw.accept()
         await wait_until(lambda: len(second.messages) == 1)
@@ -317,16 +144,14 @@ def test_4xx_on_first_route_fails_over_to_second(tmp_path: Path, where: str) -> 
         assert busy.messages == [] and busy.connections == 1
         assert second.messages[0].rcpts == ["bob@acme.example"]
         await gw.store.close()
-        server1.close()
-        server2.close()
 
-    run(scenario())
+    relay_lab.run(scenario())
 
 
-def test_all_routes_down_deferred_with_backoff_then_delivered(tmp_path: Path) -> None:
+def test_all_routes_down_deferred_with_backoff_then_delivered(relay_lab: RelayLab, tmp_path: Path) -> None:
     async def scenario() -> None:
         port = free_port()
-        gw = await gateway(tmp_path, {"acme": [route(port)]})
+        gw = await relay_lab.gateway({"acme": [route(port)]})
         gw.start()
         msg = await gw.accept()
         store = gw.store
@@ -340,16 +165,15 @@ def test_all_routes_down_deferred_with_backoff_then_delivered(tmp_path: Path) ->
         summary = await store.queue_summary()
         assert summary.next_due is not None and 0 < summary.next_due - time.time() <= FAST.retry_initial
         tenant = Recorder()
-        server, _ = await serve(tenant, port)
+        await relay_lab.serve(tenant, port)
         await wait_until(lambda: len(tenant.messages) == 1, timeout=10)
         await wait_until_async(gw.queue_empty)
         await gw.stop()
         assert tenant.messages[0].data == HEADERS + RAW
         assert await store.read_message(msg.queue_id) is None
         await store.close()
-        server.close()
 
-    run(scenario())
+    relay_lab.run(scenario())
 
 
 def test_backoff_doubles_up_to_retry_max() -> None:
@@ -362,13 +186,13 @@ def test_backoff_doubles_up_to_retry_max() -> None:
 # ---------------------------------------------------------------- DSN
 
 
-def test_5xx_for_one_recipient_bounces_it_with_dsn_others_delivered(tmp_path: Path) -> None:
+def test_5xx_for_one_recipient_bounces_it_with_dsn_others_delivered(relay_lab: RelayLab, tmp_path: Path) -> None:
     async def scenario() -> None:
         tenant = Recorder(rcpt_replies={"gone@acme.example": "550 5.1.1 <gone@acme.example>: no such user"})
         sender_server = Recorder()
-        server1, port1 = await serve(tenant)
-        server2, port2 = await serve(sender_server)
-        gw = await gateway(tmp_path, {"acme": [route(port1)], "senders": [route(port2)]})
+        port1 = await relay_lab.serve(tenant)
+        port2 = await relay_lab.serve(sender_server)
+        gw = await relay_lab.gateway({"acme": [route(port1)], "senders": [route(port2)]})
         gw.start()
         msg = await gw.accept(rcpts=("bob@acme.example", "gone@acme.example"))
         await wait_until(lambda: len(sender_server.messages) == 1)
@@ -400,19 +224,17 @@ def test_5xx_for_one_recipient_bounces_it_with_dsn_others_delivered(tmp_path: Pa
         assert "Subject: quarterly numbers" in original_headers and "X-LivePrism-Action: deliver" in original_headers
         assert "Hello Bob" not in original_headers
         await gw.store.close()
-        server1.close()
-        server2.close()
 
-    run(scenario())
+    relay_lab.run(scenario())
 
 
-def test_5xx_at_data_bounces_all_recipients(tmp_path: Path) -> None:
+def test_5xx_at_data_bounces_all_recipients(relay_lab: RelayLab, tmp_path: Path) -> None:
     async def scenario() -> None:
         tenant = Recorder(data_reply="554 5.6.0 content refused")
         sender_server = Recorder()
-        server1, port1 = await serve(tenant)
-        server2, port2 = await serve(sender_server)
-        gw = await gateway(tmp_path, {"acme": [route(port1)], "senders": [route(port2)]})
+        port1 = await relay_lab.serve(tenant)
+        port2 = await relay_lab.serve(sender_server)
+        gw = await relay_lab.gateway({"acme": [route(port1)], "senders": [route(port2)]})
         gw.start()
         await gw.accept(rcpts=("bob@acme.example", "carol@acme.example"))
         await wait_until(lambda: len(sender_server.messages) == 1)
@@ -425,38 +247,35 @@ def test_5xx_at_data_bounces_all_recipients(tmp_path: Path) -> None:
             ("rfc822; carol@acme.example", "5.6.0"),
         ]
         await gw.store.close()
-        server1.close()
-        server2.close()
 
-    run(scenario())
+    relay_lab.run(scenario())
 
 
-def test_no_dsn_for_null_sender(tmp_path: Path) -> None:
+def test_no_dsn_for_null_sender(relay_lab: RelayLab, tmp_path: Path) -> None:
     async def scenario() -> None:
         tenant = Recorder(rcpt_replies={"bob@acme.example": "550 5.1.1 no such user"})
-        server, port = await serve(tenant)
-        gw = await gateway(tmp_path, {"acme": [route(port)]})
+        port = await relay_lab.serve(tenant)
+        gw = await relay_lab.gateway({"acme": [route(port)]})
         gw.start()
         msg = await gw.accept(mail_from="")
         await wait_until_async(gw.queue_empty)
-        await asyncio.sleep(0.3)  # a DSN would be queued in the same transaction; give it a chance anyway
+        # a DSN would have been queued in the transaction that recorded the failure: none was
         await gw.stop()
         assert await gw.queue_empty()
         assert tenant.messages == []
         assert await gw.store.read_message(msg.queue_id) is None
         assert db_count(tmp_path / "state", "SELECT count(*) FROM bodies") == 0
         await gw.store.close()
-        server.close()
 
-    run(scenario())
+    relay_lab.run(scenario())
 
 
-def test_gives_up_after_give_up_after_with_dsn_4_4_7(tmp_path: Path) -> None:
+def test_gives_up_after_give_up_after_with_dsn_4_4_7(relay_lab: RelayLab, tmp_path: Path) -> None:
     async def scenario() -> None:
         sender_server = Recorder()
-        server, port = await serve(sender_server)
+        port = await relay_lab.serve(sender_server)
         settings = DeliverySettings(retry_initial=1, retry_max=1, give_up_after=1, connect_timeout=1)
-        gw = await gateway(tmp_path, {"acme": [route(free_port())], "senders": [route(port)]}, settings=settings)
+        gw = await relay_lab.gateway({"acme": [route(free_port())], "senders": [route(port)]}, settings=settings)
         gw.start()
         await gw.accept()
         await wait_until(lambda: len(sender_server.messages) == 1, timeout=10)
@@ -468,50 +287,16 @@ def test_gives_up_after_give_up_after_with_dsn_4_4_7(tmp_path: Path) -> None:
         assert per_rcpt["action"] == "failed"
         assert per_rcpt["diagnostic-code"].startswith("X-LivePrism; 4.4.1 cannot talk to 127.0.0.1:")
         await gw.store.close()
-        server.close()
 
-    run(scenario())
+    relay_lab.run(scenario())
 
 
 # ---------------------------------------------------------------- DNS (DSN to a domain no tenant owns)
 
 
-class FakeDns(asyncio.DatagramProtocol):
-    """A tiny authoritative DNS server: (name, type) → record texts; other names NXDOMAIN."""
-
-    def __init__(self, records: dict[tuple[str, str], list[str]]) -> None:
-        self.records = records
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        query = dns.message.from_wire(data)
-        response = dns.message.make_response(query)
-        question = query.question[0]
-        name = question.name.to_text().lower()
-        rdtype = dns.rdatatype.to_text(question.rdtype)
-        values = self.records.get((name, rdtype))
-        if values:
-            response.answer.append(dns.rrset.from_text(name, 60, "IN", rdtype, *values))
-        elif not any(known == name for known, _ in self.records):
-            response.set_rcode(dns.rcode.NXDOMAIN)
-        assert self.transport is not None
-        self.transport.sendto(response.to_wire(), addr)
-
-
-async def fake_dns(records: dict[tuple[str, str], list[str]]) -> tuple[asyncio.DatagramTransport, DnsSettings]:
-    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-        lambda: FakeDns(records), local_addr=("127.0.0.1", 0)
-    )
-    port = transport.get_extra_info("sockname")[1]
-    return transport, DnsSettings.model_validate({"nameservers": ["127.0.0.1"], "port": port, "timeout": 1.0})
-
-
-def test_for_address_resolves_mx_implicit_mx_null_mx_and_nxdomain() -> None:
+def test_for_address_resolves_mx_implicit_mx_null_mx_and_nxdomain(relay_lab: RelayLab) -> None:
     async def scenario() -> None:
-        transport, settings = await fake_dns(
+        settings = await relay_lab.dns(
             {
                 ("example.org.", "MX"): ["20 mx2.example.org.", "10 mx1.example.org."],
                 ("mx1.example.org.", "A"): ["192.0.2.1"],
@@ -537,17 +322,16 @@ def test_for_address_resolves_mx_implicit_mx_null_mx_and_nxdomain() -> None:
         assert isinstance(missing, NoRoute) and missing.permanent
         tenant = await hops.for_address("Bob@ACME.example")
         assert not isinstance(tenant, NoRoute) and [h.port for h in tenant] == [2525]
-        transport.close()
 
-    run(scenario())
+    relay_lab.run(scenario())
 
 
-def test_configure_switches_resolver_and_mx_port_for_the_next_lookup() -> None:
+def test_configure_switches_resolver_and_mx_port_for_the_next_lookup(relay_lab: RelayLab) -> None:
     """A policy reload that changes `dns` or `delivery.mx_port` takes effect without a restart."""
     async def scenario() -> None:
-        old, old_settings = await fake_dns({("example.org.", "MX"): ["10 mx.example.org."],
+        old_settings = await relay_lab.dns({("example.org.", "MX"): ["10 mx.example.org."],
                                             ("mx.example.org.", "A"): ["192.0.2.1"]})
-        new, new_settings = await fake_dns({("example.org.", "MX"): ["10 mx.example.org."],
+        new_settings = await relay_lab.dns({("example.org.", "MX"): ["10 mx.example.org."],
                                             ("mx.example.org.", "A"): ["192.0.2.99"]})
         hops = NextHops(lambda t: [], lambda d: None, old_settings)
         before = await hops.for_address("x@example.org")
@@ -555,13 +339,11 @@ def test_configure_switches_resolver_and_mx_port_for_the_next_lookup() -> None:
         hops.configure(new_settings, 2626)
         after = await hops.for_address("x@example.org")
         assert not isinstance(after, NoRoute) and [(h.host, h.port) for h in after] == [("192.0.2.99", 2626)]
-        old.close()
-        new.close()
 
-    run(scenario())
+    relay_lab.run(scenario())
 
 
-def test_for_address_dns_timeout_is_temporary() -> None:
+def test_for_address_dns_timeout_is_temporary(relay_lab: RelayLab) -> None:
     async def scenario() -> None:
         silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
         silent.bind(("127.0.0.1", 0))
@@ -572,19 +354,19 @@ def test_for_address_dns_timeout_is_temporary() -> None:
         assert isinstance(result, NoRoute) and not result.permanent and result.reason.startswith("4.4.3")
         silent.close()
 
-    run(scenario())
+    relay_lab.run(scenario())
 
 
-def test_dsn_to_foreign_domain_goes_to_its_mx(tmp_path: Path) -> None:
+def test_dsn_to_foreign_domain_goes_to_its_mx(relay_lab: RelayLab, tmp_path: Path) -> None:
     async def scenario() -> None:
         tenant = Recorder(rcpt_replies={"bob@acme.example": "550 5.1.1 no such user"})
         remote = Recorder()
-        server1, port1 = await serve(tenant)
-        server2, port2 = await serve(remote)
-        transport, dns_settings = await fake_dns(
+        port1 = await relay_lab.serve(tenant)
+        port2 = await relay_lab.serve(remote)
+        dns_settings = await relay_lab.dns(
             {("faraway.example.", "MX"): ["10 mx.faraway.example."], ("mx.faraway.example.", "A"): ["127.0.0.1"]}
         )
-        gw = await gateway(tmp_path, {"acme": [route(port1)]}, dns=dns_settings, mx_port=port2)
+        gw = await relay_lab.gateway({"acme": [route(port1)]}, dns=dns_settings, mx_port=port2)
         gw.start()
         await gw.accept(mail_from="someone@faraway.example")
         await wait_until(lambda: len(remote.messages) == 1)
@@ -593,21 +375,18 @@ def test_dsn_to_foreign_domain_goes_to_its_mx(tmp_path: Path) -> None:
         assert remote.messages[0].mail_from == "<>"
         assert remote.messages[0].rcpts == ["someone@faraway.example"]
         await gw.store.close()
-        server1.close()
-        server2.close()
-        transport.close()
 
-    run(scenario())
+    relay_lab.run(scenario())
 
 
 # ---------------------------------------------------------------- connections and TLS
 
 
-def test_connection_reused_for_several_messages(tmp_path: Path) -> None:
+def test_connection_reused_for_several_messages(relay_lab: RelayLab, tmp_path: Path) -> None:
     async def scenario() -> None:
         tenant = Recorder()
-        server, port = await serve(tenant)
-        gw = await gateway(tmp_path, {"acme": [route(port)]}, worker_options={"per_destination": 1})
+        port = await relay_lab.serve(tenant)
+        gw = await relay_lab.gateway({"acme": [route(port)]}, worker_options={"per_destination": 1})
         for n in range(10):
             await gw.accept(rcpts=(f"user{n}@acme.example",))
         worker = gw.start()
@@ -622,47 +401,44 @@ def test_connection_reused_for_several_messages(tmp_path: Path) -> None:
             [f"user{n}@acme.example" for n in range(10)] + ["late@acme.example"]
         )
         await gw.store.close()
-        server.close()
 
-    run(scenario())
+    relay_lab.run(scenario())
 
 
-def test_idle_connection_closed_after_idle_timeout_and_reopened(tmp_path: Path) -> None:
+def test_idle_connection_closed_after_idle_timeout_and_reopened(relay_lab: RelayLab, tmp_path: Path) -> None:
     async def scenario() -> None:
         tenant = Recorder()
-        server, port = await serve(tenant)
-        gw = await gateway(tmp_path, {"acme": [route(port)]}, worker_options={"idle_timeout": 0.2})
+        port = await relay_lab.serve(tenant)
+        gw = await relay_lab.gateway({"acme": [route(port)]}, worker_options={"idle_timeout": 0.2})
         worker = gw.start()
         await gw.accept()
         await wait_until(lambda: len(tenant.messages) == 1)
-        await asyncio.sleep(1.5)  # the reaper runs every second
+        await wait_until(lambda: tenant.disconnections == 1)  # the reaper (every second) closed it
         await gw.accept()
         await wait_until(lambda: len(tenant.messages) == 2)
         await gw.stop()
         assert worker.pool.connections_opened == 2
         await gw.store.close()
-        server.close()
 
-    run(scenario())
+    relay_lab.run(scenario())
 
 
-def test_session_closed_by_the_server_while_idle_is_replaced(tmp_path: Path) -> None:
+def test_session_closed_by_the_server_while_idle_is_replaced(relay_lab: RelayLab, tmp_path: Path) -> None:
     async def scenario() -> None:
         tenant = Recorder()
-        server, port = await serve(tenant, timeout=0.3)  # the tenant server drops idle sessions fast
-        gw = await gateway(tmp_path, {"acme": [route(port)]})
+        port = await relay_lab.serve(tenant, timeout=0.3)  # the tenant server drops idle sessions fast
+        gw = await relay_lab.gateway({"acme": [route(port)]})
         worker = gw.start()
         await gw.accept()
         await wait_until(lambda: len(tenant.messages) == 1)
-        await asyncio.sleep(0.8)
+        await wait_until(lambda: tenant.disconnections == 1)  # the server dropped the idle session
         await gw.accept()
         await wait_until(lambda: len(tenant.messages) == 2)
         await gw.stop()
         assert worker.pool.connections_opened == 2
         await gw.store.close()
-        server.close()
 
-    run(scenario())
+    relay_lab.run(scenario())
 
 
 @pytest.fixture(scope="module")
@@ -684,11 +460,13 @@ def tls_context(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
     return context
 
 
-def test_tls_required_uses_starttls_with_self_signed_certificate(tmp_path: Path, tls_context: ssl.SSLContext) -> None:
+def test_tls_required_uses_starttls_with_self_signed_certificate(
+    relay_lab: RelayLab, tmp_path: Path, tls_context: ssl.SSLContext
+) -> None:
     async def scenario() -> None:
         tenant = Recorder()
-        server, port = await serve(tenant, tls_context=tls_context)
-        gw = await gateway(tmp_path, {"acme": [route(port, tls=RouteTls.required)]})
+        port = await relay_lab.serve(tenant, tls_context=tls_context)
+        gw = await relay_lab.gateway({"acme": [route(port, tls=RouteTls.required)]})
         gw.start()
         await gw.accept()
         await wait_until(lambda: len(tenant.messages) == 1)
@@ -696,38 +474,38 @@ def test_tls_required_uses_starttls_with_self_signed_certificate(tmp_path: Path,
         assert tenant.messages[0].tls
         assert tenant.messages[0].data == HEADERS + RAW
         await gw.store.close()
-        server.close()
 
-    run(scenario())
+    relay_lab.run(scenario())
 
 
-def test_tls_opportunistic_uses_starttls_when_offered(tmp_path: Path, tls_context: ssl.SSLContext) -> None:
+def test_tls_opportunistic_uses_starttls_when_offered(
+    relay_lab: RelayLab, tmp_path: Path, tls_context: ssl.SSLContext
+) -> None:
     async def scenario() -> None:
         tenant = Recorder()
-        server, port = await serve(tenant, tls_context=tls_context)
-        gw = await gateway(tmp_path, {"acme": [route(port, tls=RouteTls.opportunistic)]})
+        port = await relay_lab.serve(tenant, tls_context=tls_context)
+        gw = await relay_lab.gateway({"acme": [route(port, tls=RouteTls.opportunistic)]})
         gw.start()
         await gw.accept()
         await wait_until(lambda: len(tenant.messages) == 1)
         await gw.stop()
         assert tenant.messages[0].tls
         await gw.store.close()
-        server.close()
 
-    run(scenario())
+    relay_lab.run(scenario())
 
 
-def test_tls_required_without_starttls_fails_over(tmp_path: Path) -> None:
+def test_tls_required_without_starttls_fails_over(relay_lab: RelayLab, tmp_path: Path) -> None:
     async def scenario() -> None:
         plain = Recorder()
         second = Recorder()
-        server1, port1 = await serve(plain)
-        server2, port2 = await serve(second)
+        port1 = await relay_lab.serve(plain)
+        port2 = await relay_lab.serve(second)
         routes = [
             route(port1, priority=10, tls=RouteTls.required),
             route(port2, priority=20, tls=RouteTls.opportunistic),
         ]
-        gw = await gateway(tmp_path, {"acme": routes})
+        gw = await relay_lab.gateway({"acme": routes})
         gw.start()
         await gw.accept()
         await wait_until(lambda: len(second.messages) == 1)
@@ -735,20 +513,18 @@ def test_tls_required_without_starttls_fails_over(tmp_path: Path) -> None:
         assert plain.messages == [] and plain.connections == 1
         assert not second.messages[0].tls  # opportunistic, and nothing offered
         await gw.store.close()
-        server1.close()
-        server2.close()
 
-    run(scenario())
+    relay_lab.run(scenario())
 
 
 # ---------------------------------------------------------------- restart and release
 
 
-def test_restart_resumes_delivery(tmp_path: Path) -> None:
+def test_restart_resumes_delivery(relay_lab: RelayLab, tmp_path: Path) -> None:
     async def scenario() -> None:
         tenant = Recorder(data_delay=0.1)
-        server, port = await serve(tenant)
-        gw = await gateway(tmp_path, {"acme": [route(port)]}, worker_options={"per_destination": 1})
+        port = await relay_lab.serve(tenant)
+        gw = await relay_lab.gateway({"acme": [route(port)]}, worker_options={"per_destination": 1})
         expected = []
         for n in range(12):
             expected.append(f"user{n}@acme.example")
@@ -760,36 +536,33 @@ def test_restart_resumes_delivery(tmp_path: Path) -> None:
         assert first_run < 12
         await gw.store.close()
 
-        store = open_store(tmp_path / "state")
-        await store.open()
+        store = await relay_lab.store()
         summary = await store.queue_summary()
         assert (summary.queued, summary.inflight) == (12 - first_run, 0)
         claimed = await store.claim_due(time.time(), 100)  # untried claims were not counted as attempts
         assert {d.attempts for d in claimed.deliveries} == {1}
         await store.close()
 
-        store = open_store(tmp_path / "state")  # the claim above is "in flight": reopening recovers it
-        await store.open()
-        gw2 = Gateway(store, gw.routes, gw.domains, worker_options={"per_destination": 1})
+        store = await relay_lab.store()  # the claim above is "in flight": reopening recovers it
+        gw2 = relay_lab.attach(Gateway(store, gw.routes, gw.domains, worker_options={"per_destination": 1}))
         gw2.start()
         await wait_until(lambda: len(tenant.messages) == 12)
         await wait_until_async(gw2.queue_empty)
         await gw2.stop()
         assert sorted(r for m in tenant.messages for r in m.rcpts) == sorted(expected)  # each exactly once
         await store.close()
-        server.close()
 
-    run(scenario(), timeout=60)
+    relay_lab.run(scenario(), timeout=60)
 
 
-def test_release_by_cli_in_another_process_is_delivered_by_running_worker(tmp_path: Path) -> None:
+def test_release_by_cli_in_another_process_is_delivered_by_running_worker(relay_lab: RelayLab, tmp_path: Path) -> None:
     async def scenario() -> None:
         tenant = Recorder()
-        server, port = await serve(tenant)
-        gw = await gateway(tmp_path, {"acme": [route(port)]}, worker_options={"poll_interval": 1.0})
+        port = await relay_lab.serve(tenant)
+        gw = await relay_lab.gateway({"acme": [route(port)]}, worker_options={"poll_interval": 1.0})
         gw.start()
         msg = await gw.accept(action="quarantine")
-        await asyncio.sleep(0.3)
+        assert (await gw.store.queue_summary()).queued == 0  # a held copy is never queued for delivery
         assert tenant.messages == []
         entry = quarantine_id(msg.queue_id, "acme")
         cli = await asyncio.create_subprocess_exec(
@@ -808,10 +581,9 @@ def test_release_by_cli_in_another_process_is_delivered_by_running_worker(tmp_pa
         assert entry in out.decode()
         released_at = time.monotonic()
         await wait_until(lambda: len(tenant.messages) == 1, timeout=5)
-        assert time.monotonic() - released_at < 2.5  # polled at least every second
+        assert time.monotonic() - released_at < 5  # polled every second (generous for a busy machine)
         await gw.stop()
         assert tenant.messages[0].data == HEADERS + RAW
         await gw.store.close()
-        server.close()
 
-    run(scenario())
+    relay_lab.run(scenario())

@@ -6,6 +6,7 @@ import email
 import email.message
 import email.policy
 
+from engine.policy.models import Direction
 from engine.relay.dsn import FailedRecipient, build_dsn, dsn_message, status_of
 
 ORIGINAL = b"Received: by mxpath.test\r\nFrom: a@sender.example\r\nSubject: hi\r\n\r\nsecret body\r\n"
@@ -100,6 +101,7 @@ def test_dsn_message_is_from_the_null_sender_and_not_archived() -> None:
         original=ORIGINAL,
     )
     assert msg.envelope.mail_from == "" and msg.envelope.rcpts == ("a@sender.example",)
-    assert msg.envelope.direction == "dsn" and not msg.archive
+    assert msg.envelope.direction is Direction.outbound and not msg.archive
+    assert [(c.route_by, c.reason) for c in msg.copies] == [("address", "dsn")]
     assert [(c.tenant, c.recipients, c.action) for c in msg.copies] == [("acme", ("a@sender.example",), "deliver")]
     assert f"<{msg.queue_id}@mxpath.test>".encode() in msg.raw

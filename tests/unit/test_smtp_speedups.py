@@ -70,3 +70,15 @@ def test_fast_getaddr_agrees_with_aiosmtpd(arg: str) -> None:
     handler = InboundHandler(current_graph=lambda: None, store=None, relay=None, log_format=lambda: "text")  # type: ignore[arg-type,return-value]
     smtp = _protocol(handler)
     assert smtp._getaddr(arg) == aiosmtpd.smtp.SMTP._getaddr(smtp, arg)
+
+
+def test_every_transaction_gets_a_gateway_envelope_from_aiosmtpds_factory() -> None:
+    """The per-transaction state rides on aiosmtpd's envelope factory (`_create_envelope`, aiosmtpd
+    1.4.6): aiosmtpd must still create each transaction's envelope through it, at connect, RSET
+    and after DATA; our SMTP must return a GatewayEnvelope."""
+    from engine.smtp.envelope import GatewayEnvelope
+
+    assert "self.envelope = self._create_envelope()" in inspect.getsource(aiosmtpd.smtp.SMTP._set_post_data_state)
+    assert "self._set_post_data_state()" in inspect.getsource(aiosmtpd.smtp.SMTP._set_rset_state)
+    envelope = GatewaySMTP._create_envelope(object.__new__(GatewaySMTP))
+    assert isinstance(envelope, GatewayEnvelope) and envelope.evaluation is None and envelope.rcpt_tos == []
