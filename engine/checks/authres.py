@@ -66,9 +66,9 @@ def authentication_results(
         policy = f" policy.dmarc={dmarc.disposition}" if dmarc.result == "fail" else ""
         parts.append(f"dmarc={dmarc.result}{_reason(dmarc.result, dmarc.reason)}{props}{policy}")
     if arc is not None:
-        props = f" arc.chain={_pvalue(':'.join(arc.sealers))}" if arc.sealers else ""
-        props += f" arc.oldest-pass={arc.oldest_pass}" if arc.result == "pass" else ""
-        parts.append(f"arc={arc.result}{_reason(arc.result, arc.reason)}{props}")
+        sealers = f" (sealers {' '.join(arc.sealers)})" if arc.sealers else ""  # a comment (RFC 8601 §2.2)
+        props = f" header.oldest-pass={arc.oldest_pass}" if arc.result == "pass" else ""  # RFC 8617 §10.2
+        parts.append(f"arc={arc.result}{sealers}{_reason(arc.result, arc.reason)}{props}")
     if not parts:
         return f"{authserv_id}; none"  # RFC 8601 §2.2: no method was applied
     return f"{authserv_id};\r\n\t" + ";\r\n\t".join(parts)

@@ -6,10 +6,12 @@ budget); then dkimpy verifies each signature with a `dnsfunc` that only answers 
 fetched, so dkimpy never touches the network and never blocks the event loop on DNS.
 
 Results per signature, in header order (RFC 8601 §2.7.1 result names):
-- `pass`: signature and body hash verify;
+- `pass`: signature and body hash verify (with reason `body-length-limit` when l= signs only
+  the start of the body, RFC 6376 §8.2, so a policy can distrust it);
 - `fail`: the signature or body hash does not verify, or the signature is expired/post-dated;
 - `neutral`: the signature field cannot be parsed (syntax error, missing tags);
-- `permerror`: no key record, a revoked or unusable key (bad syntax, too short, unknown type);
+- `permerror`: From not signed (RFC 6376 §6.1.1), no key record, a revoked or unusable key (bad
+  syntax, too short per RFC 8301, unknown type);
 - `temperror`: the key lookup timed out or the server failed (never turned into `fail`);
 - a message with no signature gives one result `none`.
 Verification is pure CPU once the keys are in hand: it runs inline for ordinary messages and
@@ -19,6 +21,7 @@ in a worker thread above `THREAD_ABOVE` bytes, so a large message does not stall
 from __future__ import annotations
 
 import asyncio
+import binascii
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -35,6 +38,11 @@ DkimResultCode = Literal["none", "pass", "fail", "neutral", "temperror", "permer
 
 THREAD_ABOVE = 256 * 1024  # bytes of message above which verification runs in a worker thread
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2: shorter RSA keys are not accepted
+
+# What dkimpy's parsers and its pure-Python RSA/ASN.1 code raise on hostile input besides its own
+# DKIMException: a message, signature or key from the network must give a result, never an exception.
+LIBRARY_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, KeyError, IndexError, UnicodeError,
+                                                binascii.Error)
 
 DKIMPY_LOGGER = logging.getLogger("liveprism.checks.dkimpy")  # dkimpy logs every failure at ERROR
 DKIMPY_LOGGER.addHandler(logging.NullHandler())
@@ -124,13 +132,21 @@ def _signatures(raw: bytes) -> list[tuple[dict[bytes, bytes] | None, str]]:
             out.append((None, f"signature-syntax: {exc}"))
             continue
         missing = [t.decode() for t in (b"v", b"a", b"b", b"bh", b"d", b"h", b"s") if t not in tags]
-        out.append((tags, f"signature-syntax: missing {', '.join(missing)}=" if missing else ""))
+        if missing:
+            out.append((tags, f"signature-syntax: missing {', '.join(missing)}="))
+        elif b"from" not in [h.strip().lower() for h in tags[b"h"].split(b":")]:
+            out.append((tags, "from-not-signed: h= lacks From (RFC 6376 §6.1.1)"))
+        else:
+            out.append((tags, ""))
     return out
 
 
 def _verify_all(raw: bytes, pending: list[int], answers: Mapping[str, DnsAnswer]) -> dict[int, tuple[bool, str]]:
     """dkimpy verification of the signatures at `pending` indexes (pure CPU, no network)."""
-    verifier = dkim.DKIM(raw, logger=DKIMPY_LOGGER, minkey=MIN_RSA_BITS)
+    try:
+        verifier = dkim.DKIM(raw, logger=DKIMPY_LOGGER, minkey=MIN_RSA_BITS)
+    except (dkim.DKIMException, *LIBRARY_ERRORS) as exc:
+        return {idx: (False, f"permerror:message-format: {exc}") for idx in pending}
     dnsfunc = dnsfunc_from(answers)
     out: dict[int, tuple[bool, str]] = {}
     for idx in pending:
@@ -141,7 +157,7 @@ def _verify_all(raw: bytes, pending: list[int], answers: Mapping[str, DnsAnswer]
             text = str(exc)
             token = "body-hash-mismatch" if "body hash" in text else "signature-invalid"
             out[idx] = (False, f"{token}: {text}")
-        except dkim.DKIMException as exc:
+        except (dkim.DKIMException, *LIBRARY_ERRORS) as exc:
             out[idx] = (False, f"permerror:{type(exc).__name__}: {exc}")
     return out
 
@@ -153,7 +169,7 @@ async def verify_dkim(
     started = time.monotonic()
     try:
         signatures = _signatures(raw)
-    except dkim.DKIMException as exc:
+    except (dkim.DKIMException, *LIBRARY_ERRORS) as exc:
         return (DkimResult("", "", "permerror", f"message-format: {exc}"),)
     if not signatures:
         return (DkimResult("", "", "none", "no-signature"),)
@@ -165,7 +181,8 @@ async def verify_dkim(
     for idx, (tags, problem) in enumerate(signatures):
         if tags is None or problem:
             tags = tags or {}
-            results[idx] = DkimResult(_text(tags.get(b"d")), _text(tags.get(b"s")), "neutral", problem)
+            code: DkimResultCode = "permerror" if problem.startswith("from-not-signed") else "neutral"
+            results[idx] = DkimResult(_text(tags.get(b"d")), _text(tags.get(b"s")), code, problem)
             continue
         domain, selector = _text(tags[b"d"]).rstrip(".").lower(), _text(tags[b"s"])
         answer = answers[key_name(selector, domain)]
@@ -184,9 +201,11 @@ async def verify_dkim(
             tags = signatures[idx][0] or {}
             domain, selector = _text(tags[b"d"]).rstrip(".").lower(), _text(tags[b"s"])
             ok, reason = verified[idx]
-            code: DkimResultCode = "pass" if ok else "fail"
+            code = "pass" if ok else "fail"
             if reason.startswith("permerror:"):
                 code, reason = "permerror", reason.removeprefix("permerror:")
+            if ok and b"l" in tags:  # RFC 6376 §8.2: content may have been appended after the signed part
+                reason = f"body-length-limit: l={_text(tags[b'l'])} (only that much of the body is signed)"
             results[idx] = DkimResult(domain, selector, code, reason, _text(tags.get(b"a")), _text(tags.get(b"i")),
                                       answers[key_name(selector, domain)], time.monotonic() - started)
     return tuple(results[i] for i in range(len(signatures)))

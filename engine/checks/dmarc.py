@@ -145,15 +145,14 @@ def author_domains(raw: bytes) -> tuple[str, ...]:
 
 
 async def _lookup_record(resolver: AsyncLookup, name: str, budget: Budget,
-                         lookups: list[DnsAnswer]) -> tuple[str, DnsAnswer]:
+                         lookups: list[DnsAnswer]) -> tuple[list[str], DnsAnswer]:
     timeout = budget.query_timeout()
     if timeout is not None and timeout <= 0.0:
         answer = DnsAnswer(name, "TXT", "timeout", error="check time budget spent")
     else:
         answer = await resolver.query(name, "TXT", timeout=timeout)
     lookups.append(answer)
-    records = [r for r in answer.records if _DMARC1.match(r)] if answer.ok else []
-    return (records[0] if len(records) == 1 else ""), answer  # §6.6.3: several records = none
+    return ([r for r in answer.records if _DMARC1.match(r)] if answer.ok else []), answer
 
 
 async def _check_one(resolver: AsyncLookup, domain: str, spf: SpfResult, dkim: Sequence[DkimResult],
@@ -167,16 +166,18 @@ async def _check_one(resolver: AsyncLookup, domain: str, spf: SpfResult, dkim: S
 
     org = organizational_domain(domain)
     policy_domain = domain
-    text, answer = await _lookup_record(resolver, f"_dmarc.{domain}", budget, lookups)
-    if not text and answer.temporary:
+    records, answer = await _lookup_record(resolver, f"_dmarc.{domain}", budget, lookups)
+    if answer.temporary:
         return done("temperror", reason=f"dns-{answer.status}: {answer.name}")
-    if not text and org != domain:
+    if not records and org != domain:
         policy_domain = org
-        text, answer = await _lookup_record(resolver, f"_dmarc.{org}", budget, lookups)
-        if not text and answer.temporary:
+        records, answer = await _lookup_record(resolver, f"_dmarc.{org}", budget, lookups)
+        if answer.temporary:
             return done("temperror", reason=f"dns-{answer.status}: {answer.name}")
-    if not text:
-        return done("none", reason="no-record")
+    if len(records) != 1:  # §6.6.3 step 5: no record, or several, ends policy discovery
+        return done("none", reason="no-record" if not records else f"multiple-records: {len(records)} at {answer.name}",
+                    policy_domain=policy_domain if records else "")
+    text = records[0]
     record = parse_record(text)
     if isinstance(record, str):
         return done("permerror", reason=record, record=text, policy_domain=policy_domain)

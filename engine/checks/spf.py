@@ -280,6 +280,7 @@ class _Evaluator:
     dns_terms: int = 0
     void: int = 0
     _validated: dict[str, str] = field(default_factory=dict)
+    _confirmed: list[str] | None = None  # forward-confirmed PTR names, looked up once per check
 
     async def query(self, name: str, rdtype: str) -> DnsAnswer:
         timeout = self.budget.query_timeout()
@@ -371,6 +372,11 @@ class _Evaluator:
 
     async def confirmed_ptr_names(self) -> list[str]:
         """PTR names of the client whose A/AAAA include it (at most 10 tried, errors ignored; §5.5)."""
+        if self._confirmed is None:
+            self._confirmed = await self._confirm_ptr_names()
+        return self._confirmed
+
+    async def _confirm_ptr_names(self) -> list[str]:
         answer = await self.query(self.ip.reverse_pointer, "PTR")
         if not answer.ok:
             return []

@@ -8,7 +8,7 @@ missing from the zones is NXDOMAIN, a name present without the type is no-data.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from engine.dns.resolver import DnsAnswer
 
@@ -16,7 +16,7 @@ from engine.dns.resolver import DnsAnswer
 class FakeResolver:
     timeout = 2.0
 
-    def __init__(self, zones: dict[str, Iterable[tuple[str, str]]]) -> None:
+    def __init__(self, zones: Mapping[str, Iterable[tuple[str, str]]]) -> None:
         self.zones: dict[str, list[tuple[str, str]]] = {}
         for name, records in zones.items():
             self.zones.setdefault(name.lower().rstrip("."), []).extend(records)

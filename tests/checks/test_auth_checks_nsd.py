@@ -11,16 +11,17 @@ timeouts become temperror within the budget.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from engine.checks.arc import verify_arc
+from engine.checks.arc import ArcResult, verify_arc
 from engine.checks.authres import authentication_results, strip_authentication_results
 from engine.checks.dkim import DkimResult, verify_dkim
-from engine.checks.dmarc import author_domains, check_dmarc, sample
+from engine.checks.dmarc import DmarcResult, author_domains, check_dmarc, sample
 from engine.checks.spf import SpfResult, check_spf
 from engine.dns.resolver import Resolver
 from engine.policy.models import DnsSettings
@@ -54,7 +55,7 @@ def dead_resolver() -> Iterator[tuple[Resolver, DropServer]]:
     server = DropServer()
     port = server.start()
     try:
-        yield Resolver(DnsSettings(nameservers=["127.0.0.1"], port=port, timeout=0.5)), server  # type: ignore[list-item]
+        yield Resolver(DnsSettings(nameservers=["127.0.0.1"], port=port, timeout=0.5)), server  # type: ignore[list-item,unused-ignore]
     finally:
         server.stop()
 
@@ -151,13 +152,18 @@ def test_dkim_key_problems_and_unsigned(resolver: Resolver, keys: Keys) -> None:
     assert [(r.result, r.reason) for r in unsigned] == [("none", "no-signature")]
     broken = b"DKIM-Signature: v=1; a=rsa-sha256; d=sender.test\r\n" + message()
     assert asyncio.run(verify_dkim(resolver, broken))[0].result == "neutral"
+    # a signature that does not cover From could be replayed under any From (dkimpy refuses to make one)
+    signed = sign(message(), "rsa", "sender.test", keys.rsa_pem)
+    no_from = re.sub(rb"h=[^;]*;", b"h=to : subject : date;", signed, count=1)
+    unsigned_from = asyncio.run(verify_dkim(resolver, no_from))
+    assert (unsigned_from[0].result, unsigned_from[0].reason.split(":")[0]) == ("permerror", "from-not-signed")
 
 
 # -- DMARC --------------------------------------------------------------------------------
 
 
-def dmarc_for(resolver: Resolver, raw: bytes, ip: str, mail_from: str, seed: str = "<m1@sender.test>"):  # type: ignore[no-untyped-def]
-    async def run():  # type: ignore[no-untyped-def]
+def dmarc_for(resolver: Resolver, raw: bytes, ip: str, mail_from: str, seed: str = "<m1@sender.test>") -> DmarcResult:
+    async def run() -> DmarcResult:
         spf_result, dkim_results = await asyncio.gather(
             check_spf(resolver, client_ip=ip, helo="mta.example", mail_from=mail_from), verify_dkim(resolver, raw))
         return await check_dmarc(resolver, header_from_domain=author_domains(raw), spf=spf_result,
@@ -185,7 +191,13 @@ def test_dmarc_reject_policy(resolver: Resolver, keys: Keys) -> None:
 def test_dmarc_policies(resolver: Resolver, author: str, policy_domain: str, disposition: str) -> None:
     result = dmarc_for(resolver, message(from_=f"x@{author}"), "198.51.100.7", f"x@{author}")
     assert (result.result, result.policy_domain, result.disposition) == ("fail", policy_domain, disposition)
-    assert [a.name for a in result.lookups][0] == f"_dmarc.{author}"
+    assert result.lookups[0].name == f"_dmarc.{author}"
+
+
+def test_dmarc_several_records_end_discovery(resolver: Resolver) -> None:
+    result = dmarc_for(resolver, message(from_="x@dup.test"), "198.51.100.7", "x@dup.test")
+    assert (result.result, result.disposition, result.reason.split(":")[0]) == ("none", "none", "multiple-records")
+    assert [a.name for a in result.lookups] == ["_dmarc.dup.test"]  # RFC 7489 §6.6.3: no fallback
 
 
 def test_dmarc_pct_sampling_is_deterministic(resolver: Resolver) -> None:
@@ -267,9 +279,10 @@ def test_authentication_results_header(resolver: Resolver, keys: Keys) -> None:
     lines = [part.strip() for part in value.split(";")]
     assert lines[0] == "mxpath.liveprism.example"
     assert lines[1] == "spf=pass smtp.mailfrom=owner-team@list.test"
-    assert lines[2].startswith('dkim=fail reason="body-hash-mismatch') and "header.d=sender.test header.s=rsa" in lines[2]
+    assert lines[2].startswith('dkim=fail reason="body-hash-mismatch')
+    assert "header.d=sender.test header.s=rsa" in lines[2]
     assert lines[3].startswith("dmarc=fail") and lines[3].endswith("header.from=sender.test policy.dmarc=reject")
-    assert lines[4] == "arc=pass arc.chain=list.test arc.oldest-pass=0"
+    assert lines[4] == "arc=pass (sealers list.test) header.oldest-pass=0"
     # a forged A-R claiming our id is removed, the forwarder's own is kept
     forged = b"Authentication-Results: MXPATH.liveprism.example;\r\n\tdkim=pass header.d=bank.example\r\n" + raw
     cleaned = strip_authentication_results(forged, "mxpath.liveprism.example")
@@ -283,7 +296,7 @@ def test_timeouts_become_temperror_within_budget(dead_resolver: tuple[Resolver, 
     resolver, server = dead_resolver
     raw = forwarded(keys)
 
-    async def everything() -> tuple[object, ...]:
+    async def everything() -> tuple[SpfResult, tuple[DkimResult, ...], ArcResult, DmarcResult]:
         spf_task = check_spf(resolver, client_ip="192.0.2.10", helo="mta.example", mail_from="a@sender.test",
                              timeout_budget=1.0)
         spf_result, dkim_results, arc = await asyncio.gather(
@@ -293,12 +306,12 @@ def test_timeouts_become_temperror_within_budget(dead_resolver: tuple[Resolver, 
         return spf_result, dkim_results, arc, dmarc
 
     started = time.monotonic()
-    spf_result, dkim_results, arc, dmarc = asyncio.run(everything())  # type: ignore[misc]
+    spf_result, dkim_results, arc, dmarc = asyncio.run(everything())
     elapsed = time.monotonic() - started
-    assert spf_result.result == "temperror" and spf_result.lookups[0].status == "timeout"  # type: ignore[attr-defined]
-    assert [r.result for r in dkim_results] == ["temperror"]  # type: ignore[attr-defined]
-    assert arc.result == "temperror"  # type: ignore[attr-defined]
-    assert dmarc.result == "temperror"  # type: ignore[attr-defined]
+    assert spf_result.result == "temperror" and spf_result.lookups[0].status == "timeout"
+    assert [r.result for r in dkim_results] == ["temperror"]
+    assert arc.result == "temperror"
+    assert dmarc.result == "temperror"
     assert elapsed < 4.0, elapsed  # two budgets of 1 s in sequence, never the resolver's retries
     assert server.received >= 4
 

@@ -103,6 +103,8 @@ def build_zones(keys: Keys) -> dict[str, str]:
         "quar.test": zone("quar.test", [f"_dmarc IN TXT {txt('v=DMARC1; p=quarantine')}"]),
         "pnone.test": zone("pnone.test", [f"_dmarc IN TXT {txt('v=DMARC1; p=none')}"]),
         "shop.test": zone("shop.test", [f"_dmarc IN TXT {txt('v=DMARC1; p=none; sp=reject')}"]),
+        "dup.test": zone("dup.test", [f"_dmarc IN TXT {txt('v=DMARC1; p=reject')}",
+                                      f"_dmarc IN TXT {txt('v=DMARC1; p=none')}"]),
         "pct.test": zone("pct.test", [f"_dmarc IN TXT {txt('v=DMARC1; p=reject; pct=50')}"]),
         "strict.test": zone("strict.test", [
             f"_dmarc IN TXT {txt('v=DMARC1; p=reject; adkim=s; aspf=s')}",
