@@ -148,20 +148,27 @@ from engine.mime.view import parse_message
 from engine.policy.models import Checks, DnsSettings
 label, path, dns_port, clam_port, sessions = sys.argv[1].rsplit("/", 1)[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 raw = open(path, "rb").read().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-checks = Checks.model_validate({"dnsbl": [{"zone": "bl.bench"}], "uribl": [{"zone": "uribl.bench"}],
-                                "spf": {"enabled": True}, "dkim": {"enabled": True}, "dmarc": {"enabled": True}})
-async def dns_checks(n):
+CONFIGS = {  # each check alone (dmarc needs spf and dkim), then all of them
+    "dnsbl+uribl": {"dnsbl": [{"zone": "bl.bench"}], "uribl": [{"zone": "uribl.bench"}]},
+    "spf": {"spf": {"enabled": True}},
+    "dkim": {"dkim": {"enabled": True}},
+    "spf+dkim+dmarc": {"spf": {"enabled": True}, "dkim": {"enabled": True}, "dmarc": {"enabled": True}},
+}
+CONFIGS["all"] = {k: v for c in CONFIGS.values() for k, v in c.items()}
+async def dns_checks(settings, n):
+    checks = Checks.model_validate(settings)
     resolver = Resolver(DnsSettings(nameservers=["127.0.0.1"], port=dns_port, timeout=2))
     async def one():
         run = CheckRun(checks, resolver, hostname="bench")
         run.connect("127.0.0.1", "bench.example"); run.mail("alice.martin@example.com")
-        report = await run.data(raw, parse_message(raw))
-        assert "dkim:pass" in [h.id for h in report.hits], report.hits
+        report = await run.data(raw, view)
+        assert not any(h.id.endswith(("fail", "error", "reject", "none")) for h in report.hits), report.hits
     await one()  # warm the cache, as in a steady stream from one sender
-    t0, c0 = time.perf_counter(), time.process_time()
+    c0 = time.process_time()
     for _ in range(n):
         await one()
-    return (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
+    return (time.process_time() - c0) / n
+view = parse_message(raw)  # the gateway parses each message once anyway
 async def scans(n, concurrency):
     address = f"tcp://127.0.0.1:{clam_port}"
     t0, c0 = time.perf_counter(), time.process_time()
@@ -172,10 +179,12 @@ async def scans(n, concurrency):
     await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
     done = n // concurrency * concurrency
     return done / (time.perf_counter() - t0), (time.process_time() - c0) / done
-wall, cpu = asyncio.run(dns_checks(300))
+cpu = {name: asyncio.run(dns_checks(settings, 300)) for name, settings in CONFIGS.items()}
 rate, gw_cpu = asyncio.run(scans(400, sessions))
-print(f"where_{label} dns_checks_ms_per_msg={wall*1000:.2f} (cpu {cpu*1000:.2f} ms, answers cached)"
-      f" clamd_scans_per_s={rate:.0f} ({sessions} concurrent; client cpu {gw_cpu*1000:.2f} ms/scan)")
+print(f"where_{label} cpu_ms_per_msg (one process, DNS answers cached): "
+      + " ".join(f"{name}={ms * 1000:.2f}" for name, ms in cpu.items()))
+print(f"where_{label} clamd_scans_per_s={rate:.0f} ({sessions} concurrent, clamd's own CPU;"
+      f" gateway side {gw_cpu * 1000:.2f} ms cpu per scan)")
 EOF
   )
 done
