@@ -40,9 +40,10 @@ _REFUSED = ipaddress.ip_network("127.255.255.0/24")
 _LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 # A link's host: after a scheme (http, https) or a bare "www." start.
 _LINK_HOST = re.compile(r"(?i)(?:\bhttps?://(?:[^\s/@<>\"']*@)?|\bwww\.)([a-z0-9\u00a1-\uffff][a-z0-9.\u00a1-\uffff-]*)")
-_LINK_HOST_BYTES = re.compile(rb"(?i)(?:\bhttps?://(?:[^\s/@<>\"']*@)?|\bwww\.)([a-z0-9][a-z0-9.-]*)")
+# Searched in lowercased bytes: no IGNORECASE, so the regex engine skips ahead to an "h" or a "w".
+_LINK_HOST_BYTES = re.compile(rb"(?:https?://(?:[^\s/@<>\"']*@)?|www\.)([a-z0-9][a-z0-9.-]*)")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
-_BASE64_PART = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*base64")
+_BASE64_PART = re.compile(rb"content-transfer-encoding:[ \t]*base64")  # in lowercased bytes
 _MAX_SCAN_BYTES = 2_000_000  # text bytes searched for links per message
 
 
@@ -195,9 +196,13 @@ def _texts(raw: bytes) -> Iterable[str]:
             return
 
 
+def _has_base64_part(lowered: bytes) -> bool:
+    return b"base64" in lowered and _BASE64_PART.search(lowered) is not None
+
+
 def needs_full_parse(raw: bytes, view: MessageView) -> bool:
     """Whether link extraction needs the stdlib parser: an HTML part may be base64-encoded."""
-    return "text/html" in view.content_types and _BASE64_PART.search(raw, 0, _MAX_SCAN_BYTES) is not None
+    return "text/html" in view.content_types and _has_base64_part(raw[:_MAX_SCAN_BYTES].lower())
 
 
 def link_domains(raw: bytes, limit: int, view: MessageView | None = None) -> tuple[str, ...]:
@@ -209,12 +214,14 @@ def link_domains(raw: bytes, limit: int, view: MessageView | None = None) -> tup
     if limit <= 0:
         return ()
     hosts: list[str] = []
-    if view is not None and not needs_full_parse(raw, view):
-        end = _HEADER_END.search(raw)
+    lowered = raw[:_MAX_SCAN_BYTES].lower()
+    base64_part = _has_base64_part(lowered)
+    if view is not None and not (base64_part and "text/html" in view.content_types):
+        end = _HEADER_END.search(lowered)
         start = end.end() if end is not None else 0  # the body: links in header fields do not count
-        data = raw[start:start + _MAX_SCAN_BYTES].replace(b"=\r\n", b"").replace(b"=\n", b"")  # QP soft breaks
+        data = lowered[start:].replace(b"=\r\n", b"").replace(b"=\n", b"")  # QP soft breaks
         hosts.extend(_hosts(_LINK_HOST_BYTES.finditer(data), bytes))
-        if _BASE64_PART.search(raw, 0, _MAX_SCAN_BYTES):  # base64 text/plain: its decoded text
+        if base64_part:  # base64 text/plain: its decoded text
             for text in view.texts:
                 hosts.extend(_hosts(_LINK_HOST.finditer(text), str))
     else:
