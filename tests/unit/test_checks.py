@@ -240,3 +240,35 @@ def test_dkim_rsa_speedup_answers_as_dkimpy() -> None:
     answers = [(original(h, s, public), fast(h, s, public)) for h, s in cases]
     assert [a for a, _ in answers] == [b for _, b in answers]
     assert [a for a, _ in answers].count(True) == 2
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"From: a@b.example\r\nSubject: x\r\n\r\nbody\r\nline 2\r\n",
+        b"From: a@b.example\nSubject: x\n\nbody\nline 2\n",
+        b"From: a@b.example\r\nSubject: x\r\n  folded\r\n\tagain\r\n\r\nmixed\nends\r\nand\rlone CR\r\n",
+        b"From: a@b.example\r\nSubject: no body\r\n",
+        b"From: a@b.example\r\nSubject: no end",
+        b"From: a@b.example\r\n\r\n",
+        b"From sender@b.example Tue Dec  1 10:00:00 2026\nFrom: a@b.example\n\nx",
+        b"\r\nonly a body\r\n",
+        b"",
+        b"From: a\r\n\r\n\r\n\r\n",
+        b"From: a\r\r\n\r\nx\r\r\n",
+    ],
+)
+def test_rfc822_parse_speedup_answers_as_dkimpy(message: bytes) -> None:
+    from engine.checks import dkim_speedups
+
+    assert dkim_speedups.rfc822_parse(message) == dkim_speedups._RFC822_PARSE(message)
+
+
+@pytest.mark.parametrize("message", [b"Bad header line\r\n\r\nx", b" leading continuation\r\n\r\nx"])
+def test_rfc822_parse_speedup_fails_as_dkimpy(message: bytes) -> None:
+    from engine.checks import dkim_speedups
+
+    with pytest.raises(Exception) as original:
+        dkim_speedups._RFC822_PARSE(message)
+    with pytest.raises(type(original.value)):
+        dkim_speedups.rfc822_parse(message)
