@@ -145,8 +145,7 @@ def run_serve(policy_dir: Path, state_override: Path | None) -> int:
     result = load_graph(policy_dir)
     if result.graph is None:
         for problem in result.problems:
-            print(f"{policy_dir / problem.file}:{problem.line}:{problem.col}: {problem.severity}: {problem.message}",
-                  file=sys.stderr)
+            print(problem.format("text", policy_dir), file=sys.stderr)
         print("error: the policy is invalid; not starting", file=sys.stderr)
         return 2
     graph = result.graph

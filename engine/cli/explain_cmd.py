@@ -42,8 +42,7 @@ def run_explain(
     if result.graph is None:
         for problem in result.problems:
             if problem.severity == "error":
-                print(f"{directory / problem.file}:{problem.line}:{problem.col}: error: {problem.message}",
-                      file=sys.stderr)
+                print(problem.format("text", directory), file=sys.stderr)
         print("error: the policy is invalid; run `liveprism validate`", file=sys.stderr)
         return 2
     sender = "" if mail_from.strip() in ("", "<>") else mail_from

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from engine.cli.dkim_cmd import dkim_app
 from engine.cli.quarantine_cmd import quarantine_app
 from engine.cli.queue_cmd import queue_app
 
@@ -25,6 +26,7 @@ app = typer.Typer(
 
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(queue_app, name="queue")
+app.add_typer(dkim_app, name="dkim")
 
 PolicyDir = Annotated[Path, typer.Argument(help="Policy directory.", show_default=True)]
 
@@ -75,6 +77,20 @@ def explain(
     raise typer.Exit(
         run_explain(directory, message, mail_from, rcpt or [], client_ip, helo, direction, as_json)
     )
+
+
+@app.command()
+def dns(
+    directory: PolicyDir = Path("policies"),
+    domain: Annotated[str | None, typer.Option("--domain", help="Only this zone (a tenant domain).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="bind|json|octodns; with --check: text|json.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write one file per zone into this directory.")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Compare with live DNS; exit 1 on drift.")] = False,
+) -> None:
+    """Zone snippets for the tenant domains (MX, SPF, DMARC, DKIM, MTA-STS, TLS-RPT, MX host A/AAAA)."""
+    from engine.cli.dns_cmd import run_dns
+
+    raise typer.Exit(run_dns(directory, domain, fmt, check, out))
 
 
 @app.command()

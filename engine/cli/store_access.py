@@ -38,7 +38,7 @@ def store_dir(state: Path | None, policy: Path) -> Path:
 
     source = load_policy(policy)
     if source.gateway is None:
-        problems = "; ".join(f"{p.file}:{p.line}:{p.col}: {p.message}" for p in source.problems if "gateway" in p.file)
+        problems = "; ".join(p.format_text() for p in source.problems if "gateway" in p.file)
         fail(f"cannot read storage.path from {policy}/gateway.yaml ({problems or 'missing'}); pass --state DIR")
     storage = source.gateway.model.storage
     if storage.url is not None:

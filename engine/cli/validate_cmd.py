@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from engine.policy.loader import Problem, load_policy
+from engine.policy.problem import display_path
 from engine.policy.validate import validate_policy
 
 EXIT_VALID = 0
@@ -35,25 +36,12 @@ def run_validate(directory: Path, fmt: str) -> int:
         print(json.dumps({"valid": errors == 0, "problems": [_as_json(directory, p) for p in problems]}, indent=2))
     else:
         for problem in problems:
-            print(_github(directory, problem) if fmt == "github" else _text(directory, problem))
+            print(problem.format("github" if fmt == "github" else "text", directory))
         print(
             f"{_count(errors, 'error')}, {_count(warnings, 'warning')} in {_count(len(source.files), 'file')}",
             file=sys.stderr,
         )
     return EXIT_INVALID if errors else EXIT_VALID
-
-
-def display_path(directory: Path, rel: str) -> str:
-    """`directory/rel`, relative to the current directory when it lies below it."""
-    path = directory / rel
-    if path.is_absolute() and path.is_relative_to(Path.cwd()):
-        path = path.relative_to(Path.cwd())
-    return path.as_posix()
-
-
-def _text(directory: Path, problem: Problem) -> str:
-    where = f"{display_path(directory, problem.file)}:{problem.line}:{problem.col}"
-    return f"{where}: {problem.severity}: {problem.message}"
 
 
 def _as_json(directory: Path, problem: Problem) -> dict[str, str | int]:
@@ -64,21 +52,6 @@ def _as_json(directory: Path, problem: Problem) -> dict[str, str | int]:
         "col": problem.col,
         "message": problem.message,
     }
-
-
-def _github(directory: Path, problem: Problem) -> str:
-    """A GitHub Actions workflow command, escaped as the runner expects."""
-    file = _escape_property(display_path(directory, problem.file))
-    message = _escape_data(problem.message)
-    return f"::{problem.severity} file={file},line={problem.line},col={problem.col}::{message}"
-
-
-def _escape_data(value: str) -> str:
-    return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _escape_property(value: str) -> str:
-    return _escape_data(value).replace(":", "%3A").replace(",", "%2C")
 
 
 def _count(n: int, noun: str) -> str:

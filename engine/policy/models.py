@@ -41,6 +41,24 @@ def check_domain(value: str) -> str:
     return domain
 
 
+_DNS_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+_DNS_NAME_RE = re.compile(rf"^(?=.{{1,253}}$){_DNS_LABEL}(\.{_DNS_LABEL})+$")
+
+
+def check_dns_name(value: str) -> str:
+    """Normalise a DNS owner name that may hold `_` labels (`_spf.example.com`, RFC 8552), as
+    `check_domain` does for host names, or raise ValueError."""
+    name = value.strip().lower().rstrip(".")
+    try:
+        name = ".".join(label.encode("idna").decode("ascii") if not label.isascii() else label
+                        for label in name.split("."))
+    except UnicodeError as exc:
+        raise ValueError(f"invalid DNS name {value!r}") from exc
+    if not _DNS_NAME_RE.match(name):
+        raise ValueError(f"invalid DNS name {value!r}: expected a name like _spf.example.com")
+    return name
+
+
 def check_address_pattern(value: str) -> str:
     """Normalise an address pattern: `user@domain`, `*@domain` or `*@*.domain`."""
     pattern = value.strip().lower()
@@ -69,6 +87,7 @@ def check_network(value: str) -> str:
 DomainName = Annotated[str, AfterValidator(check_domain)]
 AddressPattern = Annotated[str, AfterValidator(check_address_pattern)]
 Network = Annotated[str, AfterValidator(check_network)]
+DnsName = Annotated[str, AfterValidator(check_dns_name)]
 
 
 class PolicyModel(BaseModel):
@@ -152,6 +171,9 @@ class MxHost(PolicyModel):
     name: str = Field(description="Host name of one MXPath server, published as MX target.")
     ipv4: list[ipaddress.IPv4Address] = Field(default_factory=list, description="Its IPv4 addresses (A).")
     ipv6: list[ipaddress.IPv6Address] = Field(default_factory=list, description="Its IPv6 addresses (AAAA).")
+    priority: int = Field(
+        default=10, ge=0, le=65535, description="MX preference published for it (equal values share the load)."
+    )
 
     @field_validator("name")
     @classmethod
@@ -452,6 +474,9 @@ class Gateway(PolicyModel):
     quarantine: QuarantineSettings = Field(default_factory=QuarantineSettings, description="Held mail.")
     delivery: DeliverySettings = Field(default_factory=DeliverySettings, description="Relay retry schedule.")
     dns: DnsSettings = Field(default_factory=DnsSettings, description="Resolver used by checks and relay.")
+    dns_ttl: int = Field(
+        default=3600, ge=60, le=86_400, description="TTL in seconds of the records `liveprism dns` publishes."
+    )
     scoring: Scoring = Field(default_factory=Scoring, description="Default score thresholds.")
     checks: Checks = Field(default_factory=Checks, description="External checks (detection only).")
     log: LogSettings = Field(default_factory=LogSettings, description="Transaction log format.")
@@ -496,13 +521,109 @@ class Outbound(PolicyModel):
     dkim: DkimKey | None = Field(default=None, description="DKIM signing of outbound mail.")
 
 
+_URI_FORBIDDEN = frozenset(',;"\\')
+
+
+def check_report_uri(value: str) -> str:
+    """A report destination: `mailto:ADDRESS` (DMARC, TLS-RPT) or `https://…` (TLS-RPT only, checked
+    by the caller). Commas and `!` would end the URI in a DMARC tag, so they are refused (RFC 7489 §6.4)."""
+    uri = value.strip()
+    scheme, sep, rest = uri.partition(":")
+    if scheme.lower() == "mailto" and sep:
+        check_address_pattern(rest.split("!", 1)[0])
+        if "*" in rest:
+            raise ValueError(f"invalid report address {value!r}: no '*' in a mailto: URI")
+    elif not (scheme.lower() == "https" and rest.startswith("//") and len(rest) > 2):
+        raise ValueError(f"invalid report URI {value!r}: expected mailto:ADDRESS or https://…")
+    if any(c in _URI_FORBIDDEN or not 33 <= ord(c) <= 126 for c in uri):
+        raise ValueError(f"invalid report URI {value!r}: no spaces, commas, semicolons, quotes or non-ASCII")
+    return uri
+
+
+def check_mailto(value: str) -> str:
+    uri = check_report_uri(value)
+    if not uri.lower().startswith("mailto:"):
+        raise ValueError(f"invalid DMARC report URI {value!r}: expected mailto:ADDRESS")
+    return uri
+
+
+MailtoUri = Annotated[str, AfterValidator(check_mailto)]
+ReportUri = Annotated[str, AfterValidator(check_report_uri)]
+
+
+class DmarcAlignment(StrEnum):
+    """DMARC identifier alignment mode (RFC 7489 §6.3 `adkim`/`aspf`): relaxed or strict."""
+
+    relaxed = "r"
+    strict = "s"
+
+
 class DmarcRecord(PolicyModel):
+    """The `_dmarc` TXT record (RFC 7489 §6.3); unset tags are left out (their defaults apply)."""
+
     policy: DmarcPolicy = Field(default=DmarcPolicy.none, description="DMARC p= for the tenant's domains.")
-    rua: str | None = Field(default=None, description="Aggregate report address (mailto:…).")
+    rua: MailtoUri | list[MailtoUri] | None = Field(
+        default=None, description="Aggregate report address(es) (mailto:…), rua=."
+    )
+    ruf: MailtoUri | list[MailtoUri] | None = Field(
+        default=None, description="Failure report address(es) (mailto:…), ruf=."
+    )
+    pct: int | None = Field(default=None, ge=0, le=100, description="Percentage of failing mail the policy applies to.")
+    sp: DmarcPolicy | None = Field(default=None, description="Policy for subdomains (sp=); p= when unset.")
+    adkim: DmarcAlignment | None = Field(default=None, description="DKIM alignment: r (relaxed) or s (strict).")
+    aspf: DmarcAlignment | None = Field(default=None, description="SPF alignment: r (relaxed) or s (strict).")
+
+
+class SpfAll(StrEnum):
+    """The final `all` mechanism of the SPF record (RFC 7208 §5.1)."""
+
+    fail = "-all"
+    softfail = "~all"
+    neutral = "?all"
+
+
+class SpfRecord(PolicyModel):
+    """The SPF TXT record at each tenant domain: the gateway's MX host addresses (outbound mail
+    leaves from them), then `include:` of other senders, then `all`."""
+
+    include: list[DnsName] = Field(
+        default_factory=list, description="Domains whose SPF is included (other senders of the tenant's mail)."
+    )
+    all: SpfAll = Field(default=SpfAll.fail, description="Result for every other sender: -all, ~all or ?all.")
+
+
+class MtaStsMode(StrEnum):
+    """MTA-STS policy mode (RFC 8461 §3.2)."""
+
+    enforce = "enforce"
+    testing = "testing"
+    none = "none"
+
+
+class MtaSts(PolicyModel):
+    """MTA-STS (RFC 8461): the `_mta-sts` TXT record and the policy file served at
+    https://mta-sts.DOMAIN/.well-known/mta-sts.txt listing the gateway's MX hosts."""
+
+    mode: MtaStsMode = Field(default=MtaStsMode.testing, description="enforce, testing or none.")
+    max_age: int = Field(
+        default=604_800, ge=86_400, le=31_557_600, description="Seconds senders cache the policy (1 day to 1 year)."
+    )
+
+
+class TlsRpt(PolicyModel):
+    """SMTP TLS reporting (RFC 8460): the `_smtp._tls` TXT record."""
+
+    rua: ReportUri | list[ReportUri] = Field(description="Report destination(s): mailto:… or https://….")
 
 
 class TenantDns(PolicyModel):
+    """The DNS records `liveprism dns` publishes for each of the tenant's domains (besides MX,
+    which always names the gateway's MX hosts, and DKIM, from `outbound.dkim`)."""
+
     dmarc: DmarcRecord = Field(default_factory=DmarcRecord, description="Published DMARC record.")
+    spf: SpfRecord = Field(default_factory=SpfRecord, description="Published SPF record.")
+    mta_sts: MtaSts | None = Field(default=None, description="MTA-STS record and policy; not published when unset.")
+    tls_rpt: TlsRpt | None = Field(default=None, description="TLS-RPT record; not published when unset.")
 
 
 class Tenant(PolicyModel):

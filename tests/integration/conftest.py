@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.nsd import Nsd
+
 REPO = Path(__file__).resolve().parents[2]
 LOCALHOST = "127.0.0.1"
 
@@ -248,6 +250,17 @@ def procs() -> Iterator[list[object]]:
     yield started
     for item in reversed(started):
         item.stop()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def nsd(tmp_path: Path) -> Iterator[Nsd]:
+    """A real nsd on 127.0.0.1 (tests/integration/nsd.py): `port = nsd.start({origin: zone_text})`,
+    `nsd.reload(zones)`; stopped by PID at teardown."""
+    server = Nsd(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -11,17 +11,9 @@ from typing import Any
 import pytest
 from policy_files import ACME, GATEWAY, write_policy
 
-from engine.policy import loader
-from engine.policy.loader import (
-    LIBYAML_AVAILABLE,
-    LoadedFile,
-    PolicySource,
-    Problem,
-    load_policy,
-    parse_yaml_libyaml,
-    parse_yaml_ruamel,
-)
+from engine.policy.loader import LoadedFile, PolicySource, Problem, load_policy
 from engine.policy.models import NotCondition, RuleSet
+from engine.policy.yaml_positions import LIBYAML_AVAILABLE, parse_yaml_libyaml, parse_yaml_ruamel
 
 
 def texts(problems: tuple[Problem, ...]) -> list[str]:
@@ -421,9 +413,7 @@ def fingerprint(source: PolicySource) -> list[Any]:
 
 
 @needs_libyaml
-def test_example_policy_and_broken_files_load_the_same_on_both_paths(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_example_policy_and_broken_files_load_the_same_on_both_paths(tmp_path: Path) -> None:
     # every file of the example policy takes the fast path
     assert all(parse_yaml_libyaml(path.read_text(encoding="utf-8")) is not None for path in POLICIES.rglob("*.yaml"))
     shutil.copytree(POLICIES, tmp_path / "policy")
@@ -437,8 +427,7 @@ def test_example_policy_and_broken_files_load_the_same_on_both_paths(
         base=False,
     )
     fast = load_policy(tmp_path / "policy")
-    monkeypatch.setattr(loader, "USE_LIBYAML", False)
-    slow = load_policy(tmp_path / "policy")
+    slow = load_policy(tmp_path / "policy", parser="ruamel")
     assert fast.gateway is not None and fast.tenants and fast.lists and fast.rulesets
     assert texts(fast.problems) == [
         "lists/dup.yaml:2:1: error: duplicate key 'name' (first at line 1)",

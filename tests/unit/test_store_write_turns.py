@@ -70,7 +70,7 @@ def test_non_owner_gets_in_between_back_to_back_owner_transactions(
     finally:
         stop.set()
         thread.join()
-    assert owner_commits > 40  # the owner really was busy all along
+    assert owner_commits >= 20  # the owner really was busy all along (it commits in the waiter's gaps)
     # the owner lets an announced waiter go first: usually it finishes the transaction it is in
     assert statistics.median(overtaken) <= 1, overtaken
     owner.close()
