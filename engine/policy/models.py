@@ -334,7 +334,7 @@ class SpfCheck(PolicyModel):
         description="Score per SPF result (pass, fail, softfail, neutral, none, temperror, permerror); 0 when absent.",
     )
     actions: Annotated[dict[str, Action], _result_keys(SPF_RESULTS)] = Field(
-        default_factory=dict, description="Action per SPF result, e.g. {fail: reject} (refused at RCPT)."
+        default_factory=dict, description="Action per SPF result, e.g. {fail: reject} (refused at MAIL)."
     )
 
 
@@ -350,7 +350,9 @@ class DkimCheck(PolicyModel):
 
 
 class DmarcCheck(PolicyModel):
-    enabled: bool = Field(default=False, description="Whether DMARC (RFC 7489) runs (needs spf and dkim enabled).")
+    enabled: bool = Field(
+        default=False, description="Whether DMARC (RFC 7489) runs (with SPF and DKIM for alignment, even when off)."
+    )
     honour_policy: bool = Field(
         default=True,
         description="Apply the sender domain's published policy: a failure under p=reject rejects, under "

@@ -282,17 +282,28 @@ def _bad_regexes(source: PolicySource) -> Iterator[Problem]:
                     yield loaded.problem("error", path, f"{path[-1]}: RE2 cannot compile '{pattern}': {reason}")
 
 
-def _patterns(condition: PolicyModel, path: YamlPath) -> Iterator[tuple[YamlPath, str]]:
-    """(YAML path, pattern) of every RE2 pattern in a condition tree."""
+def _leaf_conditions(condition: PolicyModel, path: YamlPath) -> Iterator[tuple[YamlPath, PolicyModel]]:
+    """(YAML path, condition) of every leaf (not any/all/not) of a condition tree."""
     if isinstance(condition, AnyCondition):
         for index, child in enumerate(condition.any):
-            yield from _patterns(child, (*path, "any", index))
+            yield from _leaf_conditions(child, (*path, "any", index))
     elif isinstance(condition, AllCondition):
         for index, child in enumerate(condition.all):
-            yield from _patterns(child, (*path, "all", index))
+            yield from _leaf_conditions(child, (*path, "all", index))
     elif isinstance(condition, NotCondition):
-        yield from _patterns(condition.not_, (*path, "not"))
-    elif isinstance(condition, HeaderCondition) and condition.header.regex is not None:
+        yield from _leaf_conditions(condition.not_, (*path, "not"))
+    else:
+        yield path, condition
+
+
+def _patterns(tree: PolicyModel, tree_path: YamlPath) -> Iterator[tuple[YamlPath, str]]:
+    """(YAML path, pattern) of every RE2 pattern in a condition tree."""
+    for path, condition in _leaf_conditions(tree, tree_path):
+        yield from _leaf_patterns(condition, path)
+
+
+def _leaf_patterns(condition: PolicyModel, path: YamlPath) -> Iterator[tuple[YamlPath, str]]:
+    if isinstance(condition, HeaderCondition) and condition.header.regex is not None:
         yield (*path, "header", "regex"), condition.header.regex
     elif isinstance(condition, BodyCondition) and condition.body.regex is not None:
         yield (*path, "body", "regex"), condition.body.regex
@@ -407,14 +418,7 @@ def _unknown_check(running: dict[str, set[str] | None], name: str, results: Sequ
     return None
 
 
-def _check_conditions(condition: PolicyModel, path: YamlPath) -> Iterator[tuple[YamlPath, CheckCondition]]:
-    if isinstance(condition, AnyCondition):
-        for index, child in enumerate(condition.any):
-            yield from _check_conditions(child, (*path, "any", index))
-    elif isinstance(condition, AllCondition):
-        for index, child in enumerate(condition.all):
-            yield from _check_conditions(child, (*path, "all", index))
-    elif isinstance(condition, NotCondition):
-        yield from _check_conditions(condition.not_, (*path, "not"))
-    elif isinstance(condition, CheckCondition):
-        yield (*path, "check"), condition
+def _check_conditions(tree: PolicyModel, tree_path: YamlPath) -> Iterator[tuple[YamlPath, CheckCondition]]:
+    for path, condition in _leaf_conditions(tree, tree_path):
+        if isinstance(condition, CheckCondition):
+            yield (*path, "check"), condition

@@ -9,7 +9,6 @@ import io
 import socket
 import subprocess
 import sys
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.integration.conftest import LOCALHOST, free_port, stop, wait_port
+from tests.integration.nsd import Nsd as NsdServer
+from tests.integration.nsd import zone_file
 
 # The EICAR test file (https://www.eicar.org/download-anti-malware-testfile/), split so that this
 # source file itself is not a detection.
@@ -48,68 +49,28 @@ def eicar_zip() -> bytes:
 
 @dataclass
 class Nsd:
-    """nsd serving `zones` (zone name -> records in zone-file syntax, relative to the origin)."""
+    """nsd (tests/integration/nsd.py) serving `zones`: zone name -> records, relative to the origin."""
 
     workdir: Path
     zones: dict[str, str]
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
+    server: NsdServer | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None, "start() first"
+        return self.server.port
 
     def start(self) -> Nsd:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        conf = [
-            "server:",
-            f"  ip-address: {LOCALHOST}",
-            f"  port: {self.port}",
-            f'  zonesdir: "{self.workdir}"',
-            f'  pidfile: "{self.workdir / "nsd.pid"}"',
-            '  username: ""',
-            f'  zonelistfile: "{self.workdir / "zone.list"}"',
-            f'  xfrdfile: "{self.workdir / "xfrd.state"}"',
-            f'  logfile: "{self.workdir / "nsd.log"}"',
-            '  database: ""',
-            "  server-count: 1",
-            "remote-control:",
-            "  control-enable: no",
-        ]
-        for zone, records in self.zones.items():
-            (self.workdir / f"{zone}.zone").write_text(
-                f"$ORIGIN {zone}.\n$TTL 60\n"
-                f"@ IN SOA ns.{zone}. hostmaster.{zone}. 1 3600 600 86400 60\n"
-                f"@ IN NS ns.{zone}.\nns IN A 127.0.0.1\n{records}\n"
-            )
-            conf += ["zone:", f"  name: {zone}", f"  zonefile: {zone}.zone"]
-        (self.workdir / "nsd.conf").write_text("\n".join(conf) + "\n")
-        check = subprocess.run(["nsd-checkconf", str(self.workdir / "nsd.conf")], capture_output=True, text=True)
-        assert check.returncode == 0, check.stderr
-        self.proc = subprocess.Popen(["nsd", "-c", str(self.workdir / "nsd.conf"), "-d"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        self._wait_answering(next(iter(self.zones)))
+        self.server = NsdServer(self.workdir)
+        self.server.start({zone: zone_file(zone, records) for zone, records in self.zones.items()})
         return self
-
-    def _wait_answering(self, zone: str) -> None:
-        import dns.exception
-        import dns.resolver
-
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers, resolver.port, resolver.lifetime = [LOCALHOST], self.port, 0.5
-        deadline = time.monotonic() + 20
-        while True:
-            assert self.proc is not None and self.proc.poll() is None, (self.workdir / "nsd.log").read_text()
-            try:
-                resolver.resolve(zone, "SOA")
-                return
-            except dns.exception.DNSException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
 
     def gateway_settings(self, timeout: float = 2.0) -> str:
         return f"dns: {{nameservers: [{LOCALHOST}], port: {self.port}, timeout: {timeout}}}"
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
+        if self.server is not None:
+            self.server.stop()
 
 
 @dataclass
