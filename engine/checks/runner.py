@@ -1,7 +1,7 @@
 """The checks of one SMTP transaction, run concurrently and turned into policy hits.
 
 Algorithm. A `CheckRun` lives for one transaction. Each check starts as an asyncio task as soon
-as its input is known: DNSBL at connect (client address), SPF and the sender-domain RHSBL at
+as its input is known: DNSBL at connect (`serve`: at EHLO/HELO), SPF and the sender-domain RHSBL at
 MAIL (envelope sender, HELO), DKIM, ARC, DMARC (after SPF and DKIM), link-domain URIBL and
 antivirus at the end of DATA (the message). `early_hits` hands over, before DATA, the results a
 refusing action (reject/tempfail) depends on — waiting for them, bounded by the per-check
