@@ -47,6 +47,7 @@ test: deps venv
 lint: venv
 	$(VENV)/bin/ruff check engine tests bench
 	$(VENV)/bin/mypy --strict engine
+	$(VENV)/bin/actionlint .github/workflows/ci.yml .github/workflows/policy.yml
 
 bench: venv
 	$(PY) bench/graph.py

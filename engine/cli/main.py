@@ -97,11 +97,12 @@ def dns(
 def serve(
     directory: PolicyDir = Path("policies"),
     state: Annotated[Path | None, typer.Option("--state", help="State directory; overrides storage.path.")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Run as this user once the ports are bound.")] = None,
 ) -> None:
     """Run the gateway on the policy; hot-reloads DIR on change; SIGTERM stops it cleanly."""
     from engine.service import run_serve
 
-    raise typer.Exit(run_serve(directory, state))
+    raise typer.Exit(run_serve(directory, state, user))
 
 
 @app.command(hidden=True)
@@ -144,6 +145,44 @@ def demo(
         child.terminate()
         child.wait(timeout=10)
     raise typer.Exit(code)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def test(
+    ctx: typer.Context,
+    repo: Annotated[Path, typer.Argument(help="Policy repository (holds policies/ and tests/features/).")] = Path("."),
+    junitxml: Annotated[Path | None, typer.Option("--junitxml", help="Write a JUnit XML report.")] = None,
+    cucumberjson: Annotated[Path | None, typer.Option("--cucumberjson", help="Write a Cucumber JSON report.")] = None,
+) -> None:
+    """Run the Gherkin scenarios of REPO/tests/features (pytest + the liveprism steps); exit code is pytest's."""
+    from engine.cli.test_cmd import run_test
+
+    raise typer.Exit(run_test(repo, junitxml, cucumberjson, ctx.args))
+
+
+@app.command()
+def plan(
+    directory: PolicyDir = Path("policies"),
+    base: Annotated[str, typer.Option("--base", help="Git ref to compare the work tree with.")] = "origin/main",
+    corpus: Annotated[Path | None, typer.Option("--corpus", help="Directory of *.eml to replay.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="text, markdown or json.")] = "text",
+    state: Annotated[Path | None, typer.Option("--state", help="Also replay this store's quarantine/archive.")] = None,
+    since: Annotated[str, typer.Option("--since", help="Archive window for --state: 7d, 24h or ISO date.")] = "7d",
+) -> None:
+    """Semantic diff of the policy against --base and the messages whose verdict it changes."""
+    from engine.cli.plan_cmd import run_plan, since_seconds
+
+    if fmt not in ("text", "markdown", "json"):
+        raise typer.BadParameter(f"{fmt!r}: expected text, markdown or json", param_hint="--format")
+    raise typer.Exit(run_plan(directory, base, corpus, fmt, state, since_seconds(since)))
+
+
+@app.command()
+def init(directory: Annotated[Path, typer.Argument(help="Directory of the new policy repository.")]) -> None:
+    """Scaffold a policy repository (policies/, tests/, CI workflow) that passes validate and test."""
+    from engine.cli.init_cmd import run_init
+
+    raise typer.Exit(run_init(directory))
 
 
 def main() -> None:

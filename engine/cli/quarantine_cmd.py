@@ -29,6 +29,7 @@ from engine.cli.store_access import (
     when,
     with_store,
 )
+from engine.mime.printable import escape
 from engine.mime.raw_headers import header_section
 from engine.store.base import QuarantineEntry, QuarantineRefusal, QuarantineStatus, Store
 
@@ -135,8 +136,8 @@ def show_command(
         return
     info = _entry_json(entry)
     for key in ("id", "queue_id", "tenant", "status", "status_at", "created_at", "mail_from", "subject", "reason"):
-        typer.echo(f"{key + ':':<12} {info[key]}")
-    typer.echo(f"{'recipients:':<12} {', '.join(entry.recipients)}")
+        typer.echo(f"{key + ':':<12} {escape(str(info[key]))}")  # a subject may hold escape sequences
+    typer.echo(f"{'recipients:':<12} {escape(', '.join(entry.recipients))}")
     typer.echo(f"{'score:':<12} {'' if entry.score is None else entry.score}")
     typer.echo("hits:")
     for hit in entry.hits:
@@ -145,7 +146,8 @@ def show_command(
     if message is None:
         typer.echo("(the message is no longer stored)")
     else:
-        typer.echo(header_section(message).decode("utf-8", "replace").rstrip("\r\n").replace("\r\n", "\n"))
+        text = header_section(message).decode("utf-8", "replace").rstrip("\r\n").replace("\r\n", "\n")
+        typer.echo("\n".join(escape(line, keep="\t") for line in text.split("\n")))
 
 
 def _change(
@@ -176,3 +178,8 @@ def delete_command(
 ) -> None:
     """Drop a held copy (the archive keeps the message when archiving is on)."""
     _change(state, directory or policy, lambda s: s.delete_quarantine(entry_id, time.time()), "deleted")
+
+
+from engine.cli.promote_cmd import promote_command  # noqa: E402  (its own module; registered here)
+
+quarantine_app.command("promote")(promote_command)

@@ -15,6 +15,7 @@ from typing import Annotated, NoReturn, TypeVar
 
 import typer
 
+from engine.mime.printable import escape
 from engine.store import open_store, state_dir
 from engine.store.base import Store
 from engine.store.sqlite import DB_NAME
@@ -75,5 +76,7 @@ def when(timestamp: float) -> str:
 
 
 def clip(text: str, width: int) -> str:
-    """`text` cut to `width` characters, with an ellipsis when cut."""
+    """`text` for a terminal column: control characters escaped (a subject or an address can hold
+    escape sequences), cut to `width` characters with an ellipsis when cut."""
+    text = escape(text)
     return text if len(text) <= width else text[: width - 1] + "…"

@@ -14,6 +14,10 @@ encoded-words (RFC 2047 §6) and RFC 2231 parameters (RFC 2231 §3-4) are decode
 for the common all-ASCII case and ``email.message.Message`` (compat32) only for unusual parameters.
 Unlike the stdlib feedparser this compiles no regular expression per boundary, so distinct messages
 cost no more than repeated ones, and it never builds parts below ``MAX_NESTING``.
+
+Work per message is linear in its size and capped (``MAX_PARTS``, ``MAX_HEADER_BYTES``,
+``MAX_DECODED_BYTES``): beyond a cap the rest is skipped or kept raw and a defect token says so,
+so a hostile message costs bounded time and always ends up ``malformed``.
 """
 
 import binascii
@@ -43,14 +47,25 @@ BAD_TRANSFER_ENCODING: Final = "bad-transfer-encoding"  # multipart with a base6
 NO_HEADERS: Final = "no-headers"  # empty input, or no header block at all
 NESTING_TOO_DEEP: Final = "nesting-too-deep"  # parts below MAX_NESTING levels were skipped
 PARSE_ERROR: Final = "parse-error"  # an unexpected exception; the view holds what was read before it
+TOO_MANY_PARTS: Final = "too-many-parts"  # parts beyond MAX_PARTS were not visited
+HEADERS_TOO_LARGE: Final = "headers-too-large"  # header bytes beyond MAX_HEADER_BYTES kept undecoded
+DECODE_LIMIT: Final = "decode-limit"  # bodies beyond MAX_DECODED_BYTES kept undecoded, not read as text
 
 MAX_NESTING: Final = 50
 """Parts nested deeper than this many container levels (multipart or message/*) are not visited."""
+MAX_PARTS: Final = 10_000
+"""Entities (parts at any depth, the message itself included) visited per message; the rest is skipped."""
+MAX_HEADER_BYTES: Final = 1024 * 1024
+"""Longest header block read as fields (what follows is read as body), and the header field bytes
+(all entities together) that are RFC 2047-decoded per message (later fields stay raw)."""
+MAX_DECODED_BYTES: Final = 64 * 1024 * 1024
+"""Body bytes decoded (transfer encoding and charset) per message; later bodies are counted, not read."""
 
 _HEADER_PARSER: Final = BytesParser(policy=compat32)  # only to salvage headers after a failure
 # The header block: lines that start a field ("name:", or a "From " envelope line) or continue one
 # (space or tab); the feedparser's headerRE, per line. Line ends are CRLF, LF or a lone CR.
 _HEADER_BLOCK: Final = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*:|[ \t])[^\r\n]*(?:\r\n|\r|\n|\Z))*")
+_SCAN_SLICE: Final = 64 * 1024
 # What may follow "--" boundary on a delimiter line: "--" (close delimiter), transport padding, line end.
 _DELIMITER_TAIL: Final = re.compile(rb"(--)?[ \t]*(?:\r\n|\r|\n|\Z)")
 _ENCODED_WORD: Final = re.compile(r"=\?([^?]*)\?([bBqQ])\?(.*?)\?=", re.S)
@@ -211,17 +226,41 @@ def _strip_eol(data: bytes, start: int, end: int) -> int:
     return end
 
 
+def _header_block_end(data: bytes, start: int, end: int, slice_size: int = _SCAN_SLICE) -> int:
+    """Where the header block of data[start:end] ends (``_HEADER_BLOCK``), found in slices of about
+    *slice_size* bytes cut at line ends: one regex call holds the GIL for its whole length, and a
+    6 MB header scanned at once stalled the event loop for 0.4 s while parsing ran in a thread."""
+    pos = start
+    while True:
+        cut = end
+        if end - pos > slice_size:
+            limit = pos + slice_size
+            cut = max(data.rfind(b"\n", pos, limit), data.rfind(b"\r", pos, limit)) + 1
+            if cut <= pos:  # one line longer than a slice: up to its end (a cheap character-class run)
+                line_end = min((i for i in (data.find(b"\n", limit, end), data.find(b"\r", limit, end)) if i >= 0),
+                               default=end - 1)
+                cut = line_end + 1
+            if data[cut - 1] == 13 and cut < end and data[cut] == 10:  # keep a CRLF whole
+                cut += 1
+        match = _HEADER_BLOCK.match(data, pos, cut)
+        found = match.end() if match else pos
+        if found < cut or cut >= end:
+            return found
+        pos = cut
+
+
 def _multipart_parts(
-    data: bytes, start: int, end: int, delimiter: bytes
-) -> tuple[list[tuple[int, int]] | None, bool, int]:
+    data: bytes, start: int, end: int, delimiter: bytes, limit: int = MAX_PARTS
+) -> tuple[list[tuple[int, int]] | None, bool, int, bool]:
     """Split the multipart body data[start:end] at its *delimiter* lines (RFC 2046 §5.1.1).
 
-    Returns ``(parts, closed, stop)``: the byte ranges of the body parts (the line end before each
+    Returns ``(parts, closed, stop, limited)``: the byte ranges of the body parts (the line end before each
     delimiter belongs to the delimiter), whether the close delimiter was found, and where the
     preamble stops. ``parts`` is None when no delimiter opens the first part; then ``stop`` is the
     start of a close delimiter met first, or *end*. Delimiter lines right after a delimiter line
     are skipped, close delimiters too (as the stdlib feedparser does), so that "--b", "--b--" and
-    then parts does not hide the parts in an epilogue.
+    then parts does not hide the parts in an epilogue. At most *limit* parts are returned: when a
+    further part follows, the split stops there (``closed`` False, ``limited`` True).
     """
     size = len(delimiter)
     parts: list[tuple[int, int]] = []
@@ -240,19 +279,23 @@ def _multipart_parts(
         close = tail.group(1) is not None
         if part_start < 0:
             if close:
-                return None, False, found
+                return None, False, found, False
         elif found == part_start:  # right after a delimiter line: skipped, even a close delimiter
             part_start = pos = tail.end()
             continue
+        elif len(parts) >= limit:
+            return parts, False, found, True
         else:
             parts.append((part_start, _strip_eol(data, part_start, found)))
         if close:
-            return parts, True, found
+            return parts, True, found, False
         part_start = pos = tail.end()
     if part_start < 0:
-        return None, False, end
+        return None, False, end, False
+    if len(parts) >= limit:
+        return parts, False, end, True
     parts.append((part_start, _strip_eol(data, part_start, end)))
-    return parts, False, end
+    return parts, False, end, False
 
 
 def _decode_base64(data: bytes) -> tuple[bytes, bool]:
@@ -317,7 +360,10 @@ def _decode_word(encoding: str, text: str) -> bytes | None:
 class _Builder:
     """Mutable accumulator for one parse; partial contents are still reported after a failure."""
 
-    __slots__ = ("attachments", "content_types", "defects", "from_addresses", "headers", "texts")
+    __slots__ = (
+        "attachments", "content_types", "decode_budget", "defects", "from_addresses", "header_budget",
+        "headers", "parts", "texts",
+    )
 
     def __init__(self) -> None:
         self.headers: dict[str, list[str]] = {}
@@ -326,6 +372,9 @@ class _Builder:
         self.content_types: list[str] = []
         self.from_addresses: list[str] = []
         self.defects: set[str] = set()
+        self.parts = 0  # entities visited
+        self.header_budget = MAX_HEADER_BYTES  # header bytes still to decode
+        self.decode_budget = MAX_DECODED_BYTES  # body bytes still to decode
 
     def build(self, raw: bytes) -> None:
         """Parse *raw* and record everything; may raise (parse_message turns that into a defect)."""
@@ -352,8 +401,10 @@ class _Builder:
         leading "From " envelope line is dropped, a later one too (``bad-header``) unless it is the
         block's last line, which then starts the body.
         """
-        match = _HEADER_BLOCK.match(data, start, end)
-        block_end = match.end() if match else start
+        cap = min(end, start + MAX_HEADER_BYTES)  # a larger header block: the rest is read as body
+        block_end = _header_block_end(data, start, cap)
+        if block_end == cap < end:
+            self.defects.add(HEADERS_TOO_LARGE)
         body = block_end
         if block_end < end:
             first = data[block_end]
@@ -408,6 +459,11 @@ class _Builder:
         froms: list[str] = []
         for name, raw_value in fields:
             value = raw_value.strip()
+            self.header_budget -= len(value)
+            if self.header_budget < 0:  # kept as it came (RFC 2047 words and 8-bit bytes undecoded)
+                self.defects.add(HEADERS_TOO_LARGE)
+                self.headers.setdefault(name.lower(), []).append(value)
+                continue
             if not value.isascii():
                 value = self.fix_8bit(value)
             key = name.lower()
@@ -438,6 +494,7 @@ class _Builder:
         default_type: str,
     ) -> int:
         """Record an entity with header *fields* and body data[body:end]; return the decoded size."""
+        self.parts += 1
         type_value = disposition = encoding = None  # first occurrences, as Message.get would return
         for name, value in fields:
             key = name.lower()
@@ -469,8 +526,11 @@ class _Builder:
                 if encoding is not None and encoding not in ("7bit", "8bit", "binary"):
                     self.defects.add(BAD_TRANSFER_ENCODING)
                 delimiter = b"--" + boundary.encode("utf-8", "surrogateescape")
-                children, closed, leaf_end = _multipart_parts(data, body, end, delimiter)
-                if not closed:
+                limit = max(MAX_PARTS - self.parts, 1)
+                children, closed, leaf_end, limited = _multipart_parts(data, body, end, delimiter, limit)
+                if limited:
+                    self.defects.add(TOO_MANY_PARTS)
+                elif not closed:
                     self.defects.add(TRUNCATED_MULTIPART)  # children None: read the preamble as text
         elif ctype.startswith("message/") and ctype != "message/delivery-status":
             children = [(body, end)]  # an encapsulated message (delivery-status: header blocks)
@@ -486,7 +546,12 @@ class _Builder:
             else:
                 inner = depth + 1 if encapsulated else depth
                 child_type = "message/rfc822" if ctype == "multipart/digest" else "text/plain"  # RFC 2046 §5.1.5
-                size = sum(self.walk(data, a, b, level + 1, inner, child_type) for a, b in children)
+                size = 0
+                for a, b in children:
+                    if self.parts >= MAX_PARTS:
+                        self.defects.add(TOO_MANY_PARTS)
+                        break
+                    size += self.walk(data, a, b, level + 1, inner, child_type)
         if listed:
             extension = _extension(filename) if filename else None
             self.attachments.insert(slot, Attachment(filename, extension, ctype, size, depth))
@@ -512,11 +577,19 @@ class _Builder:
         if filename and not filename.isascii():
             filename = self.fix_8bit(filename)
         if filename and "=?" in filename:
-            filename = self.decode_words(filename)
+            self.header_budget -= len(filename)
+            if self.header_budget >= 0:
+                filename = self.decode_words(filename)
+            else:
+                self.defects.add(HEADERS_TOO_LARGE)
         return filename or None
 
     def read_body(self, data: bytes, ctype: str, type_value: str | None, encoding: str | None) -> int:
         """Decode a single-part body, record its text if it is text; return its size in bytes."""
+        self.decode_budget -= len(data)
+        if self.decode_budget < 0:
+            self.defects.add(DECODE_LIMIT)
+            return len(data)
         if encoding is None:
             pass
         elif encoding == "quoted-printable":
@@ -568,9 +641,13 @@ class _Builder:
         charset are decoded together, so characters split across words survive.
         """
         out: list[str] = []
-        run, run_charset = b"", None  # adjacent encoded-words not yet decoded, and their charset
+        run: list[bytes] = []  # adjacent encoded-words not yet decoded (joined once: linear time)
+        run_charset: str | None = None  # and their charset
         end = 0
-        for match in _ENCODED_WORD.finditer(value):
+        # Every match ends at the first "?=" after its start: searching only up to the last one keeps
+        # a header full of unclosed "=?cs?q?" openings linear (each would otherwise scan to the end).
+        close = value.rfind("?=")
+        for match in _ENCODED_WORD.finditer(value, 0, close + 2 if close >= 0 else 0):
             gap = value[end : match.start()]
             end = match.end()
             data = _decode_word(match[2], match[3])
@@ -580,14 +657,14 @@ class _Builder:
                 gap += match[0]
             elif run_charset is not None and (not gap or gap.isspace()):
                 if charset == run_charset:
-                    run += data
+                    run.append(data)
                     continue
                 gap = ""
             if run_charset is not None:
-                out.append(self.decode_text(run, run_charset))
+                out.append(self.decode_text(b"".join(run), run_charset))
             out.append(gap)
-            run, run_charset = (b"", None) if data is None else (data, charset)
+            run, run_charset = ([], None) if data is None else ([data], charset)
         if run_charset is not None:
-            out.append(self.decode_text(run, run_charset))
+            out.append(self.decode_text(b"".join(run), run_charset))
         out.append(value[end:])
         return "".join(out)

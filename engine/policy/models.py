@@ -211,6 +211,21 @@ class Limits(PolicyModel):
     max_connections: int = Field(default=1000, ge=1, description="Concurrent SMTP connections in total.")
     max_connections_per_ip: int = Field(default=20, ge=1, description="Concurrent connections per client IP.")
     command_timeout: int = Field(default=300, ge=1, description="Seconds to wait for the next SMTP command.")
+    max_errors: int = Field(
+        default=20, ge=1,
+        description="4xx/5xx replies in one SMTP session before it is closed with 421"
+        " (Postfix smtpd_hard_error_limit).",
+    )
+    max_junk_commands: int = Field(
+        default=100, ge=1,
+        description="NOOP, RSET, VRFY, EXPN and HELP commands in one session before it is closed with 421"
+        " (Postfix smtpd_junk_command_limit).",
+    )
+    hopcount_limit: int = Field(
+        default=50, ge=1,
+        description="Received header fields a message may carry; more is a mail loop: 554 5.4.6"
+        " (Postfix hopcount_limit).",
+    )
 
 
 class Storage(PolicyModel):
@@ -239,6 +254,11 @@ class DeliverySettings(PolicyModel):
         ge=1,
         le=65535,
         description="Port of the mail exchangers found in DNS (DSNs to external senders). 25 except in test labs.",
+    )
+    dsn: Literal["external", "tenants-only", "off"] = Field(
+        default="external",
+        description="Who gets delivery status notifications (bounces): any sender (external), senders in a"
+        " tenant's domain only (tenants-only), or nobody (off). Never an address literal; one per message.",
     )
 
 

@@ -8,6 +8,7 @@ the policy invalid; warnings alone do not (the CLI decides the exit code).
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ def validate_policy(source: PolicySource) -> tuple[Problem, ...]:
             _missing_references,
             _bad_regexes,
             _tenants_without_routes,
+            _routes_to_the_gateway_itself,
             _settings_that_cannot_work,
             _not_supported_yet,
             _allowed_and_blocked,
@@ -156,6 +158,56 @@ def _tenants_without_routes(source: PolicySource) -> Iterator[Problem]:
             yield loaded.problem(
                 "error", path, f"tenant '{loaded.model.name}' has no routes: accepted mail could not be delivered"
             )
+
+
+_ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def _routes_to_the_gateway_itself(source: PolicySource) -> Iterator[Problem]:
+    """A tenant route naming this gateway (its hostname, an `mx_hosts` name or address, or one of
+    its listeners) makes every message loop (issue 7: 783 passes in 12 s). Judged from the policy
+    alone, without DNS: names are compared as written, `localhost` as the loopback addresses."""
+    if source.gateway is None:
+        return
+    gateway = source.gateway.model
+    names = {gateway.hostname.lower().rstrip(".")} | {mx.name.lower().rstrip(".") for mx in gateway.mx_hosts}
+    addresses = {str(address) for mx in gateway.mx_hosts for address in (*mx.ipv4, *mx.ipv6)}
+    listeners = {"inbound": gateway.listeners.inbound, "outbound": gateway.listeners.outbound}
+    for loaded in source.tenants:
+        for index, route in enumerate(loaded.model.routes):
+            host = route.host.lower().rstrip(".").removeprefix("[").removesuffix("]")
+            why = None
+            if host in names:
+                why = f"it names this gateway ({host})"
+            elif host in addresses:
+                why = f"{host} is an address of this gateway's mx_hosts"
+            for name, listener in listeners.items():
+                if why is None and listener.port == route.port and _same_host(host, listener.address):
+                    why = f"{route.label} is this gateway's {name} listener ({listener.address}:{listener.port})"
+            if why is not None:
+                yield loaded.problem(
+                    "error", ("routes", index, "host"),
+                    f"route {route.label} of tenant '{loaded.model.name}' points at this gateway itself: {why};"
+                    " mail would loop",
+                )
+
+
+def _same_host(host: str, listen_address: str) -> bool:
+    """Whether a connection to *host* certainly reaches a socket listening on *listen_address*."""
+    if listen_address in _ANY_ADDRESS:
+        return _local(host)
+    return host == listen_address or (host in _LOOPBACK_NAMES and _local(listen_address))
+
+
+def _local(host: str) -> bool:
+    """Whether *host*, as written, is certainly this machine (loopback)."""
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _not_supported_yet(source: PolicySource) -> Iterator[Problem]:

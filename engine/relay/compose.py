@@ -50,15 +50,41 @@ def strip_gateway_fields(raw: bytes) -> bytes:
     return b"".join(kept)
 
 
+_BARE_CR = re.compile(rb"\r(?!\n)")
+_EMPTY_LINE = re.compile(rb"(?:\A|\r\n|\n|\r(?!\n))(\r\n|\n|\r)")
+
+
+def normalise_header_section(raw: bytes) -> bytes:
+    """`raw` with its header section made unambiguous before anything reads its fields.
+
+    A bare CR in the header section becomes CRLF: `Subject: x<CR>X-Spam-Flag: NO` is one field to
+    a reader that splits lines at LF but two to one that splits at CR, and an SMTP client sends it
+    as two (RFC 5321 §2.3.8 forbids bare CR; Postfix: smtpd_forbid_bare_newline). So the forged
+    field is seen, and dropped, here. Continuation lines that open the message (no field before
+    them) are dropped, as `engine.mime.view` drops them: they would otherwise continue the last
+    field the gateway prepends.
+    """
+    while raw[:1] in (b" ", b"\t"):
+        eol = raw.find(b"\n")
+        raw = b"" if eol < 0 else raw[eol + 1 :]
+    blank = _EMPTY_LINE.search(raw)  # (CRLF, LF and a lone CR all end a line, as in engine.mime.view)
+    end = blank.start(1) if blank else len(raw)
+    head = raw[:end]
+    if b"\r" not in head or not _BARE_CR.search(head):
+        return raw
+    return _BARE_CR.sub(b"\r\n", head) + raw[end:]
+
+
 def build_copy(raw: bytes, headers: bytes, subject_prefix: str | None) -> bytes:
     """`headers` + `raw`, with `subject_prefix` put in front of the first top-level Subject.
 
     Without a Subject field one is added after `headers`. A subject that already starts with
     the prefix is left alone, so a message that passes the gateway twice is not tagged twice.
-    Top-level fields the gateway itself writes (GATEWAY_FIELDS) are dropped from `raw`;
-    nothing else of `raw` changes.
+    The header section is made unambiguous first (`normalise_header_section`), then top-level
+    fields the gateway itself writes (GATEWAY_FIELDS) are dropped from `raw`; nothing else of
+    `raw` changes.
     """
-    raw = strip_gateway_fields(raw)
+    raw = strip_gateway_fields(normalise_header_section(raw))
     prefix = _encode_prefix(subject_prefix) if subject_prefix else b""
     if not prefix:
         return headers + raw

@@ -9,7 +9,9 @@ envelope sender, marked `Auto-Submitted: auto-replied` (RFC 3834 §5), and queue
 store like any accepted message (outbound, routed by the recipient's domain).
 
 The relay never sends one to the null sender — which also means never for a DSN — and the
-gateway never sends one for mail it rejected or quarantined: those never reach the relay.
+gateway never sends one for mail it rejected or quarantined: those never reach the relay. The
+returned headers are capped (`MAX_RETURNED_HEADERS`); which senders get DSNs at all (never an
+address literal, at most one per message, `delivery.dsn`) is the worker's decision (`dsn_refusal`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ DSN_SUBJECT = "Undelivered Mail Returned to Sender"
 _STATUS = re.compile(r"^(?:\d{3}[ -])?([245])\.(\d{1,3})\.(\d{1,3})\b")
 _REMOTE_REPLY = re.compile(r"^[2-5]\d\d\b")
 _MAX_TEXT = 900  # keeps every generated line under RFC 5322's 998
+MAX_RETURNED_HEADERS = 50 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +130,7 @@ def build_dsn(
             lines.append(f"Remote-MTA: dns; {item.remote.rpartition(':')[0] or item.remote}")
         kind = "smtp" if _REMOTE_REPLY.match(item.reply) else "X-LivePrism"
         lines += [f"Diagnostic-Code: {kind}; {_text(item.reply)}", f"Last-Attempt-Date: {_date(now)}"]
-    headers = header_section(original)
+    headers = returned_headers(original)
     lines += [
         "",
         f"--{boundary}",
@@ -139,6 +142,17 @@ def build_dsn(
     lines.append("")
     head = ("\r\n".join(lines) + "\r\n").encode("utf-8")
     return head + headers + f"\r\n--{boundary}--\r\n".encode("ascii")
+
+
+def returned_headers(original: bytes) -> bytes:
+    """The header section of `original` as returned in a DSN: never the body, and at most
+    `MAX_RETURNED_HEADERS` bytes, cut after a whole line (Postfix's bounce_size_limit): a forged
+    sender must not get a large reflected message (backscatter, issue 7)."""
+    headers = header_section(original)
+    if len(headers) <= MAX_RETURNED_HEADERS:
+        return headers
+    cut = headers.rfind(b"\n", 0, MAX_RETURNED_HEADERS) + 1
+    return headers[: cut or MAX_RETURNED_HEADERS]
 
 
 def dsn_message(
@@ -178,3 +192,20 @@ def dsn_message(
         copies=(CopyPlan(tenant, (sender,), Action.deliver, b"", route_by="address", reason="dsn"),),
         archive=False,
     )
+
+
+def dsn_refusal(sender: str, mode: str, *, sender_is_tenant: bool, already_sent: bool) -> str | None:
+    """Why no DSN goes to `sender` (None: one may). `mode` is `delivery.dsn`: `external` (any
+    sender), `tenants-only` (senders in a tenant's domains) or `off`. Never to an address literal
+    (`x@[127.0.0.1]`: a forged sender would make the relay connect wherever it says), and at most
+    one per message (`already_sent`: one message with several tenants' copies, or several attempts)."""
+    domain = sender.rpartition("@")[2]
+    if mode == "off":
+        return "delivery.dsn is off"
+    if domain.startswith("["):
+        return "the sender is an address literal"
+    if mode == "tenants-only" and not sender_is_tenant:
+        return "the sender is not in a tenant's domain (delivery.dsn: tenants-only)"
+    if already_sent:
+        return "a DSN was already sent for this message"
+    return None

@@ -81,6 +81,10 @@ class NextHops:
             self._resolver.configure(dns_settings)
         self._mx_port = mx_port
 
+    def tenant_of_domain(self, domain: str) -> str | None:
+        """The tenant owning `domain` in the current policy, if any."""
+        return self._tenant_of_domain(domain.strip().lower().rstrip("."))
+
     def routes(self, tenant: str) -> Sequence[Route]:
         """The tenant's routes in the current policy (empty when the tenant is gone)."""
         return self._tenant_routes(tenant)

@@ -18,7 +18,9 @@ Algorithm, for each claimed delivery (one copy of a message to some recipients):
    release) they fail with status 4.4.7 (RFC 3463).
 5. Recipients that failed in this attempt are reported to the envelope sender in one DSN
    (`dsn`, RFC 3464) stored in that same transaction and delivered by this worker — unless
-   the sender is null (RFC 5321 §4.5.5: no DSN for a DSN).
+   the sender is null (RFC 5321 §4.5.5: no DSN for a DSN), an address literal, `delivery.dsn`
+   excludes it, or the message got a DSN already (at most one per message; remembered by this
+   process for a day, so a relay restart may send a second one).
 
 Durability: nothing is removed from the store until its outcome is committed, and a recorded
 outcome is final, so a crash or `stop` at any point costs at most a repeated attempt (a copy
@@ -35,16 +37,18 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from engine.mime.printable import escape, has_control
 from engine.policy.models import DeliverySettings
 from engine.relay.client import HopFailure, HopReply, SmtpPool, transaction
 from engine.relay.compose import build_copy, fold_long_lines
-from engine.relay.dsn import FailedRecipient, dsn_message
+from engine.relay.dsn import FailedRecipient, dsn_message, dsn_refusal
 from engine.relay.nexthop import Hop, NextHops, NoRoute, ordered
 from engine.store.base import AttemptRecord, Delivery, RcptState, RcptStatus, Store, StoreError
 
 log = logging.getLogger("liveprism.relay")
 
 REAP_INTERVAL = 1.0
+DSN_MEMORY = 86400.0  # seconds a queue id is remembered as bounced (at most one DSN per message)
 _STATUS: dict[str, RcptStatus] = {"delivered": "delivered", "failed": "failed", "retry": "pending"}
 
 
@@ -79,6 +83,7 @@ class RelayWorker:
         self._stopping = asyncio.Event()
         self._finished: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._dsn_sent: dict[str, float] = {}  # queue id -> when its DSN was queued (one per message)
 
     # ------------------------------------------------------------ control
 
@@ -173,9 +178,17 @@ class RelayWorker:
             replies = dict.fromkeys(pending, (HopReply(0, "5.3.0 the message is missing from the spool"), ""))
             return self._outcome(delivery, settings, replies, data)
         data = fold_long_lines(build_copy(raw, delivery.headers, delivery.subject_prefix))
+        if has_control(delivery.mail_from):  # queued before the front end refused these: fail, never loop
+            replies = dict.fromkeys(pending, (HopReply(0, "5.1.7 invalid sender address (control characters)"), ""))
+            return self._outcome(delivery, settings, replies, data)
+        for rcpt in [rcpt for rcpt in pending if has_control(rcpt)]:  # fails alone; the others go on
+            replies[rcpt] = (HopReply(0, "5.1.3 invalid recipient address (control characters)"), "")
+            pending.remove(rcpt)
+        if not pending:
+            return self._outcome(delivery, settings, replies, data)
         hops = await self._hops(delivery)
         if isinstance(hops, NoRoute):
-            replies = dict.fromkeys(pending, (HopReply(0, hops.reason), ""))
+            replies.update(dict.fromkeys(pending, (HopReply(0, hops.reason), "")))
             return self._outcome(delivery, settings, replies, data)
         for hop in hops:
             got = await self._try_hop(hop, delivery.mail_from, pending, data, settings.connect_timeout)
@@ -186,6 +199,17 @@ class RelayWorker:
             if not pending:
                 break
         return self._outcome(delivery, settings, replies, data)
+
+    def _dsn_refusal(self, delivery: Delivery, settings: DeliverySettings) -> str | None:
+        """Why this failure gets no DSN (`dsn.dsn_refusal`); remembers DSNs sent in the last day."""
+        horizon = time.time() - DSN_MEMORY
+        for queue_id in [q for q, at in self._dsn_sent.items() if at < horizon]:
+            del self._dsn_sent[queue_id]
+        domain = delivery.mail_from.rpartition("@")[2]
+        return dsn_refusal(
+            delivery.mail_from, settings.dsn, sender_is_tenant=self._next_hops.tenant_of_domain(domain) is not None,
+            already_sent=delivery.queue_id in self._dsn_sent,
+        )
 
     async def _hops(self, delivery: Delivery) -> Sequence[Hop] | NoRoute:
         if delivery.route_by == "address":
@@ -247,14 +271,19 @@ class RelayWorker:
                 delivery.queue_id,
                 delivery.id,
                 delivery.tenant,
-                state.rcpt,
+                escape(state.rcpt),
                 word,
                 remote or "none",
                 delivery.attempts,
                 str(reply),
             )
         dsn = None
-        if failed and delivery.mail_from:
+        refusal = self._dsn_refusal(delivery, settings) if failed and delivery.mail_from else None
+        if refusal is not None:
+            log.info("queue_id=%s delivery=%d no DSN to %s: %s", delivery.queue_id, delivery.id,
+                     escape(delivery.mail_from), refusal)
+        elif failed and delivery.mail_from:
+            self._dsn_sent[delivery.queue_id] = now
             dsn = dsn_message(
                 reporting_mta=self._hostname,
                 original_queue_id=delivery.queue_id,
@@ -266,7 +295,8 @@ class RelayWorker:
                 original=copy,
             )
             log.info(
-                "queue_id=%s delivery=%d dsn=%s to=%s", delivery.queue_id, delivery.id, dsn.queue_id, delivery.mail_from
+                "queue_id=%s delivery=%d dsn=%s to=%s", delivery.queue_id, delivery.id, dsn.queue_id,
+                escape(delivery.mail_from),
             )
         next_attempt = max(now, min(now + backoff(settings, delivery.attempts), deadline))
         if any(s.status == "pending" and s.rcpt not in replies for s in delivery.rcpts):

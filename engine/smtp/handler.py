@@ -16,10 +16,11 @@ Contract:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -27,17 +28,31 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from engine.checks.runner import Checker, CheckReport, strip_forged_authentication_results
 from engine.graph.evaluator import FilterGraph
 from engine.graph.transaction import Evaluation
-from engine.graph.verdict import REASON_TEMPFAIL_HELD, Decision
-from engine.mime.view import parse_message
+from engine.graph.verdict import REASON_TEMPFAIL_HELD, Decision, Hit
+from engine.mime.view import MessageView, header_text, parse_message
 from engine.policy.models import Direction
 from engine.smtp.envelope import GatewayEnvelope
-from engine.smtp.headers import received_header, sanitise, verdict_headers
+from engine.smtp.headers import loop_refusal, received_header, sanitise, verdict_headers
 from engine.smtp.protocol import client_ip
 from engine.store.base import Accepted, CopyPlan, Store, new_queue_id
 from engine.store.base import Envelope as StoredEnvelope
 
 log = logging.getLogger("liveprism.smtp")
 txn_log = logging.getLogger("liveprism.txn")
+
+OFFLOAD_SIZE = 64 * 1024
+"""Messages this large are parsed and evaluated off the event loop (issue 7: a 6 MB header or a
+200,000-part multipart must not stall every other session); smaller ones cost less than the hop."""
+
+
+def _evaluate(
+    evaluation: Evaluation, view: MessageView, external_hits: Sequence[Hit] = ()
+) -> tuple[MessageView, Decision | str]:
+    """Decide the parsed message with the check hits of DATA, or the 554 of a mail loop (the graph
+    is immutable and the evaluation is this session's own, so this may run in a worker thread)."""
+    gateway = evaluation.graph.gateway
+    loop = loop_refusal(header_text(view, "received"), gateway.hostname, gateway.limits.hopcount_limit)
+    return view, loop if loop is not None else evaluation.data(view, external_hits=external_hits)
 
 
 class Waker(Protocol):
@@ -75,6 +90,11 @@ class InboundHandler:
         """The transaction's external checks, started as soon as the client is known (DNSBL)."""
         if env.checks is None or env.checks.checks is not graph.gateway.checks:
             env.checks = self._checker.begin(graph.gateway, client_ip(session), session.host_name or "")
+
+    def session_limits(self) -> tuple[int, int]:
+        """(`limits.max_errors`, `limits.max_junk_commands`) of the live policy, for GatewaySMTP."""
+        limits = self._current_graph().gateway.limits
+        return limits.max_errors, limits.max_junk_commands
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -139,13 +159,21 @@ class InboundHandler:
         raw = envelope.original_content or b""
         queue_id = new_queue_id()
         try:
-            view = parse_message(raw)
+            offload = len(raw) >= OFFLOAD_SIZE  # parse + evaluate in a thread: other sessions keep being served
+            view = await asyncio.to_thread(parse_message, raw) if offload else parse_message(raw)
             report = await env.checks.data(raw, view) if env.checks is not None else None
-            decision = evaluation.data(view, external_hits=report.new_hits if report is not None else ())
+            hits = report.new_hits if report is not None else ()
+            if offload:
+                view, decision = await asyncio.to_thread(_evaluate, evaluation, view, hits)
+            else:
+                view, decision = _evaluate(evaluation, view, hits)
             raw = strip_forged_authentication_results(raw, evaluation.graph.gateway.hostname)
         except Exception:  # a bug must not cost the client its message: it retries
             log.exception("evaluation failed for %s; replying 451", queue_id)
             return "451 4.3.0 temporary failure evaluating the message"
+        if isinstance(decision, str):  # a mail loop: refused before any policy, like a size limit
+            self._log_refusal(session, evaluation.mail_from, f"DATA refused: {decision}", evaluation.graph)
+            return decision
         accepted = self._accepted(queue_id, raw, view.subject, session, evaluation, decision, report)
         if not decision.reply.is_positive:
             if accepted.archive:  # refused mail is archived too: "why was it rejected?" has an answer

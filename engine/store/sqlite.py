@@ -75,7 +75,8 @@ from engine.store.base import (
     StoredMessage,
     StoreError,
 )
-from engine.store.write_turns import WriteTurns
+from engine.store.permissions import create_private, secure_state_dir
+from engine.store.write_turns import INTENT_NAME, WriteTurns
 
 _STORED_BODY_ACTIONS = frozenset({Action.deliver, Action.tag, Action.quarantine})  # copies that need the body
 
@@ -538,11 +539,15 @@ class SqliteStore:
 
     def _prepare(self) -> None:
         created = not self.state_dir.exists()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.owner or created:  # 0700 directory, 0600 files whatever the umask (a non-owner only reads)
+            for repair in secure_state_dir(self.state_dir):
+                log.warning("state directory was readable by others; repaired %s", repair)
+            for name in (DB_NAME, LOCK_NAME, INTENT_NAME):  # private before SQLite or a lock opens them
+                create_private(self.state_dir / name)  # (SQLite gives -wal and -shm the db file's mode)
         if created:  # make the new directory entry durable
             _fsync_dir(self.state_dir.parent)
         if self.owner:
-            fd = os.open(self.state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o640)
+            fd = os.open(self.state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
             deadline = time.monotonic() + LOCK_WAIT
             while True:  # a relay child of a crashed gateway may still hold it for a moment
                 try:

@@ -617,4 +617,6 @@ def test_4xx_from_first_route_fails_over_to_second(tmp_path: Path, procs: list[A
     )
     assert send(gateway.port, "alice@example.com", ["bob@acme.example"], CLEAN)["data"][0] == 250
     assert wait_for(lambda: len(box.messages()) == 1, timeout=30), gateway.log()[-2000:]
+    # (the sink stores the message before the relay logs its reply: wait for the line)
+    assert wait_for(lambda: f"relay=127.0.0.1:{box.port}" in gateway.log(), timeout=10), gateway.log()[-2000:]
     assert "attempts=1" in gateway.log().split(f"relay=127.0.0.1:{box.port}")[1].splitlines()[0]  # no retry wait

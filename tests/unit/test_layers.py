@@ -27,6 +27,7 @@ RANKS = {
     "admin": 5,
     "plan": 5,
     "sink": 5,
+    "privileges": 5,  # serve --user: drops root; imports nothing of the engine
     "service": 6,
     "cli": 7,
     "__main__": 8,

@@ -587,3 +587,28 @@ def test_release_by_cli_in_another_process_is_delivered_by_running_worker(relay_
         await gw.store.close()
 
     relay_lab.run(scenario())
+
+
+def test_recipient_with_control_characters_fails_alone_and_the_others_are_delivered(
+    relay_lab: RelayLab, tmp_path: Path
+) -> None:
+    """Issue 7 item 6: a recipient queued with a control character (by a version that accepted
+    it) fails for good at once, with a DSN; the valid recipient of the same copy is delivered."""
+
+    async def scenario() -> None:
+        tenant = Recorder()
+        sender_server = Recorder()
+        port1 = await relay_lab.serve(tenant)
+        port2 = await relay_lab.serve(sender_server)
+        gw = await relay_lab.gateway({"acme": [route(port1)], "senders": [route(port2)]})
+        gw.start()
+        await gw.accept(rcpts=("bo\x01b@acme.example", "carol@acme.example"))
+        await wait_until(lambda: len(sender_server.messages) == 1)
+        await wait_until_async(gw.queue_empty)
+        await gw.stop()
+        assert [m.rcpts for m in tenant.messages] == [["carol@acme.example"]]
+        _, per_rcpt = status_groups(list(parse(sender_server.messages[0].data).iter_parts())[1])
+        assert per_rcpt["status"] == "5.1.3"
+        await gw.store.close()
+
+    relay_lab.run(scenario())

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.mime.raw_headers import header_section, header_value
-from engine.relay.compose import build_copy, fold_long_lines
+from engine.relay.compose import build_copy, fold_long_lines, normalise_header_section
 
 HEADERS = b"Received: from x by mxpath.test\r\nX-Spam-Flag: YES\r\n"
 
@@ -127,3 +127,16 @@ def test_forged_verdict_fields_are_dropped() -> None:
         b"X-Spam-Flag: YES\r\nFrom: a@example.com\r\nSubject: hi\r\n\r\nX-Spam-Flag: NO stays in the body\r\n"
     )
     assert build_copy(b"Subject: clean\r\n\r\nbody\r\n", b"", None) == b"Subject: clean\r\n\r\nbody\r\n"
+
+
+def test_bare_cr_in_the_header_section_is_a_line_break_and_forged_fields_behind_it_are_dropped() -> None:
+    raw = b"Subject: x\rX-LivePrism-Verdict: forged\rX-Spam-Flag: NO\r\nFrom: a@example.com\r\n\r\nbody\rkept\r\n"
+    copy = build_copy(raw, b"X-LivePrism-Policy: v1\r\n", None)
+    assert copy == b"X-LivePrism-Policy: v1\r\nSubject: x\r\nFrom: a@example.com\r\n\r\nbody\rkept\r\n"
+
+
+def test_a_message_opening_with_a_continuation_line_never_folds_into_the_gateway_fields() -> None:
+    raw = b" X-Spam-Flag: NO\r\n\tmore\r\nFrom: a@example.com\r\n\r\nbody\r\n"
+    copy = build_copy(raw, b"X-LivePrism-Policy: v1\r\n", None)
+    assert copy == b"X-LivePrism-Policy: v1\r\nFrom: a@example.com\r\n\r\nbody\r\n"
+    assert normalise_header_section(b"  \r\n") == b""

@@ -105,3 +105,23 @@ def test_dsn_message_is_from_the_null_sender_and_not_archived() -> None:
     assert [(c.route_by, c.reason) for c in msg.copies] == [("address", "dsn")]
     assert [(c.tenant, c.recipients, c.action) for c in msg.copies] == [("acme", ("a@sender.example",), "deliver")]
     assert f"<{msg.queue_id}@mxpath.test>".encode() in msg.raw
+
+
+def test_returned_headers_are_capped_at_a_line_end_and_never_include_the_body() -> None:
+    from engine.relay.dsn import MAX_RETURNED_HEADERS, returned_headers
+
+    big = b"".join(b"X-F-%d: %s\r\n" % (i, b"x" * 900) for i in range(100)) + b"\r\nbody\r\n"
+    headers = returned_headers(big)
+    assert len(headers) <= MAX_RETURNED_HEADERS and headers.endswith(b"\r\n") and b"body" not in headers
+    assert returned_headers(b"Subject: s\r\n\r\nbody\r\n") == b"Subject: s\r\n"
+
+
+def test_dsn_refusal_modes() -> None:
+    from engine.relay.dsn import dsn_refusal
+
+    assert dsn_refusal("a@example.com", "external", sender_is_tenant=False, already_sent=False) is None
+    assert dsn_refusal("a@[127.0.0.1]", "external", sender_is_tenant=False, already_sent=False) is not None
+    assert dsn_refusal("a@example.com", "tenants-only", sender_is_tenant=False, already_sent=False) is not None
+    assert dsn_refusal("a@acme.example", "tenants-only", sender_is_tenant=True, already_sent=False) is None
+    assert dsn_refusal("a@acme.example", "off", sender_is_tenant=True, already_sent=False) == "delivery.dsn is off"
+    assert dsn_refusal("a@acme.example", "external", sender_is_tenant=True, already_sent=True) is not None

@@ -390,3 +390,24 @@ def test_listed_recipients_without_addresses(tmp_path: Path) -> None:
     assert problems_of(tmp_path) == [
         "tenants/acme.yaml:5:1: error: recipients: accept: listed with no addresses refuses every recipient"
     ]
+
+
+def test_routes_pointing_at_the_gateway_itself_are_errors(tmp_path: Path) -> None:
+    gateway = (
+        "hostname: mx.gw.example\n"
+        "mx_hosts: [{name: mx2.gw.example, ipv4: [192.0.2.10]}]\n"
+        "listeners: {inbound: {address: 127.0.0.1, port: 2525}, outbound: {address: 0.0.0.0, port: 2587}}\n"
+    )
+    routes = [
+        "{host: mx.gw.example}", "{host: MX2.gw.example.}", "{host: 192.0.2.10}", "{host: localhost, port: 2525}",
+        "{host: 127.0.0.5, port: 2587}", "{host: mail.acme.example, port: 2525}", "{host: 127.0.0.1, port: 25}",
+    ]
+    write_policy(tmp_path, {
+        "gateway.yaml": gateway,
+        "tenants/acme.yaml": "name: acme\ndomains: [acme.example]\nroutes:\n" + "".join(f"  - {r}\n" for r in routes),
+    })
+    found = [p for p in problems_of(tmp_path) if "points at this gateway itself" in p]
+    assert [p.split(":")[1] for p in found] == ["4", "5", "6", "7", "8"]  # the last two are other hosts
+    assert "it names this gateway (mx.gw.example)" in found[0]
+    assert "localhost:2525 is this gateway's inbound listener (127.0.0.1:2525)" in found[3]
+    assert "127.0.0.5:2587 is this gateway's outbound listener (0.0.0.0:2587)" in found[4]

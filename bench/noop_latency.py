@@ -1,0 +1,49 @@
+"""A second client's NOOP round trips while a real `liveprism serve` processes the issue-7 messages
+(6 MB of folded RFC 2047 encoded-words; a 200,000-part multipart).
+
+Usage: python bench/noop_latency.py [REPO]   (REPO: the checkout whose engine `serve` runs; default
+this one, so that another worktree, e.g. an older main, can be measured with the same client)
+Prints, per message, how long its sender waited for the DATA reply and the NOOP round trips (p95, max).
+"""
+
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tests.integration.conftest as harness
+import tests.integration.test_hardening_e2e as e2e
+
+
+def main() -> None:
+    harness.REPO = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else harness.REPO
+    opened = e2e.Line.__init__
+
+    def patient(self: e2e.Line, port: int) -> None:  # the old engine stalls for long: wait for it
+        opened(self, port)
+        self.sock.settimeout(600)
+
+    e2e.Line.__init__ = patient  # type: ignore[method-assign]
+    tmp = Path(tempfile.mkdtemp(prefix="noop-latency-"))
+    procs: list[object] = []
+    try:
+        box = harness.Sink(harness.free_port(), tmp / "maildir").start()
+        procs.append(box)
+        gateway = e2e.start(tmp, procs, box, max_size=30 * 1024 * 1024)
+        if "max_junk_commands" in (harness.REPO / "engine/policy/models.py").read_text():  # (else unknown key)
+            gateway.restart_with("command_timeout: 60", "command_timeout: 60, max_junk_commands: 1000000")
+        for name, raw in (("words-6MB", e2e.folded_encoded_words(6 * 1024 * 1024)),
+                          ("parts-200k", e2e.many_parts(200_000))):
+            latencies, reply, wait = e2e.noop_latencies_while_processing(gateway.port, raw)
+            latencies.sort()
+            p95 = latencies[len(latencies) * 95 // 100] * 1000
+            print(f"{name:<11} reply={reply[:3]} sender waited {wait:6.2f} s  NOOPs {len(latencies):5d}"
+                  f"  p95 {p95:6.0f} ms  max {latencies[-1] * 1000:7.0f} ms", flush=True)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""`liveprism plan`: what a policy change changes (semantic diff) and to which messages (blast radius)."""

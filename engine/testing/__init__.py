@@ -1,0 +1,1 @@
+"""The Gherkin step library for policy repositories (pytest plugin `liveprism`, see `plugin`)."""
