@@ -10,6 +10,8 @@
 #   WORKERS="1 2" bench/smtp.sh       # serve --workers 1 and 2 in the same run (default "1"); for each: the
 #                                     # CPU-seconds of all gateway processes per 1,000 messages (from /proc) and
 #                                     # the box's idle % during the run, then the rate ratio to the first count
+#   CEILING=0 GATEWAY_EXTRA=f.yaml MSGS=dir bench/smtp.sh   # gateway run only, top-level keys of f.yaml
+#                                     # replace the example gateway.yaml's, messages msg-SIZE.eml from dir (bench/checks.sh uses it)
 # Needs: postfix tools (smtp-source, smtp-sink), the venv (.venv or PY=...). Loopback only.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -30,7 +32,8 @@ trap cleanup EXIT
 
 rm -rf "$WORK"; mkdir -p "$WORK/msgs"
 [[ -f $PEERS/helpers.py ]] || { echo "need shared/bench/peers (PEERS=...) for the test mail and the bare sink" >&2; exit 2; }
-"$PY" "$PEERS/helpers.py" gen "$WORK/msgs" >/dev/null
+if [[ -n ${MSGS:-} ]]; then cp "$MSGS"/msg-*.eml "$WORK/msgs/"; else "$PY" "$PEERS/helpers.py" gen "$WORK/msgs" >/dev/null; fi
+CEILING=${CEILING:-1}
 
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/$LH/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 now() { date +%s.%N; }
@@ -61,6 +64,12 @@ domains: [example.net, example.org]
 routes: [{host: $LH, port: $P_SINK, priority: 10, tls: none}]
 lists: [acme-allow]
 EOF
+  if [[ -n ${GATEWAY_EXTRA:-} ]]; then  # its top-level keys replace the example's
+    awk -v keys="$(grep -o '^[a-z_]*:' "$GATEWAY_EXTRA" | tr '\n' ' ')" \
+      'BEGIN { n = split(keys, k, " "); for (i = 1; i <= n; i++) drop[k[i]] = 1 } /^[a-z_]+:/ { skip = ($1 in drop) } !skip' \
+      "$dir/gateway.yaml" > "$dir/gateway.tmp"
+    cat "$dir/gateway.tmp" "$GATEWAY_EXTRA" > "$dir/gateway.yaml"; rm "$dir/gateway.tmp"
+  fi
 }
 
 probe() {  # $1 port, $2 msg, $3 pid to watch: prints p50/p99 of connect..250 in ms
@@ -104,6 +113,7 @@ run_load() {  # $1 name, $2 port, $3 size, $4 count file or sink counter command
 for sz in $SIZES; do
   # 1. ceilings: bare aiosmtpd answering 250, on asyncio and on uvloop (serve runs on uvloop)
   for flavour in asyncio uvloop; do
+    [[ $CEILING == 1 ]] || break
     flag=""; [[ $flavour == uvloop ]] && flag="--uvloop"
     "$PY" "$PEERS/helpers.py" sink "$P_CEIL" $flag & PIDS+=($!); wait_port "$P_CEIL"
     read -r t0 t1 < <(run_load "ceiling-$flavour" "$P_CEIL" "$sz")
@@ -153,10 +163,11 @@ EOF2
   acc=$(echo "$N / ($t1 - $t0)" | bc -l)
   cpu_k=$(echo "($cpu1 - $cpu0) * 1000 / $N" | bc -l)
   idle=$(echo "100 * ($idle1 - $idle0) / ($total1 - $total0)" | bc -l)
-  printf 'liveprism_%s_workers%s msgs_per_s=%.0f accept_msgs_per_s=%.0f %s accepted_250=%s delivered=%s lost=%s cpu_s_per_1000=%.2f box_idle_pct=%.0f\n' \
-    "$sz" "$w" "$e2e" "$acc" "$(cat "$WORK/probe-gateway-$sz.txt")" "$accepted" "$sent" "$((accepted - sent))" \
+  name="liveprism_$sz"; [[ $WORKERS == 1 ]] || name+="_workers$w"  # the plain name when one count (bench/checks.sh)
+  printf '%s msgs_per_s=%.0f accept_msgs_per_s=%.0f %s accepted_250=%s delivered=%s lost=%s cpu_s_per_1000=%.2f box_idle_pct=%.0f\n' \
+    "$name" "$e2e" "$acc" "$(cat "$WORK/probe-gateway-$sz.txt")" "$accepted" "$sent" "$((accepted - sent))" \
     "$cpu_k" "$idle"
-  printf '# ratio liveprism/ceiling (%s, %s workers): %.2f of asyncio, %.2f of uvloop\n' "$sz" "$w" \
+  [[ $CEILING == 1 ]] && printf '# ratio liveprism/ceiling (%s, %s workers): %.2f of asyncio, %.2f of uvloop\n' "$sz" "$w" \
     "$(echo "$e2e / $ceil" | bc -l)" "$(echo "$e2e / $ceil_uv" | bc -l)"
   if [[ -z $first_rate ]]; then first_rate=$e2e; first_w=$w; first_cpu=$cpu_k; else
     printf '# ratio workers %s/%s (%s): rate %.2f, cpu per message %.2f\n' "$w" "$first_w" "$sz" \

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
 
+from engine.checks.runner import Checker, CheckReport
 from engine.graph.compiler import load_graph
 from engine.graph.transaction import Outcome, simulate
-from engine.policy.models import Direction
+from engine.graph.verdict import Hit
+from engine.mime.view import parse_message
+from engine.policy.models import Direction, Gateway
 
 
 def run_explain(
@@ -42,13 +46,49 @@ def run_explain(
         print("error: the policy is invalid; run `liveprism validate`", file=sys.stderr)
         return 2
     sender = "" if mail_from.strip() in ("", "<>") else mail_from
+    early, report = asyncio.run(run_checks(result.graph.gateway, raw, sender, client_ip, helo, flow))
     outcome = simulate(result.graph, raw=raw, mail_from=sender, rcpts=rcpts, client_ip=client_ip, helo=helo,
-                       direction=flow)
+                       direction=flow, early_hits=early, external_hits=report.new_hits if report else ())
     if as_json:
-        print(json.dumps(explain_json(outcome, helo), indent=2))
+        data = explain_json(outcome, helo)
+        if report is not None:
+            checks = report.to_json()
+            checks["authentication_results"] = report.authentication_results(result.graph.gateway.hostname)
+            data["checks"] = checks
+        print(json.dumps(data, indent=2))
     else:
         print(render_text(outcome))
+        if report is not None:
+            print(render_checks(report, result.graph.gateway.hostname))
     return 0
+
+
+async def run_checks(
+    gateway: Gateway, raw: bytes, sender: str, client_ip: str, helo: str, direction: Direction
+) -> tuple[tuple[Hit, ...], CheckReport | None]:
+    """The external checks `serve` would run for this transaction (inbound only): the hits it has
+    after MAIL FROM, and the report at the end of DATA."""
+    run = Checker().begin(gateway, client_ip, helo) if direction is Direction.inbound else None
+    if run is None:
+        return (), None
+    run.mail(sender, helo)
+    early = await run.early_hits()
+    return early, await run.data(raw, parse_message(raw))
+
+
+def render_checks(report: CheckReport, hostname: str) -> str:
+    """Every lookup the checks made, with its answer and time."""
+    lines = ["", f"checks ({report.elapsed * 1000:.0f} ms):"]
+    for lookup in report.lookups:
+        answers = ", ".join(lookup.answers) or "-"
+        detail = f"  ({lookup.detail})" if lookup.detail else ""
+        cached = " cached" if lookup.cached else ""
+        lines.append(f"  {lookup.check:<9} {lookup.rdtype:<8} {lookup.name:<48} {lookup.status:<8} {answers}"
+                     f"  {lookup.elapsed * 1000:.1f} ms{cached}{detail}")
+    auth = report.authentication_results(hostname)
+    if auth is not None:
+        lines.append(f"Authentication-Results: {auth}")
+    return "\n".join(lines)
 
 
 def explain_json(outcome: Outcome, helo: str) -> dict[str, object]:

@@ -132,6 +132,7 @@ def _compile(source: PolicySource, gateway: Gateway, builder: IndexBuilder) -> F
             scoring=_effective_scoring(gateway, tenant),
             outbound_networks=tuple(tenant.outbound.networks),
             source=tenant_file.source(()),
+            check_overrides={hit_id: (o.score, o.action) for hit_id, o in tenant.checks.items()},
         )
 
     return FilterGraph(

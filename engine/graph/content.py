@@ -19,7 +19,10 @@ Semantics (shared with the naive reference evaluator in the tests):
 - lone surrogates (which a UTF-7 charset can smuggle into decoded text) are matched as U+FFFD;
 - attachment: some single attachment satisfies every given criterion (extension in the
   list, file name regex, content type in the list or `type/*`); `nested` requires depth ≥ 1;
-- mime: `malformed` equals whether the message has MIME defects.
+- mime: `malformed` equals whether the message has MIME defects;
+- check: one of the check results of the transaction (`check_ids`, hit ids such as `spf:fail`,
+  `dnsbl:zone`; `dmarc:reject`/`dmarc:quarantine` also count as `dmarc:fail`) is `check:r` for
+  a listed result r; with no result listed, any result of that check.
 """
 
 from __future__ import annotations
@@ -150,6 +153,7 @@ class ContentIndex:
         self._body_words = _KeywordSet()
         self._filename_regex = _PatternSet()
         self._attachment_leaves: list[_AttachmentLeaf] = []
+        self._check_leaves: list[tuple[int, str, tuple[str, ...]]] = []  # (leaf id, check, "check:result" ids)
         self._malformed_leaf: int | None = None
         self._wellformed_leaf: int | None = None
 
@@ -233,6 +237,12 @@ class ContentIndex:
             else:
                 self._wellformed_leaf = leaf_id
             return leaf_id
+        if isinstance(condition, m.CheckCondition):
+            results = tuple(sorted(set(condition.result)))
+            leaf_id, new = self._leaf(("check", condition.check, results))
+            if new:
+                self._check_leaves.append((leaf_id, condition.check, tuple(f"{condition.check}:{r}" for r in results)))
+            return leaf_id
         raise TypeError(f"not a leaf condition: {condition!r}")
 
     @staticmethod
@@ -265,9 +275,11 @@ class ContentIndex:
 
     # ------------------------------------------------------------ match
 
-    def true_leaves(self, view: MessageView) -> set[int]:
-        """Ids of every leaf that holds for this message."""
+    def true_leaves(self, view: MessageView, check_ids: frozenset[str] = frozenset()) -> set[int]:
+        """Ids of every leaf that holds for this message and these check results (hit ids)."""
         out: set[int] = set()
+        if self._check_leaves and check_ids:
+            self._match_checks(check_ids, out)
         for name in self._header_names:
             values = view.headers.get(name)
             if not values:
@@ -294,6 +306,15 @@ class ContentIndex:
             out.add(self._wellformed_leaf)
         return out
 
+    def _match_checks(self, check_ids: frozenset[str], out: set[int]) -> None:
+        ids = set(check_ids)
+        if ids & {"dmarc:reject", "dmarc:quarantine"}:
+            ids.add("dmarc:fail")
+        checks = {hit_id.partition(":")[0] for hit_id in ids}
+        for leaf_id, check, wanted in self._check_leaves:
+            if (not wanted and check in checks) or any(w in ids for w in wanted):
+                out.add(leaf_id)
+
     def _match_attachment(self, attachment: Attachment, out: set[int]) -> None:
         candidates: list[_AttachmentLeaf] = []
         if attachment.extension is not None:
@@ -318,9 +339,10 @@ class ContentIndex:
                 continue
             out.add(leaf.leaf_id)
 
-    def matching_rules(self, view: MessageView) -> list[int]:
-        """Indexes (in compile order) of every rule whose condition holds for this message."""
-        leaves = self.true_leaves(view)
+    def matching_rules(self, view: MessageView, check_ids: frozenset[str] = frozenset()) -> list[int]:
+        """Indexes (in compile order) of every rule whose condition holds for this message and
+        these check results (hit ids of the transaction's checks)."""
+        leaves = self.true_leaves(view, check_ids)
         candidates: set[int] = set()
         rules_by_leaf = self._rules_by_leaf
         for leaf_id in leaves:

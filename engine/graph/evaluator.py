@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from engine.graph.content import ContentIndex
 from engine.graph.lists import ListEntry, ListIndex
@@ -84,6 +84,22 @@ class TenantPlan:
     scoring: Scoring
     outbound_networks: tuple[str, ...]
     source: str
+    # tenant `checks:` overrides: hit id (or "check:*") -> (score or None, action or None)
+    check_overrides: Mapping[str, tuple[float | None, Action | None]] = field(default_factory=dict)
+
+    def own_check_hits(self, hits: Sequence[Hit]) -> tuple[Hit, ...]:
+        """`hits` with this tenant's score/action overrides of check results applied."""
+        if not self.check_overrides:
+            return tuple(hits)
+        out = []
+        for hit in hits:
+            override = self.check_overrides.get(hit.id) or self.check_overrides.get(hit.id.partition(":")[0] + ":*")
+            if override is not None:
+                score, action = override
+                hit = replace(hit, score=hit.score if score is None else score,
+                              action=hit.action if action is None else action, source=f"{self.source} checks")
+            out.append(hit)
+        return tuple(out)
 
     def accepts_recipient(self, address: str) -> bool:
         if self.accept is AcceptMode.any:
@@ -248,7 +264,7 @@ class FilterGraph:
         """One verdict per tenant for an accepted message (tenant name → its accepted recipients).
 
         `external_hits` are check results (antivirus, DNSBL, …) computed outside the graph."""
-        matched_rules = self._content.matching_rules(view)
+        matched_rules = self._content.matching_rules(view, frozenset(hit.id for hit in external_hits))
         entries = self._lists.match_ip(client_ip) + self._lists.match_address(normalise_address(mail_from))
         for header_from in view.from_addresses:
             entries += self._lists.match_address(header_from)
@@ -275,6 +291,7 @@ class FilterGraph:
         external_hits: Sequence[Hit],
     ) -> TenantVerdict:
         applicable = plan.rules_for(direction)
+        external_hits = plan.own_check_hits(external_hits)
         rule_hits = [self.rules[i].hit() for i in matched_rules if i in applicable]
         seen: set[tuple[str, str]] = set()
         list_hits: list[Hit] = []

@@ -253,14 +253,18 @@ def simulate(
     direction: Direction = Direction.inbound,
     external_hits: Sequence[Hit] = (),
     view: MessageView | None = None,
+    early_hits: Sequence[Hit] = (),
 ) -> Outcome:
     """Run one whole transaction as `serve` would (the client stops at the first refusal of the
-    whole transaction, and sends DATA only when a recipient was accepted)."""
+    whole transaction, and sends DATA only when a recipient was accepted). `early_hits` are check
+    results `serve` has after MAIL FROM (DNSBL, SPF), `external_hits` those of DATA."""
     evaluation = graph.begin(client_ip, helo, direction)
     replies: list[tuple[str, Reply]] = []
     refusal = evaluation.connect() or evaluation.add_hits(())
     if refusal is None:
         reply = evaluation.mail(mail_from)
+        if reply.is_positive and early_hits:
+            reply = evaluation.add_hits(early_hits) or reply
         replies.append(("mail", reply))
         if reply.is_positive:
             for rcpt in rcpts:

@@ -24,6 +24,8 @@ from engine.policy.models import (
     AnyCondition,
     AttachmentCondition,
     BodyCondition,
+    CheckCondition,
+    Checks,
     HeaderCondition,
     ListAction,
     NotCondition,
@@ -53,6 +55,7 @@ def validate_policy(source: PolicySource) -> tuple[Problem, ...]:
             _allowed_and_blocked,
             _names_match_files,
             _tracked_secrets,
+            _check_settings,
         ):
             problems.update(check(source))
         return tuple(sorted(problems, key=Problem.sort_key))
@@ -385,17 +388,28 @@ def _re2_error(pattern: str) -> str | None:
     return None
 
 
-def _patterns(condition: PolicyModel, path: YamlPath) -> Iterator[tuple[YamlPath, str]]:
-    """(YAML path, pattern) of every RE2 pattern in a condition tree."""
+def _leaf_conditions(condition: PolicyModel, path: YamlPath) -> Iterator[tuple[YamlPath, PolicyModel]]:
+    """(YAML path, condition) of every leaf (not any/all/not) of a condition tree."""
     if isinstance(condition, AnyCondition):
         for index, child in enumerate(condition.any):
-            yield from _patterns(child, (*path, "any", index))
+            yield from _leaf_conditions(child, (*path, "any", index))
     elif isinstance(condition, AllCondition):
         for index, child in enumerate(condition.all):
-            yield from _patterns(child, (*path, "all", index))
+            yield from _leaf_conditions(child, (*path, "all", index))
     elif isinstance(condition, NotCondition):
-        yield from _patterns(condition.not_, (*path, "not"))
-    elif isinstance(condition, HeaderCondition) and condition.header.regex is not None:
+        yield from _leaf_conditions(condition.not_, (*path, "not"))
+    else:
+        yield path, condition
+
+
+def _patterns(tree: PolicyModel, tree_path: YamlPath) -> Iterator[tuple[YamlPath, str]]:
+    """(YAML path, pattern) of every RE2 pattern in a condition tree."""
+    for path, condition in _leaf_conditions(tree, tree_path):
+        yield from _leaf_patterns(condition, path)
+
+
+def _leaf_patterns(condition: PolicyModel, path: YamlPath) -> Iterator[tuple[YamlPath, str]]:
+    if isinstance(condition, HeaderCondition) and condition.header.regex is not None:
         yield (*path, "header", "regex"), condition.header.regex
     elif isinstance(condition, BodyCondition) and condition.body.regex is not None:
         yield (*path, "body", "regex"), condition.body.regex
@@ -444,3 +458,75 @@ def _in_git_work_tree(root: Path) -> bool:
 
 def _git_tracks(root: Path, path: str) -> bool:
     return _git(root, ["ls-files", "--error-unmatch", "--", path]) is not None
+
+
+# ---------------------------------------------------------------- external checks
+
+
+def _check_settings(source: PolicySource) -> Iterator[Problem]:
+    """Rules and tenant overrides may only name checks (and zones) the gateway runs; ARC trust
+    needs ARC and DMARC (it forgives DMARC failures)."""
+    gateway = source.gateway
+    if gateway is None:
+        return
+    checks = gateway.model.checks
+    if checks.arc.trusted_sealers and not (checks.arc.enabled and checks.dmarc.enabled):
+        yield gateway.problem(
+            "error", ("checks", "arc", "trusted_sealers"),
+            "checks.arc.trusted_sealers needs arc and dmarc enabled (a trusted chain overrides DMARC failures)",
+        )
+    if checks.antivirus is not None and checks.antivirus.timeout >= checks.budget:
+        yield gateway.problem(
+            "warning", ("checks", "antivirus"),
+            f"checks.antivirus.timeout {checks.antivirus.timeout:g} s is not below checks.budget {checks.budget:g} s:"
+            " a slow scan is cut at the budget and the message gets on_error",
+        )
+    running = _running_checks(checks)
+    for loaded in source.rulesets:
+        for index, rule in enumerate(loaded.model.rules):
+            for path, condition in _check_conditions(rule.when, ("rules", index, "when")):
+                problem = _unknown_check(running, condition.check, condition.result)
+                if problem:
+                    yield loaded.problem("error", path, f"rule '{rule.id}' tests {problem}: it could never match")
+    for tenant in source.tenants:
+        for key in tenant.model.checks:
+            name, _, result = key.partition(":")
+            problem = _unknown_check(running, name, [] if result == "*" else [result])
+            if problem:
+                yield tenant.problem("error", ("checks", key), f"override of {problem}")
+
+
+def _running_checks(checks: Checks) -> dict[str, set[str] | None]:
+    """Check name -> the results it can report (None: any), for the checks the gateway runs."""
+    from engine.policy.models import CHECK_RESULTS
+
+    running: dict[str, set[str] | None] = {}
+    for name in ("spf", "dkim", "dmarc", "arc"):
+        if getattr(checks, name).enabled:
+            running[name] = set(CHECK_RESULTS[name])
+    if checks.dnsbl:
+        running["dnsbl"] = {zone.zone for zone in checks.dnsbl}
+    if checks.uribl:
+        running["uribl"] = {zone.zone for zone in checks.uribl}
+    if checks.antivirus is not None:
+        running["virus"] = None
+        running["antivirus"] = {"error"}
+    return running
+
+
+def _unknown_check(running: dict[str, set[str] | None], name: str, results: Sequence[str]) -> str | None:
+    """What is wrong with testing check `name` for `results` ("" when nothing), or None."""
+    if name not in running:
+        return f"check '{name}', which gateway.yaml checks does not run"
+    allowed = running[name]
+    unknown = [r for r in results if allowed is not None and r not in allowed]
+    if unknown:
+        what = "zone" if name in ("dnsbl", "uribl") else "result"
+        return f"{name} {what} {', '.join(unknown)}, which gateway.yaml checks.{name} does not have"
+    return None
+
+
+def _check_conditions(tree: PolicyModel, tree_path: YamlPath) -> Iterator[tuple[YamlPath, CheckCondition]]:
+    for path, condition in _leaf_conditions(tree, tree_path):
+        if isinstance(condition, CheckCondition):
+            yield (*path, "check"), condition

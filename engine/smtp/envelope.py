@@ -11,6 +11,7 @@ import time
 
 from aiosmtpd.smtp import Envelope
 
+from engine.checks.runner import CheckRun
 from engine.graph.transaction import Evaluation
 
 
@@ -22,3 +23,4 @@ class GatewayEnvelope(Envelope):
         self.evaluation: Evaluation | None = None
         self.started = time.monotonic()
         self.refused: list[str] = []  # "rcpt: reply" of refused recipients, for the transaction log
+        self.checks: CheckRun | None = None  # the external checks of this transaction (from EHLO/MAIL on)

@@ -20,14 +20,15 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from engine.checks.runner import Checker, CheckReport, strip_forged_authentication_results
 from engine.graph.evaluator import FilterGraph
 from engine.graph.transaction import Evaluation
-from engine.graph.verdict import KIND_LIST, REASON_BLOCK_LIST, REASON_TEMPFAIL_HELD, Decision
+from engine.graph.verdict import KIND_LIST, REASON_BLOCK_LIST, REASON_TEMPFAIL_HELD, Decision, Hit
 from engine.metrics import TransactionObserver
 from engine.mime.view import MessageView, header_text, parse_message
 from engine.policy.models import Direction
@@ -45,13 +46,14 @@ OFFLOAD_SIZE = 64 * 1024
 200,000-part multipart must not stall every other session); smaller ones cost less than the hop."""
 
 
-def _evaluate(evaluation: Evaluation, raw: bytes) -> tuple[MessageView, Decision | str]:
-    """Parse *raw* and decide it, or the 554 of a mail loop (the graph is immutable and the
-    evaluation is this session's own, so this may run in a worker thread)."""
-    view = parse_message(raw)
+def _evaluate(
+    evaluation: Evaluation, view: MessageView, external_hits: Sequence[Hit] = ()
+) -> tuple[MessageView, Decision | str]:
+    """Decide the parsed message with the check hits of DATA, or the 554 of a mail loop (the graph
+    is immutable and the evaluation is this session's own, so this may run in a worker thread)."""
     gateway = evaluation.graph.gateway
     loop = loop_refusal(header_text(view, "received"), gateway.hostname, gateway.limits.hopcount_limit)
-    return view, loop if loop is not None else evaluation.data(view)
+    return view, loop if loop is not None else evaluation.data(view, external_hits=external_hits)
 
 
 class Waker(Protocol):
@@ -85,6 +87,12 @@ class InboundHandler:
         self._store = store
         self._relay = relay
         self._log_format = log_format
+        self._checker = Checker()
+
+    def _start_checks(self, session: Session, env: GatewayEnvelope, graph: FilterGraph) -> None:
+        """The transaction's external checks, started as soon as the client is known (DNSBL)."""
+        if env.checks is None or env.checks.checks is not graph.gateway.checks:
+            env.checks = self._checker.begin(graph.gateway, client_ip(session), session.host_name or "")
 
     def session_limits(self) -> tuple[int, int]:
         """(`limits.max_errors`, `limits.max_junk_commands`) of the live policy, for GatewaySMTP."""
@@ -95,12 +103,14 @@ class InboundHandler:
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
+        self._start_checks(session, _envelope(envelope), self._current_graph())
         # aiosmtpd handles pipelined commands in order; say so (RFC 2920) and that we send
         # enhanced status codes (RFC 2034).
         return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
     async def handle_HELO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str) -> str:
         session.host_name = hostname
+        self._start_checks(session, _envelope(envelope), self._current_graph())
         return f"250 {server.hostname}"
 
     async def handle_MAIL(
@@ -112,7 +122,15 @@ class InboundHandler:
             client_ip(session), session.host_name or "", Direction.inbound
         )
         reply = evaluation.connect() or evaluation.mail(sender)
+        if reply.is_positive:  # checks whose result can refuse now are waited for (bounded)
+            self._start_checks(session, env, evaluation.graph)
+            if env.checks is not None:
+                env.checks.mail(sender, evaluation.helo)
+                reply = evaluation.add_hits(await env.checks.early_hits()) or reply
         if not reply.is_positive:
+            if env.checks is not None:
+                env.checks.cancel()
+                env.checks = None
             env.evaluation = None  # the client may try another sender
             hit = evaluation.refusal_hit
             detail = f"{hit.id} ({hit.message})" if hit is not None else str(reply)
@@ -147,17 +165,22 @@ class InboundHandler:
         raw = envelope.original_content or b""
         queue_id = new_queue_id()
         try:
-            if len(raw) >= OFFLOAD_SIZE:  # parse + evaluate in a thread: other sessions keep being served
-                view, decision = await asyncio.to_thread(_evaluate, evaluation, raw)
+            offload = len(raw) >= OFFLOAD_SIZE  # parse + evaluate in a thread: other sessions keep being served
+            view = await asyncio.to_thread(parse_message, raw) if offload else parse_message(raw)
+            report = await env.checks.data(raw, view) if env.checks is not None else None
+            hits = report.new_hits if report is not None else ()
+            if offload:
+                view, decision = await asyncio.to_thread(_evaluate, evaluation, view, hits)
             else:
-                view, decision = _evaluate(evaluation, raw)
+                view, decision = _evaluate(evaluation, view, hits)
+            raw = strip_forged_authentication_results(raw, evaluation.graph.gateway.hostname)
         except Exception:  # a bug must not cost the client its message: it retries
             log.exception("evaluation failed for %s; replying 451", queue_id)
             return "451 4.3.0 temporary failure evaluating the message"
         if isinstance(decision, str):  # a mail loop: refused before any policy, like a size limit
             self._log_refusal(session, evaluation.mail_from, f"DATA refused: {decision}", evaluation.graph)
             return decision
-        accepted = self._accepted(queue_id, raw, view.subject, session, evaluation, decision)
+        accepted = self._accepted(queue_id, raw, view.subject, session, evaluation, decision, report)
         if not decision.reply.is_positive:
             if accepted.archive:  # refused mail is archived too: "why was it rejected?" has an answer
                 try:
@@ -180,12 +203,14 @@ class InboundHandler:
         return reply
 
     def _accepted(
-        self, queue_id: str, raw: bytes, subject: str, session: Session, evaluation: Evaluation, decision: Decision
+        self, queue_id: str, raw: bytes, subject: str, session: Session, evaluation: Evaluation, decision: Decision,
+        report: CheckReport | None = None,
     ) -> Accepted:
         """What the store keeps: the message, its envelope and each copy the decision accepts, with
         the trace and verdict header fields that copy carries."""
         now = time.time()
         graph = evaluation.graph
+        auth = report.authentication_results_field(graph.gateway.hostname) if report is not None else b""
         copies = []
         for verdict in decision.copies:
             if verdict.reason == REASON_TEMPFAIL_HELD:
@@ -196,7 +221,7 @@ class InboundHandler:
                 hostname=graph.gateway.hostname, helo=evaluation.helo, client_ip=evaluation.client_ip,
                 queue_id=queue_id, rcpt=rcpt, esmtp=bool(session.extended_smtp), tls=session.ssl is not None,
                 received_at=now,
-            ) + verdict_headers(verdict, decision.policy_version)
+            ) + auth + verdict_headers(verdict, decision.policy_version)
             copies.append(CopyPlan(
                 tenant=verdict.tenant, recipients=verdict.recipients, action=verdict.action, headers=headers,
                 subject_prefix=verdict.subject_prefix, route_by="tenant", reason=verdict.reason,

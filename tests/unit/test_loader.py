@@ -179,7 +179,7 @@ rules:
     source = load_policy(write_policy(tmp_path, {"rules/content.yaml": rules}))
     assert texts(source.problems) == [
         "rules/content.yaml:7:11: error: unknown condition 'heder'; did you mean 'header'? "
-        "(a condition is one of: any, all, not, header, body, attachment, mime)"
+        "(a condition is one of: any, all, not, header, body, attachment, mime, check)"
     ]
 
 
@@ -254,7 +254,7 @@ def test_empty_when_points_at_when(tmp_path: Path, empty: str) -> None:
     source = load_policy(write_policy(tmp_path, {"rules/content.yaml": rules}))
     assert texts(source.problems) == [
         "rules/content.yaml:4:5: error: `when` is empty: give a condition "
-        "(any, all, not, header, body, attachment, mime)"
+        "(any, all, not, header, body, attachment, mime, check)"
     ]
 
 
@@ -433,7 +433,7 @@ def test_example_policy_and_broken_files_load_the_same_on_both_paths(tmp_path: P
         "lists/dup.yaml:2:1: error: duplicate key 'name' (first at line 1)",
         "rules/bad.yaml:3:5: error: missing required key 'then'",
         "rules/bad.yaml:4:12: error: unknown condition 'heder'; did you mean 'header'? "
-        "(a condition is one of: any, all, not, header, body, attachment, mime)",
+        "(a condition is one of: any, all, not, header, body, attachment, mime, check)",
         "tenants/broken.yaml:3:1: error: tab character: YAML indentation must use spaces",
     ]
     assert fingerprint(fast) == fingerprint(slow)

@@ -101,7 +101,7 @@ def test_alias_bomb_loads_in_bounded_memory(tmp_path: Path, parser: str) -> None
     assert done.returncode == 0, done.stderr[-2000:]
     peak_kib, *problems = done.stdout.splitlines()
     assert problems == [BOMB_PROBLEM]
-    assert int(peak_kib) < 200 * 1024, f"peak RSS {int(peak_kib) // 1024} MiB"
+    assert int(peak_kib) < 512 * 1024, f"peak RSS {int(peak_kib) // 1024} MiB"  # unbounded: 1.6 GB and more
 
 
 def many_aliases(count: int) -> str:
