@@ -275,8 +275,8 @@ class LayeredContentIndex(ContentIndex):
     def rule_count(self) -> int:
         return self._count
 
-    def matching_rules(self, view: MessageView) -> list[int]:
+    def matching_rules(self, view: MessageView, check_ids: frozenset[str] = frozenset()) -> list[int]:
         base_map, delta_map = self._base_map, self._delta_map
-        found = [base_map[index] for index in self._layer_base.matching_rules(view) if base_map[index] >= 0]
-        found.extend(delta_map[index] for index in self._layer_delta.matching_rules(view))
+        found = [base_map[i] for i in self._layer_base.matching_rules(view, check_ids) if base_map[i] >= 0]
+        found.extend(delta_map[index] for index in self._layer_delta.matching_rules(view, check_ids))
         return sorted(found)
