@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 from engine.graph.content import ContentIndex
 from engine.graph.lists import ListEntry, ListIndex
-from engine.graph.transaction import Evaluation, Outcome, simulate
+from engine.graph.transaction import Evaluation
 from engine.graph.verdict import (
     HIT_MALFORMED_MIME,
     KIND_ANTIVIRUS,
@@ -40,7 +40,6 @@ from engine.graph.verdict import (
     REASON_VIRUS,
     REPLY_RELAY_DENIED,
     REPLY_UNKNOWN_USER,
-    Decision,
     Hit,
     RcptResult,
     Reply,
@@ -323,23 +322,3 @@ class FilterGraph:
         if by_score.severity > action.severity:
             action, reason, message = by_score, REASON_SCORE, None
         return verdict(action, reason, message)
-
-    # ------------------------------------------------------------ whole transaction
-
-    def explain(
-        self,
-        *,
-        raw: bytes,
-        mail_from: str,
-        rcpts: Sequence[str],
-        client_ip: str,
-        helo: str = "",
-        direction: Direction = Direction.inbound,
-        external_hits: Sequence[Hit] = (),
-    ) -> tuple[Decision, tuple[RcptResult, ...]]:
-        """Run every stage as `serve` would (`simulate`); the decision and each RCPT's result."""
-        outcome: Outcome = simulate(
-            self, raw=raw, mail_from=mail_from, rcpts=rcpts, client_ip=client_ip, helo=helo,
-            direction=direction, external_hits=external_hits,
-        )
-        return outcome.decision, outcome.rcpt_results

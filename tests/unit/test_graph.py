@@ -11,6 +11,7 @@ import json
 import re
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -18,6 +19,7 @@ from typer.testing import CliRunner
 from engine.cli.main import app
 from engine.graph.compiler import load_graph
 from engine.graph.evaluator import FilterGraph
+from engine.graph.transaction import simulate
 from engine.graph.verdict import (
     KIND_ANTIVIRUS,
     KIND_RULE,
@@ -30,6 +32,7 @@ from engine.graph.verdict import (
     REASON_VIRUS,
     Decision,
     Hit,
+    RcptResult,
     TenantVerdict,
 )
 from engine.mime.view import parse_message
@@ -178,6 +181,12 @@ def example() -> FilterGraph:
     return result.graph
 
 
+def explain(graph: FilterGraph, **kwargs: Any) -> tuple[Decision, tuple[RcptResult, ...]]:
+    """A whole transaction as serve runs it (`simulate`): the decision and each RCPT's result."""
+    outcome = simulate(graph, **kwargs)
+    return outcome.decision, outcome.rcpt_results
+
+
 def decide(
     graph: FilterGraph,
     raw: bytes,
@@ -323,7 +332,7 @@ def test_gateway_sender_block_does_not_overreach(graph: FilterGraph, sender: str
 
 
 def test_explain_stops_a_globally_blocked_sender_at_mail(graph: FilterGraph) -> None:
-    decision, rcpts = graph.explain(
+    decision, rcpts = explain(graph,
         raw=message(), mail_from="spammer@bad.example", rcpts=["bob@acme.example"], client_ip=NEUTRAL_IP
     )
     assert (decision.action, decision.stage, rcpts) == (Action.reject, "mail", ())
@@ -344,7 +353,7 @@ def test_tenant_sender_block_at_rcpt_for_that_tenant_only(graph: FilterGraph) ->
 
 
 def test_explain_reports_tenant_block_at_rcpt_and_delivers_the_other_tenant(graph: FilterGraph) -> None:
-    decision, rcpts = graph.explain(
+    decision, rcpts = explain(graph,
         raw=message(),
         mail_from="boss@rival.example",
         rcpts=["bob@acme.example", "eve@globex.example"],
@@ -466,7 +475,7 @@ def test_listed_recipients(graph: FilterGraph, rcpt: str, reply: str | None) -> 
 
 
 def test_explain_with_no_valid_recipient_rejects_at_rcpt(graph: FilterGraph) -> None:
-    decision, rcpts = graph.explain(
+    decision, rcpts = explain(graph,
         raw=message(), mail_from=SENDER, rcpts=["x@elsewhere.example", "milton@initech.example"], client_ip=NEUTRAL_IP
     )
     assert (decision.action, decision.stage) == (Action.reject, "rcpt")
@@ -506,7 +515,7 @@ def test_outbound_rcpt_accepts_any_domain_from_the_tenants_network(graph: Filter
 
 
 def test_explain_outbound_runs_outbound_rules_for_the_sending_tenant(graph: FilterGraph) -> None:
-    decision, rcpts = graph.explain(
+    decision, rcpts = explain(graph,
         raw=message("secretproject", to="friend@elsewhere.example"),
         mail_from="bob@acme.example",
         rcpts=["friend@elsewhere.example"],
@@ -681,7 +690,7 @@ def test_example_acme_invoice_phish_only_for_acme(example: FilterGraph) -> None:
 
 
 def test_tempfail_after_another_copys_250_is_held_in_explain_as_in_serve(graph: FilterGraph) -> None:
-    decision, _ = graph.explain(raw=message("acmewait"), mail_from=SENDER, client_ip=NEUTRAL_IP,
+    decision, _ = explain(graph, raw=message("acmewait"), mail_from=SENDER, client_ip=NEUTRAL_IP,
                                 rcpts=["bob@acme.example", "eve@globex.example"])
     assert decision.reply.code == 250
     acme = decision.tenants["acme"]

@@ -18,6 +18,7 @@ from engine import metrics
 from engine.admin.server import AdminContext, build_app
 from engine.graph.incremental import IncrementalLoader
 from engine.graph.live import LivePolicy, ReloadResult
+from engine.graph.transaction import simulate
 from engine.graph.verdict import Decision, Hit, Reply, TenantVerdict
 from engine.policy.loader import PolicySource, load_policy
 from engine.policy.models import Action, AdminSettings
@@ -275,7 +276,7 @@ def test_layered_content_index_matches_a_fresh_compile(tmp_path: Path) -> None:
             assert incremental._content.matching_rules(view) == fresh._content.matching_rules(view)
             args: dict[str, Any] = {"raw": raw, "mail_from": "a@example.com", "rcpts": ["bob@acme.example"],
                                     "client_ip": "192.0.2.1"}
-            assert incremental.explain(**args)[0] == fresh.explain(**args)[0]
+            assert simulate(incremental, **args).decision == simulate(fresh, **args).decision
     assert layered_seen, "no edit went through the layered index"
 
 
