@@ -159,13 +159,10 @@ def frozen_after() -> Iterator[None]:
     freed by reference counting when a newer graph replaces theirs; only a cycle among objects alive
     at a reload would never be collected (at most what open sessions hold at that instant)."""
     enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with paused_gc():
         yield
-    finally:
-        if enabled:
-            gc.freeze()
-            gc.enable()
+    if enabled:
+        gc.freeze()
 
 
 def _parse(rel: str, text: str, model: type[PolicyModel]) -> _Parsed:
