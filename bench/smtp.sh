@@ -6,7 +6,8 @@
 # (connect .. 250 after DATA, measured by a paced probe client while the load runs).
 #   bench/smtp.sh                     # N=10000 2 KB messages, 20 sessions
 #   N=2000 SIZES="2k 50k" bench/smtp.sh
-#   WITH_POSTFIX=1 bench/smtp.sh      # also runs shared/bench/peers (Postfix relay, root) and prints the ratio
+#   WITH_POSTFIX=1 bench/smtp.sh      # also runs shared/bench/peers (Postfix relay, root) and prints the ratio;
+#                                     # the gateway's policy then carries the peer's maps and regexes (equal_policy.py)
 #   WORKERS="1 2" bench/smtp.sh       # serve --workers 1 and 2 in the same run (default "1"); for each: the
 #                                     # CPU-seconds of all gateway processes per 1,000 messages (from /proc) and
 #                                     # the box's idle % during the run, then the rate ratio to the first count
@@ -15,7 +16,7 @@
 # Needs: postfix tools (smtp-source, smtp-sink), the venv (.venv or PY=...). Loopback only.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-REPO=$(dirname "$HERE")
+REPO=${REPO:-$(dirname "$HERE")}   # REPO=OTHER_CHECKOUT measures another commit with this script
 PY=${PY:-$REPO/.venv/bin/python}
 [[ -x $PY ]] || PY=$(command -v python3)
 N=${N:-10000}
@@ -57,7 +58,7 @@ policy() {  # example rules and lists; one tenant (example.net, the smtp-source 
   local dir=$WORK/policy; rm -rf "$dir"; mkdir -p "$dir/tenants"
   cp -r "$REPO/policies/rules" "$REPO/policies/lists" "$dir/"
   sed -e "s/port: 2525/port: $P_GW/" -e 's/max_connections_per_ip: 50/max_connections_per_ip: 1000/' \
-      "$REPO/policies/gateway.yaml" > "$dir/gateway.yaml"
+      -e '/^postmaster:/d' "$REPO/policies/gateway.yaml" > "$dir/gateway.yaml"
   cat > "$dir/tenants/bench.yaml" <<EOF
 name: bench
 domains: [example.net, example.org]
@@ -70,6 +71,9 @@ EOF
       "$dir/gateway.yaml" > "$dir/gateway.tmp"
     cat "$dir/gateway.tmp" "$GATEWAY_EXTRA" > "$dir/gateway.yaml"; rm "$dir/gateway.tmp"
   fi
+  # Beside the Postfix peer, the policy carries the same maps and regexes it checks (equal work):
+  # 1,000 sender entries, 1,000 client networks, 100 header + 100 body regexes.
+  if [[ ${WITH_POSTFIX:-0} == 1 || ${EQUAL_WORK:-0} == 1 ]]; then "$PY" "$PEERS/equal_policy.py" "$dir"; fi
 }
 
 probe() {  # $1 port, $2 msg, $3 pid to watch: prints p50/p99 of connect..250 in ms
