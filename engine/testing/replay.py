@@ -40,8 +40,12 @@ class Envelope:
     direction: Direction = Direction.inbound
 
 
-def run(graph: FilterGraph, envelope: Envelope, raw: bytes, external_hits: Sequence[Hit] = ()) -> Outcome:
-    """Every SMTP stage of one transaction against `graph` (connect, MAIL, RCPT, DATA)."""
+def run(
+    graph: FilterGraph, envelope: Envelope, raw: bytes, external_hits: Sequence[Hit] = (),
+    early_hits: Sequence[Hit] = (),
+) -> Outcome:
+    """Every SMTP stage of one transaction against `graph` (connect, MAIL, RCPT, DATA); `early_hits`
+    are check results known after MAIL FROM, `external_hits` those of DATA."""
     return simulate(
         graph,
         raw=raw,
@@ -51,6 +55,7 @@ def run(graph: FilterGraph, envelope: Envelope, raw: bytes, external_hits: Seque
         helo=envelope.helo,
         direction=envelope.direction,
         external_hits=external_hits,
+        early_hits=early_hits,
     )
 
 

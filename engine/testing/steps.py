@@ -307,6 +307,13 @@ def then_no_rule(liveprism_scenario: Scenario) -> None:
         raise liveprism_scenario.fail("expected no rule to match")
 
 
+@then(parsers.parse('the check result "{hit_id}" was found'))
+def then_check_result(liveprism_scenario: Scenario, hit_id: str) -> None:
+    """A check's hit (`spf:fail`, `dmarc:reject`, `dnsbl:zone`, `virus:name`…), refusing or not."""
+    if not any(hit.id == hit_id for hit in _all_hits(liveprism_scenario)):
+        raise liveprism_scenario.fail(f"expected the check result {hit_id!r}, it was not found")
+
+
 @then(parsers.parse('list "{name}" matched'))
 def then_list_matched(liveprism_scenario: Scenario, name: str) -> None:
     if not _hits(liveprism_scenario, KIND_LIST, name):

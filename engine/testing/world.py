@@ -7,6 +7,7 @@ Steps only fill this in (`Given`), run it (`When`) and read it (`Then`); the eva
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
 import threading
 from dataclasses import dataclass, field
@@ -15,10 +16,12 @@ from email.policy import SMTP
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
+from engine.checks.runner import CheckRun, checks_configured
 from engine.graph.compiler import load_graph
 from engine.graph.evaluator import FilterGraph
 from engine.graph.transaction import Outcome
 from engine.graph.verdict import Hit
+from engine.mime.view import parse_message
 from engine.policy.loader import content_hash, policy_files
 from engine.policy.models import Direction
 from engine.testing.replay import DEFAULT_CLIENT_IP, DEFAULT_HELO, Envelope, envelope_for, run
@@ -147,8 +150,8 @@ class Scenario:
         envelope = self.envelope(direction, raw)
         if not envelope.rcpts:
             raise ScenarioFailure("the message has no recipient: say `a message from \"A\" to \"B\"`")
-        self.outcome = run(graph, envelope, raw, [*check_hits(graph, envelope, raw, self.resolver),
-                                                  *self.external_hits])
+        early, late = asyncio.run(check_hits(graph, envelope, raw, self.resolver))
+        self.outcome = run(graph, envelope, raw, [*late, *self.external_hits], early_hits=early)
         return self.outcome
 
     def result(self) -> Outcome:
@@ -184,11 +187,22 @@ class Scenario:
         return ScenarioFailure(f"{message}\n\n{self.trace()}")
 
 
-def check_hits(graph: FilterGraph, envelope: Envelope, raw: bytes, resolver: StaticResolver) -> list[Hit]:
-    """The external check results (DNSBL, SPF, DKIM, DMARC) of a scenario, looked up in its static
-    resolver. The checks are not wired into the transaction yet (their own issue): until then this
-    returns no hit, and `Given DNS answers …` only records the answers the checks will read."""
-    return []
+async def check_hits(
+    graph: FilterGraph, envelope: Envelope, raw: bytes, resolver: StaticResolver
+) -> tuple[tuple[Hit, ...], tuple[Hit, ...]]:
+    """The external check results of a scenario, as `serve` would get them (the same `CheckRun`),
+    with every DNS question answered by the scenario's static resolver: the hits known after MAIL
+    FROM (DNSBL, SPF: they may refuse early) and those of the end of DATA (inbound only; none
+    when the policy configures no check)."""
+    checks = graph.gateway.checks
+    if envelope.direction is not Direction.inbound or not checks_configured(checks):
+        return (), ()
+    check_run = CheckRun(checks, resolver, hostname=graph.gateway.hostname)
+    check_run.connect(envelope.client_ip, envelope.helo)
+    check_run.mail(envelope.mail_from, envelope.helo)
+    early = await check_run.early_hits()
+    report = await check_run.data(raw, parse_message(raw))
+    return early, report.new_hits
 
 
 def _attach(message: EmailMessage, attachment: Attachment) -> None:
