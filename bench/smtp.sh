@@ -135,7 +135,8 @@ for sz in $SIZES; do
   rm -rf "$WORK/state" "$WORK/sink.count"
   smtp-sink -u nobody -c "$LH:$P_SINK" 1000 > "$WORK/sink.out" 2>&1 & PIDS+=($!); sinkpid=$!
   wait_port "$P_SINK"
-  (cd "$REPO" && exec "$PY" -m engine serve "$WORK/policy" --state "$WORK/state" --workers "$w" \
+  workers_flag=(); [[ $w == 1 ]] || workers_flag=(--workers "$w")  # checkouts before --workers run one
+  (cd "$REPO" && exec "$PY" -m engine serve "$WORK/policy" --state "$WORK/state" "${workers_flag[@]}" \
      2> "$WORK/gateway-$sz-w$w.log") &
   PIDS+=($!); gwpid=$!
   wait_port "$P_GW"
