@@ -107,6 +107,7 @@ class Snapshot:
     workers: dict[str, str] = field(default_factory=dict)  # worker index -> version served
     git: dict[str, str] = field(default_factory=dict)  # applied / attempted revisions, when syncing
     git_failures: int = 0
+    dns_drift: dict[tuple[str, str], float] = field(default_factory=dict)  # (domain, record) -> 1 drifted, 0 ok
 
 
 class _SnapshotCollector:
@@ -138,6 +139,13 @@ class _SnapshotCollector:
             yield git
             yield CounterMetricFamily("liveprism_git_sync_failures", "Git sync passes that failed (fetch or invalid).",
                                       value=snap.git_failures)
+        if snap.dns_drift:
+            drift = GaugeMetricFamily("liveprism_dns_drift", "1 when a planned DNS record of a tenant domain differs"
+                                      " from live DNS (missing, different, extra, bypass, error), 0 when it agrees.",
+                                      labels=["domain", "record"])
+            for (domain, record), value in sorted(snap.dns_drift.items()):
+                drift.add_metric([domain, record], value)
+            yield drift
         if self._state is not None:
             yield from store_metrics(self._state / "index.sqlite3")
 

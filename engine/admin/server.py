@@ -6,7 +6,8 @@ as the file watcher and SIGHUP.
 
 - `GET /healthz`: 200 while the process runs;
 - `GET /readyz`: 200, or 503 with the reasons (`policy`, `store`, `relay`) in JSON;
-- `GET /metrics`: Prometheus text exposition (`engine.metrics`), all processes in one scrape;
+- `GET /metrics`: Prometheus text exposition (`engine.metrics`), all processes in one scrape,
+  with `liveprism_dns_drift{domain,record}` from the periodic DNS check (`dns_monitor`);
 - `GET /policy`: the version served, when and from where; the last attempt and its problems;
   the version each worker serves; the git sync revisions;
 - `POST /reload`: `Authorization: Bearer TOKEN` required (401 without, 403 wrong, 503 when the
@@ -30,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from engine import metrics
+from engine.admin.dns_monitor import DnsDriftMonitor
 from engine.graph.live import LivePolicy, ReloadResult
 from engine.policy.models import AdminSettings
 
@@ -46,6 +48,7 @@ class AdminContext:
     workers: Callable[[], dict[str, str]]  # worker index -> version served
     git: Callable[[], dict[str, Any] | None]  # git sync status, None when not syncing
     state: Path | None = None
+    dns_drift: Callable[[], dict[tuple[str, str], float]] = dict  # the last DNS drift check (dns_monitor)
 
 
 def resolve_token(settings: AdminSettings, policy_dir: Path) -> str | None:
@@ -114,6 +117,7 @@ def _snapshot(context: AdminContext) -> metrics.Snapshot:
         workers=context.workers(),
         git={key: str(git.get(key) or "") for key in ("applied", "attempted", "attempt_result")} if git else {},
         git_failures=int(git.get("failures", 0)) if git else 0,
+        dns_drift=context.dns_drift(),
     )
 
 
@@ -139,6 +143,8 @@ class AdminServer:
     """Starts and stops the listener on the running loop."""
 
     def __init__(self, context: AdminContext, settings: AdminSettings) -> None:
+        self.dns_monitor = DnsDriftMonitor(context.policy.policy_dir, settings.dns_check_interval)
+        context.dns_drift = lambda: self.dns_monitor.values
         self._app = build_app(context)
         self._settings = settings
         self._runner: web.AppRunner | None = None
@@ -149,7 +155,9 @@ class AdminServer:
         site = web.TCPSite(self._runner, self._settings.address, self._settings.port, reuse_address=True)
         await site.start()
         log.info("admin API on http://%s:%d", self._settings.address, self._settings.port)
+        self.dns_monitor.start()
 
     async def stop(self) -> None:
+        await self.dns_monitor.stop()
         if self._runner is not None:
             await self._runner.cleanup()

@@ -495,6 +495,10 @@ class AdminSettings(PolicyModel):
         description="Bearer token for POST /reload: env:NAME or a file path (relative to the policy dir), "
         "never the token itself."
     )
+    dns_check_interval: int = Field(
+        default=3600, ge=0,
+        description="Seconds between DNS drift checks exported as liveprism_dns_drift{domain,record}; 0 = off.",
+    )
 
     @field_validator("address")
     @classmethod

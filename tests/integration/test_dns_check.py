@@ -134,3 +134,37 @@ def test_check_on_a_silent_nameserver_is_drift(tmp_path: Path, nsd: Nsd) -> None
     assert code == 1
     statuses = {r["status"] for r in report["records"]}  # type: ignore[union-attr]
     assert statuses == {"error"}
+
+
+def test_drift_is_exported_as_a_metric_by_a_running_gateway(tmp_path: Path, nsd: Nsd, procs: list[object]) -> None:
+    """`serve` with the admin listener checks DNS every `admin.dns_check_interval` seconds and
+    exports `liveprism_dns_drift{domain,record}`: 0 while DNS agrees, 1 for the record that drifts."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.integration.conftest import free_port, wait_for
+    from tests.integration.test_operate_e2e import TOKEN_ENV, OpsGateway
+
+    root, zones = publish(tmp_path, nsd)
+    nsd.start(zones)
+    port, admin_port = free_port(), free_port()
+    gateway_yaml = root / "gateway.yaml"
+    text = re.sub(r"inbound: \{address: [^,]+, port: \d+\}", f"inbound: {{address: 127.0.0.1, port: {port}}}",
+                  gateway_yaml.read_text())
+    gateway_yaml.write_text(text + f"admin: {{address: 127.0.0.1, port: {admin_port}, token: 'env:{TOKEN_ENV}',"
+                                   " dns_check_interval: 1}\n")
+    gateway = OpsGateway(root, tmp_path / "state", port, admin_port=admin_port).start()
+    procs.append(gateway)
+
+    def drift() -> dict[tuple[str, str], float]:
+        status, body = gateway.http("GET", "/metrics")
+        assert status == 200
+        return {(s.labels["domain"], s.labels["record"]): s.value
+                for family in text_string_to_metric_families(body) if family.name == "liveprism_dns_drift"
+                for s in family.samples}
+
+    assert wait_for(lambda: len(drift()) == 22, timeout=60)
+    assert set(drift().values()) == {0.0}, drift()
+    zones["acme.example"] = zones["acme.example"].replace("p=quarantine", "p=none")
+    nsd.reload(zones)
+    assert wait_for(lambda: drift().get(("acme.example", "dmarc")) == 1.0, timeout=60), drift()
+    assert [key for key, value in drift().items() if value] == [("acme.example", "dmarc")]
