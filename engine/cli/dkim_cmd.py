@@ -51,8 +51,7 @@ def run_keygen(directory: Path, tenant_name: str, selector: str | None, algorith
     if not found:
         for problem in source.problems:
             if problem.file.startswith("tenants/") and problem.severity == "error":
-                print(f"{directory / problem.file}:{problem.line}:{problem.col}: error: {problem.message}",
-                      file=sys.stderr)
+                print(problem.format("text", directory), file=sys.stderr)
         names = ", ".join(sorted(t.model.name for t in source.tenants)) or "none"
         print(f"error: no tenant '{tenant_name}' in {directory} (tenants: {names})", file=sys.stderr)
         return EXIT_USAGE

@@ -42,8 +42,7 @@ def load_plan(directory: Path, domain: str | None) -> tuple[PolicySource | None,
     errors = [p for p in validate_policy(source) if p.severity == "error"]
     if errors or source.gateway is None:
         for problem in errors:
-            print(f"{directory / problem.file}:{problem.line}:{problem.col}: error: {problem.message}",
-                  file=sys.stderr)
+            print(problem.format("text", directory), file=sys.stderr)
         print("error: the policy is invalid; run `liveprism validate`", file=sys.stderr)
         return None, None
     plan = plan_dns(source.gateway.model, [t.model for t in source.tenants], directory)

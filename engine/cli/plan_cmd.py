@@ -44,8 +44,7 @@ def run_plan(
     if new_result.graph is None:
         for problem in new_result.problems:
             if problem.severity == "error":
-                print(f"{directory / problem.file}:{problem.line}:{problem.col}: error: {problem.message}",
-                      file=sys.stderr)
+                print(problem.format("text", directory), file=sys.stderr)
         print("error: the policy in the work tree is invalid; run `liveprism validate`", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(prefix="liveprism-plan-") as tmp:

@@ -97,7 +97,7 @@ def promote_command(
     problems = [p for p in validate_policy(load_policy(policy)) if p.severity == "error"]
     if problems:
         path.write_text(original, encoding="utf-8")
-        details = "; ".join(f"{p.file}:{p.line}:{p.col}: {p.message}" for p in problems)
+        details = "; ".join(p.format("text") for p in problems)
         fail(f"the change would make the policy invalid, not written: {details}")
     diff = difflib.unified_diff(original.splitlines(keepends=True), edited.text.splitlines(keepends=True),
                                 f"a/{path.as_posix()}", f"b/{path.as_posix()}")

@@ -55,7 +55,7 @@ def compiled(policy_dir: Path) -> FilterGraph:
     result = load_graph(root)
     if result.graph is None:
         problems = "\n".join(
-            f"  {policy_dir / p.file}:{p.line}:{p.col}: {p.message}" for p in result.problems if p.severity == "error"
+            f"  {p.format('text', policy_dir)}" for p in result.problems if p.severity == "error"
         )
         raise PolicyError(f"the policy in {policy_dir} is invalid:\n{problems}")
     with _graphs_lock:
