@@ -19,12 +19,19 @@ a reply: 2xx delivered, 5xx failed for good, 4xx or no reply (timeout, lost conn
 retried. Command timeouts follow RFC 5321 §4.5.3.2 (5 minutes; 10 for the end of DATA). A
 pooled connection that turns out dead at MAIL is reported `stale` so the caller retries once
 on a fresh one.
+
+A large message (`compose.StreamedCopy`) is sent in pieces as it is read from the store: line
+ends normalised and leading dots doubled per piece (`DataStuffer`, the same bytes aiosmtplib's
+`data` sends for the whole message), each piece written after the transport drained the last,
+each wait bounded by the DATA block timeout (RFC 5321 §4.5.3.2.5). It uses aiosmtplib's protocol
+object (command lock, `read_response`, flow control) as `SMTP.data` does (aiosmtplib 5.x).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -33,11 +40,13 @@ from typing import Literal
 import aiosmtplib
 
 from engine.policy.models import RouteTls
+from engine.relay.compose import StreamedCopy
 from engine.relay.nexthop import Hop
 
 log = logging.getLogger("liveprism.relay")
 
 COMMAND_TIMEOUT = 300.0  # RFC 5321 §4.5.3.2.2-4: MAIL, RCPT, DATA initiation
+BLOCK_TIMEOUT = 180.0  # RFC 5321 §4.5.3.2.5: each write of the DATA block
 DATA_TIMEOUT = 600.0  # RFC 5321 §4.5.3.2.6: DATA termination
 QUIT_TIMEOUT = 5.0
 
@@ -274,12 +283,82 @@ async def _quit(conn: Connection) -> None:
     await _quit_client(conn.client)
 
 
-async def transaction(conn: Connection, mail_from: str, rcpts: list[str], data: bytes) -> TransactionResult:
+_LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")
+_LINE_START_DOT = re.compile(rb"(?<=\n)\.")
+
+
+class DataStuffer:
+    """aiosmtplib's DATA encoding (every CR, LF and CRLF sent as CRLF, a CRLF added at the end
+    when missing, a dot that starts a line doubled, RFC 5321 §4.5.2, then "." CRLF) applied to a
+    message fed in pieces: the concatenated output equals what `SMTP.data` sends for the whole."""
+
+    def __init__(self) -> None:
+        self.cr = False  # the last piece ended with a CR: it may pair with an LF in the next
+        self.line_start = True  # the output so far ends a line (or is empty)
+        self.ends_crlf = False  # the output so far ends with CRLF (False while empty)
+
+    def feed(self, data: bytes) -> bytes:
+        if self.cr:
+            data = b"\r" + data
+        self.cr = data.endswith(b"\r")
+        if self.cr:
+            data = data[:-1]
+        if not data:
+            return b""
+        out = _LINE_START_DOT.sub(b"..", _LINE_END.sub(b"\r\n", data))
+        if self.line_start and out.startswith(b"."):
+            out = b"." + out
+        self.line_start = self.ends_crlf = out.endswith(b"\r\n")
+        return out
+
+    def finish(self) -> bytes:
+        end = b"\r\n" if self.cr or not self.ends_crlf else b""
+        self.cr, self.line_start, self.ends_crlf = False, True, False
+        return end + b".\r\n"
+
+
+async def _send_streamed(client: aiosmtplib.SMTP, copy: StreamedCopy) -> aiosmtplib.SMTPResponse:
+    """DATA with `copy` read and sent in pieces (module docstring); raises as `SMTP.data` does."""
+    protocol = client.protocol
+    lock = protocol._command_lock if protocol is not None else None
+    if protocol is None or lock is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    try:
+        async with lock:
+            protocol._response_pending = True
+            protocol.write(b"DATA\r\n")
+            start = await protocol.read_response(timeout=COMMAND_TIMEOUT)
+            if start.code != aiosmtplib.SMTPStatus.start_input:
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            protocol._response_pending = True
+            stuffer = DataStuffer()
+            for piece in copy.chunks():
+                protocol.write(stuffer.feed(piece))
+                try:
+                    async with asyncio.timeout(BLOCK_TIMEOUT):
+                        await protocol._drain_helper()
+                except TimeoutError as exc:
+                    raise aiosmtplib.SMTPTimeoutError("Timed out sending the message") from exc
+                except ConnectionError as exc:
+                    raise aiosmtplib.SMTPServerDisconnected(str(exc) or "Connection lost") from exc
+            protocol.write(stuffer.finish())
+            response = await protocol.read_response(timeout=DATA_TIMEOUT)
+            if response.code != aiosmtplib.SMTPStatus.completed:
+                raise aiosmtplib.SMTPDataError(response.code, response.message)
+            return response
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        client.close()
+        raise
+
+
+async def transaction(
+    conn: Connection, mail_from: str, rcpts: list[str], data: bytes | StreamedCopy
+) -> TransactionResult:
     """One mail transaction on `conn` for `rcpts`; see the module docstring."""
     client = conn.client
     options: list[str] = []
     if client.supports_extension("size"):
-        options.append(f"SIZE={len(data)}")
+        options.append(f"SIZE={len(data) if isinstance(data, bytes) else data.size}")
     if not data.isascii() and client.supports_extension("8bitmime"):
         options.append("BODY=8BITMIME")
     encoding = "ascii"
@@ -321,7 +400,10 @@ async def transaction(conn: Connection, mail_from: str, rcpts: list[str], data: 
         return TransactionResult(replies, reusable=await _reset(client))
 
     try:
-        response = await client.data(data, timeout=DATA_TIMEOUT)
+        if isinstance(data, bytes):
+            response = await client.data(data, timeout=DATA_TIMEOUT)
+        else:
+            response = await _send_streamed(client, data)
     except aiosmtplib.SMTPDataError as exc:
         replies.update(dict.fromkeys(accepted, _reply(exc.code, exc.message)))
         return TransactionResult(replies, reusable=await _reset(client))

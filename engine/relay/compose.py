@@ -7,12 +7,23 @@ folded on the way out (`fold_long_lines`, as Postfix does).
 Working on bytes keeps signatures (DKIM, RFC 6376 §5.4) and odd-but-valid formatting intact:
 the `email` package would re-fold and re-encode what it touches.
 The header section is read by `engine.mime.raw_headers`.
+
+Large messages are never composed in memory (issue 7 item 10): `compose_streamed` reads only the
+message's first bytes up to the line after its header section, composes that part exactly as
+`build_copy` would (every change `build_copy` makes lies in the header section) and folds it; the
+body is then read from the stored file in `STREAM_CHUNK` pieces and folded line by line
+(`LineFolder`). The bytes are the same as `fold_long_lines(build_copy(raw, ...))`
+(tests/unit/test_relay_stream.py). `StreamedCopy.head` is the final header section: the place
+where a signer adds its field, after hashing `StreamedCopy.body()`.
 """
 
 from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from engine.mime.raw_headers import fields
 
@@ -107,20 +118,140 @@ def build_copy(raw: bytes, headers: bytes, subject_prefix: str | None) -> bytes:
     return headers + b"Subject: " + prefix + b"\r\n" + raw
 
 
+def _fold_line(line: bytes, limit: int, out: list[bytes]) -> None:
+    """Append `line` (its LF excluded; a final CR is kept) to `out`, folded every `limit` octets."""
+    cr = line.endswith(b"\r")
+    body = line[:-1] if cr else line
+    while len(body) > limit:
+        out.append(body[:limit] + b"\r\n")
+        body = b" " + body[limit:]
+    out.append(body + (b"\r" if cr else b""))
+
+
 def fold_long_lines(data: bytes, limit: int = _MAX_LINE) -> bytes:
-    """Break lines longer than `limit` octets by inserting CRLF SP, as Postfix's SMTP client does
-    (`smtp_line_length_limit`): the gateway accepts such lines, but RFC 5321 §4.5.3.1.6 lets the
-    next server refuse them. A message without long lines is returned unchanged."""
+    """Break lines longer than `limit` octets (the CR of a CRLF not counted) by inserting CRLF SP,
+    as Postfix's SMTP client does (`smtp_line_length_limit`): the gateway accepts such lines, but
+    RFC 5321 §4.5.3.1.6 lets the next server refuse them. Each line is folded on its own, so the
+    message can be folded in pieces (`LineFolder`). A message without long lines is returned
+    unchanged."""
     lines = data.split(b"\n")
-    if max(map(len, lines)) <= limit + 1:  # + 1: the CR
+    if max(map(len, lines)) <= limit:
         return data
     out: list[bytes] = []
     for line in lines:
-        cr = line.endswith(b"\r")
-        body = line[:-1] if cr else line
-        while len(body) > limit:
-            out.append(body[:limit] + b"\r\n")
-            body = b" " + body[limit:]
-        out.append(body + (b"\r" if cr else b"") + b"\n")
+        _fold_line(line, limit, out)
+        out.append(b"\n")
     joined = b"".join(out)
     return joined[:-1]  # the split added a "\n" after the last piece
+
+
+class LineFolder:
+    """`fold_long_lines` over a message fed in pieces: `feed` returns what is final so far,
+    `finish` the rest. Memory: one piece plus the line not yet ended (at most `limit` + 1 bytes)."""
+
+    def __init__(self, limit: int = _MAX_LINE) -> None:
+        self.limit = limit
+        self.line = b""  # the current line not yet ended (already folded up to its last `limit` + 1 bytes)
+
+    def feed(self, data: bytes) -> bytes:
+        limit = self.limit
+        lines = (self.line + data).split(b"\n") if self.line else data.split(b"\n")
+        rest = lines.pop()
+        if lines and max(map(len, lines)) <= limit:  # the usual case: nothing to fold but the rest
+            out = [b"\n".join(lines), b"\n"]
+        else:
+            out = []
+            for line in lines:
+                _fold_line(line, limit, out)
+                out.append(b"\n")
+        while len(rest) > limit + 1:  # folded whether or not a CR ends it (see _fold_line)
+            out.append(rest[:limit] + b"\r\n")
+            rest = b" " + rest[limit:]
+        self.line = rest
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        out: list[bytes] = []
+        if self.line:
+            _fold_line(self.line, self.limit, out)
+        self.line = b""
+        return b"".join(out)
+
+
+STREAM_CHUNK = 256 * 1024
+HEAD_LIMIT = 2 * 1024 * 1024  # a header section longer than this: the copy is composed in memory
+
+
+def head_end(data: bytes) -> int | None:
+    """Where the part of `data` holding the whole header section ends: after the line end that
+    follows its empty line (`normalise_header_section`'s rule); None when `data` has no such end."""
+    blank = _EMPTY_LINE.search(data)
+    if blank is None:
+        return None
+    eol = data.find(b"\n", blank.end(1) - 1)
+    return None if eol < 0 else eol + 1
+
+
+@dataclass(slots=True)
+class StreamedCopy:
+    """A tenant's copy of a large stored message: `head` (the composed, folded header section and
+    what followed it up to a line end) then the rest of `source`, read and folded in pieces.
+
+    `head` is final: a signer (DKIM, RFC 6376) hashes `body()` and prepends its field to `head`.
+    `body()` may be iterated more than once (each pass reads the file again)."""
+
+    head: bytes
+    source: BinaryIO
+    body_offset: int
+    body_size: int
+    _ascii: bool | None = field(default=None, repr=False)
+
+    @property
+    def size(self) -> int:
+        """Bytes of the copy before folding (for SIZE, RFC 1870: an estimate is enough)."""
+        return len(self.head) + self.body_size
+
+    def body(self) -> Iterator[bytes]:
+        """The folded body in pieces (blocking file reads of `STREAM_CHUNK` bytes)."""
+        folder = LineFolder()
+        self.source.seek(self.body_offset)
+        while chunk := self.source.read(STREAM_CHUNK):
+            folded = folder.feed(chunk)
+            if folded:
+                yield folded
+        last = folder.finish()
+        if last:
+            yield last
+
+    def chunks(self) -> Iterator[bytes]:
+        """The whole copy: `head`, then the body."""
+        yield self.head
+        yield from self.body()
+
+    def isascii(self) -> bool:
+        """Whether every byte is ASCII (for BODY=8BITMIME, RFC 6152); the file is read once for it."""
+        if self._ascii is None:
+            self._ascii = self.head.isascii() and all(chunk.isascii() for chunk in self._raw_body())
+        return self._ascii
+
+    def _raw_body(self) -> Iterator[bytes]:
+        self.source.seek(self.body_offset)
+        while chunk := self.source.read(STREAM_CHUNK):
+            yield chunk
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def compose_streamed(source: BinaryIO, headers: bytes, subject_prefix: str | None) -> StreamedCopy | None:
+    """The copy `fold_long_lines(build_copy(raw, headers, subject_prefix))` of the message in
+    `source`, with only its header section in memory; None when that section does not end within
+    `HEAD_LIMIT` bytes (the caller composes in memory then). Takes `source` over (see `close`)."""
+    source.seek(0)
+    start = source.read(HEAD_LIMIT)
+    cut = head_end(start)
+    if cut is None:
+        return None
+    total = source.seek(0, 2)
+    head = fold_long_lines(build_copy(start[:cut], headers, subject_prefix))
+    return StreamedCopy(head, source, cut, total - cut)

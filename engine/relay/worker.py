@@ -4,7 +4,9 @@ Algorithm, for each claimed delivery (one copy of a message to some recipients):
 
 1. Claim: the store marks the delivery in flight and counts the attempt *before* it is made,
    so a crash mid-attempt is visible; the owner's next `open` makes it due again.
-2. Compose the copy from the spooled bytes (`compose.build_copy`) and find the hops: a tenant
+2. Compose the copy from the spooled bytes (`compose.build_copy`; a message over `STREAM_AT`
+   is streamed from the store instead: only its header section is composed in memory,
+   `compose.compose_streamed`, and the body is read and sent in pieces) and find the hops: a tenant
    copy goes to the tenant's routes in the live policy (lowest priority first, equal ones
    shuffled); anything else to the MX hosts of its recipients' domain (`nexthop`).
 3. Try the hops in order, sharing pooled sessions (`client`). A hop that cannot be used (no
@@ -41,7 +43,7 @@ from engine import metrics
 from engine.mime.printable import escape, has_control
 from engine.policy.models import DeliverySettings
 from engine.relay.client import HopFailure, HopReply, SmtpPool, transaction
-from engine.relay.compose import build_copy, fold_long_lines
+from engine.relay.compose import StreamedCopy, build_copy, compose_streamed, fold_long_lines
 from engine.relay.dsn import FailedRecipient, dsn_message, dsn_refusal
 from engine.relay.nexthop import Hop, NextHops, NoRoute, ordered
 from engine.store.base import AttemptRecord, Delivery, RcptState, RcptStatus, Store, StoreError
@@ -49,6 +51,7 @@ from engine.store.base import AttemptRecord, Delivery, RcptState, RcptStatus, St
 log = logging.getLogger("liveprism.relay")
 
 REAP_INTERVAL = 1.0
+STREAM_AT = 1024 * 1024  # stored messages larger than this are streamed to the next hop, never held whole
 DSN_MEMORY = 86400.0  # seconds a queue id is remembered as bounced (at most one DSN per message)
 _STATUS: dict[str, RcptStatus] = {"delivered": "delivered", "failed": "failed", "retry": "pending"}
 
@@ -170,15 +173,42 @@ class RelayWorker:
         except StoreError as exc:  # stays in flight; the next start makes it due again
             log.error("queue_id=%s delivery=%d cannot record attempt: %s", delivery.queue_id, delivery.id, exc)
 
+    async def _compose(self, delivery: Delivery) -> bytes | StreamedCopy | None:
+        """The copy to send, exactly as it goes on the wire before SMTP's dot-stuffing: the one place
+        where its final header section is composed (a signer hooks in here: hash `body()` of a
+        StreamedCopy, or the body of the bytes, and prepend its field). None: the message is gone."""
+        if delivery.raw is not None:
+            return fold_long_lines(build_copy(delivery.raw, delivery.headers, delivery.subject_prefix))
+        source = await self._store.open_message(delivery.queue_id)
+        if source is None:
+            return None
+        with contextlib.ExitStack() as closing:
+            closing.callback(source.close)
+            if source.seek(0, 2) > STREAM_AT:
+                streamed = compose_streamed(source, delivery.headers, delivery.subject_prefix)
+                if streamed is not None:
+                    closing.pop_all()  # the copy owns the file now
+                    return streamed
+            source.seek(0)
+            raw = source.read()
+        return fold_long_lines(build_copy(raw, delivery.headers, delivery.subject_prefix))
+
     async def _deliver(self, delivery: Delivery, settings: DeliverySettings) -> AttemptRecord:
-        raw = delivery.raw if delivery.raw is not None else await self._store.read_message(delivery.queue_id)
+        copy = await self._compose(delivery)
+        if copy is None:
+            replies = dict.fromkeys(delivery.pending, (HopReply(0, "5.3.0 the message is missing from the spool"), ""))
+            return self._outcome(delivery, settings, replies, b"")
+        try:
+            return await self._send(delivery, settings, copy)
+        finally:
+            if isinstance(copy, StreamedCopy):
+                copy.close()
+
+    async def _send(
+        self, delivery: Delivery, settings: DeliverySettings, data: bytes | StreamedCopy
+    ) -> AttemptRecord:
         pending = list(delivery.pending)
         replies: dict[str, tuple[HopReply, str]] = {}
-        data = b""
-        if raw is None:
-            replies = dict.fromkeys(pending, (HopReply(0, "5.3.0 the message is missing from the spool"), ""))
-            return self._outcome(delivery, settings, replies, data)
-        data = fold_long_lines(build_copy(raw, delivery.headers, delivery.subject_prefix))
         if has_control(delivery.mail_from):  # queued before the front end refused these: fail, never loop
             replies = dict.fromkeys(pending, (HopReply(0, "5.1.7 invalid sender address (control characters)"), ""))
             return self._outcome(delivery, settings, replies, data)
@@ -219,7 +249,7 @@ class RelayWorker:
         return routes or NoRoute(f"4.4.0 tenant {delivery.tenant} has no routes", permanent=False)
 
     async def _try_hop(
-        self, hop: Hop, mail_from: str, rcpts: list[str], data: bytes, connect_timeout: float
+        self, hop: Hop, mail_from: str, rcpts: list[str], data: bytes | StreamedCopy, connect_timeout: float
     ) -> dict[str, HopReply] | None:
         """Replies of `hop` for `rcpts`; None when the worker stopped before a session was free."""
         fresh = False
@@ -244,7 +274,7 @@ class RelayWorker:
         delivery: Delivery,
         settings: DeliverySettings,
         replies: dict[str, tuple[HopReply, str]],
-        copy: bytes,
+        copy: bytes | StreamedCopy,
     ) -> AttemptRecord:
         now = time.time()
         deadline = delivery.created_at + settings.give_up_after
@@ -294,7 +324,7 @@ class RelayWorker:
                 arrival=delivery.received_at,
                 now=now,
                 failed=failed,
-                original=copy,
+                original=copy if isinstance(copy, bytes) else copy.head,  # (a DSN returns the header section only)
             )
             log.info(
                 "queue_id=%s delivery=%d dsn=%s to=%s", delivery.queue_id, delivery.id, dsn.queue_id,

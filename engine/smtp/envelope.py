@@ -8,6 +8,7 @@ envelope and needs no attributes set on aiosmtpd's own objects.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from aiosmtpd.smtp import Envelope
 
@@ -24,3 +25,5 @@ class GatewayEnvelope(Envelope):
         self.started = time.monotonic()
         self.refused: list[str] = []  # "rcpt: reply" of refused recipients, for the transaction log
         self.checks: CheckRun | None = None  # the external checks of this transaction (from EHLO/MAIL on)
+        self.spool: Path | None = None  # a large message is in this file (`original_content` is then b"")
+        self.size = 0  # message bytes after DATA, in memory or in `spool`

@@ -19,8 +19,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -32,6 +35,7 @@ from engine.graph.verdict import KIND_LIST, REASON_BLOCK_LIST, REASON_TEMPFAIL_H
 from engine.metrics import TransactionObserver
 from engine.mime.view import MessageView, header_text, parse_message
 from engine.policy.models import Direction
+from engine.smtp.data import discard
 from engine.smtp.envelope import GatewayEnvelope
 from engine.smtp.headers import loop_refusal, received_header, sanitise, verdict_headers
 from engine.smtp.protocol import client_ip
@@ -54,6 +58,26 @@ def _evaluate(
     gateway = evaluation.graph.gateway
     loop = loop_refusal(header_text(view, "received"), gateway.hostname, gateway.limits.hopcount_limit)
     return view, loop if loop is not None else evaluation.data(view, external_hits=external_hits)
+
+
+def _strip_spooled(spool: Path, raw: bytes, hostname: str) -> int:
+    """`strip_forged_authentication_results` for a message in a spool file (`raw` is its content):
+    the file is rewritten (header section changed, body copied from `raw` without slicing) only when
+    a field goes. Returns the message size."""
+    end = raw.find(b"\r\n\r\n")
+    head = raw if end < 0 else raw[: end + 4]
+    stripped = strip_forged_authentication_results(head, hostname)
+    if stripped is head:
+        return len(raw)
+    rewritten = spool.with_name(spool.name + ".new")
+    try:
+        with open(os.open(rewritten, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as out:
+            out.write(stripped)
+            out.write(memoryview(raw)[len(head):])
+        os.replace(rewritten, spool)
+    finally:
+        discard(rewritten)
+    return len(stripped) + len(raw) - len(head)
 
 
 class Waker(Protocol):
@@ -93,6 +117,11 @@ class InboundHandler:
         """The transaction's external checks, started as soon as the client is known (DNSBL)."""
         if env.checks is None or env.checks.checks is not graph.gateway.checks:
             env.checks = self._checker.begin(graph.gateway, client_ip(session), session.host_name or "")
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where GatewaySMTP writes large messages while they arrive (the store's spool)."""
+        return self._store.spool_dir
 
     def session_limits(self) -> tuple[int, int]:
         """(`limits.max_errors`, `limits.max_junk_commands`) of the live policy, for GatewaySMTP."""
@@ -163,8 +192,11 @@ class InboundHandler:
         if evaluation is None:  # aiosmtpd answers DATA before MAIL/RCPT itself; never reached
             return "503 5.5.1 need MAIL command"
         raw = envelope.original_content or b""
+        spool, size = env.spool, env.size if env.spool is not None else len(raw)
         queue_id = new_queue_id()
         try:
+            if spool is not None:  # read once for parsing and checks; the store takes the file itself
+                raw = await asyncio.to_thread(spool.read_bytes)
             offload = len(raw) >= OFFLOAD_SIZE  # parse + evaluate in a thread: other sessions keep being served
             view = await asyncio.to_thread(parse_message, raw) if offload else parse_message(raw)
             report = await env.checks.data(raw, view) if env.checks is not None else None
@@ -173,7 +205,11 @@ class InboundHandler:
                 view, decision = await asyncio.to_thread(_evaluate, evaluation, view, hits)
             else:
                 view, decision = _evaluate(evaluation, view, hits)
-            raw = strip_forged_authentication_results(raw, evaluation.graph.gateway.hostname)
+            if spool is None:
+                raw = strip_forged_authentication_results(raw, evaluation.graph.gateway.hostname)
+            else:
+                size = await asyncio.to_thread(_strip_spooled, spool, raw, evaluation.graph.gateway.hostname)
+                raw = b""  # (the one copy in memory goes now: the file is what is stored)
         except Exception:  # a bug must not cost the client its message: it retries
             log.exception("evaluation failed for %s; replying 451", queue_id)
             return "451 4.3.0 temporary failure evaluating the message"
@@ -181,6 +217,8 @@ class InboundHandler:
             self._log_refusal(session, evaluation.mail_from, f"DATA refused: {decision}", evaluation.graph)
             return decision
         accepted = self._accepted(queue_id, raw, view.subject, session, evaluation, decision, report)
+        if spool is not None:
+            accepted = replace(accepted, body=spool, body_size=size)
         if not decision.reply.is_positive:
             if accepted.archive:  # refused mail is archived too: "why was it rejected?" has an answer
                 try:
@@ -188,7 +226,7 @@ class InboundHandler:
                 except Exception:
                     log.exception("could not archive refused message %s", queue_id)
             self._observer.observe(decision, evaluation.direction.value, time.monotonic() - env.started)
-            self._log_txn(queue_id, session, env, decision, len(raw), str(decision.reply))
+            self._log_txn(queue_id, session, env, decision, size, str(decision.reply))
             return str(decision.reply)
         try:
             await self._store.accept(accepted)
@@ -199,7 +237,7 @@ class InboundHandler:
             self._relay.wake()
         reply = f"250 2.0.0 queued as {queue_id}"
         self._observer.observe(decision, evaluation.direction.value, time.monotonic() - env.started)
-        self._log_txn(queue_id, session, env, decision, len(raw), reply)
+        self._log_txn(queue_id, session, env, decision, size, reply)
         return reply
 
     def _accepted(

@@ -15,6 +15,7 @@ import inspect
 import logging
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import aiosmtpd.smtp
@@ -22,7 +23,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Session
 
 from engine import metrics
 from engine.mime.printable import escape, has_control
-from engine.smtp.data import read_data
+from engine.smtp.data import discard, read_data
 from engine.smtp.envelope import GatewayEnvelope
 
 
@@ -176,9 +177,10 @@ class GatewaySMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        spool_dir = getattr(self.event_handler, "spool_dir", None)  # large messages go to disk as they come
         result = await read_data(
             self._reader, size_limit=self.data_size_limit, line_limit=self.line_length_limit,
-            progress=self._reset_timeout,
+            progress=self._reset_timeout, spool_dir=spool_dir if isinstance(spool_dir, Path) else None,
         )
         if result is None:  # the client hung up
             return
@@ -186,8 +188,14 @@ class GatewaySMTP(SMTP):
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push(result.error)
             return
-        self.envelope.content = self.envelope.original_content = result.content
-        status = await self._call_handler_hook("DATA")
+        envelope = self.envelope
+        envelope.content = envelope.original_content = result.content
+        if isinstance(envelope, GatewayEnvelope):
+            envelope.spool, envelope.size = result.spool, result.size
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:  # accepted (the store has taken the file over), refused, or failed: no file is left behind
+            discard(result.spool)
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push("250 OK" if status is MISSING else status)
 

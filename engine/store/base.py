@@ -24,7 +24,8 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, Protocol
 
 from engine.graph.verdict import Hit
 from engine.policy.models import Action, Direction
@@ -118,6 +119,13 @@ class Accepted:
     verdict: Mapping[str, Any]  # whole-transaction verdict (`Decision.to_json`), kept as is in the archive
     copies: tuple[CopyPlan, ...]
     archive: bool  # keep in the archive (gateway archive.enabled)
+    body: Path | None = None  # a large message: this spool file holds it (`raw` is then b""); see `Store.accept`
+    body_size: int = 0  # bytes in `body`
+
+    @property
+    def size(self) -> int:
+        """Bytes of the message, in `raw` or in `body`."""
+        return self.body_size if self.body is not None else len(self.raw)
 
 
 # ---------------------------------------------------------------- delivery queue
@@ -273,7 +281,15 @@ class Store(Protocol):
         """Finish queued writes and release the store."""
 
     async def accept(self, msg: Accepted) -> None:
-        """Persist a message durably; returns only when it survives a crash. Raises StoreError."""
+        """Persist a message durably; returns only when it survives a crash. Raises StoreError.
+
+        A message in a spool file (`msg.body`, a file in `spool_dir`) is taken over by the store
+        (moved, not copied): the caller removes the path afterwards if it is still there."""
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where the SMTP layer writes large messages while they arrive (same file system as the
+        store's bodies, so `accept` can take a file over by renaming it)."""
 
     async def claim_due(self, now: float, limit: int) -> Claimed:
         """Mark up to `limit` due deliveries in flight (attempts + 1) and return them."""
@@ -283,6 +299,10 @@ class Store(Protocol):
 
     async def read_message(self, queue_id: str) -> bytes | None:
         """The raw message as received; None when it is not stored."""
+
+    async def open_message(self, queue_id: str) -> BinaryIO | None:
+        """The raw message as a readable binary file positioned at its start, for streaming a large
+        one in chunks (the caller closes it); None when it is not stored."""
 
     async def message_info(self, queue_id: str) -> StoredMessage | None:
         """Envelope, verdict and archive state of a stored message."""

@@ -46,8 +46,13 @@ def secure_state_dir(path: Path) -> list[str]:
 
 
 def chown_state_dir(path: Path, uid: int, gid: int) -> None:
-    """Give *path* and its regular files to uid:gid (before `serve --user` drops root)."""
+    """Give *path*, its regular files and directories, and their files (message bodies, spool) to
+    uid:gid (before `serve --user` drops root)."""
     os.chown(path, uid, gid, follow_symlinks=False)
     for entry in os.scandir(path):
         if entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False):
             os.chown(entry.path, uid, gid, follow_symlinks=False)
+        if entry.is_dir(follow_symlinks=False):
+            for inner in os.scandir(entry.path):
+                if inner.is_file(follow_symlinks=False):
+                    os.chown(inner.path, uid, gid, follow_symlinks=False)

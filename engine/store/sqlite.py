@@ -3,6 +3,8 @@
 Layout under the state directory::
 
     index.sqlite3 (+ -wal, -shm)   bodies, messages, deliveries, quarantine, archive
+    bodies/<queue id>              the raw message, for messages the SMTP layer spooled to disk
+    spool/                         messages being received (`Store.spool_dir`), not yet accepted
     owner.lock                     flock(2)ed by the gateway that owns the store
     writers.intent                 turns at the write lock between processes (`write_turns`)
 
@@ -21,9 +23,19 @@ several times slower than the transaction itself.) Every submitted operation is 
 its result, with its own exception, or with `StoreError` if its batch failed, the writer broke
 or the store was closing.
 
+Large messages (issue 7 item 10). A message the SMTP layer wrote to a spool file while it arrived
+(`Accepted.body`, over `engine.smtp.data.SPOOL_AT`) is never read into the writer: `accept` fsyncs
+the file, renames it to `bodies/<queue id>` and fsyncs that directory, and only then submits the
+rows (a `body_files` row instead of a `bodies` BLOB) to the group commit. Readers stream the file
+(`open_message`). When the transaction dropping a message's last reference commits, its file is
+unlinked.
+
 Durability and crash recovery. A message and its rows commit atomically: after a crash at any
-moment a message is either wholly there (acknowledged or about to be) or not at all — nothing
-half-written needs cleaning up. Deliveries left `inflight` by a crash are made due at once by
+moment a message is either wholly there (acknowledged or about to be) or not at all. The only
+leftovers a crash can leave are files: a spool file of a transaction never acknowledged, a body
+file renamed in but whose rows never committed, a body file whose rows were deleted but which was
+not unlinked yet; the owner's `open` removes all three (every file in `spool/`, every file in
+`bodies/` without a `body_files` row). Deliveries left `inflight` by a crash are made due at once by
 the owner's `open` (and by a relay process at its start); an attempt that was cut short may
 therefore be repeated, which RFC 5321 §6.1 prefers to losing the message. A body is deleted in
 the transaction that drops its last reference (delivery, held quarantine entry, archive row).
@@ -45,6 +57,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import fcntl
+import io
 import json
 import logging
 import os
@@ -55,7 +68,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, BinaryIO, Generic, TypeVar, cast
 
 from engine.policy.models import Action
 from engine.store.base import (
@@ -85,8 +98,10 @@ log = logging.getLogger("liveprism.store")
 T = TypeVar("T")
 
 DB_NAME = "index.sqlite3"
+BODIES_DIR = "bodies"
+SPOOL_DIR = "spool"
 LOCK_NAME = "owner.lock"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: body_files (the SCHEMA script is idempotent: rerun on older stores)
 BUSY_TIMEOUT_MS = 30_000
 LOCK_WAIT = 30.0  # seconds an owner waits for the state lock before giving up
 MAX_BATCH = 512  # operations per transaction
@@ -99,6 +114,10 @@ CREATE TABLE IF NOT EXISTS bodies (
     queue_id TEXT PRIMARY KEY,
     raw      BLOB NOT NULL                     -- the message exactly as received
 );
+CREATE TABLE IF NOT EXISTS body_files (
+    queue_id TEXT PRIMARY KEY,                 -- the message is the file bodies/<queue_id>
+    size     INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS messages (
     queue_id       TEXT PRIMARY KEY,
     received_at    REAL NOT NULL,
@@ -179,6 +198,7 @@ class RecoveryReport:
     """What the owner's `open` repaired after a crash."""
 
     requeued: int  # deliveries that were in flight, due again now
+    files_removed: int = 0  # spool files and unreferenced body files a crash left
 
 
 @dataclass(slots=True)
@@ -188,6 +208,7 @@ class _Txn:
     conn: sqlite3.Connection
     written: int = 0  # messages stored by the operation
     deleted: int = 0  # messages it dropped because nothing references them any more
+    unlink: list[str] = field(default_factory=list)  # queue ids whose body file goes once this commits
 
 
 @dataclass(slots=True)
@@ -297,6 +318,7 @@ class _AcceptRows:
     """The rows of accepted messages, per table, in column order."""
 
     bodies: list[tuple[Any, ...]] = field(default_factory=list)
+    body_files: list[tuple[Any, ...]] = field(default_factory=list)
     messages: list[tuple[Any, ...]] = field(default_factory=list)
     archive: list[tuple[Any, ...]] = field(default_factory=list)
     deliveries: list[tuple[Any, ...]] = field(default_factory=list)
@@ -305,10 +327,13 @@ class _AcceptRows:
     def add(self, msg: Accepted) -> None:
         env = msg.envelope
         subject = msg.subject
-        self.bodies.append((msg.queue_id, msg.raw))
+        if msg.body is not None:  # already renamed into bodies/ by `accept`
+            self.body_files.append((msg.queue_id, msg.size))
+        else:
+            self.bodies.append((msg.queue_id, msg.raw))
         self.messages.append((
             msg.queue_id, env.received_at, env.mail_from, _json(list(env.rcpts)), env.client_ip, env.helo,
-            env.direction, subject, len(msg.raw), msg.policy_version, _json(dict(msg.verdict)),
+            env.direction, subject, msg.size, msg.policy_version, _json(dict(msg.verdict)),
         ))
         if msg.archive:
             self.archive.append((msg.queue_id, env.received_at))
@@ -342,6 +367,7 @@ class _AcceptRows:
 # between the writer thread and the event loop, whichever number of messages it stores.
 _INSERTS = (
     ("bodies", "INSERT INTO bodies VALUES ", "(?,?)"),
+    ("body_files", "INSERT INTO body_files VALUES ", "(?,?)"),
     ("messages", "INSERT INTO messages VALUES ", "(?,?,?,?,?,?,?,?,?,?,?)"),
     ("archive", "INSERT INTO archive VALUES ", "(?,?)"),
     ("deliveries", "INSERT INTO deliveries (queue_id, tenant, route_by, mail_from, rcpts, headers, subject_prefix,"
@@ -383,6 +409,8 @@ def _drop_if_unreferenced(txn: _Txn, queue_id: str) -> None:
     )
     if cur.rowcount:
         txn.conn.execute("DELETE FROM bodies WHERE queue_id = ?", (queue_id,))
+        if txn.conn.execute("DELETE FROM body_files WHERE queue_id = ?", (queue_id,)).rowcount:
+            txn.unlink.append(queue_id)
         txn.deleted += 1
 
 
@@ -489,8 +517,20 @@ def _requeue_inflight(txn: _Txn, now: float) -> int:
     )
 
 
-def _recover(txn: _Txn, now: float) -> RecoveryReport:
-    return RecoveryReport(_requeue_inflight(txn, now))
+def _recover(txn: _Txn, now: float, state_dir: Path) -> RecoveryReport:
+    """Requeue deliveries left in flight; remove files a crash left behind (module docstring)."""
+    removed = 0
+    for leftover in os.scandir(state_dir / SPOOL_DIR):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(leftover.path)
+            removed += 1
+    known = {row[0] for row in txn.conn.execute("SELECT queue_id FROM body_files")}
+    for body in os.scandir(state_dir / BODIES_DIR):
+        if body.name not in known:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(body.path)
+                removed += 1
+    return RecoveryReport(_requeue_inflight(txn, now), removed)
 
 
 # ---------------------------------------------------------------- the store
@@ -504,6 +544,7 @@ class SqliteStore:
         self.owner = owner
         self.fsync_commits = fsync_commits
         self.db_path = state_dir / DB_NAME
+        self.bodies_dir = state_dir / BODIES_DIR
         self.recovery: RecoveryReport | None = None
         self._queue: queue.SimpleQueue[_Op[Any] | object] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -534,8 +575,9 @@ class SqliteStore:
         self._writer.start()
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="liveprism-store-read")
         if self.owner:
-            self.recovery = await self._submit(lambda txn: _recover(txn, time.time()))
-            log.info("store opened: %d in-flight deliveries requeued", self.recovery.requeued)
+            self.recovery = await self._submit(lambda txn: _recover(txn, time.time(), self.state_dir))
+            log.info("store opened: %d in-flight deliveries requeued, %d leftover files removed",
+                     self.recovery.requeued, self.recovery.files_removed)
 
     def _prepare(self) -> None:
         created = not self.state_dir.exists()
@@ -544,6 +586,8 @@ class SqliteStore:
                 log.warning("state directory was readable by others; repaired %s", repair)
             for name in (DB_NAME, LOCK_NAME, INTENT_NAME):  # private before SQLite or a lock opens them
                 create_private(self.state_dir / name)  # (SQLite gives -wal and -shm the db file's mode)
+            for name in (BODIES_DIR, SPOOL_DIR):
+                (self.state_dir / name).mkdir(mode=0o700, exist_ok=True)
         if created:  # make the new directory entry durable
             _fsync_dir(self.state_dir.parent)
         if self.owner:
@@ -697,6 +741,10 @@ class SqliteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        for _, _, txn in done:  # committed: the files of messages that went can go too
+            for queue_id in txn.unlink:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.bodies_dir / queue_id)
         return done
 
     # ------------------------------------------------------------ reader thread
@@ -729,12 +777,52 @@ class SqliteStore:
             raise ValueError(f"{msg.queue_id}: more than one copy for a tenant: {tenants}")
         if not _keeps(msg):
             return
-        await self._submit(lambda txn: _insert_message(txn, msg), accept=msg)
+        if msg.body is None:
+            await self._submit(lambda txn: _insert_message(txn, msg), accept=msg)
+            return
+        target = self.bodies_dir / msg.queue_id
+        try:
+            await asyncio.to_thread(_adopt, msg.body, target)
+        except OSError as exc:
+            raise StoreError(f"cannot store the message file of {msg.queue_id}: {exc}") from exc
+        try:
+            await self._submit(lambda txn: _insert_message(txn, msg), accept=msg)
+        except StoreError:  # rolled back: the file must not stay without its rows
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
+            raise
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state_dir / SPOOL_DIR
+
+    def _body_file(self, conn: sqlite3.Connection, queue_id: str) -> Path | None:
+        row = conn.execute("SELECT 1 FROM body_files WHERE queue_id = ?", (queue_id,)).fetchone()
+        return None if row is None else self.bodies_dir / queue_id
 
     async def read_message(self, queue_id: str) -> bytes | None:
         def query(conn: sqlite3.Connection) -> bytes | None:
             row = conn.execute("SELECT raw FROM bodies WHERE queue_id = ?", (queue_id,)).fetchone()
-            return bytes(row[0]) if row is not None else None
+            if row is not None:
+                return bytes(row[0])
+            path = self._body_file(conn, queue_id)
+            try:
+                return None if path is None else path.read_bytes()
+            except FileNotFoundError:  # deleted between the query and the read
+                return None
+
+        return await self._read(query)
+
+    async def open_message(self, queue_id: str) -> BinaryIO | None:
+        def query(conn: sqlite3.Connection) -> BinaryIO | None:
+            path = self._body_file(conn, queue_id)
+            if path is not None:
+                try:
+                    return open(path, "rb")
+                except FileNotFoundError:
+                    return None
+            row = conn.execute("SELECT raw FROM bodies WHERE queue_id = ?", (queue_id,)).fetchone()
+            return None if row is None else io.BytesIO(row[0])
 
         return await self._read(query)
 
@@ -844,6 +932,17 @@ class SqliteStore:
         """Drop archive rows older than `archive_days` and quarantine entries (any status) older
         than `quarantine_days`; messages nothing references any more go in the same transaction."""
         return await self._submit(lambda txn: _purge(txn, now, archive_days, quarantine_days))
+
+
+def _adopt(spool: Path, target: Path) -> None:
+    """Make the spool file durable as `target` (fsync file, rename, fsync the directory)."""
+    fd = os.open(spool, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(spool, target)
+    _fsync_dir(target.parent)
 
 
 def _fsync_dir(path: Path) -> None:
