@@ -12,7 +12,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -155,7 +155,12 @@ class Gateway:
         raw: bytes = RAW,
         subject_prefix: str | None = None,
         archive: bool = False,
+        spooled: bool = False,
     ) -> Accepted:
+        body = None
+        if spooled:  # as the SMTP layer hands over a large message: a file in the store's spool
+            body = self.store.spool_dir / f"incoming-{new_queue_id()}"
+            body.write_bytes(raw)
         msg = Accepted(
             queue_id=new_queue_id(),
             raw=raw,
@@ -165,7 +170,11 @@ class Gateway:
             verdict={"action": action},
             copies=(CopyPlan(tenant, tuple(rcpts), Action(action), HEADERS, subject_prefix),),
             archive=archive,
+            body=body,
+            body_size=len(raw),
         )
+        if body is not None:
+            msg = replace(msg, raw=b"")
         await self.store.accept(msg)
         if self.worker is not None:
             self.worker.wake()
