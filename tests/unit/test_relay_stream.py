@@ -122,7 +122,8 @@ def test_relay_streams_a_stored_file_byte_identical_to_the_in_memory_copy(
         gw = await relay_lab.gateway({"acme": [route(port)]})
         gw.start()
         prefix = "[SPAM]" if action == "tag" else None
-        await gw.accept(raw=raw, action=action, subject_prefix=prefix)  # small path: in memory
+        monkeypatch.setattr(worker, "STREAM_AT", 1 << 40)
+        await gw.accept(raw=raw, action=action, subject_prefix=prefix)  # the in-memory path
         await wait_until(lambda: len(tenant.messages) == 1)
         monkeypatch.setattr(worker, "STREAM_AT", 0)
         spooled = await gw.accept(raw=raw, action=action, subject_prefix=prefix, spooled=True, archive=True)
