@@ -25,9 +25,9 @@ or the store was closing.
 
 Large messages (issue 7 item 10). A message the SMTP layer wrote to a spool file while it arrived
 (`Accepted.body`, over `engine.smtp.data.SPOOL_AT`) is never read into the writer: `accept` fsyncs
-the file, renames it to `bodies/<queue id>` and fsyncs that directory, and only then submits the
-rows (a `body_files` row instead of a `bodies` BLOB) to the group commit. Readers stream the file
-(`open_message`). When the transaction dropping a message's last reference commits, its file is
+the file, moves it to `bodies/<queue id>` (link + unlink: never over an existing body), fsyncs that
+directory, and only then submits the rows (a `body_files` row instead of a `bodies` BLOB) to the
+group commit. Readers stream the file (`open_message`). When the transaction dropping a message's last reference commits, its file is
 unlinked.
 
 Durability and crash recovery. A message and its rows commit atomically: after a crash at any
@@ -88,7 +88,7 @@ from engine.store.base import (
     StoredMessage,
     StoreError,
 )
-from engine.store.permissions import create_private, secure_state_dir
+from engine.store.permissions import DIR_MODE, FILE_MODE, create_private, secure_state_dir
 from engine.store.write_turns import INTENT_NAME, WriteTurns
 
 _STORED_BODY_ACTIONS = frozenset({Action.deliver, Action.tag, Action.quarantine})  # copies that need the body
@@ -587,7 +587,7 @@ class SqliteStore:
             for name in (DB_NAME, LOCK_NAME, INTENT_NAME):  # private before SQLite or a lock opens them
                 create_private(self.state_dir / name)  # (SQLite gives -wal and -shm the db file's mode)
             for name in (BODIES_DIR, SPOOL_DIR):
-                (self.state_dir / name).mkdir(mode=0o700, exist_ok=True)
+                (self.state_dir / name).mkdir(mode=DIR_MODE, exist_ok=True)
         if created:  # make the new directory entry durable
             _fsync_dir(self.state_dir.parent)
         if self.owner:
@@ -935,13 +935,15 @@ class SqliteStore:
 
 
 def _adopt(spool: Path, target: Path) -> None:
-    """Make the spool file durable as `target` (fsync file, rename, fsync the directory)."""
+    """Make the spool file durable as `target` (fsync the file, move it, fsync the directory)."""
     fd = os.open(spool, os.O_RDONLY | os.O_NOFOLLOW)
     try:
+        os.fchmod(fd, FILE_MODE)  # a mail body is the gateway user's only, whoever wrote the file
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.rename(spool, target)
+    os.link(spool, target)  # never replaces an existing body (FileExistsError)
+    os.unlink(spool)
     _fsync_dir(target.parent)
 
 
