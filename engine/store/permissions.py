@@ -1,8 +1,8 @@
 """Modes of the state directory: mail bodies are readable by the gateway's user only.
 
 Contract: `secure_state_dir` creates the state directory with mode 0700, and sets 0700 on it and
-0600 on every regular file directly in it (index.sqlite3, -wal, -shm, locks, snapshots) whatever
-the process umask, returning what it had to repair so that the caller can warn (an existing
+its subdirectories, and 0600 on every regular file directly in it (index.sqlite3, -wal, -shm,
+locks, snapshots) and in its message directories (bodies/, spool/), whatever the process umask, returning what it had to repair so that the caller can warn (an existing
 directory created by an older version, or by hand under umask 022). `create_private` makes a
 file 0600 before anyone else (SQLite, a lock) opens it. Symlinks are never followed or changed.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+MESSAGE_DIRS = ("bodies", "spool")  # subdirectories holding mail (engine.store.sqlite): their files are checked too
 
 
 def create_private(path: Path) -> None:
@@ -36,6 +37,19 @@ def secure_state_dir(path: Path) -> list[str]:
         os.chmod(path, DIR_MODE)
         repaired.append(f"{path}: mode {mode:04o} -> {DIR_MODE:04o}")
     for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            mode = stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode)
+            if mode != DIR_MODE:
+                os.chmod(entry.path, DIR_MODE, follow_symlinks=False)
+                repaired.append(f"{entry.path}: mode {mode:04o} -> {DIR_MODE:04o}")
+            if entry.name in MESSAGE_DIRS:
+                repaired += _private_files(Path(entry.path))
+    return repaired + _private_files(path)
+
+
+def _private_files(path: Path) -> list[str]:
+    repaired: list[str] = []
+    for entry in os.scandir(path):
         if not entry.is_file(follow_symlinks=False):
             continue
         mode = stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode)
@@ -52,7 +66,7 @@ def chown_state_dir(path: Path, uid: int, gid: int) -> None:
     for entry in os.scandir(path):
         if entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False):
             os.chown(entry.path, uid, gid, follow_symlinks=False)
-        if entry.is_dir(follow_symlinks=False):
+        if entry.is_dir(follow_symlinks=False) and entry.name in MESSAGE_DIRS:
             for inner in os.scandir(entry.path):
                 if inner.is_file(follow_symlinks=False):
                     os.chown(inner.path, uid, gid, follow_symlinks=False)

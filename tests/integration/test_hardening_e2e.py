@@ -140,9 +140,13 @@ def test_noop_answered_within_100ms_while_hostile_messages_are_processed(tmp_pat
 # ---------------------------------------------------------------- item 3: store permissions, --user
 
 def modes(state: Path) -> dict[str, int]:
-    return {entry.name: stat.S_IMODE(entry.stat().st_mode) for entry in state.iterdir()} | {
-        ".": stat.S_IMODE(state.stat().st_mode)
-    }
+    """Mode of the state directory ("."), of each file in it and in its message directories (a
+    directory counts as 0600 when it is 0700: private like the files)."""
+    found = {".": stat.S_IMODE(state.stat().st_mode)}
+    for entry in [*state.iterdir(), *(state / "bodies").iterdir(), *(state / "spool").iterdir()]:
+        mode = stat.S_IMODE(entry.stat().st_mode)
+        found[str(entry.relative_to(state))] = 0o600 if entry.is_dir() and mode == 0o700 else mode
+    return found
 
 
 def test_state_is_private_under_umask_022_and_loose_modes_are_repaired(tmp_path: Path, procs: list[Any]) -> None:
@@ -161,7 +165,7 @@ def test_state_is_private_under_umask_022_and_loose_modes_are_repaired(tmp_path:
     # an operator (or an older version) left it readable by everyone: repaired at start, with a warning
     gateway.stop()
     os.chmod(gateway.state, 0o755)
-    for entry in gateway.state.iterdir():
+    for entry in [*gateway.state.iterdir(), *(gateway.state / "bodies").iterdir()]:
         os.chmod(entry, 0o644)
     gateway.start()
     send_clean(gateway.port)
