@@ -2,10 +2,10 @@
 
 Contract: `secure_state_dir` creates the state directory with mode 0700, and sets 0700 on it and
 its subdirectories, and 0600 on every regular file directly in it (index.sqlite3, -wal, -shm,
-locks, snapshots) and in its message directories (bodies/, spool/), whatever the process umask, returning what it had to repair so that the caller can warn (an existing
-directory created by an older version, or by hand under umask 022). `create_private` makes a
-file 0600 before anyone else (SQLite, a lock) opens it. Symlinks are never followed or changed.
-"""
+locks, snapshots) and in its message directories (bodies/, spool/), whatever the process umask,
+returning what it had to repair so that the caller can warn (an existing directory created by an
+older version, or by hand under umask 022). `create_private` makes a file 0600 before anyone else
+(SQLite, a lock) opens it. Symlinks are never followed or changed. """
 
 from __future__ import annotations
 

@@ -27,8 +27,8 @@ Large messages (issue 7 item 10). A message the SMTP layer wrote to a spool file
 (`Accepted.body`, over `engine.smtp.data.SPOOL_AT`) is never read into the writer: `accept` fsyncs
 the file, moves it to `bodies/<queue id>` (link + unlink: never over an existing body), fsyncs that
 directory, and only then submits the rows (a `body_files` row instead of a `bodies` BLOB) to the
-group commit. Readers stream the file (`open_message`). When the transaction dropping a message's last reference commits, its file is
-unlinked.
+group commit. Readers stream the file (`open_message`). When the transaction dropping a message's
+last reference commits, its file is unlinked.
 
 Durability and crash recovery. A message and its rows commit atomically: after a crash at any
 moment a message is either wholly there (acknowledged or about to be) or not at all. The only

@@ -5,6 +5,7 @@ composition's (`fold_long_lines(build_copy(...))` through aiosmtplib's `data`)."
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given
 from hypothesis import strategies as st
-from relay_harness import HEADERS, RelayLab, Recorder, route, wait_until, wait_until_async
+from relay_harness import HEADERS, Recorder, RelayLab, route, wait_until, wait_until_async
 from test_fuzz import FUZZ
 
 from engine.relay import compose, worker
@@ -28,7 +29,7 @@ SPLITS = st.lists(st.integers(0, 400), max_size=12)
 
 def pieces_of(data: bytes, cuts: list[int]) -> list[bytes]:
     edges = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
-    return [data[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
 
 
 @FUZZ
