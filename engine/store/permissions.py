@@ -5,7 +5,8 @@ its subdirectories, and 0600 on every regular file directly in it (index.sqlite3
 locks, snapshots) and in its message directories (bodies/, spool/), whatever the process umask,
 returning what it had to repair so that the caller can warn (an existing directory created by an
 older version, or by hand under umask 022). `create_private` makes a file 0600 before anyone else
-(SQLite, a lock) opens it. Symlinks are never followed or changed. """
+(SQLite, a lock) opens it. Symlinks are never followed or changed.
+"""
 
 from __future__ import annotations
 
