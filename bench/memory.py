@@ -8,7 +8,8 @@ Postfix's `smtp-sink`, in two phases, each against freshly started processes:
   2. send CONCURRENT such messages at once (one session each), wait until all are delivered;
 
 and report, for the serve process and the relay process separately, the peak RSS of the phase
-(VmHWM, reset at its start by writing 5 to /proc/PID/clear_refs) minus the idle RSS before it,
+(VmHWM, reset at its start by writing 5 to /proc/PID/clear_refs) minus the idle RSS before it
+(measured after one small warm-up message went through),
 divided by the number of messages in flight and by SIZE: the memory each message in flight
 costs, as a multiple of its size. The message is a small text part and a base64
 attachment (the usual shape of a large message).
@@ -143,6 +144,10 @@ def send(port: int, raw: bytes, errors: list[str]) -> None:
 def phase(port: int, serve: int, relay: int, state: Path, msgs: list[bytes]) -> dict[str, float]:
     """Peak growth over idle of serve and relay while `msgs` are sent at once and delivered (the
     processes are fresh: memory a previous phase freed but kept would hide this one's growth)."""
+    warm: list[str] = []  # one small message first: modules imported and pools made on first use are not per message
+    send(port, message(20_000, 99), warm)
+    while not queue_empty(state):
+        time.sleep(0.1)
     time.sleep(1.0)
     idle = {"serve": status(serve, "VmRSS"), "relay": status(relay, "VmRSS")}
     for pid in (serve, relay):
