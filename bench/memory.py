@@ -12,7 +12,7 @@ and report, for the serve process and the relay process separately, the peak RSS
 (measured after one small warm-up message went through),
 divided by the number of messages in flight and by SIZE: the memory each message in flight
 costs, as a multiple of its size. The message is a small text part and a base64
-attachment (the usual shape of a large message).
+attachment (the usual shape of a large message); SHAPE=text makes it one long text/plain body.
 
     .venv/bin/python bench/memory.py                       # BASE=/work/memory-before, this tree
     BASE=../other-checkout SIZE=25000000 CONCURRENT=8 .venv/bin/python bench/memory.py
@@ -63,8 +63,22 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listening on {port}")
 
 
+SHAPE = os.environ.get("SHAPE", "attachment")
+
+
 def message(size: int, seed: int) -> bytes:
-    """A multipart message of `size` bytes: a short text part and a base64 attachment."""
+    """A message of `size` bytes: a short text part and a base64 attachment (SHAPE=attachment), or
+    one text/plain body of lines of words (SHAPE=text)."""
+    if SHAPE == "text":
+        words = [b"lorem", b"ipsum", b"dolor", b"sit", b"amet", b"invoice", b"report", b"quarterly", b"numbers"]
+        rnd = random.Random(seed)
+        head = (f"From: Alice <alice@example.com>\r\nTo: bob@example.net\r\nSubject: long text {seed}\r\n"
+                f"Message-ID: <bench-{seed}-{time.time_ns()}@example.com>\r\n"
+                "Content-Type: text/plain; charset=us-ascii\r\n\r\n").encode()
+        line = b" ".join(rnd.choice(words) for _ in range(12)) + b"\r\n"
+        body = line * ((size - len(head)) // len(line))
+        raw = head + body
+        return raw + b"x" * (size - len(raw) - 2) + b"\r\n" if size - len(raw) >= 2 else raw
     head = (
         f"From: Alice <alice@example.com>\r\nTo: bob@example.net\r\nSubject: big attachment {seed}\r\n"
         f"Message-ID: <bench-{seed}-{time.time_ns()}@example.com>\r\nMIME-Version: 1.0\r\n"
@@ -211,7 +225,7 @@ def measure(repo: Path, label: str, count: int) -> dict[str, float]:
 def main() -> None:
     checkouts = [(Path(BASE), "baseline")] if BASE else []
     checkouts.append((TREE, "current"))
-    print(f"# {SIZE:,} byte messages (text + base64 attachment); serve + relay child + smtp-sink; "
+    print(f"# {SIZE:,} byte messages (SHAPE={SHAPE}); serve + relay child + smtp-sink; "
           f"peak RSS growth over idle per message in flight, x message size")
     table: dict[str, dict[int, dict[str, float]]] = {}
     for repo, label in checkouts:

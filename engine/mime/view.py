@@ -541,6 +541,8 @@ class _Builder:
                 streamed = self.leaf_size(data, body, leaf_end, encoding)
             if streamed is not None:
                 size = streamed
+            elif leaf_end - body > _PIECE and encoding not in ("base64", *_UU_ENCODINGS):  # read in place
+                size = self.read_body(memoryview(data)[body:leaf_end], ctype, type_value, encoding)
             else:
                 size = self.read_body(data[body:leaf_end], ctype, type_value, encoding)
             listed = listed or not ctype.startswith(("text/", "multipart/"))
@@ -634,8 +636,11 @@ class _Builder:
         self.decode_budget += end - start  # read_body counts it again
         return None
 
-    def read_body(self, data: bytes, ctype: str, type_value: str | None, encoding: str | None) -> int:
-        """Decode a single-part body, record its text if it is text; return its size in bytes."""
+    def read_body(
+        self, data: bytes | memoryview, ctype: str, type_value: str | None, encoding: str | None
+    ) -> int:
+        """Decode a single-part body, record its text if it is text; return its size in bytes. A
+        memoryview (a large body, not base64 or uuencoded) is decoded without copying it first."""
         self.decode_budget -= len(data)
         if self.decode_budget < 0:
             self.defects.add(DECODE_LIMIT)
@@ -645,12 +650,12 @@ class _Builder:
         elif encoding == "quoted-printable":
             data = binascii.a2b_qp(data)
         elif encoding == "base64":
-            data, malformed = _decode_base64(data)
+            data, malformed = _decode_base64(bytes(data))
             if malformed:
                 self.defects.add(BAD_BASE64)
         elif encoding in _UU_ENCODINGS:
             with contextlib.suppress(ValueError):  # kept as it is if broken
-                data = _decode_uu(data)
+                data = _decode_uu(bytes(data))
         if ctype == "text/plain" or ctype == "text/html" or ctype.startswith("multipart/"):
             # A multipart part without a usable boundary is read as text: it is what MUAs show.
             charset = None
@@ -672,17 +677,17 @@ class _Builder:
             self.defects.add(BAD_CHARSET)
             return data.decode("utf-8", "replace")
 
-    def decode_text(self, data: bytes, charset: str | None) -> str:
+    def decode_text(self, data: bytes | memoryview, charset: str | None) -> str:
         """Decode *data* in *charset*; unknown or wrong charsets fall back with ``bad-charset``."""
         codec = _codec(charset) if charset else "utf-8"
         if codec is None:
             self.defects.add(BAD_CHARSET)
-            return data.decode("utf-8", "replace")
+            return str(data, "utf-8", "replace")
         try:
-            return data.decode(codec)
+            return str(data, codec)
         except UnicodeDecodeError:
             self.defects.add(BAD_CHARSET)
-            return data.decode(codec, "replace")
+            return str(data, codec, "replace")
 
     def decode_words(self, value: str) -> str:
         """Decode RFC 2047 encoded-words in *value*.

@@ -201,15 +201,15 @@ class InboundHandler:
             view = await asyncio.to_thread(parse_message, raw) if offload else parse_message(raw)
             report = await env.checks.data(raw, view) if env.checks is not None else None
             hits = report.new_hits if report is not None else ()
+            if spool is not None:  # done with the bytes: the file is what is stored, the view what is decided
+                size = await asyncio.to_thread(_strip_spooled, spool, raw, evaluation.graph.gateway.hostname)
+                raw = b""
             if offload:
                 view, decision = await asyncio.to_thread(_evaluate, evaluation, view, hits)
             else:
                 view, decision = _evaluate(evaluation, view, hits)
             if spool is None:
                 raw = strip_forged_authentication_results(raw, evaluation.graph.gateway.hostname)
-            else:
-                size = await asyncio.to_thread(_strip_spooled, spool, raw, evaluation.graph.gateway.hostname)
-                raw = b""  # (the one copy in memory goes now: the file is what is stored)
         except Exception:  # a bug must not cost the client its message: it retries
             log.exception("evaluation failed for %s; replying 451", queue_id)
             return "451 4.3.0 temporary failure evaluating the message"
