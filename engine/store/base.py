@@ -289,7 +289,7 @@ class Store(Protocol):
     @property
     def spool_dir(self) -> Path:
         """Where the SMTP layer writes large messages while they arrive (same file system as the
-        store's bodies, so `accept` can take a file over by renaming it)."""
+        store's bodies, so `accept` can take a file over by moving it)."""
 
     async def claim_due(self, now: float, limit: int) -> Claimed:
         """Mark up to `limit` due deliveries in flight (attempts + 1) and return them."""
