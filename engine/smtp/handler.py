@@ -200,8 +200,9 @@ class InboundHandler:
         return reply
 
     async def _returned_copies(self, view: MessageView, evaluation: Evaluation) -> tuple[str, ...]:
-        """Queue ids of this gateway's traces in the message whose stored copy went to one of these
-        same recipients: the message came back to where it was delivered (a mail loop)."""
+        """Queue ids of this gateway's traces in the message whose stored copy went, in this same
+        direction, to one of these same recipients: the message came back to where it was delivered
+        (a mail loop). A tenant's outbound mail to another tenant comes back inbound: not a loop."""
         ids = own_trace_ids(header_text(view, "received"), evaluation.graph.gateway.hostname)
         if not ids:
             return ()
@@ -209,7 +210,9 @@ class InboundHandler:
         returned = []
         for queue_id in dict.fromkeys(ids):
             info = await self._store.message_info(queue_id)
-            if info is not None and mine & {normalise_address(rcpt) for rcpt in info.envelope.rcpts}:
+            if info is None or info.envelope.direction is not evaluation.direction:
+                continue
+            if mine & {normalise_address(rcpt) for rcpt in info.envelope.rcpts}:
                 returned.append(queue_id)
         return tuple(returned)
 

@@ -792,7 +792,8 @@ def test_a_message_carrying_two_of_our_traces_is_a_loop_that_explain_shows(graph
     assert (decision.reply.code, decision.reply.status) == (554, "5.4.6")
     assert "already passed through mx.test.example 2 times" in decision.reply.text
     verdict = decision.tenants["acme"]
-    assert (verdict.action, verdict.reason, [hit.id for hit in verdict.hits]) == (Action.reject, "mail-loop", ["mail-loop"])
+    assert (verdict.action, verdict.reason) == (Action.reject, "mail-loop")
+    assert [hit.id for hit in verdict.hits] == ["mail-loop"]
     once = explain(graph, raw=_own_trace("Q1") + CLEAN, mail_from=SENDER, rcpts=["bob@acme.example"],
                    client_ip=NEUTRAL_IP)[0]
     assert once.reply.code == 250  # one pass is legitimate (a tenant's outbound mail to another tenant)
@@ -801,7 +802,8 @@ def test_a_message_carrying_two_of_our_traces_is_a_loop_that_explain_shows(graph
 def test_a_loop_beats_an_allow_list(graph: FilterGraph) -> None:
     raw = b"Received: from a by b; Tue, 1 Dec 2026 10:00:00 +0000\r\n" * 51 + CLEAN
     decision = decide(graph, raw, {"acme": ["bob@acme.example"]}, mail_from="billing@partner.example")
-    assert decide(graph, CLEAN, {"acme": ["bob@acme.example"]}, mail_from="billing@partner.example").tenants["acme"].reason == "allow-list"
+    allowed = decide(graph, CLEAN, {"acme": ["bob@acme.example"]}, mail_from="billing@partner.example")
+    assert allowed.tenants["acme"].reason == "allow-list"
     assert decision.reply.code == 554 and decision.tenants["acme"].reason == "mail-loop"
     fine = decide(graph, raw[raw.index(b"\r\n") + 2 :], {"acme": ["bob@acme.example"]})
     assert fine.reply.code == 250
