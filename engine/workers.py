@@ -2,8 +2,8 @@
 
 Protocol between the parent (`serve`) and each worker (`liveprism worker`, started by it):
 - the parent binds the listening sockets (inbound, and outbound when configured) and passes them
-  down (pre-fork: every process accepts from the same queue); it also passes one end of a socketpair, the control channel, carrying
-  JSON lines both ways;
+  down (pre-fork: every process accepts from the same queue); it also passes one end of a
+  socketpair, the control channel, carrying JSON lines both ways;
 - the worker opens the store as a non-owner (the parent owns it, recovers it and runs the
   relay), loads the directory it was started with, serves SMTP and says `{"version": V}`;
 - after each accepted message the worker sends `w` (coalesced per event-loop turn); the parent
