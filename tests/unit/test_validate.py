@@ -258,7 +258,8 @@ def test_outbound_users_file_lines_that_are_not_argon2_hashes_are_errors_at_file
         "gateway.yaml": TLS_GATEWAY,
         "tenants/acme.yaml": ACME + "outbound: {auth: {users: ../secrets/acme-users}}\n",
         "tenants/beta.yaml": BETA + "outbound: {auth: {users: beta-users}}\n",
-        "../secrets/acme-users": f"# acme's users\nalice:{HASH}\n\nbob:hunter2\ncarol\ndave:$2b$12$abcdefghijklmnopqrstuv\n",
+        "../secrets/acme-users": f"# acme's users\nalice:{HASH}\n\nbob:hunter2\ncarol\n"
+                                 "dave:$2b$12$abcdefghijklmnopqrstuv\n",
         "beta-users": f"alice:{HASH}\n",
     })
     assert problems_of(tmp_path) == [
@@ -299,7 +300,8 @@ def test_outbound_settings_that_cannot_work(tmp_path: Path) -> None:
         "gateway.yaml:4:14: error: listeners.outbound uses the inbound listener's port 2525",
         "tenants/acme.yaml:6:3: error: outbound.auth needs STARTTLS: set tls.cert and tls.key in gateway.yaml"
         " (AUTH is only offered after STARTTLS, RFC 4954 §4)",
-        "tenants/acme.yaml:6:10: warning: environment variable ACME_USERS is not set: SMTP AUTH fails for tenant 'acme'",
+        "tenants/acme.yaml:6:10: warning: environment variable ACME_USERS is not set: SMTP AUTH fails for"
+        " tenant 'acme'",
         "tenants/acme.yaml:7:20: error: sending domain news.beta.example is tenant 'beta's (tenants/beta.yaml:2):"
         " no tenant may send as another",
         "tenants/beta.yaml:4:29: error: sending domain acme-mail.example is tenant 'acme's (tenants/acme.yaml:7):"
