@@ -72,12 +72,14 @@ def explain(
     helo: Annotated[str, typer.Option("--helo", help="HELO/EHLO name.")] = "client.example",
     direction: Annotated[str, typer.Option("--direction", help="inbound or outbound.")] = "inbound",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    auth_tenant: Annotated[str | None, typer.Option(
+        "--auth-tenant", help="Outbound: the client authenticated (SMTP AUTH) as a user of this tenant.")] = None,
 ) -> None:
     """Run one message through the compiled policy and print the verdict and trace."""
     from engine.cli.explain_cmd import run_explain
 
     raise typer.Exit(
-        run_explain(directory, message, mail_from, rcpt or [], client_ip, helo, direction, as_json)
+        run_explain(directory, message, mail_from, rcpt or [], client_ip, helo, direction, as_json, auth_tenant)
     )
 
 

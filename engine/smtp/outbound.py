@@ -41,7 +41,7 @@ from engine import metrics
 from engine.graph.evaluator import FilterGraph
 from engine.graph.transaction import Evaluation
 from engine.graph.verdict import normalise_address
-from engine.policy.models import Checks, Direction, Gateway
+from engine.policy.models import Direction, Gateway
 from engine.policy.users import UsersFile, read_users, users_path, verify_password
 from engine.smtp.envelope import GatewayEnvelope
 from engine.smtp.handler import InboundHandler, _envelope
@@ -72,16 +72,6 @@ def auth_possible(gateway: Gateway, graph: FilterGraph) -> bool:
     return bool(gateway.tls.cert and gateway.tls.key) and any(
         plan.outbound.auth is not None for plan in graph.tenants.values()
     )
-
-
-def outbound_checks(checks: Checks) -> Checks:
-    """The gateway's checks as they apply to tenants' own mail: the antivirus only."""
-    off = {"enabled": False}
-    return checks.model_copy(update={
-        "dnsbl": [], "uribl": [],
-        "spf": checks.spf.model_copy(update=off), "dkim": checks.dkim.model_copy(update=off),
-        "dmarc": checks.dmarc.model_copy(update=off), "arc": checks.arc.model_copy(update=off),
-    })
 
 
 class UsersCache:
@@ -127,7 +117,6 @@ class OutboundHandler(InboundHandler):
         super().__init__(**kwargs)
         self._policy_dir = policy_dir
         self._users = UsersCache()
-        self._outbound_checks: tuple[Checks, Checks] | None = None  # (gateway checks, outbound view)
 
     # ------------------------------------------------------------ admission
 
@@ -152,16 +141,13 @@ class OutboundHandler(InboundHandler):
         ok = await asyncio.to_thread(verify_password, hash_text, password.decode("utf-8", "replace"))
         return AuthIdentity(user, tenant) if ok else None
 
-    # ------------------------------------------------------------ checks: antivirus only
+    # ------------------------------------------------------------ checks: antivirus only (`outbound_checks`)
 
     def _start_checks(self, session: Session, env: GatewayEnvelope, graph: FilterGraph) -> None:
-        gateway_checks = graph.gateway.checks
-        if self._outbound_checks is None or self._outbound_checks[0] is not gateway_checks:
-            self._outbound_checks = (gateway_checks, outbound_checks(gateway_checks))
-        checks = self._outbound_checks[1]
+        checks = self._checker.checks_for(graph.gateway.checks, Direction.outbound)
         if env.checks is None or env.checks.checks is not checks:
-            gateway = graph.gateway.model_copy(update={"checks": checks})
-            env.checks = self._checker.begin(gateway, client_ip(session), session.host_name or "")
+            env.checks = self._checker.begin(graph.gateway, client_ip(session), session.host_name or "",
+                                             Direction.outbound)
 
     # ------------------------------------------------------------ stages
 
