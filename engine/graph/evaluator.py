@@ -245,7 +245,7 @@ class FilterGraph:
         the sender's domain must be the tenant's (`sending_tenant_of`); the null sender is allowed
         when the tenant is unambiguous."""
         candidates = (auth_tenant,) if auth_tenant is not None else self.network_tenants(client_ip)
-        if not candidates:
+        if not candidates or candidates[0] not in self.tenants:  # (a reload removed the user's tenant)
             return _outbound_hit(REASON_NOT_AUTHORISED, "relaying denied: client not authorised to send"
                                  " (not in a tenant's outbound networks, not authenticated)")
         sender = normalise_address(mail_from)

@@ -233,7 +233,7 @@ class InboundHandler:
             headers = received_header(
                 hostname=graph.gateway.hostname, helo=evaluation.helo, client_ip=evaluation.client_ip,
                 queue_id=queue_id, rcpt=rcpt, esmtp=bool(session.extended_smtp), tls=session.ssl is not None,
-                received_at=now,
+                received_at=now, authenticated=bool(session.authenticated),
             ) + (b"" if outbound else auth + verdict_headers(verdict, decision.policy_version))
             copies.append(CopyPlan(
                 tenant=verdict.tenant, recipients=verdict.recipients, action=verdict.action, headers=headers,
