@@ -204,7 +204,7 @@ class OutboundHandler(InboundHandler):
         keys: list[tuple[str, int]] = []
         names: dict[str, str] = {}
         if limits.per_sender_per_hour is not None:
-            key = "sender:" + (normalise_address(evaluation.mail_from) or "<>")
+            key = "sender:" + (normalise_address(evaluation.mail_from) or f"<>:{plan.name}")  # bounces: per tenant
             keys.append((key, limits.per_sender_per_hour))
             names[key] = "per_sender_per_hour"
         if limits.per_tenant_per_hour is not None:
