@@ -83,11 +83,13 @@ class UsersCache:
 
     def _read(self, reference: str, policy_dir: Path) -> UsersFile | str:
         path = users_path(reference, policy_dir)
-        try:
-            stamp: object = (os.stat(path).st_mtime_ns, os.stat(path).st_size) if path is not None \
-                else os.environ.get(reference[4:])
-        except OSError as exc:
-            return f"cannot read users file {path}: {exc}"
+        stamp: object = os.environ.get(reference[4:])
+        if path is not None:
+            try:
+                status = os.stat(path)
+            except OSError as exc:
+                return f"cannot read users file {path}: {exc}"
+            stamp = (status.st_mtime_ns, status.st_size)
         cached = self._files.get((reference, policy_dir))
         if cached is not None and cached[0] == stamp:
             return cached[1]
