@@ -242,7 +242,9 @@ class Storage(PolicyModel):
 
 
 class ArchiveSettings(PolicyModel):
-    enabled: bool = Field(default=True, description="Keep a copy of every message, inbound and outbound (those refused after DATA too).")
+    enabled: bool = Field(
+        default=True, description="Keep a copy of every message, inbound and outbound (those refused after DATA too).",
+    )
     retention_days: int = Field(default=365, ge=1, description="Days an archived message is kept.")
 
 
