@@ -111,9 +111,15 @@ class InboundHandler:
     ) -> list[str]:
         session.host_name = hostname
         self._start_checks(session, _envelope(envelope), self._current_graph())
+        if not self._offers_auth():  # aiosmtpd lists AUTH after STARTTLS whether or not anyone can log in
+            responses = [line for line in responses if not line.startswith("250-AUTH")]
         # aiosmtpd handles pipelined commands in order; say so (RFC 2920) and that we send
         # enhanced status codes (RFC 2034).
         return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    def _offers_auth(self) -> bool:
+        """Whether EHLO lists AUTH: never on the inbound listener (strangers have nothing to log in to)."""
+        return False
 
     async def handle_HELO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str) -> str:
         session.host_name = hostname

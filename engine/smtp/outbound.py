@@ -153,14 +153,9 @@ class OutboundHandler(InboundHandler):
 
     # ------------------------------------------------------------ stages
 
-    async def handle_EHLO(
-        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
-    ) -> list[str]:
-        lines = await super().handle_EHLO(server, session, envelope, hostname, responses)
+    def _offers_auth(self) -> bool:
         graph = self._current_graph()
-        if auth_possible(graph.gateway, graph):
-            return lines
-        return [line for line in lines if not line.startswith("250-AUTH")]  # (the last line is "250 HELP")
+        return auth_possible(graph.gateway, graph)
 
     def _begin(self, session: Session) -> Evaluation:
         identity = session.auth_data if session.authenticated else None

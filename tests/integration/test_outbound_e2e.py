@@ -195,6 +195,11 @@ def test_failed_auth_counts_towards_max_errors(lab: Lab) -> None:
     client.ehlo("client.test.example")
     assert client.has_extn("auth") and "PLAIN" in client.esmtp_features["auth"]
     token = base64.b64encode(b"\0alice\0nope").decode()
+    inbound = _smtp_from(STRANGER_IP, lab.gateway.port)  # the inbound listener has nothing to log in to
+    inbound.starttls(context=context)
+    inbound.ehlo("client.test.example")
+    assert inbound.has_extn("size") and not inbound.has_extn("auth"), inbound.esmtp_features
+    inbound.quit()
     assert [client.docmd("AUTH", f"PLAIN {token}")[0] for _ in range(3)] == [535, 535, 535]
     assert client.docmd("NOOP")[0] == 421  # limits.max_errors: 3 reached, the session is closed
     log = lab.gateway.log()
