@@ -30,7 +30,7 @@ import gc
 import hashlib
 import threading
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,13 +43,15 @@ from engine.graph.lists import ListEntry, ListIndex
 from engine.mime.view import MessageView
 from engine.policy.files import read_policy_text
 from engine.policy.loader import LoadedFile, PolicySource, Problem, content_hash, paused_gc, policy_files
-from engine.policy.models import Condition, Gateway, PolicyList, PolicyModel, RuleSet, Tenant
+from engine.policy.models import Condition, Gateway, PolicyList, PolicyModel, Rule, RuleSet, Tenant
 from engine.policy.schema_errors import schema_problems
 from engine.policy.validate import validate_policy
+from engine.policy.yaml_chunks import Piece, PieceKey, load_chunked
 from engine.policy.yaml_positions import parse_yaml
 
 _MODELS: dict[str, type[PolicyModel]] = {"tenants": Tenant, "lists": PolicyList, "rules": RuleSet}
 DELTA_MAX_SHARE = 0.2  # of all rules; beyond it the content index is compiled afresh
+LIST_DELTA_MAX_SHARE = 0.5  # entries removed + added, of all entries; beyond it the list index is built afresh
 LOAD_ATTEMPTS = 5
 
 
@@ -64,6 +66,7 @@ def _hash_or_empty(root: Path, files: list[str]) -> str:
 class _Parsed:
     loaded: LoadedFile[Any] | None
     problems: tuple[Problem, ...]
+    pieces: Mapping[PieceKey, Piece] | None = None  # when loaded in pieces (`yaml_chunks`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,7 @@ class IncrementalLoader:
 
     def __init__(self) -> None:
         self._cache: dict[tuple[str, str, str], _Parsed] = {}
+        self._pieces: dict[str, Mapping[PieceKey, Piece]] = {}  # rel -> pieces of its last version
         self._lock = threading.Lock()
         self.last = LoadStats(0, 0)
         self.indexes = IndexCache()
@@ -128,12 +132,13 @@ class IncrementalLoader:
             key = (rel, model.__name__, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest())
             entry = self._cache.get(key)
             if entry is None:
-                entry = _parse(rel, text, model)
+                entry = _parse(rel, text, model, self._pieces.get(rel, {}))
                 parsed += 1
             cache[key] = entry
             by_rel[rel] = entry.loaded
             problems.extend(entry.problems)
         self._cache = cache
+        self._pieces = {rel: entry.pieces for (rel, _, _), entry in cache.items() if entry.pieces}
         self.last = LoadStats(len(files), parsed)
         loaded = [(rel, by_rel.get(rel)) for rel in files]
         return PolicySource(
@@ -165,8 +170,13 @@ def frozen_after() -> Iterator[None]:
         gc.freeze()
 
 
-def _parse(rel: str, text: str, model: type[PolicyModel]) -> _Parsed:
-    """What `loader.load_file` does after reading: YAML with positions, then the model."""
+def _parse(rel: str, text: str, model: type[PolicyModel], known: Mapping[PieceKey, Piece]) -> _Parsed:
+    """What `loader.load_file` does after reading: YAML with positions, then the model. A large
+    rule or list file is loaded in pieces, those of its last version (`known`) reused."""
+    pieces: dict[PieceKey, Piece] = {}
+    chunked = load_chunked(rel, text, model, known, pieces)
+    if chunked is not None:
+        return _Parsed(chunked, (), types.MappingProxyType(pieces))
     problems: list[Problem] = []
     result = parse_yaml(rel, text, problems)
     if result is None:
@@ -192,16 +202,17 @@ def compile_source(source: PolicySource, indexes: IndexBuilder | None = None) ->
 
 
 class IndexCache(IndexBuilder):
-    """Reuses the matchers of unchanged files from one compile to the next (see the module docstring).
+    """Reuses the matchers of unchanged files and rules from one compile to the next (see the
+    module docstring).
 
     Used by one reload at a time (LivePolicy serialises them); graphs already built keep theirs."""
 
     def __init__(self) -> None:
         self._lists_key: tuple[LoadedFile[Any], ...] = ()
         self._list_index: ListIndex | None = None
-        self._entries: list[tuple[LoadedFile[Any], list[ListEntry]]] = []
+        self._entries: dict[int, tuple[LoadedFile[Any], list[ListEntry]]] = {}  # id(file) -> its entries
         self._base: ContentIndex | None = None
-        self._base_files: dict[int, tuple[LoadedFile[Any], int, int]] = {}  # id -> (file, offset, count)
+        self._base_rules: dict[int, tuple[Rule, int]] = {}  # id(rule) -> (rule, index in the base)
         self._base_size = 0
         self.layered = False  # whether the last content index was layered (for tests and logs)
 
@@ -209,37 +220,46 @@ class IndexCache(IndexBuilder):
         key = tuple(source.lists)
         if self._list_index is not None and _same(key, self._lists_key):
             return self._list_index
-        known = {id(loaded): entries for loaded, entries in self._entries}
-        self._entries = [(loaded, known.get(id(loaded)) or list(list_entries(loaded))) for loaded in key]
-        self._lists_key = key
-        self._list_index = ListIndex(entry for _, entries in self._entries for entry in entries)
-        return self._list_index
+        known = self._entries
+        entries: dict[int, tuple[LoadedFile[Any], list[ListEntry]]] = {}
+        added: list[ListEntry] = []
+        for loaded in key:
+            previous = known.get(id(loaded))
+            if previous is not None and previous[0] is loaded:
+                entries[id(loaded)] = previous
+            else:
+                entries[id(loaded)] = (loaded, list(list_entries(loaded)))
+                added.extend(entries[id(loaded)][1])
+        removed = [entry for ident, (loaded, items) in known.items()
+                   if entries.get(ident, (None,))[0] is not loaded for entry in items]
+        if self._list_index is None or len(added) + len(removed) > LIST_DELTA_MAX_SHARE * sum(
+                len(items) for _, items in entries.values()):
+            index = ListIndex(entry for loaded in key for entry in entries[id(loaded)][1])
+        else:
+            index = self._list_index.updated(removed, added)
+        self._entries, self._lists_key, self._list_index = entries, key, index
+        return index
 
     def content(self, source: PolicySource, conditions: list[Condition]) -> ContentIndex:
-        files = [(loaded, len(loaded.model.rules)) for loaded in source.rulesets]
-        changed: list[tuple[LoadedFile[Any], int, int]] = []  # (file, new offset, count)
+        rules = [rule for loaded in source.rulesets for rule in loaded.model.rules]
         base_map = [-1] * self._base_size
-        offset = 0
-        for loaded, count in files:
-            known = self._base_files.get(id(loaded))
-            if known is not None and known[0] is loaded:
-                base_map[known[1]:known[1] + count] = range(offset, offset + count)
+        delta_map: list[int] = []
+        for index, rule in enumerate(rules):
+            known = self._base_rules.get(id(rule))
+            if known is not None and known[0] is rule and base_map[known[1]] < 0:
+                base_map[known[1]] = index
             else:
-                changed.append((loaded, offset, count))
-            offset += count
-        if (self._base is not None and not changed and len(conditions) == self._base_size
+                delta_map.append(index)
+        if (self._base is not None and not delta_map and len(rules) == self._base_size
                 and all(i == j for i, j in enumerate(base_map))):
-            self.layered = False  # the same rule files in the same order: the base index as it is
+            self.layered = False  # the same rules in the same order: the base index as it is
             return self._base
-        delta_rules = sum(count for _, _, count in changed)
-        if self._base is None or delta_rules > DELTA_MAX_SHARE * max(1, len(conditions)):
+        if self._base is None or len(delta_map) > DELTA_MAX_SHARE * max(1, len(rules)):
             self._base = ContentIndex(conditions)
-            self._base_files = {id(loaded): (loaded, start, count) for (loaded, count), start
-                                in zip(files, _offsets(files), strict=True)}
-            self._base_size = len(conditions)
+            self._base_rules = {id(rule): (rule, index) for index, rule in enumerate(rules)}
+            self._base_size = len(rules)
             self.layered = False
             return self._base
-        delta_map = [index for _, start, count in changed for index in range(start, start + count)]
         delta = ContentIndex([conditions[index] for index in delta_map])
         self.layered = True
         return LayeredContentIndex(self._base, base_map, delta, delta_map)
@@ -247,14 +267,6 @@ class IndexCache(IndexBuilder):
 
 def _same(a: tuple[LoadedFile[Any], ...], b: tuple[LoadedFile[Any], ...]) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
-
-
-def _offsets(files: list[tuple[LoadedFile[Any], int]]) -> list[int]:
-    offsets, offset = [], 0
-    for _, count in files:
-        offsets.append(offset)
-        offset += count
-    return offsets
 
 
 class LayeredContentIndex(ContentIndex):

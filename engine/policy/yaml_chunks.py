@@ -221,15 +221,16 @@ _SHALLOW: dict[int, re.Pattern[str]] = {}
 def _items(indent: int) -> re.Pattern[str]:
     """Item lines at `indent`."""
     if indent not in _ITEMS:
-        _ITEMS[indent] = re.compile(r"\n %s-(?=[ \n]|\Z)" % ("{%d}" % indent if indent else "{0}"))
+        _ITEMS[indent] = re.compile(rf"\n {{{indent}}}-(?=[ \n]|\Z)")
     return _ITEMS[indent]
 
 
 def _shallow(indent: int) -> re.Pattern[str]:
     """Significant lines indented 1..indent that are not item lines at `indent`."""
     if indent not in _SHALLOW:
-        exact = r" {%d}(?:-[^ \n]|[^ \n#-])" % indent
-        _SHALLOW[indent] = re.compile(r"\n(?: {1,%d}[^ \n#]|%s)" % (indent - 1, exact) if indent > 1 else r"\n" + exact)
+        exact = rf" {{{indent}}}(?:-[^ \n]|[^ \n#-])"
+        less = rf" {{1,{indent - 1}}}[^ \n#]|" if indent > 1 else ""
+        _SHALLOW[indent] = re.compile(rf"\n(?:{less}{exact})")
     return _SHALLOW[indent]
 
 
@@ -320,6 +321,18 @@ class ChunkedPositions(Mapping[YamlPath, tuple[int, int]]):
         self._skeleton = skeleton
         self._placed = placed
         self._firsts = {field: [first for first, _, _ in pieces] for field, pieces in placed.items()}
+
+    def item_lines(self, field: str, count: int) -> list[int | None]:
+        """Line of each of the first `count` items of the top-level sequence `field` (None: unknown)."""
+        pieces = self._placed.get(field)
+        if pieces is None:
+            return [position[0] if (position := self._skeleton.get((field, index))) else None
+                    for index in range(count)]
+        lines: list[int | None] = []
+        for _, line_offset, piece in pieces:
+            run, base, shift = piece.run.positions, piece.index_base, line_offset - piece.line_base
+            lines.extend(run[(field, base + index)][0] + shift for index in range(len(piece.items)))
+        return lines[:count] + [None] * (count - len(lines))
 
     def __getitem__(self, path: YamlPath) -> tuple[int, int]:
         if len(path) >= 2 and path[0] in self._placed and isinstance(path[1], int) and path[1] >= 0:

@@ -352,7 +352,8 @@ def parse_sequence_libyaml(
     text: str, key: str, scalars: PlainScalars | None = None
 ) -> tuple[list[Any], dict[YamlPath, tuple[int, int]]] | None:
     """A YAML text whose root is a block sequence, as (items, positions), by the fast path, walked
-    as the value of the top-level `key` (positions under `(key, index, ...)`, depth as there); None when the fast path would not reproduce the ruamel result exactly (see
+    as the value of the top-level `key` (positions under `(key, index, ...)`, depth as there);
+    None when the fast path would not reproduce the ruamel result exactly (see
     `parse_yaml_libyaml`). Used for pieces of a large file (`engine.policy.yaml_chunks`)."""
     if not fast_path_text(text):
         return None
