@@ -17,7 +17,7 @@ from engine.graph.content import ContentIndex
 from engine.graph.evaluator import CompiledRule, FilterGraph, TenantPlan
 from engine.graph.lists import ListEntry, ListIndex
 from engine.policy.loader import LoadedFile, PolicySource, Problem, load_policy, paused_gc
-from engine.policy.models import Condition, Direction, Gateway, PolicyList, Scoring, Tenant
+from engine.policy.models import Condition, Direction, Gateway, PolicyList, RuleSet, Scoring, Tenant
 from engine.policy.validate import validate_policy
 
 
@@ -74,9 +74,26 @@ def _effective_scoring(gateway: Gateway, tenant: Tenant) -> Scoring:
     return gateway.scoring.model_copy(update=overrides)
 
 
+def compiled_rules(loaded: LoadedFile[RuleSet]) -> list[CompiledRule]:
+    """The rules of one rule file, flattened, with their FILE:LINE."""
+    lines = loaded.item_lines("rules", len(loaded.model.rules))
+    return [
+        CompiledRule(
+            rule.id, rule.then.score, rule.then.action, rule.then.message, rule.direction,
+            f"{loaded.path}:{line}" if line is not None else loaded.source(("rules", position)),
+        )
+        for position, (rule, line) in enumerate(zip(loaded.model.rules, lines, strict=True))
+    ]
+
+
 class IndexBuilder:
-    """Builds the two big matchers of a graph. This one builds them afresh; a reload passes
-    `engine.graph.incremental.IndexCache`, which reuses what the unchanged files compiled to."""
+    """Builds the two big matchers of a graph and the flattened rules. This one builds them
+    afresh; a reload passes `engine.graph.incremental.IndexCache`, which reuses what the
+    unchanged files compiled to."""
+
+    def rules(self, loaded: LoadedFile[RuleSet]) -> list[CompiledRule]:
+        """`compiled_rules(loaded)`."""
+        return compiled_rules(loaded)
 
     def content(self, source: PolicySource, conditions: list[Condition]) -> ContentIndex:
         """The content index of `conditions` (every rule of `source.rulesets`, in file order)."""
@@ -100,17 +117,10 @@ def _compile(source: PolicySource, gateway: Gateway, builder: IndexBuilder) -> F
     rules: list[CompiledRule] = []
     rules_by_set: dict[str, list[int]] = {}
     for loaded in source.rulesets:
-        indexes = rules_by_set.setdefault(loaded.model.name, [])
-        lines = loaded.item_lines("rules", len(loaded.model.rules))
-        for position, (rule, line) in enumerate(zip(loaded.model.rules, lines, strict=True)):
-            indexes.append(len(rules))
-            conditions.append(rule.when)
-            rules.append(
-                CompiledRule(
-                    rule.id, rule.then.score, rule.then.action, rule.then.message, rule.direction,
-                    f"{loaded.path}:{line}" if line is not None else loaded.source(("rules", position)),
-                )
-            )
+        compiled = builder.rules(loaded)
+        rules_by_set.setdefault(loaded.model.name, []).extend(range(len(rules), len(rules) + len(compiled)))
+        rules.extend(compiled)
+        conditions.extend(rule.when for rule in loaded.model.rules)
 
     tenants: dict[str, TenantPlan] = {}
     for tenant_file in source.tenants:

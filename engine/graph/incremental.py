@@ -37,8 +37,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from engine.graph.compiler import GraphResult, IndexBuilder, compile_policy, list_entries
+from engine.graph.compiler import GraphResult, IndexBuilder, compile_policy, compiled_rules, list_entries
 from engine.graph.content import ContentIndex
+from engine.graph.evaluator import CompiledRule
 from engine.graph.lists import ListEntry, ListIndex
 from engine.mime.view import MessageView
 from engine.policy.files import read_policy_text
@@ -51,7 +52,7 @@ from engine.policy.yaml_positions import parse_yaml
 
 _MODELS: dict[str, type[PolicyModel]] = {"tenants": Tenant, "lists": PolicyList, "rules": RuleSet}
 DELTA_MAX_SHARE = 0.2  # of all rules; beyond it the content index is compiled afresh
-LIST_DELTA_MAX_SHARE = 0.5  # entries removed + added, of all entries; beyond it the list index is built afresh
+LIST_DELTA_MAX_SHARE = 0.2  # entries removed + added, of all entries; beyond it the list index is built afresh
 LOAD_ATTEMPTS = 5
 
 
@@ -89,7 +90,7 @@ class IncrementalLoader:
 
     def load(self, root: Path) -> PolicySource:
         """The policy under `root`, as `load_policy` would load it; never raises for bad content."""
-        with self._lock, paused_gc():
+        with self._lock, frozen_after():
             return self._load(root)
 
     def load_graph(self, root: Path) -> tuple[GraphResult, PolicySource]:
@@ -164,10 +165,13 @@ def frozen_after() -> Iterator[None]:
     freed by reference counting when a newer graph replaces theirs; only a cycle among objects alive
     at a reload would never be collected (at most what open sessions hold at that instant)."""
     enabled = gc.isenabled()
-    with paused_gc():
+    gc.disable()
+    try:
         yield
-    if enabled:
-        gc.freeze()
+    finally:
+        if enabled:  # freeze first: enabled with millions of young objects, the next allocation collects
+            gc.freeze()
+            gc.enable()
 
 
 def _parse(rel: str, text: str, model: type[PolicyModel], known: Mapping[PieceKey, Piece]) -> _Parsed:
@@ -214,26 +218,38 @@ class IndexCache(IndexBuilder):
         self._base: ContentIndex | None = None
         self._base_rules: dict[int, tuple[Rule, int]] = {}  # id(rule) -> (rule, index in the base)
         self._base_size = 0
+        self._compiled: dict[int, tuple[LoadedFile[Any], list[CompiledRule]]] = {}  # id(file) -> its rules
         self.layered = False  # whether the last content index was layered (for tests and logs)
+
+    def rules(self, loaded: LoadedFile[RuleSet]) -> list[CompiledRule]:
+        known = self._compiled.get(id(loaded))
+        if known is None or known[0] is not loaded:
+            known = self._compiled[id(loaded)] = (loaded, compiled_rules(loaded))
+        return known[1]
 
     def lists(self, source: PolicySource) -> ListIndex:
         key = tuple(source.lists)
         if self._list_index is not None and _same(key, self._lists_key):
             return self._list_index
         known = self._entries
+        by_path = {loaded.path: items for loaded, items in known.values()}
         entries: dict[int, tuple[LoadedFile[Any], list[ListEntry]]] = {}
         added: list[ListEntry] = []
         for loaded in key:
             previous = known.get(id(loaded))
             if previous is not None and previous[0] is loaded:
                 entries[id(loaded)] = previous
-            else:
-                entries[id(loaded)] = (loaded, list(list_entries(loaded)))
-                added.extend(entries[id(loaded)][1])
-        removed = [entry for ident, (loaded, items) in known.items()
-                   if entries.get(ident, (None,))[0] is not loaded for entry in items]
-        if self._list_index is None or len(added) + len(removed) > LIST_DELTA_MAX_SHARE * sum(
-                len(items) for _, items in entries.values()):
+                continue
+            # An edited file: its entries that kept value, place and line are the old objects.
+            old = {_entry_key(entry): entry for entry in by_path.get(loaded.path, ())}
+            items = [old.pop(_entry_key(entry), entry) for entry in list_entries(loaded)]
+            entries[id(loaded)] = (loaded, items)
+            kept = set(map(id, by_path.get(loaded.path, ()))) - set(map(id, old.values()))
+            added.extend(entry for entry in items if id(entry) not in kept)
+        current = {id(entry) for _, items in entries.values() for entry in items} if known else set()
+        removed = [entry for _, items in known.values() for entry in items if id(entry) not in current]
+        total = sum(len(items) for _, items in entries.values())
+        if self._list_index is None or len(added) + len(removed) > LIST_DELTA_MAX_SHARE * total:
             index = ListIndex(entry for loaded in key for entry in entries[id(loaded)][1])
         else:
             index = self._list_index.updated(removed, added)
@@ -241,6 +257,8 @@ class IndexCache(IndexBuilder):
         return index
 
     def content(self, source: PolicySource, conditions: list[Condition]) -> ContentIndex:
+        current = {id(loaded) for loaded in source.rulesets}  # (`rules` ran for each of them already)
+        self._compiled = {ident: known for ident, known in self._compiled.items() if ident in current}
         rules = [rule for loaded in source.rulesets for rule in loaded.model.rules]
         base_map = [-1] * self._base_size
         delta_map: list[int] = []
@@ -263,6 +281,10 @@ class IndexCache(IndexBuilder):
         delta = ContentIndex([conditions[index] for index in delta_map])
         self.layered = True
         return LayeredContentIndex(self._base, base_map, delta, delta_map)
+
+
+def _entry_key(entry: ListEntry) -> tuple[str, str, str, tuple[str, int, int]]:
+    return entry.field, entry.value, entry.source, entry.rank
 
 
 def _same(a: tuple[LoadedFile[Any], ...], b: tuple[LoadedFile[Any], ...]) -> bool:

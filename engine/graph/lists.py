@@ -60,21 +60,31 @@ class ListIndex:
         new._networks = defaultdict(lambda: defaultdict(list), self._networks)
         copied: set[tuple[int, int]] = set()  # network tables copied already
         touched: list[tuple[dict[object, list[ListEntry]], object]] = []
+        gone: dict[tuple[str, str], list[ListEntry]] = defaultdict(list)  # (field, value) -> removed entries
         for entry in removed:
-            table, key = new._slot(entry, copied)
-            remaining = [known for known in table.get(key, ()) if known is not entry]
-            if remaining:
-                table[key] = remaining
-            else:
-                table.pop(key, None)
+            gone[(entry.field, entry.value)].append(entry)
         for entry in added:
             table, key = new._slot(entry, copied)
             known = table.get(key)
-            table[key] = [*known, entry] if known else [entry]
+            same = gone.get((entry.field, entry.value))
+            if same and known:  # the same value, moved or unchanged: one key, replaced in place
+                old = same.pop()
+                table[key] = [entry if item is old else item for item in known]
+            else:
+                table[key] = [*known, entry] if known else [entry]
             if known:
                 touched.append((table, key))
+        for entries in gone.values():
+            for entry in entries:
+                table, key = new._slot(entry, copied)
+                remaining = [known for known in table.get(key, ()) if known is not entry]
+                if remaining:
+                    table[key] = remaining
+                else:
+                    table.pop(key, None)
         for table, key in touched:
-            table[key] = sorted(table[key], key=lambda entry: entry.rank)
+            if len(table.get(key, ())) > 1:
+                table[key] = sorted(table[key], key=lambda entry: entry.rank)
         for version_prefix in [key for key, table in new._networks.items() if not table]:
             del new._networks[version_prefix]
         new._prefixes = sorted(new._networks, key=lambda key: (key[0], -key[1]))

@@ -123,6 +123,8 @@ class _Memo:
 
 
 _RULE_IDS, _ALLOWED_AND_BLOCKED = _Memo(), _Memo()
+# id(rule file) -> (the file, the gateway file its checks were judged against, problems)
+_CHECKED_RULES: dict[int, tuple[LoadedFile[Any], LoadedFile[Any], tuple[Problem, ...]]] = {}
 _REGEXES: dict[int, tuple[LoadedFile[Any], tuple[Problem, ...]]] = {}
 
 
@@ -132,6 +134,9 @@ def _duplicate_rule_ids(source: PolicySource) -> Iterator[Problem]:
 
 
 def _find_duplicate_rule_ids(source: PolicySource) -> Iterator[Problem]:
+    ids = [rule.id for loaded in source.rulesets for rule in loaded.model.rules]
+    if len(set(ids)) == len(ids):
+        return
     first: dict[str, _Site] = {}
     for loaded in source.rulesets:
         for index, rule in enumerate(loaded.model.rules):
@@ -328,21 +333,27 @@ def _allowed_and_blocked(source: PolicySource) -> Iterator[Problem]:
 
 
 def _find_allowed_and_blocked(source: PolicySource) -> Iterator[Problem]:
-    blocked: dict[tuple[str, str], tuple[LoadedFile[Any], int]] = {}  # first (file, index) of each entry
-    for loaded in source.lists:
-        if loaded.model.action is ListAction.block:
-            for field, _ in _LIST_FIELDS:
-                for index, entry in enumerate(getattr(loaded.model, field)):
-                    if (field, entry) not in blocked:
-                        blocked[field, entry] = (loaded, index)
-    for loaded in source.lists:
-        if loaded.model.action is not ListAction.allow:
+    allows = [loaded for loaded in source.lists if loaded.model.action is ListAction.allow]
+    blocks = [loaded for loaded in source.lists if loaded.model.action is ListAction.block]
+    for field, noun in _LIST_FIELDS:
+        allowed: set[str] = set()
+        for loaded in allows:
+            allowed.update(getattr(loaded.model, field))
+        blocked: set[str] = set()
+        for loaded in blocks:
+            blocked.update(getattr(loaded.model, field))
+        both = allowed & blocked
+        if not both:
             continue
-        for field, noun in _LIST_FIELDS:
+        first: dict[str, tuple[LoadedFile[Any], int]] = {}  # first (file, index) of each entry on a block list
+        for loaded in blocks:
             for index, entry in enumerate(getattr(loaded.model, field)):
-                first = blocked.get((field, entry))
-                if first is not None:
-                    block = _Site(first[0], (field, first[1]))
+                if entry in both and entry not in first:
+                    first[entry] = (loaded, index)
+        for loaded in allows:
+            for index, entry in enumerate(getattr(loaded.model, field)):
+                if entry in both:
+                    block = _Site(first[entry][0], (field, first[entry][1]))
                     yield loaded.problem(
                         "warning",
                         (field, index),
@@ -482,18 +493,29 @@ def _check_settings(source: PolicySource) -> Iterator[Problem]:
             " a slow scan is cut at the budget and the message gets on_error",
         )
     running = _running_checks(checks)
-    for loaded in source.rulesets:
-        for index, rule in enumerate(loaded.model.rules):
-            for path, condition in _check_conditions(rule.when, ("rules", index, "when")):
-                problem = _unknown_check(running, condition.check, condition.result)
-                if problem:
-                    yield loaded.problem("error", path, f"rule '{rule.id}' tests {problem}: it could never match")
+    known = dict(_CHECKED_RULES)
+    _CHECKED_RULES.clear()
+    for loaded in source.rulesets:  # per rule file, while the gateway file is the same object
+        entry = known.get(id(loaded))
+        if entry is None or entry[0] is not loaded or entry[1] is not gateway:
+            entry = (loaded, gateway, tuple(_rules_checks(loaded, running)))
+        _CHECKED_RULES[id(loaded)] = entry
+        yield from entry[2]
     for tenant in source.tenants:
         for key in tenant.model.checks:
             name, _, result = key.partition(":")
             problem = _unknown_check(running, name, [] if result == "*" else [result])
             if problem:
                 yield tenant.problem("error", ("checks", key), f"override of {problem}")
+
+
+def _rules_checks(loaded: LoadedFile[Any], running: dict[str, set[str] | None]) -> Iterator[Problem]:
+    """The rules of one file may only test the checks the gateway runs (`running`)."""
+    for index, rule in enumerate(loaded.model.rules):
+        for path, condition in _check_conditions(rule.when, ("rules", index, "when")):
+            problem = _unknown_check(running, condition.check, condition.result)
+            if problem:
+                yield loaded.problem("error", path, f"rule '{rule.id}' tests {problem}: it could never match")
 
 
 def _running_checks(checks: Checks) -> dict[str, set[str] | None]:

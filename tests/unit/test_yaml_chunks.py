@@ -66,7 +66,8 @@ RULES = "name: x\nrules:\n" + "".join(RULE.format(n=n) for n in range(3))
         RULES,
         RULES.rstrip("\n"),  # no final newline
         "name: x\nrules:\n" + "".join(RULE.format(n=n).replace("\n  ", "\n") for n in range(3)),  # items at column 0
-        "name: x\nrules:   # the rules\n\n# first\n" + RULE.format(n=1) + "\n# between\n   # indented\n" + RULE.format(n=2),
+        "name: x\nrules:   # the rules\n\n# first\n" + RULE.format(n=1)
+        + "\n# between\n   # indented\n" + RULE.format(n=2),
         "name: x\nrules:\n  -\n    id: a\n    when: {body: {contains: [x]}}\n    then: {score: 1}\n" + RULE.format(n=2),
         "name: x\nrules:\n  - id: a\n    description: |\n      - id: inside\n      text\n"
         "    when: {body: {contains: [x]}}\n    then: {score: 1}\n" + RULE.format(n=2),
@@ -92,8 +93,9 @@ def test_pieces_equal_the_whole_file(tmp_path: Path, text: str) -> None:
         # anchors and aliases across items
         "name: x\nrules:\n  - id: a\n    when: &w {body: {contains: [x]}}\n    then: {score: 1}\n"
         "  - id: b\n    when: *w\n    then: {score: 1}\n",
-        "name: x\nrules:\n  - id: a\n    description: &d text\n    when: {body: {contains: [x]}}\n    then: {score: 1}\n"
-        "  - id: b\n    description: *d\n    when: {body: {contains: [x]}}\n    then: {score: 1}\n",
+        "name: x\nrules:\n  - id: a\n    description: &d text\n    when: {body: {contains: [x]}}\n"
+        "    then: {score: 1}\n  - id: b\n    description: *d\n    when: {body: {contains: [x]}}\n"
+        "    then: {score: 1}\n",
         # the key twice, a line less indented than the items, a document marker, a tab, a directive
         RULES + "rules:\n" + RULE.format(n=7),
         "name: x\nrules:\n  - id: a\n when: {body: {contains: [x]}}\n  - id: b\n",
@@ -118,10 +120,11 @@ def test_pieces_decline_or_agree_on_hard_cases(tmp_path: Path, text: str) -> Non
 FRAGMENTS = [
     RULE.format(n=1), RULE.format(n=2), RULE.format(n=3),
     "  - id: q\n    description: 'it''s\n      long'\n    when: {body: {contains: [a]}}\n    then: {score: 1}\n",
-    "  - id: b\n    description: >\n      folded\n\n      text\n    when: {body: {regex: 'a|b'}}\n    then: {action: reject}\n",
+    "  - id: b\n    description: >\n      folded\n\n      text\n    when: {body: {regex: 'a|b'}}\n"
+    "    then: {action: reject}\n",
     "# comment\n", "\n", "   # indented comment\n",
-    "  - id: s\n    when:\n      any:\n        - header: {name: From, contains: ['x@y']}\n        - body: {contains: [z]}\n"
-    "    then: {score: 2}\n",
+    "  - id: s\n    when:\n      any:\n        - header: {name: From, contains: ['x@y']}\n"
+    "        - body: {contains: [z]}\n    then: {score: 2}\n",
     "  - id: \"quoted\n  - id: inside\"\n    when: {body: {contains: [x]}}\n    then: {score: 1}\n",
     "  - id: anchored\n    when: &a {body: {contains: [x]}}\n    then: {score: 1}\n",
     "  - id: aliased\n    when: *a\n    then: {score: 1}\n",
@@ -162,7 +165,9 @@ def big_list(count: int, offset: int = 0) -> list[str]:
     values = []
     for n in range(offset, offset + count):
         kind = n % 4
-        values.append([f"user{n}@host{n}.example", f"'*@w{n}.example'", f"d{n}.example", f"10.{n >> 8 & 255}.{n & 255}.0/24"][kind])
+        network = f"10.{n >> 8 & 255}.{n & 255}.0/24"
+        choices = [f"user{n}@host{n}.example", f"'*@w{n}.example'", f"d{n}.example", network]
+        values.append(choices[kind])
     return values
 
 
