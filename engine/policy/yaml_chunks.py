@@ -117,7 +117,9 @@ _ADAPTERS: dict[tuple[type[PolicyModel], str], TypeAdapter[Any]] = {}
 def _adapter(model: type[PolicyModel], field: str) -> TypeAdapter[Any]:
     adapter = _ADAPTERS.get((model, field))
     if adapter is None:
-        adapter = _ADAPTERS[(model, field)] = TypeAdapter(model.model_fields[field].annotation)
+        annotation = model.model_fields[field].annotation
+        assert annotation is not None
+        adapter = _ADAPTERS[(model, field)] = TypeAdapter(annotation)
     return adapter
 
 
@@ -335,8 +337,8 @@ class ChunkedPositions(Mapping[YamlPath, tuple[int, int]]):
         return lines[:count] + [None] * (count - len(lines))
 
     def __getitem__(self, path: YamlPath) -> tuple[int, int]:
-        if len(path) >= 2 and path[0] in self._placed and isinstance(path[1], int) and path[1] >= 0:
-            field = path[0]
+        field = path[0] if len(path) >= 2 else None
+        if isinstance(field, str) and field in self._placed and isinstance(path[1], int) and path[1] >= 0:
             firsts = self._firsts[field]
             slot = bisect.bisect_right(firsts, path[1]) - 1
             if slot >= 0:
