@@ -2,24 +2,32 @@
 
 Contract: `IncrementalLoader.load(root)` returns what `engine.policy.loader.load_policy(root)`
 returns for the same bytes (same models, positions, problems, content hash; checked by
-`tests/unit/test_live_reload.py`), but a file whose (path, kind, sha256 of its text) was parsed
-before by this loader is not parsed again: its `LoadedFile` (immutable) and its problems are
-reused. Files are read with the loader's own rules (`engine.policy.files.read_policy_text`:
-inside the directory, size limit, UTF-8) and hashed with its `content_hash`.
+`tests/unit/test_live_reload.py` and `tests/unit/test_yaml_chunks.py`), but a file whose (path,
+kind, sha256 of its text) was parsed before by this loader is not parsed again: its `LoadedFile`
+(immutable) and its problems are reused. A changed rule or list file of 64 KiB or more is loaded
+in pieces (`engine.policy.yaml_chunks`: one piece per rule, runs of about 64 list entries), and
+only the pieces whose text is new are parsed and validated; the others (their validated `Rule`
+objects and entries) come from the file's previous version. Whatever the pieces cannot reproduce
+exactly (an error, an anchor, a tab...) takes the whole-file path, which reports every problem.
+Files are read with the loader's own rules (`engine.policy.files.read_policy_text`: inside the
+directory, size limit, UTF-8) and hashed with its `content_hash`.
 
-The cache holds the files of the last load only (a file edited away is dropped), so its memory is
-that of one parsed policy, which the running graph's source references anyway.
+The cache holds the files (and pieces) of the last load only (a file edited away is dropped), so
+its memory is that of one parsed policy, which the running graph's source references anyway.
 
-Compiling (`IndexCache`, passed to `compile_policy`), the two big matchers:
-- list index: reused as is when no list file changed; else rebuilt from per-file entry lists,
-  of which only the changed files' are derived again;
-- content index: layered. The *base* index compiled at some load stays; rules of files changed
-  since (new or edited, recognised by object identity: the loader reuses an unchanged file's
-  `LoadedFile`) go into a small *delta* index, and the base's rules of those files are masked.
-  `matching_rules` maps both to the new rule numbering and merges them, so the result is exactly
-  what a fresh index gives (rules are independent; the result is a sorted list of rule indexes).
-  When the delta holds more than `DELTA_MAX_SHARE` of the rules, everything is compiled afresh
-  and becomes the new base. The cost per message: one more (small) pass over the texts.
+Compiling (`IndexCache`, passed to `compile_policy`):
+- flattened rules (`CompiledRule`, with FILE:LINE): reused per unchanged rule file;
+- list index: reused as is when no list file changed. An edited file's entries that kept value,
+  field, index and line are the old objects; when the others (removed + added) are under
+  `LIST_DELTA_MAX_SHARE` of all entries the index is updated (`ListIndex.updated`, a copy: the
+  running graph's index is never changed), else built afresh from the per-file entry lists;
+- content index: layered. The *base* index compiled at some load stays; rules that are new since
+  (recognised by object identity: an unchanged file's `LoadedFile`, and an unchanged piece's
+  `Rule`, are reused objects) go into a small *delta* index, and the base's rules that are gone
+  are masked. `matching_rules` maps both to the new rule numbering and merges them, so the result
+  is exactly what a fresh index gives (rules are independent; the result is a sorted list of rule
+  indexes). When the delta holds more than `DELTA_MAX_SHARE` of the rules, everything is compiled
+  afresh and becomes the new base. The cost per message: one more (small) pass over the texts.
 """
 
 from __future__ import annotations

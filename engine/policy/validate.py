@@ -30,6 +30,7 @@ from engine.policy.models import (
     ListAction,
     NotCondition,
     PolicyModel,
+    Rule,
 )
 
 ENV_PREFIX = "env:"
@@ -123,9 +124,37 @@ class _Memo:
 
 
 _RULE_IDS, _ALLOWED_AND_BLOCKED = _Memo(), _Memo()
-# id(rule file) -> (the file, the gateway file its checks were judged against, problems)
-_CHECKED_RULES: dict[int, tuple[LoadedFile[Any], LoadedFile[Any], tuple[Problem, ...]]] = {}
-_REGEXES: dict[int, tuple[LoadedFile[Any], tuple[Problem, ...]]] = {}
+
+
+class _CleanRules:
+    """The rules one check found nothing wrong with, by identity, while the check's `context` is
+    the same object: a hot reload hands back every unchanged rule as the very same object
+    (`engine.graph.incremental`, `engine.policy.yaml_chunks`), so only new rules are checked.
+    A rule with a problem is checked every time (its problem names its place)."""
+
+    def __init__(self) -> None:
+        self._context: object = None
+        self._clean: dict[int, Rule] = {}
+
+    def problems(
+        self, rulesets: Iterable[LoadedFile[Any]], context: object,
+        check: Callable[[LoadedFile[Any], int, Rule], Iterable[Problem]],
+    ) -> Iterator[Problem]:
+        known = self._clean if context is self._context else {}
+        clean: dict[int, Rule] = {}
+        for loaded in rulesets:
+            rules: list[Rule] = loaded.model.rules
+            for index, rule in enumerate(rules):
+                if known.get(id(rule)) is not rule:
+                    found = tuple(check(loaded, index, rule))
+                    if found:
+                        yield from found
+                        continue
+                clean[id(rule)] = rules[index]
+        self._context, self._clean = context, clean  # one pair: only current rules are kept
+
+
+_CHECKED_RULES, _REGEXES = _CleanRules(), _CleanRules()
 
 
 def _duplicate_rule_ids(source: PolicySource) -> Iterator[Problem]:
@@ -366,23 +395,15 @@ def _find_allowed_and_blocked(source: PolicySource) -> Iterator[Problem]:
 
 
 def _bad_regexes(source: PolicySource) -> Iterator[Problem]:
-    """Every header/body regex and attachment filename pattern compiles with RE2 (per file, memoised)."""
-    known = dict(_REGEXES)
-    _REGEXES.clear()
-    for loaded in source.rulesets:
-        entry = known.get(id(loaded))
-        if entry is None or entry[0] is not loaded:
-            entry = (loaded, tuple(_file_bad_regexes(loaded)))
-        _REGEXES[id(loaded)] = entry
-        yield from entry[1]
+    """Every header/body regex and attachment filename pattern compiles with RE2 (memoised per rule)."""
+    return _REGEXES.problems(source.rulesets, _REGEXES, _rule_bad_regexes)
 
 
-def _file_bad_regexes(loaded: LoadedFile[Any]) -> Iterator[Problem]:
-    for index, rule in enumerate(loaded.model.rules):
-        for path, pattern in _patterns(rule.when, ("rules", index, "when")):
-            reason = _re2_error(pattern)
-            if reason is not None:
-                yield loaded.problem("error", path, f"{path[-1]}: RE2 cannot compile '{pattern}': {reason}")
+def _rule_bad_regexes(loaded: LoadedFile[Any], index: int, rule: Rule) -> Iterator[Problem]:
+    for path, pattern in _patterns(rule.when, ("rules", index, "when")):
+        reason = _re2_error(pattern)
+        if reason is not None:
+            yield loaded.problem("error", path, f"{path[-1]}: RE2 cannot compile '{pattern}': {reason}")
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -493,14 +514,8 @@ def _check_settings(source: PolicySource) -> Iterator[Problem]:
             " a slow scan is cut at the budget and the message gets on_error",
         )
     running = _running_checks(checks)
-    known = dict(_CHECKED_RULES)
-    _CHECKED_RULES.clear()
-    for loaded in source.rulesets:  # per rule file, while the gateway file is the same object
-        entry = known.get(id(loaded))
-        if entry is None or entry[0] is not loaded or entry[1] is not gateway:
-            entry = (loaded, gateway, tuple(_rules_checks(loaded, running)))
-        _CHECKED_RULES[id(loaded)] = entry
-        yield from entry[2]
+    yield from _CHECKED_RULES.problems(source.rulesets, gateway, lambda loaded, index, rule: _rule_checks(
+        loaded, index, rule, running))
     for tenant in source.tenants:
         for key in tenant.model.checks:
             name, _, result = key.partition(":")
@@ -509,13 +524,13 @@ def _check_settings(source: PolicySource) -> Iterator[Problem]:
                 yield tenant.problem("error", ("checks", key), f"override of {problem}")
 
 
-def _rules_checks(loaded: LoadedFile[Any], running: dict[str, set[str] | None]) -> Iterator[Problem]:
-    """The rules of one file may only test the checks the gateway runs (`running`)."""
-    for index, rule in enumerate(loaded.model.rules):
-        for path, condition in _check_conditions(rule.when, ("rules", index, "when")):
-            problem = _unknown_check(running, condition.check, condition.result)
-            if problem:
-                yield loaded.problem("error", path, f"rule '{rule.id}' tests {problem}: it could never match")
+def _rule_checks(loaded: LoadedFile[Any], index: int, rule: Rule, running: dict[str, set[str] | None]
+                 ) -> Iterator[Problem]:
+    """A rule may only test the checks the gateway runs (`running`)."""
+    for path, condition in _check_conditions(rule.when, ("rules", index, "when")):
+        problem = _unknown_check(running, condition.check, condition.result)
+        if problem:
+            yield loaded.problem("error", path, f"rule '{rule.id}' tests {problem}: it could never match")
 
 
 def _running_checks(checks: Checks) -> dict[str, set[str] | None]:

@@ -20,6 +20,7 @@ from engine.policy import yaml_chunks
 from engine.policy.loader import LoadedFile, load_file, load_policy
 from engine.policy.models import PolicyList, PolicyModel, RuleSet
 from engine.policy.problem import Problem
+from engine.policy.validate import validate_policy
 
 RULE = "  - id: rule-{n}\n    when: {{header: {{name: Subject, regex: 'subject-{n}$'}}}}\n    then: {{score: 1.0}}\n"
 
@@ -274,13 +275,18 @@ def test_a_broken_edit_of_a_big_file_is_reported_like_the_whole_file_loader(tmp_
         rules.read_text().replace("score: 1.0}\n  - id: rule-12", "score: one}\n  - id: rule-12"),
         rules.read_text().replace("  - id: rule-14\n", "  - id: rule-14\n    id: again\n"),
         rules.read_text() + "  - id: bomb\n    when: &a {body: {contains: [x]}}\n    then: *a\n",
+        rules.read_text().replace("subject-20$", "(unclosed"),  # parses; `validate` refuses it
+        rules.read_text().replace("rule-21\n", "rule-21\n    when: {check: spf}\n  - id: rule-21b\n"),
+        rules.read_text().replace("rule-30\n", "rule-1\n"),  # a duplicate id
     ]
     for text in broken:
         assert text != rules.read_text()
         rules.write_text(text)
-        source = loader.load(root)
+        result, source = loader.load_graph(root)
         assert fingerprint(source) == fingerprint(load_policy(root))
-        assert any(p.severity == "error" and p.file == "rules/bulk.yaml" for p in source.problems)
+        assert result.graph is None
+        assert result.problems == validate_policy(load_policy(root))
+        assert any(p.severity == "error" and p.file == "rules/bulk.yaml" for p in result.problems)
 
 
 def test_list_index_update_equals_a_fresh_build(tmp_path: Path) -> None:
