@@ -9,7 +9,6 @@ built here, once; evaluation never compiles anything.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,15 +57,20 @@ def _git_commit(root: Path) -> str | None:
 LIST_FIELDS = ("senders", "domains", "networks")
 
 
-def list_entries(loaded: LoadedFile[PolicyList]) -> Iterator[ListEntry]:
+def list_entries(loaded: LoadedFile[PolicyList]) -> list[ListEntry]:
     """Every entry of one list file, with its FILE:LINE, ranked by (file, field, index)."""
     policy_list = loaded.model
     name, action, path = policy_list.name, policy_list.action, loaded.path
+    entries: list[ListEntry] = []
     for rank, field in enumerate(LIST_FIELDS):
         values = getattr(policy_list, field)
-        for index, (value, line) in enumerate(zip(values, loaded.item_lines(field, len(values)), strict=True)):
-            source = f"{path}:{line}" if line is not None else loaded.source((field, index))
-            yield ListEntry(name, action, field, value, source, (path, rank, index))
+        lines = loaded.item_lines(field, len(values))
+        entries.extend([
+            ListEntry(name, action, field, value,
+                      f"{path}:{line}" if line is not None else loaded.source((field, index)), (path, rank, index))
+            for index, (value, line) in enumerate(zip(values, lines, strict=True))
+        ])
+    return entries
 
 
 def _effective_scoring(gateway: Gateway, tenant: Tenant) -> Scoring:

@@ -17,10 +17,11 @@ its memory is that of one parsed policy, which the running graph's source refere
 
 Compiling (`IndexCache`, passed to `compile_policy`):
 - flattened rules (`CompiledRule`, with FILE:LINE): reused per unchanged rule file;
-- list index: reused as is when no list file changed. An edited file's entries that kept value,
+- list index: one index per list file, merged (`ListIndex.merged`, dict copies at C speed) into
+  the graph's; reused as is when no list file changed. An edited file's entries that kept value,
   field, index and line are the old objects; when the others (removed + added) are under
-  `LIST_DELTA_MAX_SHARE` of all entries the index is updated (`ListIndex.updated`, a copy: the
-  running graph's index is never changed), else built afresh from the per-file entry lists;
+  `LIST_DELTA_MAX_SHARE` of the file's entries its index is updated (`ListIndex.updated`, a copy:
+  the running graph's index is never changed), else built afresh from its entries;
 - content index: layered. The *base* index compiled at some load stays; rules that are new since
   (recognised by object identity: an unchanged file's `LoadedFile`, and an unchanged piece's
   `Rule`, are reused objects) go into a small *delta* index, and the base's rules that are gone
@@ -222,7 +223,8 @@ class IndexCache(IndexBuilder):
     def __init__(self) -> None:
         self._lists_key: tuple[LoadedFile[Any], ...] = ()
         self._list_index: ListIndex | None = None
-        self._entries: dict[int, tuple[LoadedFile[Any], list[ListEntry]]] = {}  # id(file) -> its entries
+        # id(list file) -> (the file, its entries, their index)
+        self._entries: dict[int, tuple[LoadedFile[Any], list[ListEntry], ListIndex]] = {}
         self._base: ContentIndex | None = None
         self._base_rules: dict[int, tuple[Rule, int]] = {}  # id(rule) -> (rule, index in the base)
         self._base_size = 0
@@ -240,29 +242,29 @@ class IndexCache(IndexBuilder):
         if self._list_index is not None and _same(key, self._lists_key):
             return self._list_index
         known = self._entries
-        by_path = {loaded.path: items for loaded, items in known.values()}
-        entries: dict[int, tuple[LoadedFile[Any], list[ListEntry]]] = {}
-        added: list[ListEntry] = []
+        by_path = {files[0].path: files for files in known.values()}
+        entries: dict[int, tuple[LoadedFile[Any], list[ListEntry], ListIndex]] = {}
         for loaded in key:
             previous = known.get(id(loaded))
             if previous is not None and previous[0] is loaded:
                 entries[id(loaded)] = previous
                 continue
             # An edited file: its entries that kept value, place and line are the old objects.
-            old = {_entry_key(entry): entry for entry in by_path.get(loaded.path, ())}
-            items = [old.pop(_entry_key(entry), entry) for entry in list_entries(loaded)]
-            entries[id(loaded)] = (loaded, items)
-            kept = set(map(id, by_path.get(loaded.path, ()))) - set(map(id, old.values()))
-            added.extend(entry for entry in items if id(entry) not in kept)
-        current = {id(entry) for _, items in entries.values() for entry in items} if known else set()
-        removed = [entry for _, items in known.values() for entry in items if id(entry) not in current]
-        total = sum(len(items) for _, items in entries.values())
-        if self._list_index is None or len(added) + len(removed) > LIST_DELTA_MAX_SHARE * total:
-            index = ListIndex(entry for loaded in key for entry in entries[id(loaded)][1])
-        else:
-            index = self._list_index.updated(removed, added)
-        self._entries, self._lists_key, self._list_index = entries, key, index
-        return index
+            _, old_items, old_index = by_path.get(loaded.path, (None, [], None))
+            old = {(entry.field, entry.value, entry.source, entry.rank): entry for entry in old_items}
+            items = [old.pop((entry.field, entry.value, entry.source, entry.rank), entry)
+                     for entry in list_entries(loaded)]
+            kept = set(map(id, old_items)) - set(map(id, old.values()))
+            added = [entry for entry in items if id(entry) not in kept]
+            removed = list(old.values())
+            if old_index is not None and len(added) + len(removed) <= LIST_DELTA_MAX_SHARE * len(items):
+                index = old_index.updated(removed, added)
+            else:
+                index = ListIndex(items)
+            entries[id(loaded)] = (loaded, items, index)
+        merged = ListIndex.merged([entries[id(loaded)][2] for loaded in key])
+        self._entries, self._lists_key, self._list_index = entries, key, merged
+        return merged
 
     def content(self, source: PolicySource, conditions: list[Condition]) -> ContentIndex:
         current = {id(loaded) for loaded in source.rulesets}  # (`rules` ran for each of them already)
@@ -289,10 +291,6 @@ class IndexCache(IndexBuilder):
         delta = ContentIndex([conditions[index] for index in delta_map])
         self.layered = True
         return LayeredContentIndex(self._base, base_map, delta, delta_map)
-
-
-def _entry_key(entry: ListEntry) -> tuple[str, str, str, tuple[str, int, int]]:
-    return entry.field, entry.value, entry.source, entry.rank
 
 
 def _same(a: tuple[LoadedFile[Any], ...], b: tuple[LoadedFile[Any], ...]) -> bool:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import bisect
 import re
-import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +52,7 @@ from engine.policy.yaml_positions import (
 )
 
 # Fields cut into pieces, by model: field -> items per piece (1: every item alone; else about
-# that many on average, cut where an entry's crc32 says so).
+# that many on average, cut where the hash of an entry's line says so).
 CHUNKED: dict[type[PolicyModel], dict[str, int]] = {
     RuleSet: {"rules": 1},
     PolicyList: {"senders": 64, "domains": 64, "networks": 64},
@@ -272,7 +271,8 @@ def _cuts(text: str, section: _Section, per_piece: int) -> Iterator[tuple[int, i
         for position, start in enumerate(starts):
             yield start, starts[position + 1] if position + 1 < len(starts) else section.end, 1
         return
-    marks = [zlib.crc32(text[start:start + 48].encode()) % per_piece == 0 for start in starts]
+    # str hashes differ between processes, not within one: the cuts of the same text are the same.
+    marks = [hash(text[start:start + 48]) % per_piece == 0 for start in starts]
     piece_start = 0
     for position in range(1, len(starts)):
         run = position - piece_start
