@@ -133,14 +133,14 @@ class _CleanRules:
     A rule with a problem is checked every time (its problem names its place)."""
 
     def __init__(self) -> None:
-        self._context: object = None
-        self._clean: dict[int, Rule] = {}
+        self._state: tuple[object, dict[int, Rule]] = (None, {})  # (context, clean rules): one attribute
 
     def problems(
         self, rulesets: Iterable[LoadedFile[Any]], context: object,
         check: Callable[[LoadedFile[Any], int, Rule], Iterable[Problem]],
     ) -> Iterator[Problem]:
-        known = self._clean if context is self._context else {}
+        last_context, last_clean = self._state
+        known = last_clean if context is last_context else {}
         clean: dict[int, Rule] = {}
         for loaded in rulesets:
             rules: list[Rule] = loaded.model.rules
@@ -151,7 +151,7 @@ class _CleanRules:
                         yield from found
                         continue
                 clean[id(rule)] = rules[index]
-        self._context, self._clean = context, clean  # one pair: only current rules are kept
+        self._state = (context, clean)  # one assignment; only current rules are kept
 
 
 _CHECKED_RULES, _REGEXES = _CleanRules(), _CleanRules()
