@@ -17,7 +17,9 @@ that reply:
                    (the rules after it may move to other lines).
 Baseline, same run, same box: a cold `load_graph` of the policy (what every reload cost before
 the incremental path). Reported: each scenario's median and its ratio to the baseline; also the
-cold load of the reload path (`IncrementalLoader.load_graph`, what `serve` does at start).
+cold load of the reload path (`IncrementalLoader.load_graph`, what `serve` does at start), and
+each scenario's reload CPU seconds measured in this process (same writes, no gateway): on a busy
+machine wall-clock times stretch with the load, CPU seconds much less.
 """
 
 from __future__ import annotations
@@ -162,6 +164,21 @@ def main() -> None:
             median = statistics.median(times)
             runs = " ".join(f"{t:.2f}" for t in times)
             print(f"{name:<16} {median:>8.2f} {runs:>24} {median / baseline:>10.2f}x")
+        # The same writes, reloaded in this process: CPU seconds of load + validate + compile (what
+        # the gateway's reload costs, without the scheduling delays of a shared box).
+        loader = IncrementalLoader()
+        loader.load_graph(root)
+        print(f"{'scenario':<16} {'reload CPU s (in process, median)':>34}")
+        for name, make in scenarios.items():
+            cpu_times = []
+            for _ in range(max(1, args.repeats)):
+                serial += 1
+                make(serial)()
+                start_cpu = time.process_time()
+                done, _ = loader.load_graph(root)
+                cpu_times.append(time.process_time() - start_cpu)
+                assert done.graph is not None
+            print(f"{name:<16} {statistics.median(cpu_times):>34.3f}")
         reloads = [line for line in (work / "gateway.log").read_text().splitlines() if "policy reloaded" in line]
         print("# gateway reload log lines (files parsed, seconds):")
         for line in reloads[-args.repeats * len(scenarios):]:
