@@ -9,16 +9,14 @@ built here, once; evaluation never compiles anything.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from engine.graph.content import ContentIndex
 from engine.graph.evaluator import CompiledRule, FilterGraph, TenantPlan
 from engine.graph.lists import ListEntry, ListIndex
-from engine.policy.loader import LoadedFile, PolicySource, Problem, YamlPath, load_policy, paused_gc
-from engine.policy.models import Condition, Direction, Gateway, PolicyList, Scoring, Tenant
+from engine.policy.loader import LoadedFile, PolicySource, Problem, load_policy, paused_gc
+from engine.policy.models import Condition, Direction, Gateway, PolicyList, RuleSet, Scoring, Tenant
 from engine.policy.validate import validate_policy
 
 
@@ -56,18 +54,23 @@ def _git_commit(root: Path) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def _source(loaded: LoadedFile[Any], path: YamlPath) -> str:
-    """`loaded.source(path)`, with a direct lookup first: 100,000 list entries need it fast."""
-    position = loaded.positions.get(path)
-    return f"{loaded.path}:{position[0]}" if position is not None else loaded.source(path)
+LIST_FIELDS = ("senders", "domains", "networks")
 
 
-def list_entries(loaded: LoadedFile[PolicyList]) -> Iterator[ListEntry]:
-    """Every entry of one list file, with its FILE:LINE."""
+def list_entries(loaded: LoadedFile[PolicyList]) -> list[ListEntry]:
+    """Every entry of one list file, with its FILE:LINE, ranked by (file, field, index)."""
     policy_list = loaded.model
-    for field in ("senders", "domains", "networks"):
-        for index, value in enumerate(getattr(policy_list, field)):
-            yield ListEntry(policy_list.name, policy_list.action, field, value, _source(loaded, (field, index)))
+    name, action, path = policy_list.name, policy_list.action, loaded.path
+    entries: list[ListEntry] = []
+    for rank, field in enumerate(LIST_FIELDS):
+        values = getattr(policy_list, field)
+        lines = loaded.item_lines(field, len(values))
+        entries.extend([
+            ListEntry(name, action, field, value,
+                      f"{path}:{line}" if line is not None else loaded.source((field, index)), (path, rank, index))
+            for index, (value, line) in enumerate(zip(values, lines, strict=True))
+        ])
+    return entries
 
 
 def _effective_scoring(gateway: Gateway, tenant: Tenant) -> Scoring:
@@ -75,9 +78,26 @@ def _effective_scoring(gateway: Gateway, tenant: Tenant) -> Scoring:
     return gateway.scoring.model_copy(update=overrides)
 
 
+def compiled_rules(loaded: LoadedFile[RuleSet]) -> list[CompiledRule]:
+    """The rules of one rule file, flattened, with their FILE:LINE."""
+    lines = loaded.item_lines("rules", len(loaded.model.rules))
+    return [
+        CompiledRule(
+            rule.id, rule.then.score, rule.then.action, rule.then.message, rule.direction,
+            f"{loaded.path}:{line}" if line is not None else loaded.source(("rules", position)),
+        )
+        for position, (rule, line) in enumerate(zip(loaded.model.rules, lines, strict=True))
+    ]
+
+
 class IndexBuilder:
-    """Builds the two big matchers of a graph. This one builds them afresh; a reload passes
-    `engine.graph.incremental.IndexCache`, which reuses what the unchanged files compiled to."""
+    """Builds the two big matchers of a graph and the flattened rules. This one builds them
+    afresh; a reload passes `engine.graph.incremental.IndexCache`, which reuses what the
+    unchanged files compiled to."""
+
+    def rules(self, loaded: LoadedFile[RuleSet]) -> list[CompiledRule]:
+        """`compiled_rules(loaded)`."""
+        return compiled_rules(loaded)
 
     def content(self, source: PolicySource, conditions: list[Condition]) -> ContentIndex:
         """The content index of `conditions` (every rule of `source.rulesets`, in file order)."""
@@ -101,16 +121,10 @@ def _compile(source: PolicySource, gateway: Gateway, builder: IndexBuilder) -> F
     rules: list[CompiledRule] = []
     rules_by_set: dict[str, list[int]] = {}
     for loaded in source.rulesets:
-        indexes = rules_by_set.setdefault(loaded.model.name, [])
-        for position, rule in enumerate(loaded.model.rules):
-            indexes.append(len(rules))
-            conditions.append(rule.when)
-            rules.append(
-                CompiledRule(
-                    rule.id, rule.then.score, rule.then.action, rule.then.message, rule.direction,
-                    _source(loaded, ("rules", position)),
-                )
-            )
+        compiled = builder.rules(loaded)
+        rules_by_set.setdefault(loaded.model.name, []).extend(range(len(rules), len(rules) + len(compiled)))
+        rules.extend(compiled)
+        conditions.extend(rule.when for rule in loaded.model.rules)
 
     tenants: dict[str, TenantPlan] = {}
     for tenant_file in source.tenants:

@@ -2,24 +2,33 @@
 
 Contract: `IncrementalLoader.load(root)` returns what `engine.policy.loader.load_policy(root)`
 returns for the same bytes (same models, positions, problems, content hash; checked by
-`tests/unit/test_live_reload.py`), but a file whose (path, kind, sha256 of its text) was parsed
-before by this loader is not parsed again: its `LoadedFile` (immutable) and its problems are
-reused. Files are read with the loader's own rules (`engine.policy.files.read_policy_text`:
-inside the directory, size limit, UTF-8) and hashed with its `content_hash`.
+`tests/unit/test_live_reload.py` and `tests/unit/test_yaml_chunks.py`), but a file whose (path,
+kind, sha256 of its text) was parsed before by this loader is not parsed again: its `LoadedFile`
+(immutable) and its problems are reused. A changed rule or list file of 64 KiB or more is loaded
+in pieces (`engine.policy.yaml_chunks`: one piece per rule, runs of about 64 list entries), and
+only the pieces whose text is new are parsed and validated; the others (their validated `Rule`
+objects and entries) come from the file's previous version. Whatever the pieces cannot reproduce
+exactly (an error, an anchor, a tab...) takes the whole-file path, which reports every problem.
+Files are read with the loader's own rules (`engine.policy.files.read_policy_text`: inside the
+directory, size limit, UTF-8) and hashed with its `content_hash`.
 
-The cache holds the files of the last load only (a file edited away is dropped), so its memory is
-that of one parsed policy, which the running graph's source references anyway.
+The cache holds the files (and pieces) of the last load only (a file edited away is dropped), so
+its memory is that of one parsed policy, which the running graph's source references anyway.
 
-Compiling (`IndexCache`, passed to `compile_policy`), the two big matchers:
-- list index: reused as is when no list file changed; else rebuilt from per-file entry lists,
-  of which only the changed files' are derived again;
-- content index: layered. The *base* index compiled at some load stays; rules of files changed
-  since (new or edited, recognised by object identity: the loader reuses an unchanged file's
-  `LoadedFile`) go into a small *delta* index, and the base's rules of those files are masked.
-  `matching_rules` maps both to the new rule numbering and merges them, so the result is exactly
-  what a fresh index gives (rules are independent; the result is a sorted list of rule indexes).
-  When the delta holds more than `DELTA_MAX_SHARE` of the rules, everything is compiled afresh
-  and becomes the new base. The cost per message: one more (small) pass over the texts.
+Compiling (`IndexCache`, passed to `compile_policy`):
+- flattened rules (`CompiledRule`, with FILE:LINE): reused per unchanged rule file;
+- list index: one index per list file, merged (`ListIndex.merged`, dict copies at C speed) into
+  the graph's; reused as is when no list file changed. An edited file's entries that kept value,
+  field, index and line are the old objects; when the others (removed + added) are under
+  `LIST_DELTA_MAX_SHARE` of the file's entries its index is updated (`ListIndex.updated`, a copy:
+  the running graph's index is never changed), else built afresh from its entries;
+- content index: layered. The *base* index compiled at some load stays; rules that are new since
+  (recognised by object identity: an unchanged file's `LoadedFile`, and an unchanged piece's
+  `Rule`, are reused objects) go into a small *delta* index, and the base's rules that are gone
+  are masked. `matching_rules` maps both to the new rule numbering and merges them, so the result
+  is exactly what a fresh index gives (rules are independent; the result is a sorted list of rule
+  indexes). When the delta holds more than `DELTA_MAX_SHARE` of the rules, everything is compiled
+  afresh and becomes the new base. The cost per message: one more (small) pass over the texts.
 """
 
 from __future__ import annotations
@@ -30,26 +39,29 @@ import gc
 import hashlib
 import threading
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from engine.graph.compiler import GraphResult, IndexBuilder, compile_policy, list_entries
+from engine.graph.compiler import GraphResult, IndexBuilder, compile_policy, compiled_rules, list_entries
 from engine.graph.content import ContentIndex
+from engine.graph.evaluator import CompiledRule
 from engine.graph.lists import ListEntry, ListIndex
 from engine.mime.view import MessageView
 from engine.policy.files import read_policy_text
 from engine.policy.loader import LoadedFile, PolicySource, Problem, content_hash, paused_gc, policy_files
-from engine.policy.models import Condition, Gateway, PolicyList, PolicyModel, RuleSet, Tenant
+from engine.policy.models import Condition, Gateway, PolicyList, PolicyModel, Rule, RuleSet, Tenant
 from engine.policy.schema_errors import schema_problems
 from engine.policy.validate import validate_policy
+from engine.policy.yaml_chunks import Piece, PieceKey, load_chunked
 from engine.policy.yaml_positions import parse_yaml
 
 _MODELS: dict[str, type[PolicyModel]] = {"tenants": Tenant, "lists": PolicyList, "rules": RuleSet}
 DELTA_MAX_SHARE = 0.2  # of all rules; beyond it the content index is compiled afresh
+LIST_DELTA_MAX_SHARE = 0.2  # entries removed + added, of all entries; beyond it the list index is built afresh
 LOAD_ATTEMPTS = 5
 
 
@@ -64,6 +76,7 @@ def _hash_or_empty(root: Path, files: list[str]) -> str:
 class _Parsed:
     loaded: LoadedFile[Any] | None
     problems: tuple[Problem, ...]
+    pieces: Mapping[PieceKey, Piece] | None = None  # when loaded in pieces (`yaml_chunks`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +92,14 @@ class IncrementalLoader:
 
     def __init__(self) -> None:
         self._cache: dict[tuple[str, str, str], _Parsed] = {}
+        self._pieces: dict[str, Mapping[PieceKey, Piece]] = {}  # rel -> pieces of its last version
         self._lock = threading.Lock()
         self.last = LoadStats(0, 0)
         self.indexes = IndexCache()
 
     def load(self, root: Path) -> PolicySource:
         """The policy under `root`, as `load_policy` would load it; never raises for bad content."""
-        with self._lock, paused_gc():
+        with self._lock, frozen_after():
             return self._load(root)
 
     def load_graph(self, root: Path) -> tuple[GraphResult, PolicySource]:
@@ -128,12 +142,13 @@ class IncrementalLoader:
             key = (rel, model.__name__, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest())
             entry = self._cache.get(key)
             if entry is None:
-                entry = _parse(rel, text, model)
+                entry = _parse(rel, text, model, self._pieces.get(rel, {}))
                 parsed += 1
             cache[key] = entry
             by_rel[rel] = entry.loaded
             problems.extend(entry.problems)
         self._cache = cache
+        self._pieces = {rel: entry.pieces for (rel, _, _), entry in cache.items() if entry.pieces}
         self.last = LoadStats(len(files), parsed)
         loaded = [(rel, by_rel.get(rel)) for rel in files]
         return PolicySource(
@@ -159,14 +174,22 @@ def frozen_after() -> Iterator[None]:
     freed by reference counting when a newer graph replaces theirs; only a cycle among objects alive
     at a reload would never be collected (at most what open sessions hold at that instant)."""
     enabled = gc.isenabled()
-    with paused_gc():
+    gc.disable()
+    try:
         yield
-    if enabled:
-        gc.freeze()
+    finally:
+        if enabled:  # freeze first: enabled with millions of young objects, the next allocation collects
+            gc.freeze()
+            gc.enable()
 
 
-def _parse(rel: str, text: str, model: type[PolicyModel]) -> _Parsed:
-    """What `loader.load_file` does after reading: YAML with positions, then the model."""
+def _parse(rel: str, text: str, model: type[PolicyModel], known: Mapping[PieceKey, Piece]) -> _Parsed:
+    """What `loader.load_file` does after reading: YAML with positions, then the model. A large
+    rule or list file is loaded in pieces, those of its last version (`known`) reused."""
+    pieces: dict[PieceKey, Piece] = {}
+    chunked = load_chunked(rel, text, model, known, pieces)
+    if chunked is not None:
+        return _Parsed(chunked, (), types.MappingProxyType(pieces))
     problems: list[Problem] = []
     result = parse_yaml(rel, text, problems)
     if result is None:
@@ -192,54 +215,79 @@ def compile_source(source: PolicySource, indexes: IndexBuilder | None = None) ->
 
 
 class IndexCache(IndexBuilder):
-    """Reuses the matchers of unchanged files from one compile to the next (see the module docstring).
+    """Reuses the matchers of unchanged files and rules from one compile to the next (see the
+    module docstring).
 
     Used by one reload at a time (LivePolicy serialises them); graphs already built keep theirs."""
 
     def __init__(self) -> None:
         self._lists_key: tuple[LoadedFile[Any], ...] = ()
         self._list_index: ListIndex | None = None
-        self._entries: list[tuple[LoadedFile[Any], list[ListEntry]]] = []
+        # id(list file) -> (the file, its entries, their index)
+        self._entries: dict[int, tuple[LoadedFile[Any], list[ListEntry], ListIndex]] = {}
         self._base: ContentIndex | None = None
-        self._base_files: dict[int, tuple[LoadedFile[Any], int, int]] = {}  # id -> (file, offset, count)
+        self._base_rules: dict[int, tuple[Rule, int]] = {}  # id(rule) -> (rule, index in the base)
         self._base_size = 0
+        self._compiled: dict[int, tuple[LoadedFile[Any], list[CompiledRule]]] = {}  # id(file) -> its rules
         self.layered = False  # whether the last content index was layered (for tests and logs)
+
+    def rules(self, loaded: LoadedFile[RuleSet]) -> list[CompiledRule]:
+        known = self._compiled.get(id(loaded))
+        if known is None or known[0] is not loaded:
+            known = self._compiled[id(loaded)] = (loaded, compiled_rules(loaded))
+        return known[1]
 
     def lists(self, source: PolicySource) -> ListIndex:
         key = tuple(source.lists)
         if self._list_index is not None and _same(key, self._lists_key):
             return self._list_index
-        known = {id(loaded): entries for loaded, entries in self._entries}
-        self._entries = [(loaded, known.get(id(loaded)) or list(list_entries(loaded))) for loaded in key]
-        self._lists_key = key
-        self._list_index = ListIndex(entry for _, entries in self._entries for entry in entries)
-        return self._list_index
+        known = self._entries
+        by_path = {files[0].path: files for files in known.values()}
+        entries: dict[int, tuple[LoadedFile[Any], list[ListEntry], ListIndex]] = {}
+        for loaded in key:
+            previous = known.get(id(loaded))
+            if previous is not None and previous[0] is loaded:
+                entries[id(loaded)] = previous
+                continue
+            # An edited file: its entries that kept value, place and line are the old objects.
+            _, old_items, old_index = by_path.get(loaded.path, (None, [], None))
+            old = {(entry.field, entry.value, entry.source, entry.rank): entry for entry in old_items}
+            items = [old.pop((entry.field, entry.value, entry.source, entry.rank), entry)
+                     for entry in list_entries(loaded)]
+            kept = set(map(id, old_items)) - set(map(id, old.values()))
+            added = [entry for entry in items if id(entry) not in kept]
+            removed = list(old.values())
+            if old_index is not None and len(added) + len(removed) <= LIST_DELTA_MAX_SHARE * len(items):
+                index = old_index.updated(removed, added)
+            else:
+                index = ListIndex(items)
+            entries[id(loaded)] = (loaded, items, index)
+        merged = ListIndex.merged([entries[id(loaded)][2] for loaded in key])
+        self._entries, self._lists_key, self._list_index = entries, key, merged
+        return merged
 
     def content(self, source: PolicySource, conditions: list[Condition]) -> ContentIndex:
-        files = [(loaded, len(loaded.model.rules)) for loaded in source.rulesets]
-        changed: list[tuple[LoadedFile[Any], int, int]] = []  # (file, new offset, count)
+        current = {id(loaded) for loaded in source.rulesets}  # (`rules` ran for each of them already)
+        self._compiled = {ident: known for ident, known in self._compiled.items() if ident in current}
+        rules = [rule for loaded in source.rulesets for rule in loaded.model.rules]
         base_map = [-1] * self._base_size
-        offset = 0
-        for loaded, count in files:
-            known = self._base_files.get(id(loaded))
-            if known is not None and known[0] is loaded:
-                base_map[known[1]:known[1] + count] = range(offset, offset + count)
+        delta_map: list[int] = []
+        for index, rule in enumerate(rules):
+            known = self._base_rules.get(id(rule))
+            if known is not None and known[0] is rule and base_map[known[1]] < 0:
+                base_map[known[1]] = index
             else:
-                changed.append((loaded, offset, count))
-            offset += count
-        if (self._base is not None and not changed and len(conditions) == self._base_size
+                delta_map.append(index)
+        if (self._base is not None and not delta_map and len(rules) == self._base_size
                 and all(i == j for i, j in enumerate(base_map))):
-            self.layered = False  # the same rule files in the same order: the base index as it is
+            self.layered = False  # the same rules in the same order: the base index as it is
             return self._base
-        delta_rules = sum(count for _, _, count in changed)
-        if self._base is None or delta_rules > DELTA_MAX_SHARE * max(1, len(conditions)):
+        if self._base is None or len(delta_map) > DELTA_MAX_SHARE * max(1, len(rules)):
             self._base = ContentIndex(conditions)
-            self._base_files = {id(loaded): (loaded, start, count) for (loaded, count), start
-                                in zip(files, _offsets(files), strict=True)}
-            self._base_size = len(conditions)
+            self._base_rules = {id(rule): (rule, index) for index, rule in enumerate(rules)}
+            self._base_size = len(rules)
             self.layered = False
             return self._base
-        delta_map = [index for _, start, count in changed for index in range(start, start + count)]
         delta = ContentIndex([conditions[index] for index in delta_map])
         self.layered = True
         return LayeredContentIndex(self._base, base_map, delta, delta_map)
@@ -247,14 +295,6 @@ class IndexCache(IndexBuilder):
 
 def _same(a: tuple[LoadedFile[Any], ...], b: tuple[LoadedFile[Any], ...]) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
-
-
-def _offsets(files: list[tuple[LoadedFile[Any], int]]) -> list[int]:
-    offsets, offset = [], 0
-    for _, count in files:
-        offsets.append(offset)
-        offset += count
-    return offsets
 
 
 class LayeredContentIndex(ContentIndex):

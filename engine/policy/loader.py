@@ -67,6 +67,15 @@ class LoadedFile(Generic[M]):
         """(line, col) of `path`; else of its nearest existing ancestor; else (1, 1)."""
         return nearest_position(self.positions, path)
 
+    def item_lines(self, field: str, count: int) -> list[int | None]:
+        """Line of each of the first `count` items of the top-level sequence `field` (None: not
+        recorded): one pass, for the compiler's 100,000 list entries and 10,000 rules."""
+        lines = getattr(self.positions, "item_lines", None)
+        if lines is not None:
+            return lines(field, count)  # type: ignore[no-any-return]
+        positions = self.positions
+        return [position[0] if (position := positions.get((field, index))) else None for index in range(count)]
+
     def source(self, path: YamlPath) -> str:
         """`FILE:LINE` of `path` (see `position`), as shown in verdict traces."""
         return f"{self.path}:{self.position(path)[0]}"

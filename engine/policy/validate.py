@@ -31,6 +31,7 @@ from engine.policy.models import (
     ListAction,
     NotCondition,
     PolicyModel,
+    Rule,
 )
 from engine.policy.users import read_users, users_path
 
@@ -126,7 +127,37 @@ class _Memo:
 
 
 _RULE_IDS, _ALLOWED_AND_BLOCKED = _Memo(), _Memo()
-_REGEXES: dict[int, tuple[LoadedFile[Any], tuple[Problem, ...]]] = {}
+
+
+class _CleanRules:
+    """The rules one check found nothing wrong with, by identity, while the check's `context` is
+    the same object: a hot reload hands back every unchanged rule as the very same object
+    (`engine.graph.incremental`, `engine.policy.yaml_chunks`), so only new rules are checked.
+    A rule with a problem is checked every time (its problem names its place)."""
+
+    def __init__(self) -> None:
+        self._state: tuple[object, dict[int, Rule]] = (None, {})  # (context, clean rules): one attribute
+
+    def problems(
+        self, rulesets: Iterable[LoadedFile[Any]], context: object,
+        check: Callable[[LoadedFile[Any], int, Rule], Iterable[Problem]],
+    ) -> Iterator[Problem]:
+        last_context, last_clean = self._state
+        known = last_clean if context is last_context else {}
+        clean: dict[int, Rule] = {}
+        for loaded in rulesets:
+            rules: list[Rule] = loaded.model.rules
+            for index, rule in enumerate(rules):
+                if known.get(id(rule)) is not rule:
+                    found = tuple(check(loaded, index, rule))
+                    if found:
+                        yield from found
+                        continue
+                clean[id(rule)] = rules[index]
+        self._state = (context, clean)  # one assignment; only current rules are kept
+
+
+_CHECKED_RULES, _REGEXES = _CleanRules(), _CleanRules()
 
 
 def _duplicate_rule_ids(source: PolicySource) -> Iterator[Problem]:
@@ -135,6 +166,9 @@ def _duplicate_rule_ids(source: PolicySource) -> Iterator[Problem]:
 
 
 def _find_duplicate_rule_ids(source: PolicySource) -> Iterator[Problem]:
+    ids = [rule.id for loaded in source.rulesets for rule in loaded.model.rules]
+    if len(set(ids)) == len(ids):
+        return
     first: dict[str, _Site] = {}
     for loaded in source.rulesets:
         for index, rule in enumerate(loaded.model.rules):
@@ -388,21 +422,27 @@ def _allowed_and_blocked(source: PolicySource) -> Iterator[Problem]:
 
 
 def _find_allowed_and_blocked(source: PolicySource) -> Iterator[Problem]:
-    blocked: dict[tuple[str, str], tuple[LoadedFile[Any], int]] = {}  # first (file, index) of each entry
-    for loaded in source.lists:
-        if loaded.model.action is ListAction.block:
-            for field, _ in _LIST_FIELDS:
-                for index, entry in enumerate(getattr(loaded.model, field)):
-                    if (field, entry) not in blocked:
-                        blocked[field, entry] = (loaded, index)
-    for loaded in source.lists:
-        if loaded.model.action is not ListAction.allow:
+    allows = [loaded for loaded in source.lists if loaded.model.action is ListAction.allow]
+    blocks = [loaded for loaded in source.lists if loaded.model.action is ListAction.block]
+    for field, noun in _LIST_FIELDS:
+        allowed: set[str] = set()
+        for loaded in allows:
+            allowed.update(getattr(loaded.model, field))
+        blocked: set[str] = set()
+        for loaded in blocks:
+            blocked.update(getattr(loaded.model, field))
+        both = allowed & blocked
+        if not both:
             continue
-        for field, noun in _LIST_FIELDS:
+        first: dict[str, tuple[LoadedFile[Any], int]] = {}  # first (file, index) of each entry on a block list
+        for loaded in blocks:
             for index, entry in enumerate(getattr(loaded.model, field)):
-                first = blocked.get((field, entry))
-                if first is not None:
-                    block = _Site(first[0], (field, first[1]))
+                if entry in both and entry not in first:
+                    first[entry] = (loaded, index)
+        for loaded in allows:
+            for index, entry in enumerate(getattr(loaded.model, field)):
+                if entry in both:
+                    block = _Site(first[entry][0], (field, first[entry][1]))
                     yield loaded.problem(
                         "warning",
                         (field, index),
@@ -415,23 +455,15 @@ def _find_allowed_and_blocked(source: PolicySource) -> Iterator[Problem]:
 
 
 def _bad_regexes(source: PolicySource) -> Iterator[Problem]:
-    """Every header/body regex and attachment filename pattern compiles with RE2 (per file, memoised)."""
-    known = dict(_REGEXES)
-    _REGEXES.clear()
-    for loaded in source.rulesets:
-        entry = known.get(id(loaded))
-        if entry is None or entry[0] is not loaded:
-            entry = (loaded, tuple(_file_bad_regexes(loaded)))
-        _REGEXES[id(loaded)] = entry
-        yield from entry[1]
+    """Every header/body regex and attachment filename pattern compiles with RE2 (memoised per rule)."""
+    return _REGEXES.problems(source.rulesets, _REGEXES, _rule_bad_regexes)
 
 
-def _file_bad_regexes(loaded: LoadedFile[Any]) -> Iterator[Problem]:
-    for index, rule in enumerate(loaded.model.rules):
-        for path, pattern in _patterns(rule.when, ("rules", index, "when")):
-            reason = _re2_error(pattern)
-            if reason is not None:
-                yield loaded.problem("error", path, f"{path[-1]}: RE2 cannot compile '{pattern}': {reason}")
+def _rule_bad_regexes(loaded: LoadedFile[Any], index: int, rule: Rule) -> Iterator[Problem]:
+    for path, pattern in _patterns(rule.when, ("rules", index, "when")):
+        reason = _re2_error(pattern)
+        if reason is not None:
+            yield loaded.problem("error", path, f"{path[-1]}: RE2 cannot compile '{pattern}': {reason}")
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -545,18 +577,23 @@ def _check_settings(source: PolicySource) -> Iterator[Problem]:
             " a slow scan is cut at the budget and the message gets on_error",
         )
     running = _running_checks(checks)
-    for loaded in source.rulesets:
-        for index, rule in enumerate(loaded.model.rules):
-            for path, condition in _check_conditions(rule.when, ("rules", index, "when")):
-                problem = _unknown_check(running, condition.check, condition.result)
-                if problem:
-                    yield loaded.problem("error", path, f"rule '{rule.id}' tests {problem}: it could never match")
+    yield from _CHECKED_RULES.problems(source.rulesets, gateway, lambda loaded, index, rule: _rule_checks(
+        loaded, index, rule, running))
     for tenant in source.tenants:
         for key in tenant.model.checks:
             name, _, result = key.partition(":")
             problem = _unknown_check(running, name, [] if result == "*" else [result])
             if problem:
                 yield tenant.problem("error", ("checks", key), f"override of {problem}")
+
+
+def _rule_checks(loaded: LoadedFile[Any], index: int, rule: Rule, running: dict[str, set[str] | None]
+                 ) -> Iterator[Problem]:
+    """A rule may only test the checks the gateway runs (`running`)."""
+    for path, condition in _check_conditions(rule.when, ("rules", index, "when")):
+        problem = _unknown_check(running, condition.check, condition.result)
+        if problem:
+            yield loaded.problem("error", path, f"rule '{rule.id}' tests {problem}: it could never match")
 
 
 def _running_checks(checks: Checks) -> dict[str, set[str] | None]:

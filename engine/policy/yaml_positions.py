@@ -322,14 +322,18 @@ if LibyamlParser is not None:
             return _SEQ if kind is libyaml_nodes.SequenceNode else _MAP
 
 
-def parse_yaml_libyaml(text: str) -> Parsed | None:
-    """(plain data, positions) as `parse_yaml_ruamel` would return them, or None to use that path."""
+def fast_path_text(text: str) -> bool:
+    """Whether the libyaml fast path may try `text` at all (see the module docstring)."""
     if LibyamlParser is None or text.startswith("%") or "\n%" in text:
-        return None  # a directive may change the YAML version
+        return False  # a directive may change the YAML version
     if any(brk in text for brk in _LIBYAML_ONLY_BREAKS):
-        return None  # these would shift libyaml's line numbers
-    if "\t" in text:
-        return None  # ruamel rejects tabs in more places than libyaml (after a value, inside a plain scalar)
+        return False  # these would shift libyaml's line numbers
+    # ruamel rejects tabs in more places than libyaml (after a value, inside a plain scalar)
+    return "\t" not in text
+
+
+def _compose_fast(text: str, tag: str) -> Any:
+    """libyaml's node tree of `text` when its root is a `tag` collection without alias trouble; else None."""
     composer = _Composer(text)
     try:
         root = composer.get_single_node()
@@ -337,10 +341,40 @@ def parse_yaml_libyaml(text: str) -> Parsed | None:
         return None
     finally:
         composer.dispose()
-    if root is None or root.tag != _MAP:
+    if root is None or root.tag != tag:
         return None  # empty, or not a mapping: the ruamel path words the problem
     if "&" in text and not _few_scalar_aliases(root):
         return None  # the ruamel path applies the alias limits and reports where
+    return root
+
+
+def parse_sequence_libyaml(
+    text: str, key: str, scalars: PlainScalars | None = None
+) -> tuple[list[Any], dict[YamlPath, tuple[int, int]]] | None:
+    """A YAML text whose root is a block sequence, as (items, positions), by the fast path, walked
+    as the value of the top-level `key` (positions under `(key, index, ...)`, depth as there);
+    None when the fast path would not reproduce the ruamel result exactly (see
+    `parse_yaml_libyaml`). Used for pieces of a large file (`engine.policy.yaml_chunks`)."""
+    if not fast_path_text(text):
+        return None
+    root = _compose_fast(text, _SEQ)
+    if root is None:
+        return None
+    positions: dict[YamlPath, tuple[int, int]] = {}
+    try:
+        items = _FastWalk(positions, scalars).sequence(root, (key,))
+    except (_NotFast, RecursionError):
+        return None
+    return items, positions
+
+
+def parse_yaml_libyaml(text: str) -> Parsed | None:
+    """(plain data, positions) as `parse_yaml_ruamel` would return them, or None to use that path."""
+    if not fast_path_text(text):
+        return None
+    root = _compose_fast(text, _MAP)
+    if root is None:
+        return None
     mark = root.start_mark
     positions: dict[YamlPath, tuple[int, int]] = {(): (mark.line + 1, mark.column + 1)}
     try:
@@ -381,14 +415,12 @@ def _few_scalar_aliases(root: Any) -> bool:
 class _FastWalk:
     """One walk over a libyaml node tree: plain data, and the positions of keys and items."""
 
-    __slots__ = ("collections", "constructor", "plain_scalars", "positions", "resolver")
+    __slots__ = ("collections", "plain", "positions")
 
-    def __init__(self, positions: dict[YamlPath, tuple[int, int]]) -> None:
+    def __init__(self, positions: dict[YamlPath, tuple[int, int]], scalars: PlainScalars | None = None) -> None:
         self.positions = positions
-        self.plain_scalars: dict[str, tuple[Any, bool]] = {}  # text -> (plain value, is a string)
         self.collections: set[int] = set()  # ids of the collection nodes walked: an alias repeats one
-        self.resolver: VersionedResolver | None = None
-        self.constructor: Any = None
+        self.plain = (scalars or PlainScalars()).plain
 
     def mapping(self, node: Any, path: YamlPath) -> dict[str, Any]:
         self._once(node)
@@ -450,6 +482,18 @@ class _FastWalk:
         if ident in self.collections:
             raise _NotFast  # an alias of a collection (perhaps recursive): ruamel's copies and positions
         self.collections.add(ident)
+
+
+class PlainScalars:
+    """Plain scalars resolved and constructed as the ruamel path does, each distinct text once
+    (shared by the walks of the pieces of one file: `engine.policy.yaml_chunks`)."""
+
+    __slots__ = ("constructor", "plain_scalars", "resolver")
+
+    def __init__(self) -> None:
+        self.plain_scalars: dict[str, tuple[Any, bool]] = {}  # text -> (plain value, is a string)
+        self.resolver: VersionedResolver | None = None
+        self.constructor: Any = None
 
     def plain(self, text: str) -> tuple[Any, bool]:
         """A plain scalar as the ruamel path makes it: (plain value, whether it resolved to a string)."""
