@@ -127,7 +127,7 @@ for run in off dns clamd; do
     RATE[$run-$sz]=$(echo "$line" | sed -n 's/.* msgs_per_s=\([0-9.]*\).*/\1/p')
     ACC[$run-$sz]=$(echo "$line" | sed -n 's/.*accept_msgs_per_s=\([0-9.]*\).*/\1/p')
   done
-  [[ $run == off ]] || grep -q "spf:pass" "$WORK/smtp-$run/gateway-${SIZES%% *}.log" \
+  [[ $run == off ]] || grep -q "spf:pass" "$WORK/smtp-$run/gateway-${SIZES%% *}"*.log \
     || { echo "# the $run run did not check SPF: see $WORK/smtp-$run" >&2; exit 1; }
 done
 for sz in $SIZES; do
