@@ -34,7 +34,7 @@ import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from engine.checks import dkim_verify
-from engine.checks.lookup import AsyncLookup, Budget
+from engine.checks.lookup import AsyncLookup, Budget, gather
 from engine.dns.resolver import DnsAnswer
 
 DkimResultCode = Literal["none", "pass", "fail", "neutral", "temperror", "permerror"]
@@ -81,7 +81,7 @@ async def fetch_txt(resolver: AsyncLookup, names: Iterable[str], budget: Budget)
             return DnsAnswer(name, "TXT", "timeout", error="check time budget spent")
         return await resolver.query(name, "TXT", timeout=timeout)
 
-    answers = await asyncio.gather(*(one(n) for n in unique))
+    answers = await gather([one(n) for n in unique])
     return dict(zip(unique, answers, strict=True))
 
 

@@ -39,9 +39,11 @@ MIN_RSA_BITS = 1024  # RFC 8301 §3.2 (also what engine.checks.dkim asks dkimpy 
 
 _WSP_RUN = re.compile(rb"[\t ]+")
 _TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
-_LINE_BREAK = re.compile(rb"\r?\n")
 _SPACES = re.compile(rb"\s+")
 _H_SPLIT = re.compile(rb"\s*:\s*")
+# dkimpy's RE_BTAG with its folding-whitespace pattern ((\s*\r?\n)?\s+)? written as the \s* it
+# matches: the same matches (test_dkim_verify.py compares them), without its backtracking (~10x faster)
+_BTAG = re.compile(rb"([;\s]b\s*=)(?:[\sa-zA-Z0-9+/=]*[a-zA-Z0-9+/=])?(?:\r?\n\Z)?")
 _PADDING = padding.PKCS1v15()
 # a= -> (the key type it needs, the hash); rsa-sha1 is obsolete (RFC 8301 §3.1) but dkimpy still
 # accepts it, and so do we: this module only ever agrees with dkimpy
@@ -102,7 +104,15 @@ def canonical_header(name: bytes, value: bytes, algorithm: bytes) -> bytes:
     """`name:value` canonicalized by "simple" (§3.4.1) or "relaxed" (§3.4.2), as dkimpy does it."""
     if algorithm == b"simple":
         return name + b":" + value
-    return name.lower().rstrip() + b":" + _WSP_RUN.sub(b" ", _LINE_BREAK.sub(b"", value)).strip() + b"\r\n"
+    value = value.replace(b"\r\n", b"").replace(b"\n", b"")  # = re.sub(rb"\r?\n", b"", value)
+    if b"\t" in value or b"  " in value:
+        value = _WSP_RUN.sub(b" ", value)
+    return name.lower().rstrip() + b":" + value.strip() + b"\r\n"
+
+
+def without_signature(value: bytes) -> bytes:
+    """The DKIM-Signature value with the b= tag's value removed (RFC 6376 §3.7), as dkimpy does."""
+    return _BTAG.sub(b"\\1", value)
 
 
 @lru_cache(maxsize=1024)
@@ -135,7 +145,8 @@ def _b64(value: bytes) -> bytes:
     return base64.b64decode(_SPACES.sub(b"", value))
 
 
-def confirm(message: Message, tags: dict[bytes, bytes], signature_field: tuple[bytes, bytes], key_record: bytes) -> bool:
+def confirm(message: Message, tags: dict[bytes, bytes], signature_field: tuple[bytes, bytes],
+            key_record: bytes) -> bool:
     """True when the DKIM-Signature `signature_field` (name and value as parsed) with these `tags`
     verifies against `key_record`; False when not confirmed (see the module docstring)."""
     try:
@@ -167,7 +178,7 @@ def confirm(message: Message, tags: dict[bytes, bytes], signature_field: tuple[b
     for name, value in dkim.select_headers(message.headers, include):
         hasher.update(canonical_header(name, value, header_canon))
     name, value = signature_field
-    own = canonical_header(name, dkim.RE_BTAG.sub(b"\\1", value), header_canon)
+    own = canonical_header(name, without_signature(value), header_canon)
     hasher.update(own.rstrip())  # §3.7: the signature field itself, b= empty, without its CRLF
     digest = hasher.digest()
     if ktag == b"ed25519":

@@ -79,6 +79,7 @@ def _psl() -> PublicSuffixList:
     return PublicSuffixList()  # parses the list shipped in the wheel once (~0.2 s), no download
 
 
+@functools.lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
     """RFC 7489 §3.2: the registrable domain (public suffix + 1 label); the name itself when it is a suffix."""
     name = domain.rstrip(".").lower()

@@ -19,7 +19,6 @@ part (whose href targets the view does not keep) needs the stdlib parser (`needs
 
 from __future__ import annotations
 
-import asyncio
 import email
 import email.policy
 import ipaddress
@@ -31,6 +30,7 @@ from typing import Any, Literal, Protocol
 
 from publicsuffixlist import PublicSuffixList
 
+from engine.checks.lookup import gather
 from engine.dns.resolver import DnsAnswer
 from engine.mime.view import MessageView
 
@@ -138,7 +138,7 @@ async def check_ip(resolver: DnsClient, client_ip: str, zones: Sequence[ListZone
             results.append(ListResult(zone.zone, client_ip, "", "error", reason="client address is not an IP"))
         else:
             lookups.append(_lookup(resolver, zone, client_ip, name))
-    return (*results, *await asyncio.gather(*lookups))
+    return (*results, *await gather(lookups))
 
 
 async def check_domains(
@@ -147,7 +147,7 @@ async def check_domains(
     """Every domain in every RHSBL/URIBL zone (`domain.zone`, RFC 5782 §3), concurrently."""
     unique = list(dict.fromkeys(d.lower().rstrip(".") for d in domains if d))
     lookups = [_lookup(resolver, zone, domain, f"{domain}.{zone.zone}") for zone in zones for domain in unique]
-    return tuple(await asyncio.gather(*lookups))
+    return tuple(await gather(lookups))
 
 
 @lru_cache(maxsize=1)

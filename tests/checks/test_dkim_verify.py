@@ -203,3 +203,21 @@ def test_verify_dkim_passes_with_the_lean_verifier_and_fails_with_dkimpys_reason
         assert bad.result == "fail" and bad.reason.startswith("body-hash-mismatch") and calls == [1]
     finally:
         dkim.DKIM.verify = original  # type: ignore[method-assign]
+
+
+def test_canonicalization_helpers_match_dkimpys() -> None:
+    """Random header values and signature fields: the lean b= removal and relaxed header
+    canonicalization give dkimpy's bytes (its RE_BTAG and Relaxed.canonicalize_headers)."""
+    from dkim.canonicalization import Relaxed, Simple
+
+    rng = random.Random(8601)
+    alphabet = [b"b", b"=", b";", b" ", b"\t", b"\r\n", b"\n", b"\r", b"a", b"Z", b"+", b"/", b"0", b"bh", b"x",
+                b"\x0b"]
+    for _ in range(3000):
+        value = b"".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+        assert dkim_verify.without_signature(value) == dkim.RE_BTAG.sub(b"\\1", value), value
+        name = rng.choice([b"Subject", b"X-Y ", b"dkim-Signature"])
+        expected = b"%s:%s" % Relaxed.canonicalize_headers([(name, value)])[0]
+        assert dkim_verify.canonical_header(name, value, b"relaxed") == expected, value
+        assert dkim_verify.canonical_body(value, b"relaxed") == Relaxed.canonicalize_body(value), value
+        assert dkim_verify.canonical_body(value, b"simple") == Simple.canonicalize_body(value), value
