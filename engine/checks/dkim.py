@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -104,11 +105,17 @@ def key_problem(answer: DnsAnswer) -> tuple[DkimResultCode, str] | None:
         return "temperror", f"dns-{answer.status}: {answer.name} {answer.error}".rstrip()
     if not answer.ok or not answer.records:
         return "permerror", f"no-key: {answer.name} {answer.status}"
-    record = answer.records[0].encode("utf-8")
+    return _record_problem(answer.name, answer.records[0])
+
+
+@functools.lru_cache(maxsize=1024)
+def _record_problem(name: str, text: str) -> tuple[DkimResultCode, str] | None:
+    """`key_problem` of a key record's text (a pure function of it: remembered)."""
+    record = text.encode("utf-8")
     try:
         if parse_tag_value(record).get(b"p", b"x").strip() == b"":
-            return "permerror", f"key-revoked: empty p= at {answer.name} (RFC 6376 §3.6.1)"
-        pk, bits, ktag, _ = dkim.evaluate_pk(answer.name.encode(), record)
+            return "permerror", f"key-revoked: empty p= at {name} (RFC 6376 §3.6.1)"
+        pk, bits, ktag, _ = dkim.evaluate_pk(name.encode(), record)
     except (dkim.DKIMException, InvalidTagValueList, ValueError, TypeError) as exc:
         return "permerror", f"bad-key: {exc}"
     if pk is None:

@@ -92,8 +92,9 @@ def aligned(a: str, b: str, mode: str) -> bool:
     return a == b if mode == "s" else organizational_domain(a) == organizational_domain(b)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_record(text: str) -> DmarcRecord | str:
-    """The record's tags, or why it is unusable (RFC 7489 §6.3, §6.6.3)."""
+    """The record's tags, or why it is unusable (RFC 7489 §6.3, §6.6.3); remembered per text."""
     tags: dict[str, str] = {}
     for part in text.split(";"):
         if not part.strip():

@@ -80,6 +80,7 @@ class ListResult:
         return self.status == "listed"
 
 
+@lru_cache(maxsize=4096)
 def query_name(ip: str, zone: str) -> str | None:
     """The DNSBL name for `ip` in `zone`; None when `ip` is not an IP address."""
     try:

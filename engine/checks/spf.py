@@ -516,6 +516,7 @@ def _same_ip(text: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bo
         return False
 
 
+@lru_cache(maxsize=4096)
 def _client_address(client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         ip = ipaddress.ip_address(client_ip.strip().strip("[]").removeprefix("IPv6:").removeprefix("ipv6:"))
