@@ -17,10 +17,10 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=${REPO:-$(dirname "$HERE")}
 PY=${PY:-$REPO/.venv/bin/python}
 WORKERS=${WORKERS:-1}
-export REPO WORKERS
 export N=${N:-3000} SIZES=${SIZES:-2k} SESSIONS=${SESSIONS:-20} PY
 WORK=${WORK_CHECKS:-/tmp/liveprism-bench-checks}
 PEERS=${PEERS:-$(dirname "$HERE")/../shared/bench/peers}
+export REPO WORKERS PEERS
 LH=127.0.0.1
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [[ -n $p ]] && kill "$p" 2>/dev/null || true; done; }
