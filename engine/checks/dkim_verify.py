@@ -39,7 +39,6 @@ MIN_RSA_BITS = 1024  # RFC 8301 §3.2 (also what engine.checks.dkim asks dkimpy 
 
 _WSP_RUN = re.compile(rb"[\t ]+")
 _TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
-_SPACES = re.compile(rb"\s+")
 _H_SPLIT = re.compile(rb"\s*:\s*")
 # dkimpy's RE_BTAG with its folding-whitespace pattern ((\s*\r?\n)?\s+)? written as the \s* it
 # matches: the same matches (test_dkim_verify.py compares them), without its backtracking (~10x faster)
@@ -142,7 +141,7 @@ def _key(record: bytes) -> tuple[bytes, Any, int] | None:
 
 
 def _b64(value: bytes) -> bytes:
-    return base64.b64decode(_SPACES.sub(b"", value))
+    return base64.b64decode(b"".join(value.split()))  # split() and rb"\s" take the same 6 whitespace bytes
 
 
 def confirm(message: Message, tags: dict[bytes, bytes], signature_field: tuple[bytes, bytes],
