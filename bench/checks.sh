@@ -5,11 +5,13 @@
 #   dns    + DNSBL, URIBL, SPF, DKIM, DMARC against a local nsd started here (the sender's SPF,
 #          DMARC p=reject and DKIM key, an empty DNSBL and URIBL zone); the messages pass them all
 #   clamd  dns + antivirus: clamd INSTREAM to a local clamd (one-signature database built here)
-# and prints msgs/s of each, the ratios dns/off (target >= 0.70) and clamd/off, then where the
-# time goes: per-message cost of the DNS checks and of a clamd scan, measured alone.
+# and prints msgs/s of each, the ratios dns/off (target >= 0.70) and clamd/off (and the inverse ratio
+# of the gateway processes' CPU per message, what the rate ratio would be on an idle CPU-bound box),
+# then where the time goes: per-message cost of the DNS checks and of a clamd scan, measured alone.
 #   bench/checks.sh                   # N=3000 2 KB messages, 20 sessions
 #   N=2000 SIZES="2k 50k" bench/checks.sh
 #   WORKERS=2 bench/checks.sh         # every run with serve --workers 2 (one count per run)
+#   ROUNDS=3 RUNS="off dns" bench/checks.sh   # off and dns alternated 3 times (ratios of the mean rates)
 #   REPO=OTHER_CHECKOUT bench/checks.sh   # measure another checkout (e.g. main, for before/after) with this script
 # Needs: nsd, clamd, sigtool, the postfix tools, shared/bench/peers (as bench/smtp.sh). Loopback only.
 set -euo pipefail
@@ -121,27 +123,41 @@ checks:
 printf '%s\n' "$DNS_YAML" > "$WORK/dns.yaml"
 printf '%s\n  antivirus: {clamd: "tcp://%s:%s"}\n' "$DNS_YAML" "$LH" "$P_CLAM" > "$WORK/clamd.yaml"
 
-declare -A RATE ACC
-for run in off dns clamd; do
+# 4. the runs, alternating off/dns/clamd ROUNDS times (a shared box drifts: alternating spreads the drift
+#    over all three); the ratios are of the mean rates, each round's ratio is printed too
+declare -A RATE ACC CPU PER
+RUNS=${RUNS:-off dns clamd}
+for round in $(seq "${ROUNDS:-1}"); do
+for run in $RUNS; do
   extra=""; [[ $run != off ]] && extra=$WORK/$run.yaml
   out=$(CEILING=0 MSGS="$WORK/msgs" GATEWAY_EXTRA="$extra" WORK="$WORK/smtp-$run" bash "$HERE/smtp.sh")
   echo "$out" | sed "s/^liveprism_/checks_${run}_/"
   for sz in $SIZES; do
     line=$(echo "$out" | grep -E "^liveprism_${sz}(_workers$WORKERS)? ")
-    RATE[$run-$sz]=$(echo "$line" | sed -n 's/.* msgs_per_s=\([0-9.]*\).*/\1/p')
-    ACC[$run-$sz]=$(echo "$line" | sed -n 's/.*accept_msgs_per_s=\([0-9.]*\).*/\1/p')
+    rate=$(echo "$line" | sed -n 's/.* msgs_per_s=\([0-9.]*\).*/\1/p')
+    RATE[$run-$sz]=$(echo "${RATE[$run-$sz]:-0} + $rate" | bc -l)
+    ACC[$run-$sz]=$(echo "${ACC[$run-$sz]:-0} + $(echo "$line" | sed -n 's/.*accept_msgs_per_s=\([0-9.]*\).*/\1/p')" | bc -l)
+    CPU[$run-$sz]=$(echo "${CPU[$run-$sz]:-0} + $(echo "$line" | sed -n 's/.*cpu_s_per_1000=\([0-9.]*\).*/\1/p')" | bc -l)
+    [[ $run == off ]] && off_rate=$rate
+    [[ $run != off ]] && PER[$run-$sz]+=" $(printf '%.2f' "$(echo "$rate / $off_rate" | bc -l)")"
   done
   [[ $run == off ]] || grep -q "spf:pass" "$WORK/smtp-$run/gateway-${SIZES%% *}"*.log \
     || { echo "# the $run run did not check SPF: see $WORK/smtp-$run" >&2; exit 1; }
 done
+done
+ratio() { printf '%.2f' "$(echo "$1 / $2" | bc -l)"; }
 for sz in $SIZES; do
-  printf '# ratio dns/off (%s): %.2f end to end, %.2f accept (target >= 0.70)\n' "$sz" \
-    "$(echo "${RATE[dns-$sz]} / ${RATE[off-$sz]}" | bc -l)" "$(echo "${ACC[dns-$sz]} / ${ACC[off-$sz]}" | bc -l)"
-  printf '# ratio clamd/off (%s): %.2f end to end, %.2f accept\n' "$sz" \
-    "$(echo "${RATE[clamd-$sz]} / ${RATE[off-$sz]}" | bc -l)" "$(echo "${ACC[clamd-$sz]} / ${ACC[off-$sz]}" | bc -l)"
+  for run in $RUNS; do
+    [[ $run == off ]] && continue
+    target=""; [[ $run == dns ]] && target=" (target >= 0.70)"
+    printf '# ratio %s/off (%s, %s worker(s), %s round(s)): %s end to end, %s accept%s; per round:%s;' "$run" "$sz" \
+      "$WORKERS" "${ROUNDS:-1}" "$(ratio "${RATE[$run-$sz]}" "${RATE[off-$sz]}")" \
+      "$(ratio "${ACC[$run-$sz]}" "${ACC[off-$sz]}")" "$target" "${PER[$run-$sz]}"
+    printf ' gateway CPU per message off/%s: %s\n' "$run" "$(ratio "${CPU[off-$sz]}" "${CPU[$run-$sz]}")"
+  done
 done
 
-# 4. where the time goes: each check alone, in one process, on the same messages and servers
+# 5. where the time goes: each check alone, in one process, on the same messages and servers
 for sz in $SIZES; do
   (cd "$REPO" && "$PY" - "$WORK/$sz" "$WORK/msgs/msg-$sz.eml" "$P_DNS" "$P_CLAM" "$SESSIONS" <<'EOF'
 import asyncio, sys, time
