@@ -41,7 +41,7 @@ from engine.dns.resolver import DnsAnswer
 DkimResultCode = Literal["none", "pass", "fail", "neutral", "temperror", "permerror"]
 
 THREAD_ABOVE = 256 * 1024  # bytes of message above which verification runs in a worker thread
-MIN_RSA_BITS = 1024  # RFC 8301 §3.2: shorter RSA keys are not accepted
+MIN_RSA_BITS = dkim_verify.MIN_RSA_BITS  # RFC 8301 §3.2: shorter RSA keys are not accepted
 
 # What dkimpy's parsers and its pure-Python RSA/ASN.1 code raise on hostile input besides its own
 # DKIMException: a message, signature or key from the network must give a result, never an exception.

@@ -41,8 +41,12 @@ _HASHES: dict[str, hashes.HashAlgorithm] = {"sha256": hashes.SHA256(), "sha1": h
 
 
 @lru_cache(maxsize=1024)
-def _public_key(modulus: int, exponent: int) -> rsa.RSAPublicKey:
-    return rsa.RSAPublicNumbers(exponent, modulus).public_key()
+def rsa_public_key(modulus: int, exponent: int) -> rsa.RSAPublicKey | None:
+    """The OpenSSL key for these numbers (made once per key), or None when OpenSSL refuses them."""
+    try:
+        return rsa.RSAPublicNumbers(exponent, modulus).public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return None
 
 
 def rsassa_pkcs1_v1_5_verify(hash: Any, signature: bytes, public_key: dict[str, int]) -> bool:
@@ -52,9 +56,8 @@ def rsassa_pkcs1_v1_5_verify(hash: Any, signature: bytes, public_key: dict[str, 
     size = (modulus.bit_length() + 7) // 8
     if algorithm is None or len(signature) > size:
         return bool(_ORIGINAL(hash, signature, public_key))
-    try:
-        key = _public_key(modulus, exponent)
-    except (ValueError, UnsupportedAlgorithm):
+    key = rsa_public_key(modulus, exponent)
+    if key is None:
         return bool(_ORIGINAL(hash, signature, public_key))
     try:  # dkimpy reads the signature as an integer: leading zero bytes may be missing
         key.verify(signature.rjust(size, b"\0"), hash.digest(), padding.PKCS1v15(), utils.Prehashed(algorithm))

@@ -12,10 +12,11 @@ verifies exactly as dkimpy would verify it — the same tag checks (dkimpy's own
 x= not past), the same key record evaluation (dkimpy's `evaluate_pk`), the same header selection
 (`select_headers`, plus dkimpy's extra From instance), the same canonicalizations (simple and
 relaxed, RFC 6376 §3.4) and `l=` truncation. It returns False for anything it does not handle
-or cannot confirm (an algorithm other than rsa-sha256/ed25519-sha256/rsa-sha1, a key of another type or
-service, a bad signature, a body hash mismatch, …): the caller then lets dkimpy decide, so every
-result other than `pass`, and its reason, is still dkimpy's. `tests/unit/test_dkim_verify.py`
-cross-checks both on valid and tampered messages signed by dkimpy and by opendkim.
+or cannot confirm (an algorithm other than rsa-sha256/ed25519-sha256/rsa-sha1, a key of another
+type or service, a bad signature, a body hash mismatch, …): the caller then lets dkimpy decide,
+so every result other than `pass`, and its reason, is still dkimpy's.
+`tests/checks/test_dkim_verify.py` cross-checks both on valid and tampered messages signed by
+dkimpy and by opendkim.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from typing import Any
 import dkim
 import nacl.exceptions
 import nacl.signing
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
-MIN_RSA_BITS = 1024  # RFC 8301 §3.2 (also what engine.checks.dkim asks dkimpy for)
+from engine.checks.dkim_speedups import rsa_public_key
+
+MIN_RSA_BITS = 1024  # RFC 8301 §3.2: shorter RSA keys are not accepted (dkimpy is given the same)
 
 _WSP_RUN = re.compile(rb"[\t ]+")
 _TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
@@ -115,14 +118,6 @@ def without_signature(value: bytes) -> bytes:
 
 
 @lru_cache(maxsize=1024)
-def _rsa_key(modulus: int, exponent: int) -> rsa.RSAPublicKey | None:
-    try:
-        return rsa.RSAPublicNumbers(exponent, modulus).public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        return None
-
-
-@lru_cache(maxsize=1024)
 def _key(record: bytes) -> tuple[bytes, Any, int] | None:
     """(k=, a verifying key, bits) of a key record text, or None when dkimpy would not use it
     for mail (the same evaluation: dkimpy's `evaluate_pk`), remembered per record text."""
@@ -133,7 +128,7 @@ def _key(record: bytes) -> tuple[bytes, Any, int] | None:
     if tlsrpt or pk is None:
         return None
     if ktag == b"rsa" and isinstance(pk, dict):
-        key = _rsa_key(int(pk["modulus"]), int(pk["publicExponent"]))
+        key = rsa_public_key(int(pk["modulus"]), int(pk["publicExponent"]))
         return (b"rsa", key, int(bits)) if key is not None and bits >= MIN_RSA_BITS else None
     if ktag == b"ed25519" and isinstance(pk, nacl.signing.VerifyKey):
         return b"ed25519", pk, 256
