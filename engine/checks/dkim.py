@@ -2,8 +2,10 @@
 
 Algorithm: the DKIM-Signature fields are read first (d=, s=); the key records
 `<s>._domainkey.<d>` are fetched concurrently on the shared async resolver (within the time
-budget); then dkimpy verifies each signature with a `dnsfunc` that only answers from what was
-fetched, so dkimpy never touches the network and never blocks the event loop on DNS.
+budget); then each signature is verified on the message parsed once: the lean verifier
+(`engine.checks.dkim_verify`) confirms the valid ones, and whatever it does not confirm is
+decided by dkimpy with a `dnsfunc` that only answers from what was fetched (so every non-pass
+result and its reason are dkimpy's; dkimpy never touches the network nor blocks on DNS).
 
 Results per signature, in header order (RFC 8601 §2.7.1 result names):
 - `pass`: signature and body hash verify (with reason `body-length-limit` when l= signs only
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -31,13 +34,14 @@ from typing import Literal
 import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from engine.checks.lookup import AsyncLookup, Budget
+from engine.checks import dkim_verify
+from engine.checks.lookup import AsyncLookup, Budget, gather
 from engine.dns.resolver import DnsAnswer
 
 DkimResultCode = Literal["none", "pass", "fail", "neutral", "temperror", "permerror"]
 
 THREAD_ABOVE = 256 * 1024  # bytes of message above which verification runs in a worker thread
-MIN_RSA_BITS = 1024  # RFC 8301 §3.2: shorter RSA keys are not accepted
+MIN_RSA_BITS = dkim_verify.MIN_RSA_BITS  # RFC 8301 §3.2: shorter RSA keys are not accepted
 
 # What dkimpy's parsers and its pure-Python RSA/ASN.1 code raise on hostile input besides its own
 # DKIMException: a message, signature or key from the network must give a result, never an exception.
@@ -78,7 +82,7 @@ async def fetch_txt(resolver: AsyncLookup, names: Iterable[str], budget: Budget)
             return DnsAnswer(name, "TXT", "timeout", error="check time budget spent")
         return await resolver.query(name, "TXT", timeout=timeout)
 
-    answers = await asyncio.gather(*(one(n) for n in unique))
+    answers = await gather([one(n) for n in unique])
     return dict(zip(unique, answers, strict=True))
 
 
@@ -101,11 +105,17 @@ def key_problem(answer: DnsAnswer) -> tuple[DkimResultCode, str] | None:
         return "temperror", f"dns-{answer.status}: {answer.name} {answer.error}".rstrip()
     if not answer.ok or not answer.records:
         return "permerror", f"no-key: {answer.name} {answer.status}"
-    record = answer.records[0].encode("utf-8")
+    return _record_problem(answer.name, answer.records[0])
+
+
+@functools.lru_cache(maxsize=1024)
+def _record_problem(name: str, text: str) -> tuple[DkimResultCode, str] | None:
+    """`key_problem` of a key record's text (a pure function of it: remembered)."""
+    record = text.encode("utf-8")
     try:
         if parse_tag_value(record).get(b"p", b"x").strip() == b"":
-            return "permerror", f"key-revoked: empty p= at {answer.name} (RFC 6376 §3.6.1)"
-        pk, bits, ktag, _ = dkim.evaluate_pk(answer.name.encode(), record)
+            return "permerror", f"key-revoked: empty p= at {name} (RFC 6376 §3.6.1)"
+        pk, bits, ktag, _ = dkim.evaluate_pk(name.encode(), record)
     except (dkim.DKIMException, InvalidTagValueList, ValueError, TypeError) as exc:
         return "permerror", f"bad-key: {exc}"
     if pk is None:
@@ -119,25 +129,28 @@ def _text(value: bytes | None) -> str:
     return value.decode("ascii", "replace") if value else ""
 
 
-def _signatures(raw: bytes) -> list[tuple[dict[bytes, bytes] | None, str]]:
-    """Each DKIM-Signature's tags (None when unparsable) and the parse problem, in header order."""
-    headers, _ = dkim.rfc822_parse(raw)
-    out: list[tuple[dict[bytes, bytes] | None, str]] = []
+Signature = tuple[dict[bytes, bytes] | None, str, tuple[bytes, bytes]]  # tags, parse problem, the field
+
+
+def _signatures(headers: list[list[bytes]]) -> list[Signature]:
+    """Each DKIM-Signature's tags (None when unparsable), the parse problem and the field itself
+    (name, value), in header order."""
+    out: list[Signature] = []
     for name, value in headers:
         if name.lower() != b"dkim-signature":
             continue
         try:
             tags = parse_tag_value(value)
         except InvalidTagValueList as exc:
-            out.append((None, f"signature-syntax: {exc}"))
+            out.append((None, f"signature-syntax: {exc}", (name, value)))
             continue
         missing = [t.decode() for t in (b"v", b"a", b"b", b"bh", b"d", b"h", b"s") if t not in tags]
         if missing:
-            out.append((tags, f"signature-syntax: missing {', '.join(missing)}="))
+            out.append((tags, f"signature-syntax: missing {', '.join(missing)}=", (name, value)))
         elif b"from" not in [h.strip().lower() for h in tags[b"h"].split(b":")]:
-            out.append((tags, "from-not-signed: h= lacks From (RFC 6376 §6.1.1)"))
+            out.append((tags, "from-not-signed: h= lacks From (RFC 6376 §6.1.1)", (name, value)))
         else:
-            out.append((tags, ""))
+            out.append((tags, "", (name, value)))
     return out
 
 
@@ -162,23 +175,42 @@ def _verify_all(raw: bytes, pending: list[int], answers: Mapping[str, DnsAnswer]
     return out
 
 
+def _verify(raw: bytes, message: dkim_verify.Message, signatures: list[Signature], pending: list[int],
+            answers: Mapping[str, DnsAnswer]) -> dict[int, tuple[bool, str]]:
+    """Each pending signature confirmed by the lean verifier, else decided by dkimpy (pure CPU)."""
+    out: dict[int, tuple[bool, str]] = {}
+    undecided: list[int] = []
+    for idx in pending:
+        tags, _, signature_field = signatures[idx]
+        assert tags is not None
+        answer = answers[key_name(_text(tags[b"s"]), _text(tags[b"d"]))]
+        if dkim_verify.confirm(message, tags, signature_field, answer.records[0].encode("utf-8")):
+            out[idx] = (True, "")
+        else:
+            undecided.append(idx)
+    if undecided:
+        out.update(_verify_all(raw, undecided, answers))
+    return out
+
+
 async def verify_dkim(
     resolver: AsyncLookup, raw: bytes, *, timeout_budget: float | None = None
 ) -> tuple[DkimResult, ...]:
     """Verify every DKIM-Signature of `raw` (the message as received); never raises."""
     started = time.monotonic()
     try:
-        signatures = _signatures(raw)
+        message = dkim_verify.Message.parse(raw)
+        signatures = _signatures(message.headers)
     except (dkim.DKIMException, *LIBRARY_ERRORS) as exc:
         return (DkimResult("", "", "permerror", f"message-format: {exc}"),)
     if not signatures:
         return (DkimResult("", "", "none", "no-signature"),)
     budget = Budget(resolver, timeout_budget)
-    names = [key_name(_text(t[b"s"]), _text(t[b"d"])) for t, problem in signatures if t is not None and not problem]
+    names = [key_name(_text(t[b"s"]), _text(t[b"d"])) for t, problem, _ in signatures if t is not None and not problem]
     answers = await fetch_txt(resolver, names, budget) if names else {}
     results: dict[int, DkimResult] = {}
     pending: list[int] = []
-    for idx, (tags, problem) in enumerate(signatures):
+    for idx, (tags, problem, _) in enumerate(signatures):
         if tags is None or problem:
             tags = tags or {}
             code: DkimResultCode = "permerror" if problem.startswith("from-not-signed") else "neutral"
@@ -194,9 +226,9 @@ async def verify_dkim(
         pending.append(idx)
     if pending:
         if len(raw) > THREAD_ABOVE:
-            verified = await asyncio.to_thread(_verify_all, raw, pending, answers)
+            verified = await asyncio.to_thread(_verify, raw, message, signatures, pending, answers)
         else:
-            verified = _verify_all(raw, pending, answers)
+            verified = _verify(raw, message, signatures, pending, answers)
         for idx in pending:
             tags = signatures[idx][0] or {}
             domain, selector = _text(tags[b"d"]).rstrip(".").lower(), _text(tags[b"s"])

@@ -79,6 +79,7 @@ def _psl() -> PublicSuffixList:
     return PublicSuffixList()  # parses the list shipped in the wheel once (~0.2 s), no download
 
 
+@functools.lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
     """RFC 7489 §3.2: the registrable domain (public suffix + 1 label); the name itself when it is a suffix."""
     name = domain.rstrip(".").lower()
@@ -91,8 +92,9 @@ def aligned(a: str, b: str, mode: str) -> bool:
     return a == b if mode == "s" else organizational_domain(a) == organizational_domain(b)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_record(text: str) -> DmarcRecord | str:
-    """The record's tags, or why it is unusable (RFC 7489 §6.3, §6.6.3)."""
+    """The record's tags, or why it is unusable (RFC 7489 §6.3, §6.6.3); remembered per text."""
     tags: dict[str, str] = {}
     for part in text.split(";"):
         if not part.strip():

@@ -19,7 +19,6 @@ part (whose href targets the view does not keep) needs the stdlib parser (`needs
 
 from __future__ import annotations
 
-import asyncio
 import email
 import email.policy
 import ipaddress
@@ -31,6 +30,7 @@ from typing import Any, Literal, Protocol
 
 from publicsuffixlist import PublicSuffixList
 
+from engine.checks.lookup import gather
 from engine.dns.resolver import DnsAnswer
 from engine.mime.view import MessageView
 
@@ -80,6 +80,7 @@ class ListResult:
         return self.status == "listed"
 
 
+@lru_cache(maxsize=4096)
 def query_name(ip: str, zone: str) -> str | None:
     """The DNSBL name for `ip` in `zone`; None when `ip` is not an IP address."""
     try:
@@ -138,7 +139,7 @@ async def check_ip(resolver: DnsClient, client_ip: str, zones: Sequence[ListZone
             results.append(ListResult(zone.zone, client_ip, "", "error", reason="client address is not an IP"))
         else:
             lookups.append(_lookup(resolver, zone, client_ip, name))
-    return (*results, *await asyncio.gather(*lookups))
+    return (*results, *await gather(lookups))
 
 
 async def check_domains(
@@ -147,7 +148,7 @@ async def check_domains(
     """Every domain in every RHSBL/URIBL zone (`domain.zone`, RFC 5782 §3), concurrently."""
     unique = list(dict.fromkeys(d.lower().rstrip(".") for d in domains if d))
     lookups = [_lookup(resolver, zone, domain, f"{domain}.{zone.zone}") for zone in zones for domain in unique]
-    return tuple(await asyncio.gather(*lookups))
+    return tuple(await gather(lookups))
 
 
 @lru_cache(maxsize=1)

@@ -6,10 +6,22 @@ hand them an in-memory fake with the same contract (never raises; outcomes are `
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Protocol
+from collections.abc import Awaitable, Sequence
+from typing import Protocol, TypeVar
 
 from engine.dns.resolver import DnsAnswer
+
+T = TypeVar("T")
+
+
+async def gather(awaitables: Sequence[Awaitable[T]]) -> list[T]:
+    """`asyncio.gather` of `awaitables`, without a task for each when there is only one (one zone,
+    one key: the usual case; a task per lookup costs more than a cached answer)."""
+    if len(awaitables) <= 1:
+        return [await a for a in awaitables]
+    return list(await asyncio.gather(*awaitables))
 
 
 class AsyncLookup(Protocol):

@@ -30,8 +30,9 @@ and the scan are recorded as `Lookup`s (name, type, status, answers, time) for `
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,6 +147,7 @@ class CheckRun:
         self._results: dict[str, Any] = {}
         self._handed: set[Hit] = set()
         self._task_hits: dict[str, list[Hit]] = {}
+        self._expired: set[str] = set()  # checks cancelled by their own time limit
         self._started = time.monotonic()
         self.client_ip = ""
         self.helo = ""
@@ -153,17 +155,21 @@ class CheckRun:
 
     # ------------------------------------------------------------ stages
 
-    def _start(self, name: str, coro: Awaitable[Any], timeout: float | None = None) -> None:
+    def _start(self, name: str, coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> None:
+        """Run `coro` as the task of check `name`, cancelled (and reported as timed out) when it is
+        still running 0.5 s after its limit (the checks stop themselves at the limit). One timer
+        per task rather than an `asyncio.timeout` wrapper: the same bound at a third of the cost."""
         if name in self._tasks:
             return
         limit = self.checks.timeout if timeout is None else timeout
+        task = self._tasks[name] = asyncio.ensure_future(coro)
+        expiry = asyncio.get_running_loop().call_later(limit + 0.5, self._expire, name, task)
+        task.add_done_callback(functools.partial(_ended, expiry))
 
-        async def bounded() -> Any:
-            async with asyncio.timeout(limit + 0.5):  # the checks stop themselves at `limit`
-                return await coro
-
-        task = self._tasks[name] = asyncio.ensure_future(bounded())
-        task.add_done_callback(_retrieve)  # a check nobody waits for (the client left) logs nothing
+    def _expire(self, name: str, task: asyncio.Task[Any]) -> None:
+        if not task.done():
+            self._expired.add(name)
+            task.cancel()
 
     def _dns(self, check: str) -> RecordingResolver:
         return RecordingResolver(self._resolver, check, self._lookups)
@@ -285,15 +291,18 @@ class CheckRun:
 
     def _compute_hits(self, name: str, task: asyncio.Task[Any]) -> list[Hit]:
         result = None
-        if task.done() and not task.cancelled() and task.exception() is None:
-            result = task.result()
-        elif task.done() and not task.cancelled():
+        timed_out = task.cancelled() and name in self._expired
+        if task.done() and not task.cancelled():
             exc = task.exception()
-            if not isinstance(exc, TimeoutError):
-                self._lookups.append(Lookup(name, "-", "-", "error", detail=f"{type(exc).__name__}: {exc}"))
+            if exc is None:
+                result = task.result()
+            elif isinstance(exc, TimeoutError):
+                timed_out = True
             else:
-                self._lookups.append(Lookup(name, "-", "-", "timeout",
-                                            detail=f"check timeout of {self.checks.timeout:g} s"))
+                self._lookups.append(Lookup(name, "-", "-", "error", detail=f"{type(exc).__name__}: {exc}"))
+        if timed_out:
+            limit = f"check timeout of {self.checks.timeout:g} s"
+            self._lookups.append(Lookup(name, "-", "-", "timeout", detail=limit))
         self._results[name] = result
         checks = self.checks
         if name == "dnsbl":
@@ -393,9 +402,10 @@ class CheckRun:
         return [Hit("antivirus:error", kind, 0.0, antivirus.on_error, source, message or f"not scanned: {reason}")]
 
 
-def _retrieve(task: asyncio.Task[Any]) -> None:
+def _ended(expiry: asyncio.TimerHandle, task: asyncio.Task[Any]) -> None:
+    expiry.cancel()
     if not task.cancelled():
-        task.exception()
+        task.exception()  # retrieved: a check nobody waits for (the client left) logs nothing
 
 
 async def _settled(task: asyncio.Task[Any] | None) -> Any:

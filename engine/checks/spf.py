@@ -25,6 +25,7 @@ import re
 import time
 import urllib.parse
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal
 
 from engine.checks.lookup import AsyncLookup, Budget
@@ -215,7 +216,23 @@ def _parse_mechanism(term: str) -> _Mechanism:
 
 
 def _parse_record(text: str) -> _Record:
-    """Parse a whole SPF record (RFC 7208 §4.6, §12); any error raises `_PermError`."""
+    """Parse a whole SPF record (RFC 7208 §4.6, §12); any error raises `_PermError`. Remembered
+    per record text (a pure function of it; a record answered from the DNS cache is not parsed again)."""
+    parsed = _parse_record_cached(text)
+    if isinstance(parsed, str):
+        raise _PermError(parsed)
+    return parsed
+
+
+@lru_cache(maxsize=4096)
+def _parse_record_cached(text: str) -> _Record | str:
+    try:
+        return _parse_record_uncached(text)
+    except _PermError as exc:
+        return str(exc)
+
+
+def _parse_record_uncached(text: str) -> _Record:
     if any(not ("\x20" <= ch <= "\x7e") for ch in text):
         raise _PermError("syntax-error: record has characters outside printable US-ASCII")
     terms = [t for t in text.split(" ") if t][1:]  # drop "v=spf1"
@@ -499,6 +516,7 @@ def _same_ip(text: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bo
         return False
 
 
+@lru_cache(maxsize=4096)
 def _client_address(client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         ip = ipaddress.ip_address(client_ip.strip().strip("[]").removeprefix("IPv6:").removeprefix("ipv6:"))

@@ -109,3 +109,38 @@ def test_dkim_body_length_limit_is_reported() -> None:
     appended = bytes(header) + raw + b"\r\nClick here: http://phish.example/\r\n"
     (result,) = asyncio.run(verify_dkim(resolver, appended))
     assert (result.result, result.reason.split(":")[0]) == ("pass", "body-length-limit")
+
+
+class HangingResolver:
+    """A resolver that never answers and ignores its timeout (a bug the runner's own limit bounds)."""
+
+    timeout = 2.0
+
+    async def query(self, name: str, rdtype: str, *, timeout: float | None = None) -> object:
+        await asyncio.Event().wait()
+        raise AssertionError("never answers")
+
+
+def test_a_check_past_its_time_limit_is_cancelled_and_reported_as_timed_out() -> None:
+    """The refusing DNSBL check is waited for at MAIL: its own limit (checks.timeout + 0.5 s), not
+    the message budget (30 s here), ends the wait; the lookup says which limit it was."""
+    from engine.checks.runner import CheckRun
+    from engine.mime.view import parse_message
+    from engine.policy.models import Checks
+
+    settings = Checks.model_validate({"dnsbl": [{"zone": "bl.test", "action": "reject"}], "timeout": 0.2,
+                                      "budget": 30.0})
+    raw = message()
+
+    async def run() -> tuple[object, object]:
+        checks = CheckRun(settings, HangingResolver(), hostname="mx.test")  # type: ignore[arg-type]
+        checks.connect("192.0.2.1", "client.test")
+        checks.mail("a@sender.test")
+        early = await asyncio.wait_for(checks.early_hits(), 10)
+        return early, await asyncio.wait_for(checks.data(raw, parse_message(raw)), 10)
+
+    early, report = asyncio.run(run())
+    assert early == ()
+    assert report.hits == ()  # type: ignore[attr-defined]
+    assert [(lookup.check, lookup.status, lookup.detail) for lookup in report.lookups] == [  # type: ignore[attr-defined]
+        ("dnsbl", "timeout", "check timeout of 0.2 s")]
