@@ -54,6 +54,11 @@ DELIVERY_ATTEMPTS = Counter(
     " expired) and route (host:port, or none).", ["result", "route"],
 )
 
+RELAY_EVENTS = Counter(
+    "liveprism_relay_events_total", "Relay decisions worth alerting on, by event token (dsn-dropped-private-hop,"
+    " mta-sts-enforce-mx-mismatch, mta-sts-testing-mx-mismatch, dkim-signed, dkim-key-unavailable).", ["event"],
+)
+
 _CODE_CLASSES = {"2": "2xx", "3": "3xx", "4": "4xx", "5": "5xx"}
 
 
@@ -74,6 +79,11 @@ def session_closed() -> None:
 def delivery_attempt(result: str, route: str) -> None:
     """One recipient's delivery attempt ended with `result` at `route`."""
     DELIVERY_ATTEMPTS.labels(result, route).inc()
+
+
+def relay_event(event: str) -> None:
+    """One relay event (a kebab-case token, see RELAY_EVENTS)."""
+    RELAY_EVENTS.labels(event).inc()
 
 
 class TransactionObserver:

@@ -133,6 +133,7 @@ def _compile(source: PolicySource, gateway: Gateway, builder: IndexBuilder) -> F
             outbound_networks=tuple(tenant.outbound.networks),
             source=tenant_file.source(()),
             check_overrides={hit_id: (o.score, o.action) for hit_id, o in tenant.checks.items()},
+            dkim=tenant.outbound.dkim,
         )
 
     return FilterGraph(
@@ -144,4 +145,5 @@ def _compile(source: PolicySource, gateway: Gateway, builder: IndexBuilder) -> F
         content=builder.content(source, conditions),
         lists=builder.lists(source),
         global_lists=frozenset(gateway.lists),
+        root=source.root,
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from engine.graph.content import ContentIndex
 from engine.graph.lists import ListEntry, ListIndex
@@ -49,7 +50,7 @@ from engine.graph.verdict import (
     normalise_address,
 )
 from engine.mime.view import MessageView
-from engine.policy.models import AcceptMode, Action, Direction, Gateway, ListAction, Route, Scoring
+from engine.policy.models import AcceptMode, Action, Direction, DkimKey, Gateway, ListAction, Route, Scoring
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,7 @@ class TenantPlan:
     source: str
     # tenant `checks:` overrides: hit id (or "check:*") -> (score or None, action or None)
     check_overrides: Mapping[str, tuple[float | None, Action | None]] = field(default_factory=dict)
+    dkim: DkimKey | None = None  # outbound.dkim as written (the relay loads the key, engine/relay/signing.py)
 
     def own_check_hits(self, hits: Sequence[Hit]) -> tuple[Hit, ...]:
         """`hits` with this tenant's score/action overrides of check results applied."""
@@ -160,8 +162,10 @@ class FilterGraph:
         content: ContentIndex,
         lists: ListIndex,
         global_lists: frozenset[str],
+        root: Path | None = None,
     ) -> None:
         self.version = version
+        self.root = root  # the policy directory it was compiled from (relative paths in it resolve here)
         self.content_hash = content_hash  # of the policy files it was compiled from
         self.gateway = gateway
         self.tenants: Mapping[str, TenantPlan] = dict(tenants)

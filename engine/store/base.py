@@ -281,6 +281,9 @@ class Store(Protocol):
     async def record_attempt(self, record: AttemptRecord) -> None:
         """Store an attempt's per-recipient outcome: reschedule, or finish the delivery."""
 
+    async def dsn_sent(self, queue_id: str) -> bool:
+        """Whether a DSN was already queued for message `queue_id` (at most one per message)."""
+
     async def read_message(self, queue_id: str) -> bytes | None:
         """The raw message as received; None when it is not stored."""
 

@@ -86,7 +86,7 @@ T = TypeVar("T")
 
 DB_NAME = "index.sqlite3"
 LOCK_NAME = "owner.lock"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: dsn_sent
 BUSY_TIMEOUT_MS = 30_000
 LOCK_WAIT = 30.0  # seconds an owner waits for the state lock before giving up
 MAX_BATCH = 512  # operations per transaction
@@ -153,7 +153,12 @@ CREATE TABLE IF NOT EXISTS quarantine (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS quarantine_by_status ON quarantine(status, created_at);
 CREATE INDEX IF NOT EXISTS quarantine_by_message ON quarantine(queue_id);
+CREATE TABLE IF NOT EXISTS dsn_sent (
+    queue_id TEXT PRIMARY KEY,                 -- a message that got its DSN (at most one per message)
+    sent_at  REAL NOT NULL
+) WITHOUT ROWID;
 """
+DSN_MEMORY_DAYS = 30  # a dsn_sent row outlives every delivery of its message (give_up_after is days)
 
 _DELIVERY_COLUMNS = (
     "d.id, d.queue_id, d.tenant, d.route_by, d.mail_from, d.rcpts, d.headers, d.subject_prefix,"
@@ -410,6 +415,8 @@ def _record(txn: _Txn, record: AttemptRecord) -> None:
         raise StoreError(f"delivery {record.delivery_id} does not exist")
     if record.dsn is not None:
         _insert_message(txn, record.dsn)
+        conn.execute("INSERT OR IGNORE INTO dsn_sent (queue_id, sent_at) VALUES (?, ?)",
+                     (row[0], record.dsn.envelope.received_at))
     if any(r.status == "pending" for r in record.rcpts):
         conn.execute(
             "UPDATE deliveries SET state = 'queued', rcpts = ?, next_attempt_at = ?, last_error = ?,"
@@ -475,6 +482,7 @@ def _purge(txn: _Txn, now: float, archive_days: int, quarantine_days: int) -> Pu
         r[0] for r in conn.execute("SELECT queue_id FROM quarantine WHERE created_at < ?", (quarantine_cut,))
     ]
     conn.execute("DELETE FROM quarantine WHERE created_at < ?", (quarantine_cut,))
+    conn.execute("DELETE FROM dsn_sent WHERE sent_at < ?", (now - DSN_MEMORY_DAYS * DAY,))
     before = txn.deleted
     for queue_id in dict.fromkeys(archived + quarantined):
         _drop_if_unreferenced(txn, queue_id)
@@ -766,6 +774,13 @@ class SqliteStore:
         nor send it twice. The message goes when nothing references it any more.
         """
         await self._submit(lambda txn: _record(txn, record))
+
+    async def dsn_sent(self, queue_id: str) -> bool:
+        """Whether a DSN was queued for message `queue_id` (recorded with it by `record_attempt`;
+        kept DSN_MEMORY_DAYS, so a relay restart never sends a second one)."""
+        return await self._read(
+            lambda conn: conn.execute("SELECT 1 FROM dsn_sent WHERE queue_id = ?", (queue_id,)).fetchone() is not None
+        )
 
     async def queue_summary(self) -> QueueSummary:
         def query(conn: sqlite3.Connection) -> QueueSummary:

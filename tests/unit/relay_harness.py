@@ -46,7 +46,8 @@ RAW = (
 HEADERS = (
     b"Received: from client.example by mxpath.test; Sat, 28 Nov 2026 18:00:00 +0000\r\nX-LivePrism-Action: deliver\r\n"
 )
-FAST = DeliverySettings(retry_initial=1, retry_max=1, give_up_after=3600, connect_timeout=2)
+# the lab's MX hosts are 127.0.0.1: DSNs may go there (the default refuses internal next hops)
+FAST = DeliverySettings(retry_initial=1, retry_max=1, give_up_after=3600, connect_timeout=2, private_next_hops="allow")
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
