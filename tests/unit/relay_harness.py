@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import dns.message
 import dns.rcode
@@ -24,7 +24,7 @@ from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope as ServerEnvelope
 from aiosmtpd.smtp import Session
 
-from engine.policy.models import Action, DeliverySettings, DnsSettings, Route, RouteTls
+from engine.policy.models import Action, DeliverySettings, Direction, DnsSettings, Route, RouteTls
 from engine.relay.nexthop import NextHops
 from engine.relay.worker import RelayWorker
 from engine.store import open_store
@@ -156,15 +156,23 @@ class Gateway:
         raw: bytes = RAW,
         subject_prefix: str | None = None,
         archive: bool = False,
+        outbound: bool = False,
+        copies: Sequence[CopyPlan] = (),
     ) -> Accepted:
+        """Store a message as the front end would: one inbound copy for `tenant` (routed by its
+        routes), or with `outbound` one copy routed by address (to the recipients' MX), as the
+        outbound listener stores tenants' mail to the world; or the `copies` given."""
+        route_by: Literal["tenant", "address"] = "address" if outbound else "tenant"
         msg = Accepted(
             queue_id=new_queue_id(),
             raw=raw,
-            envelope=Envelope(mail_from, tuple(rcpts), "192.0.2.1", "client.example", time.time()),
+            envelope=Envelope(mail_from, tuple(rcpts), "192.0.2.1", "client.example", time.time(),
+                              Direction.outbound if outbound else Direction.inbound),
             subject="",
             policy_version="test",
             verdict={"action": action},
-            copies=(CopyPlan(tenant, tuple(rcpts), Action(action), HEADERS, subject_prefix),),
+            copies=tuple(copies) or (CopyPlan(tenant, tuple(rcpts), Action(action), HEADERS, subject_prefix,
+                                              route_by=route_by),),
             archive=archive,
         )
         await self.store.accept(msg)
