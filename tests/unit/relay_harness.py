@@ -129,14 +129,18 @@ class Gateway:
     settings: DeliverySettings = FAST
     dns: DnsSettings = field(default_factory=DnsSettings)
     mx_port: int = 25
+    mta_sts_port: int = 443
+    tls_ca_file: str | None = None
     worker_options: dict[str, Any] = field(default_factory=dict)
     worker: RelayWorker | None = None
     task: asyncio.Task[None] | None = None
 
     def start(self) -> RelayWorker:
-        hops = NextHops(lambda t: self.routes.get(t, []), self.domains.get, self.dns, mx_port=self.mx_port)
+        hops = NextHops(lambda t: self.routes.get(t, []), self.domains.get, self.dns, mx_port=self.mx_port,
+                        mta_sts_port=self.mta_sts_port, tls_ca_file=self.tls_ca_file)
         options = {"poll_interval": 0.1, **self.worker_options}
         self.worker = RelayWorker(self.store, hops, lambda: self.settings, "mxpath.test", **options)
+        self.worker.pool.configure(self.tls_ca_file)
         self.task = asyncio.create_task(self.worker.run())
         return self.worker
 
