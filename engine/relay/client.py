@@ -235,7 +235,8 @@ class SmtpPool:
                     return await self._connect(hop, connect_timeout, tls=False)
             elif hop.tls is RouteTls.required:
                 await _quit_client(client)
-                return HopFailure(HopReply(0, f"4.7.4 {hop.label} does not offer STARTTLS and the route requires TLS"))
+                why = f"MTA-STS requires TLS with {hop.tls_name}" if hop.tls_name else "the route requires TLS"
+                return HopFailure(HopReply(0, f"4.7.4 {hop.label} does not offer STARTTLS and {why}"))
         except aiosmtplib.SMTPResponseException as exc:  # refused greeting or EHLO/HELO: try the next hop
             client.close()
             return HopFailure(HopReply(0, f"4.4.1 {hop.label} refused the session: {_reply(exc.code, exc.message)}"))
