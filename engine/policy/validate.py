@@ -270,9 +270,9 @@ def _settings_that_cannot_work(source: PolicySource) -> Iterator[Problem]:
                                   f"postmaster {postmaster}: no tenant owns {domain}, so it could not be delivered")
     ca_file = gateway.model.delivery.tls_ca_file
     if ca_file is not None:
-        path = Path(ca_file) if Path(ca_file).is_absolute() else source.root / ca_file
+        ca_path = Path(ca_file) if Path(ca_file).is_absolute() else source.root / ca_file
         try:
-            ssl.create_default_context().load_verify_locations(cafile=str(path))
+            ssl.create_default_context().load_verify_locations(cafile=str(ca_path))
         except (OSError, ssl.SSLError) as exc:
             yield gateway.problem("error", ("delivery", "tls_ca_file"),
                                   f"delivery.tls_ca_file {ca_file}: not a readable PEM CA bundle ({exc})")
