@@ -18,10 +18,12 @@ Protocol between `serve` (parent) and `liveprism relay` (child):
   POLICY_BYTE; the child reloads the file then. So an invalid policy on disk can never stop
   delivery, and both processes always route by the same policy version;
 - the snapshot names each signing tenant's DKIM key (absolute path or env:NAME, never the key
-  itself); the child loads the keys when it reads a snapshot. A new version with a key that
-  cannot be loaded is refused (logged; the child keeps the previous version). At start there is
-  no previous version: the child runs with it, and that tenant's outbound copies wait (4.7.0)
-  until a version with a loadable key arrives — never unsigned.
+  itself); the child loads the keys when it reads a snapshot. A new version in which a key that
+  signs now cannot be loaded is refused (logged; the child keeps the previous version and its
+  keys). A tenant whose key could not be loaded before either (at start, a new tenant, a key
+  never created) does not hold back the version — other tenants' changes must not wait for
+  it — but its outbound copies wait (4.7.0) until a version with a loadable key arrives:
+  never sent unsigned.
 """
 
 from __future__ import annotations
@@ -188,12 +190,17 @@ class _Routing:
             log.error("cannot read %s: %s", SNAPSHOT_NAME, exc)
             return
         signers = load_signers(policy.dkim)
-        refused = problems(signers)
-        if refused:
-            for line in refused:
+        broken = {tenant: item for tenant, item in signers.items() if isinstance(item, KeyProblem)}
+        regressions = problems({t: p for t, p in broken.items() if isinstance(self.signers.get(t), Signer)})
+        if regressions:
+            for line in regressions:
                 log.error("relay policy %s refused: %s", policy.version, line)
-            log.error("relay keeps policy %s (a DKIM key of %s cannot be loaded)", self.policy.version, policy.version)
+            log.error("relay keeps policy %s (a DKIM key that signs now cannot be loaded in %s)",
+                      self.policy.version, policy.version)
             return
+        for line in problems(broken):
+            log.error("relay policy %s: %s; this tenant's outbound mail waits until the key can be loaded",
+                      policy.version, line)
         if policy.version != self.policy.version:
             log.info("relay policy %s -> %s", self.policy.version, policy.version)
         self.policy, self.signers = policy, signers

@@ -2,9 +2,10 @@
 
 Contract:
 - keys are loaded once, when the relay loads a policy version (`load_signers`), never per message;
-  a key that cannot be loaded is a `KeyProblem` for that tenant: the relay refuses that policy
-  version (it keeps the previous one), and while no valid key exists for a tenant that has
-  `outbound.dkim`, its outbound copies are deferred, never sent unsigned (`Signing.for_tenant`);
+  a key that cannot be loaded is a `KeyProblem` for that tenant: the relay refuses a policy
+  version that would break a key signing now (engine/relay/process.py), and while no valid key
+  exists for a tenant that has `outbound.dkim`, its outbound copies are deferred (4.7.0), never
+  sent unsigned;
 - which copies are signed is the worker's decision (copies routed by address with a non-null
   sender: outbound mail); DSNs are not signed (their From is the gateway's MAILER-DAEMON, in no
   tenant's domain);

@@ -164,7 +164,7 @@ def test_unloadable_key_defers_the_copy_never_sends_it_unsigned(relay_lab: Relay
     relay_lab.run(scenario())
 
 
-def test_relay_refuses_a_policy_version_whose_key_cannot_be_loaded(tmp_path: Path) -> None:
+def test_relay_refuses_a_policy_version_that_breaks_a_working_key(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
     good = tmp_path / "good.pem"
@@ -178,6 +178,9 @@ def test_relay_refuses_a_policy_version_whose_key_cannot_be_loaded(tmp_path: Pat
     publish("v1", tmp_path / "missing.pem")
     routing = _Routing(state)  # at start there is nothing older to keep: the tenant's mail waits
     assert isinstance(routing.signer("acme"), KeyProblem)
+    publish("v1b", tmp_path / "missing.pem")
+    routing.reload()  # still no key: other changes of the version are not held back by it
+    assert routing.policy.version == "v1b" and isinstance(routing.signer("acme"), KeyProblem)
     publish("v2", good)
     routing.reload()
     assert routing.policy.version == "v2" and isinstance(routing.signer("acme"), Signer)
