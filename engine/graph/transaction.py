@@ -37,9 +37,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from engine.graph.loops import loop_refusal
 from engine.graph.verdict import (
     ACCEPTED_ACTIONS,
     REASON_BLOCK_LIST,
+    REASON_MAIL_LOOP,
     REASON_TEMPFAIL_HELD,
     REPLY_MAIL_OK,
     REPLY_NO_POSTMASTER,
@@ -58,7 +60,7 @@ from engine.graph.verdict import (
     normalise_address,
     policy_refusal,
 )
-from engine.mime.view import MessageView, parse_message
+from engine.mime.view import MessageView, header_text, parse_message
 from engine.policy.models import Action, Direction
 
 if TYPE_CHECKING:
@@ -156,12 +158,27 @@ class Evaluation:
 
     # ------------------------------------------------------------ DATA and the outcome
 
-    def data(self, view: MessageView, external_hits: Sequence[Hit] = ()) -> Decision:
-        """End of DATA: one verdict per tenant with a recipient, combined into the client's reply."""
+    def data(self, view: MessageView, external_hits: Sequence[Hit] = (), returned_ids: Sequence[str] = ()) -> Decision:
+        """End of DATA: one verdict per tenant with a recipient, combined into the client's reply.
+        A message in a mail loop is refused first, whatever the policy (engine/graph/loops.py);
+        `returned_ids` are queue ids of this gateway's traces that the caller's store shows went
+        to these same recipients (only `serve` has a store; `explain` judges by headers)."""
         if self._decision is not None:
             return self._decision
         if not self.recipients:
             return self._no_recipients()
+        gateway = self.graph.gateway
+        loop = loop_refusal(header_text(view, "received"), gateway.hostname, gateway.limits.hopcount_limit,
+                            returned_ids)
+        if loop is not None:
+            self.refusal_hit = loop.hit
+            verdicts = {
+                name: TenantVerdict(name, tuple(rcpts), Action.reject, 0.0, (loop.hit,),
+                                    self.graph.tenants[name].route_labels, REASON_MAIL_LOOP, "data", loop.reply)
+                for name, rcpts in self.recipients.items()
+            }
+            self._decision = Decision(Action.reject, loop.reply, verdicts, self.graph.version, "data")
+            return self._decision
         verdicts = self.graph.tenant_verdicts(
             client_ip=self.client_ip,
             mail_from=self.mail_from,

@@ -25,6 +25,7 @@ REASON_SCORE = "score"
 REASON_CLEAN = "clean"
 REASON_RELAY_DENIED = "relaying-denied"
 REASON_UNKNOWN_USER = "unknown-user"
+REASON_MAIL_LOOP = "mail-loop"  # refused: the message is looping (engine/graph/loops.py)
 REASON_TEMPFAIL_HELD = "tempfail-held"  # tempfailed while another tenant's copy took the 250: held
 
 # Hit kinds.

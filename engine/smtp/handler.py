@@ -27,13 +27,14 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from engine.checks.runner import Checker, CheckReport, strip_forged_authentication_results
 from engine.graph.evaluator import FilterGraph
+from engine.graph.loops import own_trace_ids
 from engine.graph.transaction import Evaluation
-from engine.graph.verdict import KIND_LIST, REASON_BLOCK_LIST, REASON_TEMPFAIL_HELD, Decision, Hit
+from engine.graph.verdict import KIND_LIST, REASON_BLOCK_LIST, REASON_TEMPFAIL_HELD, Decision, Hit, normalise_address
 from engine.metrics import TransactionObserver
 from engine.mime.view import MessageView, header_text, parse_message
 from engine.policy.models import Direction
 from engine.smtp.envelope import GatewayEnvelope
-from engine.smtp.headers import loop_refusal, received_header, sanitise, verdict_headers
+from engine.smtp.headers import received_header, sanitise, verdict_headers
 from engine.smtp.protocol import client_ip
 from engine.store.base import Accepted, CopyPlan, Store, new_queue_id
 from engine.store.base import Envelope as StoredEnvelope
@@ -47,13 +48,11 @@ OFFLOAD_SIZE = 64 * 1024
 
 
 def _evaluate(
-    evaluation: Evaluation, view: MessageView, external_hits: Sequence[Hit] = ()
-) -> tuple[MessageView, Decision | str]:
-    """Decide the parsed message with the check hits of DATA, or the 554 of a mail loop (the graph
-    is immutable and the evaluation is this session's own, so this may run in a worker thread)."""
-    gateway = evaluation.graph.gateway
-    loop = loop_refusal(header_text(view, "received"), gateway.hostname, gateway.limits.hopcount_limit)
-    return view, loop if loop is not None else evaluation.data(view, external_hits=external_hits)
+    evaluation: Evaluation, view: MessageView, external_hits: Sequence[Hit], returned_ids: Sequence[str]
+) -> tuple[MessageView, Decision]:
+    """Decide the parsed message with the check hits of DATA (the graph is immutable and the
+    evaluation is this session's own, so this may run in a worker thread)."""
+    return view, evaluation.data(view, external_hits=external_hits, returned_ids=returned_ids)
 
 
 class Waker(Protocol):
@@ -169,17 +168,15 @@ class InboundHandler:
             view = await asyncio.to_thread(parse_message, raw) if offload else parse_message(raw)
             report = await env.checks.data(raw, view) if env.checks is not None else None
             hits = report.new_hits if report is not None else ()
+            returned = await self._returned_copies(view, evaluation)
             if offload:
-                view, decision = await asyncio.to_thread(_evaluate, evaluation, view, hits)
+                view, decision = await asyncio.to_thread(_evaluate, evaluation, view, hits, returned)
             else:
-                view, decision = _evaluate(evaluation, view, hits)
+                view, decision = _evaluate(evaluation, view, hits, returned)
             raw = strip_forged_authentication_results(raw, evaluation.graph.gateway.hostname)
         except Exception:  # a bug must not cost the client its message: it retries
             log.exception("evaluation failed for %s; replying 451", queue_id)
             return "451 4.3.0 temporary failure evaluating the message"
-        if isinstance(decision, str):  # a mail loop: refused before any policy, like a size limit
-            self._log_refusal(session, evaluation.mail_from, f"DATA refused: {decision}", evaluation.graph)
-            return decision
         accepted = self._accepted(queue_id, raw, view.subject, session, evaluation, decision, report)
         if not decision.reply.is_positive:
             if accepted.archive:  # refused mail is archived too: "why was it rejected?" has an answer
@@ -201,6 +198,23 @@ class InboundHandler:
         self._observer.observe(decision, evaluation.direction.value, time.monotonic() - env.started)
         self._log_txn(queue_id, session, env, decision, len(raw), reply)
         return reply
+
+    async def _returned_copies(self, view: MessageView, evaluation: Evaluation) -> tuple[str, ...]:
+        """Queue ids of this gateway's traces in the message whose stored copy went, in this same
+        direction, to one of these same recipients: the message came back to where it was delivered
+        (a mail loop). A tenant's outbound mail to another tenant comes back inbound: not a loop."""
+        ids = own_trace_ids(header_text(view, "received"), evaluation.graph.gateway.hostname)
+        if not ids:
+            return ()
+        mine = {normalise_address(rcpt) for rcpts in evaluation.recipients.values() for rcpt in rcpts}
+        returned = []
+        for queue_id in dict.fromkeys(ids):
+            info = await self._store.message_info(queue_id)
+            if info is None or info.envelope.direction is not evaluation.direction:
+                continue
+            if mine & {normalise_address(rcpt) for rcpt in info.envelope.rcpts}:
+                returned.append(queue_id)
+        return tuple(returned)
 
     def _accepted(
         self, queue_id: str, raw: bytes, subject: str, session: Session, evaluation: Evaluation, decision: Decision,

@@ -7,7 +7,6 @@ characters, CR and LF are replaced, so envelope data can never inject a header l
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from email.utils import formatdate
 
 from engine.graph.verdict import TenantVerdict
@@ -47,21 +46,3 @@ def verdict_headers(verdict: TenantVerdict, policy_version: str) -> bytes:
     if verdict.action is Action.tag:
         lines += ["X-Spam-Flag: YES", f"X-Spam-Score: {verdict.score:g}"]
     return "".join(line + "\r\n" for line in lines).encode("utf-8", "replace")
-
-
-OWN_TRACE_LIMIT = 2
-"""Copies carrying this gateway's own Received trace this many times are a loop: a message may
-legitimately pass twice (a tenant's outbound mail to another tenant), never three times."""
-
-
-def loop_refusal(received: Sequence[str], hostname: str, hopcount_limit: int) -> str | None:
-    """The 554 for a message in a mail loop, judged by its (unfolded) Received header values: more
-    than `hopcount_limit` of them (RFC 5321 §6.3, Postfix's hopcount_limit), or this gateway's own
-    trace `OWN_TRACE_LIMIT` times; None otherwise."""
-    if len(received) > hopcount_limit:
-        return f"554 5.4.6 too many hops ({len(received)} Received header fields; mail loop?)"
-    own = f"by {hostname} (LivePrism)"
-    passes = sum(own in value for value in received)
-    if passes >= OWN_TRACE_LIMIT:
-        return f"554 5.4.6 mail loop: this message already passed through {hostname} {passes} times"
-    return None

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
-from engine.policy.models import Action
+from engine.policy.models import Action, Direction
 from engine.store.base import (
     Accepted,
     AttemptRecord,
@@ -756,7 +756,7 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 return None
-            envelope = Envelope(row[1], tuple(json.loads(row[2])), row[3], row[4], row[5], row[6])
+            envelope = Envelope(row[1], tuple(json.loads(row[2])), row[3], row[4], row[5], Direction(row[6]))
             return StoredMessage(row[0], envelope, row[7], row[8], row[9], json.loads(row[10]), row[11])
 
         return await self._read(query)

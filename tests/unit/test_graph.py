@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from engine.cli.main import app
 from engine.graph.compiler import load_graph
 from engine.graph.evaluator import FilterGraph
+from engine.graph.loops import own_trace_ids
 from engine.graph.transaction import simulate
 from engine.graph.verdict import (
     KIND_ANTIVIRUS,
@@ -775,3 +776,44 @@ def test_postmaster_is_refused_when_none_is_configured(graph: FilterGraph) -> No
     evaluation.mail(SENDER)
     result = evaluation.rcpt("postmaster")
     assert str(result.answer) == "550 5.1.1 no postmaster mailbox is configured (gateway.yaml postmaster)"
+
+
+# ---------------------------------------------------------------- mail loops (issue 7 item 2)
+
+
+def _own_trace(queue_id: str) -> bytes:
+    return (b"Received: from mail1.acme.example ([192.0.2.7])\r\n\tby mx.test.example (LivePrism) with ESMTP id "
+            + queue_id.encode() + b";\r\n\tTue, 1 Dec 2026 10:00:00 +0000\r\n")
+
+
+def test_a_message_carrying_two_of_our_traces_is_a_loop_that_explain_shows(graph: FilterGraph) -> None:
+    raw = _own_trace("Q2") + _own_trace("Q1") + CLEAN
+    decision, _ = explain(graph, raw=raw, mail_from=SENDER, rcpts=["bob@acme.example"], client_ip=NEUTRAL_IP)
+    assert (decision.reply.code, decision.reply.status) == (554, "5.4.6")
+    assert "already passed through mx.test.example 2 times" in decision.reply.text
+    verdict = decision.tenants["acme"]
+    assert (verdict.action, verdict.reason) == (Action.reject, "mail-loop")
+    assert [hit.id for hit in verdict.hits] == ["mail-loop"]
+    once = explain(graph, raw=_own_trace("Q1") + CLEAN, mail_from=SENDER, rcpts=["bob@acme.example"],
+                   client_ip=NEUTRAL_IP)[0]
+    assert once.reply.code == 250  # one pass is legitimate (a tenant's outbound mail to another tenant)
+
+
+def test_a_loop_beats_an_allow_list(graph: FilterGraph) -> None:
+    raw = b"Received: from a by b; Tue, 1 Dec 2026 10:00:00 +0000\r\n" * 51 + CLEAN
+    decision = decide(graph, raw, {"acme": ["bob@acme.example"]}, mail_from="billing@partner.example")
+    allowed = decide(graph, CLEAN, {"acme": ["bob@acme.example"]}, mail_from="billing@partner.example")
+    assert allowed.tenants["acme"].reason == "allow-list"
+    assert decision.reply.code == 554 and decision.tenants["acme"].reason == "mail-loop"
+    fine = decide(graph, raw[raw.index(b"\r\n") + 2 :], {"acme": ["bob@acme.example"]})
+    assert fine.reply.code == 250
+
+
+def test_a_copy_returned_to_its_recipients_is_a_loop_at_its_first_return(graph: FilterGraph) -> None:
+    evaluation = graph.begin(NEUTRAL_IP, "client.example")
+    evaluation.mail_from = SENDER
+    evaluation.recipients = {"acme": ["bob@acme.example"]}
+    decision = evaluation.data(parse_message(_own_trace("Q1") + CLEAN), returned_ids=["Q1"])
+    assert decision.reply.code == 554 and "as Q1" in decision.reply.text
+    assert own_trace_ids([_own_trace("Q1").decode()[10:]], "mx.test.example") == ("Q1",)
+    assert own_trace_ids(["from x by other.example (LivePrism) with ESMTP id Q9"], "mx.test.example") == ()
