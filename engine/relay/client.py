@@ -10,8 +10,10 @@ Connecting (RFC 5321 §3.1, §4.1.1.1): greeting, EHLO (HELO when EHLO is refuse
 STARTTLS (RFC 3207) when the hop's TLS mode is not `none` and the server offers it, and EHLO
 again. Certificates are not verified in either mode — as Postfix's `may` and `encrypt`
 levels: `required` guarantees an encrypted session, not the server's identity. A failed
-handshake fails the hop when TLS is required; when it is opportunistic the session is redone
-in plain text (as Postfix's `may` level does). A route that requires TLS on a server without
+handshake fails the hop when TLS is required, and for mail exchangers found in DNS (the world:
+plain text only when STARTTLS is not offered, RFC 3207 practice; the next MX or a later retry
+is tried instead); on an opportunistic tenant route the session is redone in plain text (a
+tenant's own server with a broken TLS stack still gets its mail). A route that requires TLS on a server without
 STARTTLS fails the hop. A hop with a `tls_name` (an MX host under an enforced MTA-STS policy,
 RFC 8461 §4.2) requires STARTTLS and a certificate chain valid (system CAs + `tls_ca_file`)
 for that name, else the hop fails with 4.7.5 — Postfix's `secure` level.
@@ -229,6 +231,8 @@ class SmtpPool:
                     if hop.tls_name:
                         return HopFailure(HopReply(0, f"4.7.5 TLS with {hop.label} failed, a certificate valid for"
                                                       f" {hop.tls_name} is required (MTA-STS): {exc}"))
+                    if hop.mx_name:  # a mail exchanger found in DNS: never downgrade after a failed handshake
+                        return HopFailure(HopReply(0, f"4.7.5 TLS handshake with {hop.label} failed: {exc}"))
                     if hop.tls is RouteTls.required:
                         return HopFailure(HopReply(0, f"4.7.5 TLS with {hop.label} failed: {exc}"))
                     log.info("relay=%s tls=failed fallback=plaintext error=%r", hop.label, str(exc))

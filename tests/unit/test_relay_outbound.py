@@ -7,6 +7,7 @@ tests/integration/test_delivery_world.py."""
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import dkim
@@ -15,7 +16,7 @@ from relay_harness import FAST, HEADERS, Recorder, RelayLab, route, wait_until, 
 
 from engine import metrics
 from engine.dns.dkim import KeyProblem, dkimpy_private_key, generate_key, public_record, write_new_key
-from engine.policy.models import Action, DeliverySettings, DnsSettings
+from engine.policy.models import Action, DeliverySettings, DnsSettings, RouteTls
 from engine.relay.compose import world_headers
 from engine.relay.mta_sts import StsPolicy, parse_policy, record_id
 from engine.relay.nexthop import internal_address
@@ -321,3 +322,35 @@ def test_mta_sts_policy_parsing_and_matching() -> None:
     assert record_id(("v=STSv1; id=20261201T1;",)) == "20261201T1"
     assert record_id(("v=STSv1; id=a;", "v=STSv1; id=b;")) is None  # two records: none (RFC 8461 §3.1)
     assert record_id(("v=spf1 -all",)) is None
+
+
+# ---------------------------------------------------------------- opportunistic STARTTLS to the world
+
+
+def test_failed_handshake_with_a_world_mx_is_not_downgraded_but_a_tenant_route_is(relay_lab: RelayLab) -> None:
+    broken = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # offers STARTTLS, has no certificate: every handshake fails
+
+    async def scenario() -> None:
+        remote, tenant = Recorder(), Recorder()
+        port_remote = await relay_lab.serve(remote, tls_context=broken)
+        port_tenant = await relay_lab.serve(tenant, tls_context=broken)
+        dns_settings = await relay_lab.dns(MX_RECORDS)
+        gw = await relay_lab.gateway({"acme": [route(port_tenant, tls=RouteTls.opportunistic)]}, dns=dns_settings,
+                                     mx_port=port_remote)
+        gw.start()
+        await gw.accept(mail_from="alice@acme.example", rcpts=("bob@faraway.example",), raw=OUT, outbound=True)
+        await gw.accept(mail_from="someone@faraway.example")  # inbound, to acme's own server
+        await wait_until(lambda: len(tenant.messages) == 1)  # the tenant route: plain text after the failure
+
+        async def world_deferred() -> bool:
+            entries = await gw.store.list_queue()
+            return len(entries) == 1 and entries[0].attempts >= 1 and entries[0].state == "queued"
+
+        await wait_until_async(world_deferred)
+        await gw.stop()
+        assert not tenant.messages[0].tls
+        assert remote.messages == []  # never in plain text after STARTTLS was offered
+        [entry] = await gw.store.list_queue()
+        assert entry.last_error.startswith("4.7.5 TLS handshake with 127.0.0.1:")
+
+    relay_lab.run(scenario())
