@@ -263,7 +263,9 @@ def test_serve_sends_dsn_to_sender_mx_under_mta_sts_over_verified_tls(nsd: Nsd, 
     assert wait_for(lambda: len(world_mx.messages) == 1, timeout=30)
     dsn = world_mx.messages[0]
     assert dsn.mail_from == "<>" and dsn.rcpts == ["someone@world.example"] and dsn.tls
-    assert b"Status: 5.1.1" in dsn.data and b"X-LivePrism-Verdict" not in dsn.data.split(b"\r\n\r\n")[0]
+    assert b"Status: 5.1.1" in dsn.data
+    assert b"X-LivePrism-Verdict" not in dsn.data and b"Authentication-Results" not in dsn.data  # not for strangers
+    assert b"Received: from client.test.example" in dsn.data  # the returned headers keep the trace
     assert sts.requests == 1
 
 
