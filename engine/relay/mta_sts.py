@@ -15,15 +15,17 @@ Algorithm for a recipient domain D (RFC 8461 §5.1), on the shared resolver:
    cached one (if still valid) stays in force, else D has no policy. A failed fetch is not
    repeated for the same id within FAILURE_BACKOFF seconds.
 
-The cache lives in memory, per relay process: a relay restart fetches again (a domain whose
-policy server is down right after a restart is delivered to as if it had no policy, §8.1's
-"first contact" risk). What a policy means for delivery (`enforce`: only matching MX hosts,
-verified TLS; `testing`: report only) is `nexthop`'s business; `StsPolicy.matches` is §4.1.
+The cache lives in memory and, when a store is given (the relay's), in the store's `mta_sts`
+table until each policy's max_age runs out: a relay restart keeps enforcing what it learnt
+(§5: the cache is what protects against a downgrade), a store error only costs that.
+What a policy means for delivery (`enforce`: only matching MX hosts, verified TLS; `testing`:
+report only) is `nexthop`'s business; `StsPolicy.matches` is §4.1.
 Results are values: `lookup` never raises.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import ssl
@@ -35,6 +37,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from engine.dns.resolver import Resolver
+from engine.store.base import Store, StoreError
 
 log = logging.getLogger("liveprism.relay")
 
@@ -54,6 +57,21 @@ class StsPolicy:
     mx: tuple[str, ...]  # patterns: "mail.example.com" or "*.example.com"
     max_age: int
     fetched_at: float
+
+    def to_json(self) -> str:
+        return json.dumps({"id": self.id, "mode": self.mode, "mx": list(self.mx), "max_age": self.max_age,
+                           "fetched_at": self.fetched_at})
+
+    @classmethod
+    def from_json(cls, text: str) -> StsPolicy | None:
+        """The policy `to_json` wrote; None when the text is not one."""
+        try:
+            data = json.loads(text)
+            policy = cls(str(data["id"]), data["mode"], tuple(str(m) for m in data["mx"]), int(data["max_age"]),
+                         float(data["fetched_at"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+        return policy if policy.mode in ("enforce", "testing", "none") else None
 
     def expired(self, now: float) -> bool:
         return now >= self.fetched_at + self.max_age
@@ -156,9 +174,12 @@ class StsLookup:
 class MtaSts:
     """Discovers, fetches and caches MTA-STS policies; see the module docstring."""
 
-    def __init__(self, resolver: Resolver, *, port: int = 443, ca_file: str | None = None) -> None:
+    def __init__(self, resolver: Resolver, *, port: int = 443, ca_file: str | None = None,
+                 store: Store | None = None) -> None:
         self._resolver = resolver
+        self._store = store
         self._cache: dict[str, StsPolicy] = {}
+        self._read_from_store: set[str] = set()  # domains looked up in the store since the start
         self._failed: dict[tuple[str, str], float] = {}  # (domain, id) -> when the fetch failed
         self.configure(port=port, ca_file=ca_file)
 
@@ -171,6 +192,8 @@ class MtaSts:
     async def lookup(self, domain: str) -> StsLookup:
         """The policy in force for `domain` (never raises)."""
         now = time.time()
+        if domain not in self._cache and domain not in self._read_from_store:
+            await self._restore(domain, now)
         cached = self._cache.get(domain)
         if cached is not None and cached.expired(now):
             del self._cache[domain]
@@ -193,9 +216,28 @@ class MtaSts:
             return StsLookup(cached, f"fetch failed: {fetched}")
         self._failed.pop((domain, policy_id), None)
         self._cache[domain] = fetched
+        if self._store is not None:
+            try:
+                await self._store.save_mta_sts_policy(domain, fetched.to_json(), fetched.fetched_at + fetched.max_age)
+            except StoreError as exc:
+                log.error("mta-sts domain=%s cannot store the policy: %s", domain, exc)
         log.info("mta-sts domain=%s id=%s mode=%s max_age=%d mx=%s", domain, policy_id, fetched.mode,
                  fetched.max_age, ",".join(fetched.mx))
         return StsLookup(fetched, "fetched")
+
+    async def _restore(self, domain: str, now: float) -> None:
+        """Load `domain`'s policy from the store into the cache (once per domain and process)."""
+        self._read_from_store.add(domain)
+        if self._store is None:
+            return
+        try:
+            text = await self._store.mta_sts_policy(domain, now)
+        except StoreError as exc:
+            log.error("mta-sts domain=%s cannot read the stored policy: %s", domain, exc)
+            return
+        policy = StsPolicy.from_json(text) if text is not None else None
+        if policy is not None:
+            self._cache[domain] = policy
 
     async def fetch(self, domain: str, policy_id: str, now: float) -> StsPolicy | str:
         """GET the policy file with the checks of the module docstring; the policy or why not."""

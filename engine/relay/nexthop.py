@@ -32,6 +32,7 @@ from engine import metrics
 from engine.dns.resolver import Resolver
 from engine.policy.models import DnsSettings, Route, RouteTls
 from engine.relay.mta_sts import MtaSts
+from engine.store.base import Store
 
 log = logging.getLogger("liveprism.relay")
 
@@ -94,9 +95,11 @@ class NextHops:
         mx_port: int = 25,
         mta_sts_port: int = 443,
         tls_ca_file: str | None = None,
+        store: Store | None = None,
     ) -> None:
         self._tenant_routes = tenant_routes
         self._tenant_of_domain = tenant_of_domain
+        self._store = store  # where MTA-STS policies are kept across restarts (None: memory only)
         self.configure(dns_settings, mx_port, mta_sts_port=mta_sts_port, tls_ca_file=tls_ca_file)
 
     def configure(self, dns_settings: DnsSettings, mx_port: int, *, mta_sts_port: int = 443,
@@ -105,7 +108,7 @@ class NextHops:
         (a policy reload); the MTA-STS cache is kept."""
         if getattr(self, "_resolver", None) is None:
             self._resolver = Resolver(dns_settings)
-            self.mta_sts = MtaSts(self._resolver, port=mta_sts_port, ca_file=tls_ca_file)
+            self.mta_sts = MtaSts(self._resolver, port=mta_sts_port, ca_file=tls_ca_file, store=self._store)
         else:
             self._resolver.configure(dns_settings)
             self.mta_sts.configure(port=mta_sts_port, ca_file=tls_ca_file)

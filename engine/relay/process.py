@@ -225,7 +225,7 @@ async def _child(state: Path) -> None:
     delivery = routing.policy.delivery
     next_hops = NextHops(
         routing.tenant_routes, routing.tenant_of_domain, routing.policy.dns, mx_port=delivery.mx_port,
-        mta_sts_port=delivery.mta_sts_port, tls_ca_file=routing.policy.tls_ca_file,
+        mta_sts_port=delivery.mta_sts_port, tls_ca_file=routing.policy.tls_ca_file, store=store,
     )
     relay = RelayWorker(store, next_hops, lambda: routing.policy.delivery, routing.policy.hostname,
                         signing=routing.signer)

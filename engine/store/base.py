@@ -284,6 +284,12 @@ class Store(Protocol):
     async def dsn_sent(self, queue_id: str) -> bool:
         """Whether a DSN was already queued for message `queue_id` (at most one per message)."""
 
+    async def mta_sts_policy(self, domain: str, now: float) -> str | None:
+        """The MTA-STS policy (JSON) the relay stored for `domain`, unless expired by `now`."""
+
+    async def save_mta_sts_policy(self, domain: str, policy: str, expires_at: float) -> None:
+        """Store `domain`'s MTA-STS policy (JSON) until `expires_at` (survives a relay restart)."""
+
     async def read_message(self, queue_id: str) -> bytes | None:
         """The raw message as received; None when it is not stored."""
 

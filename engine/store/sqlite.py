@@ -86,7 +86,7 @@ T = TypeVar("T")
 
 DB_NAME = "index.sqlite3"
 LOCK_NAME = "owner.lock"
-SCHEMA_VERSION = 2  # 2: dsn_sent
+SCHEMA_VERSION = 2  # 2: dsn_sent, mta_sts
 BUSY_TIMEOUT_MS = 30_000
 LOCK_WAIT = 30.0  # seconds an owner waits for the state lock before giving up
 MAX_BATCH = 512  # operations per transaction
@@ -156,6 +156,11 @@ CREATE INDEX IF NOT EXISTS quarantine_by_message ON quarantine(queue_id);
 CREATE TABLE IF NOT EXISTS dsn_sent (
     queue_id TEXT PRIMARY KEY,                 -- a message that got its DSN (at most one per message)
     sent_at  REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mta_sts (
+    domain     TEXT PRIMARY KEY,               -- a recipient domain's MTA-STS policy (RFC 8461 §5)
+    policy     TEXT NOT NULL,                  -- JSON, as engine/relay/mta_sts.py writes it
+    expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 """
 DSN_MEMORY_DAYS = 30  # a dsn_sent row outlives every delivery of its message (give_up_after is days)
@@ -483,6 +488,7 @@ def _purge(txn: _Txn, now: float, archive_days: int, quarantine_days: int) -> Pu
     ]
     conn.execute("DELETE FROM quarantine WHERE created_at < ?", (quarantine_cut,))
     conn.execute("DELETE FROM dsn_sent WHERE sent_at < ?", (now - DSN_MEMORY_DAYS * DAY,))
+    conn.execute("DELETE FROM mta_sts WHERE expires_at < ?", (now,))
     before = txn.deleted
     for queue_id in dict.fromkeys(archived + quarantined):
         _drop_if_unreferenced(txn, queue_id)
@@ -781,6 +787,22 @@ class SqliteStore:
         return await self._read(
             lambda conn: conn.execute("SELECT 1 FROM dsn_sent WHERE queue_id = ?", (queue_id,)).fetchone() is not None
         )
+
+    async def mta_sts_policy(self, domain: str, now: float) -> str | None:
+        """The stored MTA-STS policy of `domain` (JSON) unless it expired by `now`."""
+
+        def query(conn: sqlite3.Connection) -> str | None:
+            sql = "SELECT policy FROM mta_sts WHERE domain = ? AND expires_at > ?"
+            row = conn.execute(sql, (domain, now)).fetchone()
+            return str(row[0]) if row else None
+
+        return await self._read(query)
+
+    async def save_mta_sts_policy(self, domain: str, policy: str, expires_at: float) -> None:
+        """Keep `domain`'s MTA-STS policy (JSON) until `expires_at`, replacing the one stored."""
+        await self._submit(lambda txn: txn.conn.execute(
+            "INSERT OR REPLACE INTO mta_sts (domain, policy, expires_at) VALUES (?, ?, ?)",
+            (domain, policy, expires_at)))
 
     async def queue_summary(self) -> QueueSummary:
         def query(conn: sqlite3.Connection) -> QueueSummary:

@@ -301,3 +301,25 @@ def test_serve_null_mx_sender_gets_no_dsn_and_no_retry(nsd: Nsd, procs: list[obj
     assert "status=bounced" in log
     listing = gateway.cli("queue", "list", "--state", str(tmp_path / "state"))
     assert "world.example" not in listing.stdout
+
+
+def test_mta_sts_policy_survives_a_relay_restart_in_the_store(lab: RelayLab, nsd: Nsd, procs: list[object],
+                                                              tmp_path: Path) -> None:
+    ca = LabCa(tmp_path / "ca")
+    nsd_port = nsd.start({"world.example": world_zone(sts_id="1")})
+    sts = StsServer(free_port(), ca.issue("mta-sts.world.example"), ENFORCE_OK).start()
+    procs.append(sts)
+
+    async def lookups() -> None:
+        store = await lab.store()
+        resolver = Resolver(dns_of(nsd_port))
+        first = await MtaSts(resolver, port=sts.port, ca_file=str(ca.ca_file), store=store).lookup("world.example")
+        assert first.policy is not None and first.note == "fetched"
+        sts.status = 500  # the policy server breaks; the relay restarts (a new cache)
+        restarted = MtaSts(resolver, port=sts.port, ca_file=str(ca.ca_file), store=store)
+        again = await restarted.lookup("world.example")
+        assert again.policy == first.policy and again.note == "cached" and sts.requests == 1
+        memory_only = MtaSts(resolver, port=sts.port, ca_file=str(ca.ca_file))
+        assert (await memory_only.lookup("world.example")).policy is None  # what the store protects against
+
+    lab.run(lookups(), timeout=60)
