@@ -45,8 +45,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-import dkim
-
 from engine import metrics
 from engine.dns.dkim import KeyProblem
 from engine.mime.printable import escape, has_control
@@ -257,7 +255,7 @@ class RelayWorker:
                 signed = await asyncio.to_thread(sign, signer, data)
             else:
                 signed = sign(signer, data)
-        except dkim.DKIMException as exc:
+        except ValueError as exc:  # a header section it cannot sign (e.g. a non-ASCII d= domain)
             return HopReply(0, f"5.6.0 the message cannot be DKIM-signed: {exc}")
         metrics.relay_event("dkim-signed")
         return signed

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from engine.dns.dkim import dkimpy_private_key, generate_key, public_record
+from engine.dns.dkim import generate_key, public_record
 from engine.dns.resolver import Resolver
 from engine.policy.models import DnsSettings
 from engine.relay.mta_sts import MtaSts
@@ -99,7 +99,7 @@ def test_signed_copy_verifies_with_opendkim(lab: RelayLab, nsd: Nsd, procs: list
     sink = SmtpSink(free_port()).start()
     procs.append(sink)
     alg = b"ed25519-sha256" if algorithm == "ed25519" else b"rsa-sha256"
-    signer = Signer("acme", selector, ("acme.example",), dkimpy_private_key(key), alg)
+    signer = Signer("acme", selector, ("acme.example",), key, alg)
 
     async def scenario() -> None:
         gw = await deliver_outbound(lab, nsd_port, sink.port, worker_options={"signing": {"acme": signer}.get})

@@ -15,7 +15,7 @@ import pytest
 from relay_harness import FAST, HEADERS, Recorder, RelayLab, route, wait_until, wait_until_async
 
 from engine import metrics
-from engine.dns.dkim import KeyProblem, dkimpy_private_key, generate_key, public_record, write_new_key
+from engine.dns.dkim import KeyProblem, generate_key, public_record, write_new_key
 from engine.policy.models import Action, DeliverySettings, DnsSettings, RouteTls
 from engine.relay.compose import world_headers
 from engine.relay.mta_sts import StsPolicy, parse_policy, record_id
@@ -40,7 +40,7 @@ MX_RECORDS = {("faraway.example.", "MX"): ["10 mx.faraway.example."], ("mx.faraw
 def signer(algorithm: str = "rsa") -> tuple[Signer, bytes]:
     key = generate_key("ed25519" if algorithm == "ed25519" else "rsa")
     alg = b"ed25519-sha256" if algorithm == "ed25519" else b"rsa-sha256"
-    return Signer("acme", "lp1", ("acme.example", "acme-corp.example"), dkimpy_private_key(key), alg), \
+    return Signer("acme", "lp1", ("acme.example", "acme-corp.example"), key, alg), \
         public_record(key).encode()
 
 
@@ -72,6 +72,23 @@ def test_sign_relaxed_relaxed_over_signs_from_and_verifies(algorithm: str) -> No
     # an added From (a second one, as a forger would prepend) breaks the signature: From is over-signed
     assert not verifies(signed.replace(b"From: Alice", b"From: Mallory <m@evil.example>\r\nFrom: Alice", 1), record)
     assert not verifies(signed.replace(b"Hello Bob", b"Hello Eve"), record)
+
+
+@pytest.mark.parametrize("message", [
+    b"From: a@acme.example\r\nSubject: empty body\r\n\r\n",
+    b"From: a@acme.example\r\nSubject: no body at all\r\n",
+    b"From:   a@acme.example  \r\nSubject:\tfolded\r\n   over\r\n\tthree lines \r\nTo: x@y\r\nTo: z@w\r\n\r\n"
+    b"  white \t space  \r\n\r\nend\t \r\n\r\n\r\n",
+    b"From: a@acme.example\nSubject: bare LF line ends\n\nbody\nmore\n",
+    b"From: a@acme.example\r\nSubject: no final CRLF\r\n\r\nlast line",
+    b"FROM: a@acme.example\r\nsubject: case\r\nCc: c@d\r\nReply-To: r@acme.example\r\n\r\n\xc3\xa9t\xc3\xa9\r\n",
+])
+def test_canonicalization_edge_cases_verify_with_dkimpy(message: bytes) -> None:
+    for algorithm in ("rsa", "ed25519"):
+        key, record = signer(algorithm)
+        signed = sign(key, message)
+        assert verifies(signed, record), (algorithm, signed)
+        assert signed.endswith(b"\r\n") and b"\n" not in signed.replace(b"\r\n", b"")  # as the client sends it
 
 
 def test_signing_domain_follows_header_from() -> None:
