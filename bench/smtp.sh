@@ -58,7 +58,7 @@ policy() {  # example rules and lists; one tenant (example.net, the smtp-source 
   local dir=$WORK/policy; rm -rf "$dir"; mkdir -p "$dir/tenants"
   cp -r "$REPO/policies/rules" "$REPO/policies/lists" "$dir/"
   sed -e "s/port: 2525/port: $P_GW/" -e 's/max_connections_per_ip: 50/max_connections_per_ip: 1000/' \
-      -e '/^postmaster:/d' "$REPO/policies/gateway.yaml" > "$dir/gateway.yaml"
+      -e '/^postmaster:/d' -e '/^  outbound:/d' "$REPO/policies/gateway.yaml" > "$dir/gateway.yaml"
   cat > "$dir/tenants/bench.yaml" <<EOF
 name: bench
 domains: [example.net, example.org]

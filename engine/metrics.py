@@ -58,6 +58,15 @@ RELAY_EVENTS = Counter(
     "liveprism_relay_events_total", "Relay decisions worth alerting on, by event token (dsn-dropped-private-hop,"
     " mta-sts-enforce-mx-mismatch, mta-sts-testing-mx-mismatch, dkim-signed, dkim-key-unavailable).", ["event"],
 )
+OUTBOUND_RATE_LIMITED = Counter(
+    "liveprism_outbound_rate_limited_total", "Outbound transactions refused with 451 4.7.1 by outbound.limits,"
+    " by tenant, limit (per_sender_per_hour, per_tenant_per_hour) and stage (mail, data).",
+    ["tenant", "limit", "stage"],
+)
+AUTH_ATTEMPTS = Counter(
+    "liveprism_smtp_auth_total", "SMTP AUTH attempts on the outbound listener, by result (success, failure).",
+    ["result"],
+)
 
 _CODE_CLASSES = {"2": "2xx", "3": "3xx", "4": "4xx", "5": "5xx"}
 
@@ -74,6 +83,15 @@ def session_opened() -> None:
 
 def session_closed() -> None:
     SESSIONS_OPEN.dec()
+
+
+def outbound_rate_limited(tenant: str, limit: str, stage: str) -> None:
+    """An outbound transaction refused by `outbound.limits.<limit>` at `stage`."""
+    OUTBOUND_RATE_LIMITED.labels(tenant, limit, stage).inc()
+
+
+def auth_attempt(success: bool) -> None:
+    AUTH_ATTEMPTS.labels("success" if success else "failure").inc()
 
 
 def delivery_attempt(result: str, route: str) -> None:

@@ -47,6 +47,7 @@ from engine.policy.models import Gateway, Listener, Storage
 from engine.privileges import Account, drop_privileges, resolve_account
 from engine.relay.process import RelayProcess
 from engine.smtp.handler import InboundHandler, Waker
+from engine.smtp.outbound import OutboundHandler, OutboundSMTP
 from engine.smtp.protocol import ConnectionLimits, GatewaySMTP, install_aiosmtpd_speedups
 from engine.store import open_store, state_dir
 from engine.store.base import Store
@@ -84,7 +85,7 @@ def tls_context(gateway: Gateway, policy_dir: Path) -> ssl.SSLContext | None:
 
 
 def listening_socket(listener: Listener) -> socket.socket:
-    """The inbound listening socket, bound here and shared (inherited) by the worker processes."""
+    """A listening socket, bound here and shared (inherited) by the worker processes."""
     family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
     sock = socket.create_server((listener.address, listener.port), family=family, backlog=1024)
     sock.setblocking(False)
@@ -93,40 +94,51 @@ def listening_socket(listener: Listener) -> socket.socket:
 
 @dataclass
 class FrontEnd:
-    """The SMTP server of one process (the parent or a worker) on the shared socket."""
+    """The SMTP servers of one process (the parent or a worker) on the shared sockets: the inbound
+    listener, and the outbound one when `listeners.outbound` is set (same limits and protections,
+    each listener counting its own connections)."""
 
-    server: asyncio.AbstractServer
-    limits: ConnectionLimits
+    servers: list[asyncio.AbstractServer]
+    limits: list[ConnectionLimits]
 
     @classmethod
-    async def start(cls, policy: LivePolicy, store: Store, waker: Waker | None, sock: socket.socket) -> FrontEnd:
+    async def start(cls, policy: LivePolicy, store: Store, waker: Waker | None, sock: socket.socket,
+                    outbound_sock: socket.socket | None = None) -> FrontEnd:
         install_aiosmtpd_speedups()
-        handler = InboundHandler(
-            current_graph=policy.current, store=store, relay=waker,
-            log_format=lambda: policy.graph.gateway.log.format,
-        )
-        limits = ConnectionLimits(
-            lambda: (policy.graph.gateway.limits.max_connections, policy.graph.gateway.limits.max_connections_per_ip)
-        )
+        common: dict[str, Any] = {
+            "current_graph": policy.current, "store": store, "relay": waker,
+            "log_format": lambda: policy.graph.gateway.log.format,
+        }
         context = tls_context(policy.graph.gateway, policy.directory)
+        loop = asyncio.get_running_loop()
 
-        def factory() -> GatewaySMTP:
+        def connection_limits() -> ConnectionLimits:
+            return ConnectionLimits(lambda: (policy.graph.gateway.limits.max_connections,
+                                             policy.graph.gateway.limits.max_connections_per_ip))
+
+        def options() -> dict[str, Any]:
             current = policy.graph.gateway
-            return GatewaySMTP(
-                handler, limits,
-                hostname=current.hostname, ident="LivePrism ESMTP",
-                data_size_limit=current.limits.max_message_size, enable_SMTPUTF8=True, decode_data=False,
-                tls_context=context, timeout=current.limits.command_timeout,
-            )
+            return {"hostname": current.hostname, "ident": "LivePrism ESMTP",
+                    "data_size_limit": current.limits.max_message_size, "enable_SMTPUTF8": True,
+                    "decode_data": False, "tls_context": context, "timeout": current.limits.command_timeout}
 
-        server = await asyncio.get_running_loop().create_server(factory, sock=sock)
-        return cls(server, limits)
+        handler = InboundHandler(**common)
+        limits = connection_limits()
+        front = cls([await loop.create_server(lambda: GatewaySMTP(handler, limits, **options()), sock=sock)], [limits])
+        if outbound_sock is not None:
+            outbound = OutboundHandler(policy_dir=lambda: policy.directory, **common)
+            outbound_limits = connection_limits()
+            front.servers.append(await loop.create_server(
+                lambda: OutboundSMTP(outbound, outbound_limits, **options()), sock=outbound_sock))
+            front.limits.append(outbound_limits)
+        return front
 
     async def stop(self) -> None:
         """Stop accepting; let open sessions finish (up to SHUTDOWN_GRACE)."""
-        self.server.close()
+        for server in self.servers:
+            server.close()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.limits.idle.wait(), SHUTDOWN_GRACE)
+            await asyncio.wait_for(asyncio.gather(*(limits.idle.wait() for limits in self.limits)), SHUTDOWN_GRACE)
 
 
 class GatewayService:
@@ -152,9 +164,11 @@ class GatewayService:
         relay = self._relay = RelayProcess(self.state, store.lock_fd)
         listener = gateway.listeners.inbound
         sock = listening_socket(listener)
-        pool = self._pool = WorkerPool(self.workers - 1, sock, self.state, self.policy, relay.wake)
+        outbound_sock = listening_socket(gateway.listeners.outbound) if gateway.listeners.outbound_enabled else None
+        pool = self._pool = WorkerPool(self.workers - 1, sock, self.state, self.policy, relay.wake,
+                                       outbound_sock=outbound_sock)
         self.policy.after_reload.append(("workers", pool.converge))
-        front = await FrontEnd.start(self.policy, store, relay, sock)
+        front = await FrontEnd.start(self.policy, store, relay, sock, outbound_sock)
         admin = await self._start_admin(gateway)
         if self.account is not None:  # ports bound: give up root before the relay and workers start
             chown_state_dir(self.state, self.account.uid, self.account.gid)
@@ -177,8 +191,9 @@ class GatewayService:
             reload_task = asyncio.create_task(self.policy.watch(), name="reload")
         purge_task = asyncio.create_task(self._purge_periodically(store), name="purge")
         gc.freeze()  # what startup built lives on: gen-2 collections skip it (a 0.2 s pause each, issue 7)
-        log.info("listening on %s:%d workers=%d policy=%s state=%s", listener.address, listener.port,
-                 self.workers, self.policy.graph.version, self.state)
+        log.info("listening on %s:%d%s workers=%d policy=%s state=%s", listener.address, listener.port,
+                 f" outbound={gateway.listeners.outbound.address}:{gateway.listeners.outbound.port}"
+                 if outbound_sock is not None else "", self.workers, self.policy.graph.version, self.state)
         await self._stopping.wait()
 
         log.info("stopping: no new connections; finishing open sessions")

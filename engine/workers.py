@@ -1,9 +1,9 @@
 """SMTP worker processes (`serve --workers N`): more cores for the front end, one policy version.
 
 Protocol between the parent (`serve`) and each worker (`liveprism worker`, started by it):
-- the parent binds the listening socket and passes it down (pre-fork: every process accepts
-  from the same queue); it also passes one end of a socketpair, the control channel, carrying
-  JSON lines both ways;
+- the parent binds the listening sockets (inbound, and outbound when configured) and passes them
+  down (pre-fork: every process accepts from the same queue); it also passes one end of a
+  socketpair, the control channel, carrying JSON lines both ways;
 - the worker opens the store as a non-owner (the parent owns it, recovers it and runs the
   relay), loads the directory it was started with, serves SMTP and says `{"version": V}`;
 - after each accepted message the worker sends `w` (coalesced per event-loop turn); the parent
@@ -56,9 +56,10 @@ class WorkerPool:
     """Parent side: starts `count` workers on `sock`, relays their wakes, tells them to reload."""
 
     def __init__(self, count: int, sock: socket.socket, state: Path, policy: LivePolicy,
-                 wake: Callable[[], None]) -> None:
+                 wake: Callable[[], None], *, outbound_sock: socket.socket | None = None) -> None:
         self._workers = [_Worker(index) for index in range(1, count + 1)]
         self._sock = sock
+        self._outbound_sock = outbound_sock
         self._state = state
         self._policy = policy
         self._wake = wake
@@ -88,9 +89,11 @@ class WorkerPool:
             argv = [sys.executable, "-m", "engine", "worker", "--state", str(self._state),
                     "--policy", str(self._policy.directory), "--listen-fd", str(self._sock.fileno()),
                     "--control-fd", str(child_end.fileno()), "--index", str(worker.index)]
-            worker.proc = await asyncio.create_subprocess_exec(
-                *argv, pass_fds=(self._sock.fileno(), child_end.fileno()), stdin=subprocess.DEVNULL
-            )
+            fds = [self._sock.fileno(), child_end.fileno()]
+            if self._outbound_sock is not None:
+                argv += ["--outbound-fd", str(self._outbound_sock.fileno())]
+                fds.append(self._outbound_sock.fileno())
+            worker.proc = await asyncio.create_subprocess_exec(*argv, pass_fds=fds, stdin=subprocess.DEVNULL)
             child_end.close()
             reader, worker.writer = await asyncio.open_unix_connection(sock=parent_end)
             listen = asyncio.create_task(self._listen(worker, reader))
@@ -180,7 +183,8 @@ class _ParentWaker:
             self._writer.write(b"w\n")
 
 
-async def _worker_main(state: Path, policy_dir: Path, listen_fd: int, control_fd: int, index: int) -> int:
+async def _worker_main(state: Path, policy_dir: Path, listen_fd: int, control_fd: int, index: int,
+                       outbound_fd: int | None = None) -> int:
     from engine.graph.incremental import IncrementalLoader
     from engine.graph.live import LivePolicy
     from engine.service import FrontEnd
@@ -196,7 +200,8 @@ async def _worker_main(state: Path, policy_dir: Path, listen_fd: int, control_fd
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=control_fd))
     store = open_store(state, owner=False)
     await store.open()
-    front = await FrontEnd.start(policy, store, _ParentWaker(writer), socket.socket(fileno=listen_fd))
+    front = await FrontEnd.start(policy, store, _ParentWaker(writer), socket.socket(fileno=listen_fd),
+                                 socket.socket(fileno=outbound_fd) if outbound_fd is not None else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -228,7 +233,8 @@ async def _worker_main(state: Path, policy_dir: Path, listen_fd: int, control_fd
     return 0
 
 
-def run_worker(state: Path, policy_dir: Path, listen_fd: int, control_fd: int, index: int) -> int:
+def run_worker(state: Path, policy_dir: Path, listen_fd: int, control_fd: int, index: int,
+               outbound_fd: int | None = None) -> int:
     """Entry point of `liveprism worker` (started by `serve --workers N`)."""
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
@@ -239,7 +245,7 @@ def run_worker(state: Path, policy_dir: Path, listen_fd: int, control_fd: int, i
 
     async def main() -> None:
         nonlocal code
-        code = await _worker_main(state, policy_dir, listen_fd, control_fd, index)
+        code = await _worker_main(state, policy_dir, listen_fd, control_fd, index, outbound_fd)
 
     aio.run(main())
     return code

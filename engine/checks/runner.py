@@ -44,7 +44,7 @@ from engine.checks.spf import SpfResult, check_spf
 from engine.dns.resolver import DnsAnswer, Resolver
 from engine.graph.verdict import KIND_ANTIVIRUS, Hit
 from engine.mime.view import MessageView
-from engine.policy.models import Action, Checks, DnsSettings, Gateway
+from engine.policy.models import Action, Checks, Direction, DnsSettings, Gateway
 
 dkim_speedups.install()
 
@@ -417,6 +417,17 @@ def checks_configured(checks: Checks) -> bool:
     )
 
 
+def outbound_checks(checks: Checks) -> Checks:
+    """The checks as they apply to tenants' own outbound mail: the antivirus only (DNSBL, URIBL,
+    SPF, DKIM, DMARC and ARC judge strangers, not the tenant's own servers)."""
+    off = {"enabled": False}
+    return checks.model_copy(update={
+        "dnsbl": [], "uribl": [],
+        "spf": checks.spf.model_copy(update=off), "dkim": checks.dkim.model_copy(update=off),
+        "dmarc": checks.dmarc.model_copy(update=off), "arc": checks.arc.model_copy(update=off),
+    })
+
+
 class Checker:
     """Makes the `CheckRun` of each transaction, all sharing one resolver (one TTL cache) that
     follows the current policy's `dns:` settings across reloads."""
@@ -424,6 +435,7 @@ class Checker:
     def __init__(self) -> None:
         self._resolver: Resolver | None = None
         self._settings: DnsSettings | None = None
+        self._outbound: tuple[Checks, Checks] | None = None  # (gateway checks, their outbound view)
         dnsbl.registrable_domain("warm.example")  # parse the public suffix list now, not in a transaction
 
     def resolver(self, settings: DnsSettings) -> Resolver:
@@ -434,11 +446,21 @@ class Checker:
         self._settings = settings
         return self._resolver
 
-    def begin(self, gateway: Gateway, client_ip: str, helo: str) -> CheckRun | None:
+    def checks_for(self, checks: Checks, direction: Direction) -> Checks:
+        """`checks` as they apply to mail of `direction` (outbound: `outbound_checks`, made once per policy)."""
+        if direction is not Direction.outbound:
+            return checks
+        if self._outbound is None or self._outbound[0] is not checks:
+            self._outbound = (checks, outbound_checks(checks))
+        return self._outbound[1]
+
+    def begin(self, gateway: Gateway, client_ip: str, helo: str,
+              direction: Direction = Direction.inbound) -> CheckRun | None:
         """A started run for one transaction (DNSBL under way), or None when no check is configured."""
-        if not checks_configured(gateway.checks):
+        checks = self.checks_for(gateway.checks, direction)
+        if not checks_configured(checks):
             return None
-        run = CheckRun(gateway.checks, self.resolver(gateway.dns), hostname=gateway.hostname)
+        run = CheckRun(checks, self.resolver(gateway.dns), hostname=gateway.hostname)
         run.connect(client_ip, helo)
         return run
 

@@ -24,6 +24,7 @@ def run_explain(
     helo: str,
     direction: str,
     as_json: bool,
+    auth_tenant: str | None = None,
 ) -> int:
     """Print the decision for one message; exit 0, or 2 for a usage error / invalid policy."""
     if not rcpts:
@@ -47,8 +48,12 @@ def run_explain(
         return 2
     sender = "" if mail_from.strip() in ("", "<>") else mail_from
     early, report = asyncio.run(run_checks(result.graph.gateway, raw, sender, client_ip, helo, flow))
+    if auth_tenant is not None and auth_tenant not in result.graph.tenants:
+        print(f"error: --auth-tenant: no tenant {auth_tenant!r} in the policy", file=sys.stderr)
+        return 2
     outcome = simulate(result.graph, raw=raw, mail_from=sender, rcpts=rcpts, client_ip=client_ip, helo=helo,
-                       direction=flow, early_hits=early, external_hits=report.new_hits if report else ())
+                       direction=flow, early_hits=early, external_hits=report.new_hits if report else (),
+                       auth_tenant=auth_tenant)
     if as_json:
         data = explain_json(outcome, helo)
         if report is not None:
@@ -66,9 +71,9 @@ def run_explain(
 async def run_checks(
     gateway: Gateway, raw: bytes, sender: str, client_ip: str, helo: str, direction: Direction
 ) -> tuple[tuple[Hit, ...], CheckReport | None]:
-    """The external checks `serve` would run for this transaction (inbound only): the hits it has
-    after MAIL FROM, and the report at the end of DATA."""
-    run = Checker().begin(gateway, client_ip, helo) if direction is Direction.inbound else None
+    """The external checks `serve` would run for this transaction (outbound: the antivirus only):
+    the hits it has after MAIL FROM, and the report at the end of DATA."""
+    run = Checker().begin(gateway, client_ip, helo, direction)
     if run is None:
         return (), None
     run.mail(sender, helo)

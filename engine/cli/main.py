@@ -15,6 +15,7 @@ import typer
 from engine.cli.dkim_cmd import dkim_app
 from engine.cli.quarantine_cmd import quarantine_app
 from engine.cli.queue_cmd import queue_app
+from engine.cli.users_cmd import users_app
 
 app = typer.Typer(
     name="liveprism",
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(queue_app, name="queue")
 app.add_typer(dkim_app, name="dkim")
+app.add_typer(users_app, name="users")
 
 PolicyDir = Annotated[Path, typer.Argument(help="Policy directory.", show_default=True)]
 
@@ -70,12 +72,14 @@ def explain(
     helo: Annotated[str, typer.Option("--helo", help="HELO/EHLO name.")] = "client.example",
     direction: Annotated[str, typer.Option("--direction", help="inbound or outbound.")] = "inbound",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    auth_tenant: Annotated[str | None, typer.Option(
+        "--auth-tenant", help="Outbound: the client authenticated (SMTP AUTH) as a user of this tenant.")] = None,
 ) -> None:
     """Run one message through the compiled policy and print the verdict and trace."""
     from engine.cli.explain_cmd import run_explain
 
     raise typer.Exit(
-        run_explain(directory, message, mail_from, rcpt or [], client_ip, helo, direction, as_json)
+        run_explain(directory, message, mail_from, rcpt or [], client_ip, helo, direction, as_json, auth_tenant)
     )
 
 
@@ -117,11 +121,12 @@ def worker(
     state: Annotated[Path, typer.Option("--state")], policy: Annotated[Path, typer.Option("--policy")],
     listen_fd: Annotated[int, typer.Option("--listen-fd")], control_fd: Annotated[int, typer.Option("--control-fd")],
     index: Annotated[int, typer.Option("--index")] = 1,
+    outbound_fd: Annotated[int | None, typer.Option("--outbound-fd")] = None,
 ) -> None:
     """An SMTP worker process (started by `serve --workers N`)."""
     from engine.workers import run_worker
 
-    raise typer.Exit(run_worker(state, policy, listen_fd, control_fd, index))
+    raise typer.Exit(run_worker(state, policy, listen_fd, control_fd, index, outbound_fd))
 
 
 @app.command()

@@ -133,7 +133,7 @@ def _compile(source: PolicySource, gateway: Gateway, builder: IndexBuilder) -> F
             outbound_networks=tuple(tenant.outbound.networks),
             source=tenant_file.source(()),
             check_overrides={hit_id: (o.score, o.action) for hit_id, o in tenant.checks.items()},
-            dkim=tenant.outbound.dkim,
+            outbound=tenant.outbound,
         )
 
     return FilterGraph(

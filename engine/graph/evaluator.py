@@ -6,10 +6,14 @@ taken at the earliest stage that can see its input (DESIGN.md "Decisions"):
 - `connect(ip)` / `mail(ip, sender)`: lists applied to every tenant (gateway `lists`), by client
   network and envelope sender;
 - `rcpt(ip, sender, rcpt)`: open-relay refusal, recipient validation, the recipient tenant's
-  own lists by network and envelope sender; outbound (`direction=outbound`): the sending tenant
-  is the one owning the sender's domain whose `outbound.networks` hold the client, and any
-  recipient domain is accepted for it (SMTP AUTH, which the graph cannot see, is the SMTP
-  layer's to check before calling `data` with the tenant itself);
+  own lists by network and envelope sender; outbound (`direction=outbound`): any recipient
+  domain is accepted for the sending tenant the transaction decided at MAIL;
+- outbound anti-spoofing (`outbound_sender`, `foreign_from`): the client is admitted by a
+  tenant's `outbound.networks` or as an SMTP AUTH user of one tenant (the SMTP layer tells the
+  transaction which); the envelope sender's and every header From address's domain must belong to
+  that tenant: a domain (or a parent of it) in its `domains` or `outbound.sender_domains`, the
+  most specific claim winning, so no tenant sends as another or as a stranger. The null sender is
+  allowed (bounces of the tenant's servers, as Postfix allows them) when the tenant is known;
 - `tenant_verdicts(...)`: content rules, header From against lists, score thresholds, one
   verdict per tenant (the transaction combines them into the client's reply).
 Nothing here raises on bad input and nothing mutates the graph: a reload swaps the whole object.
@@ -30,13 +34,17 @@ from engine.graph.verdict import (
     KIND_ANTIVIRUS,
     KIND_LIST,
     KIND_MIME,
+    KIND_OUTBOUND,
     KIND_RULE,
     REASON_ALLOW_LIST,
     REASON_BLOCK_LIST,
     REASON_CLEAN,
+    REASON_NOT_AUTHORISED,
     REASON_RELAY_DENIED,
     REASON_RULE_ACTION,
     REASON_SCORE,
+    REASON_SPOOFED_FROM,
+    REASON_SPOOFED_SENDER,
     REASON_UNKNOWN_USER,
     REASON_VIRUS,
     REPLY_RELAY_DENIED,
@@ -47,10 +55,11 @@ from engine.graph.verdict import (
     Stage,
     TenantVerdict,
     action_reply,
+    mx_labels,
     normalise_address,
 )
 from engine.mime.view import MessageView
-from engine.policy.models import AcceptMode, Action, Direction, DkimKey, Gateway, ListAction, Route, Scoring
+from engine.policy.models import AcceptMode, Action, Direction, Gateway, ListAction, Outbound, Route, Scoring
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +95,12 @@ class TenantPlan:
     source: str
     # tenant `checks:` overrides: hit id (or "check:*") -> (score or None, action or None)
     check_overrides: Mapping[str, tuple[float | None, Action | None]] = field(default_factory=dict)
-    dkim: DkimKey | None = None  # outbound.dkim as written (the relay loads the key, engine/relay/signing.py)
+    outbound: Outbound = field(default_factory=Outbound)  # the tenant's `outbound:` settings
+
+    @property
+    def sender_domains(self) -> tuple[str, ...]:
+        """Domains this tenant may send as (subdomains included): `domains` + `outbound.sender_domains`."""
+        return (*self.domains, *self.outbound.sender_domains)
 
     def own_check_hits(self, hits: Sequence[Hit]) -> tuple[Hit, ...]:
         """`hits` with this tenant's score/action overrides of check results applied."""
@@ -135,6 +149,11 @@ def _list_hit(entry: ListEntry) -> Hit:
     return Hit(entry.list_name, KIND_LIST, 0.0, action, entry.source, f"{entry.field}: {entry.value}")
 
 
+def _outbound_hit(reason: str, message: str) -> Hit:
+    """An outbound anti-spoofing refusal (its id is the reason token)."""
+    return Hit(reason, KIND_OUTBOUND, 0.0, Action.reject, "listeners.outbound", message)
+
+
 def _relay_trick(address: str) -> bool:
     """Addresses that only look local: %-hacks, bang paths, source routes, quoted @, literals."""
     local, at, domain = address.rpartition("@")
@@ -179,10 +198,17 @@ class FilterGraph:
             for plan in self.tenants.values()
         }
         self._route_labels = {plan.name: plan.route_labels for plan in self.tenants.values()}  # precomputed
+        self._sender_owner = {  # sending domain -> tenant (validate refuses a domain claimed twice)
+            domain.lower().rstrip("."): plan.name for plan in self.tenants.values() for domain in plan.sender_domains
+        }
 
-    def begin(self, client_ip: str, helo: str = "", direction: Direction = Direction.inbound) -> Evaluation:
-        """A new transaction from this client against this graph (engine/graph/transaction.py)."""
-        return Evaluation(self, client_ip, helo, direction)
+    def begin(
+        self, client_ip: str, helo: str = "", direction: Direction = Direction.inbound, *,
+        auth_tenant: str | None = None,
+    ) -> Evaluation:
+        """A new transaction from this client against this graph (engine/graph/transaction.py);
+        `auth_tenant`: outbound, the tenant of the client's SMTP AUTH user."""
+        return Evaluation(self, client_ip, helo, direction, auth_tenant=auth_tenant)
 
     # ------------------------------------------------------------ lookups
 
@@ -193,20 +219,62 @@ class FilterGraph:
         plan = self.tenants.get(tenant)
         return plan.routes if plan else ()
 
-    def outbound_tenant(self, client_ip: str, mail_from: str) -> str | None:
-        """The tenant allowed to send outbound mail from this client as this sender, if any:
-        the sender's domain is the tenant's and the client is in its `outbound.networks`."""
-        tenant = self.tenant_of_domain(normalise_address(mail_from).rpartition("@")[2])
-        if tenant is None:
-            return None
+    def network_tenants(self, client_ip: str) -> tuple[str, ...]:
+        """The tenants whose `outbound.networks` hold this client (usually one), in name order."""
         try:
             address = ipaddress.ip_address(client_ip)
         except ValueError:
-            return None
+            return ()
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
-        networks = self._outbound_networks.get(tenant, ())
-        return tenant if any(address.version == net.version and address in net for net in networks) else None
+        return tuple(sorted(
+            tenant for tenant, networks in self._outbound_networks.items()
+            if any(address.version == net.version and address in net for net in networks)
+        ))
+
+    def sending_tenant_of(self, domain: str) -> str | None:
+        """The tenant that may send as `domain`: the most specific of its parents (itself included)
+        that some tenant lists in `domains` or `outbound.sender_domains`."""
+        labels = domain.lower().rstrip(".").split(".")
+        for start in range(len(labels)):
+            owner = self._sender_owner.get(".".join(labels[start:]))
+            if owner is not None:
+                return owner
+        return None
+
+    def outbound_sender(self, client_ip: str, mail_from: str, auth_tenant: str | None = None) -> str | Hit:
+        """MAIL FROM on the outbound listener: the tenant this transaction sends as, or the refusing
+        hit. The client is that tenant's as its SMTP AUTH user (`auth_tenant`) or by its networks;
+        the sender's domain must be the tenant's (`sending_tenant_of`); the null sender is allowed
+        when the tenant is unambiguous."""
+        candidates = (auth_tenant,) if auth_tenant is not None else self.network_tenants(client_ip)
+        if not candidates or candidates[0] not in self.tenants:  # (a reload removed the user's tenant)
+            return _outbound_hit(REASON_NOT_AUTHORISED, "relaying denied: client not authorised to send"
+                                 " (not in a tenant's outbound networks, not authenticated)")
+        sender = normalise_address(mail_from)
+        if not sender:
+            if len(candidates) == 1:
+                return candidates[0]
+            return _outbound_hit(REASON_SPOOFED_SENDER, "null sender from a network several tenants share:"
+                                 " authenticate to say which tenant sends")
+        domain = sender.rpartition("@")[2]
+        owner = self.sending_tenant_of(domain)
+        if owner is not None and owner in candidates:
+            return owner
+        return _outbound_hit(REASON_SPOOFED_SENDER, f"sender address not allowed: {domain[:100]} is not a"
+                             " sending domain of this client")
+
+    def foreign_from(self, tenant: str, from_addresses: Sequence[str]) -> Hit | None:
+        """End of DATA on the outbound listener: the refusing hit when the header From is missing or
+        one of its addresses is not a sending domain of `tenant`."""
+        if not from_addresses:
+            return _outbound_hit(REASON_SPOOFED_FROM, "header From missing")
+        for address in from_addresses:
+            domain = normalise_address(address).rpartition("@")[2]
+            if not domain or self.sending_tenant_of(domain) != tenant:
+                return _outbound_hit(REASON_SPOOFED_FROM, f"header From not allowed: {domain[:100] or address[:100]}"
+                                     " is not a sending domain of this client")
+        return None
 
     # ------------------------------------------------------------ envelope stages
 
@@ -225,16 +293,16 @@ class FilterGraph:
         return self.connect(client_ip) or self._global_block(self._lists.match_address(normalise_address(mail_from)))
 
     def rcpt(
-        self, client_ip: str, mail_from: str, rcpt: str, *, direction: Direction = Direction.inbound
+        self, client_ip: str, mail_from: str, rcpt: str, *, direction: Direction = Direction.inbound,
+        sender_tenant: str | None = None,
     ) -> RcptResult:
         """Whether one recipient is accepted: open-relay refusal, recipient list, tenant block lists.
 
-        Outbound, the result's `tenant` is the sending tenant (see `outbound_tenant`)."""
+        Outbound, the result's `tenant` is `sender_tenant` (decided at MAIL by `outbound_sender`)."""
         address = normalise_address(rcpt)
         if _relay_trick(address):
             return RcptResult(address, None, REPLY_RELAY_DENIED, REASON_RELAY_DENIED)
         if direction is Direction.outbound:
-            sender_tenant = self.outbound_tenant(client_ip, mail_from)
             if sender_tenant is None:
                 return RcptResult(address, None, REPLY_RELAY_DENIED, REASON_RELAY_DENIED)
             return RcptResult(address, sender_tenant, None)
@@ -304,7 +372,7 @@ class FilterGraph:
                 list_hits.append(_list_hit(entry))
         hits = (*external_hits, *list_hits, *builtin, *rule_hits)
         score = round(sum(hit.score for hit in hits), 3)
-        routes = self._route_labels[plan.name]
+        routes = self._route_labels[plan.name] if direction is not Direction.outbound else mx_labels(rcpts)
 
         def verdict(action: Action, reason: str, reply_message: str | None = None) -> TenantVerdict:
             prefix = plan.scoring.subject_prefix if action is Action.tag else None

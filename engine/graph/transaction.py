@@ -25,7 +25,12 @@ Contract:
 - external hits given before DATA (`add_hits`) count in every tenant's DATA verdict; a hit whose
   action is `reject` or `tempfail` refuses the transaction at once (a listed client is refused
   before DATA when the policy says so);
-- one graph snapshot serves the whole transaction: a hot reload never mixes two policies.
+- one graph snapshot serves the whole transaction: a hot reload never mixes two policies;
+- outbound (`direction=outbound`): `mail` decides the sending tenant (`sender_tenant`: the SMTP
+  AUTH user's tenant given to `begin`, or the tenant whose `outbound.networks` hold the client)
+  and refuses a sender outside its domains (550 5.7.1); any recipient domain is accepted for it;
+  `data` refuses a header From outside its domains (550 5.7.1) before any rule runs; gateway
+  block lists by network/sender are inbound protections and are not applied to tenants' servers.
 
 `simulate` runs a whole transaction from an envelope and a message: `explain`, the BDD steps and
 `plan` use it, and the differential test proves it answers what `serve` answers.
@@ -57,6 +62,7 @@ from engine.graph.verdict import (
     Stage,
     TenantVerdict,
     a_label_domain,
+    mx_labels,
     normalise_address,
     policy_refusal,
 )
@@ -76,6 +82,8 @@ class Evaluation:
     helo: str = ""
     direction: Direction = Direction.inbound
     mail_from: str = ""
+    auth_tenant: str | None = None  # outbound: the tenant of the client's SMTP AUTH user, if it authenticated
+    sender_tenant: str | None = None  # outbound: the tenant this transaction sends as (decided at MAIL)
     recipients: dict[str, list[str]] = field(default_factory=dict)  # tenant -> accepted rcpts, as given
     rcpt_results: list[RcptResult] = field(default_factory=list)
     hits: list[Hit] = field(default_factory=list)  # external hits handed in before DATA
@@ -112,10 +120,15 @@ class Evaluation:
         if self._decision is not None:
             return self._decision.reply
         self.mail_from = sender
-        if self.direction is not Direction.outbound:
-            blocked = self.graph.mail(self.client_ip, sender)
-            if blocked is not None:
-                return self._refuse(blocked, "mail")
+        if self.direction is Direction.outbound:
+            decided = self.graph.outbound_sender(self.client_ip, sender, self.auth_tenant)
+            if isinstance(decided, Hit):
+                return self._refuse(decided, "mail", Reply(550, "5.7.1", decided.message or "not allowed"))
+            self.sender_tenant = decided
+            return REPLY_MAIL_OK
+        blocked = self.graph.mail(self.client_ip, sender)
+        if blocked is not None:
+            return self._refuse(blocked, "mail")
         return REPLY_MAIL_OK
 
     def rcpt(self, address: str) -> RcptResult:
@@ -134,7 +147,8 @@ class Evaluation:
                 self.rcpt_results.append(result)
                 return result
             given = postmaster
-        result = self.graph.rcpt(self.client_ip, self.mail_from, given, direction=self.direction)
+        result = self.graph.rcpt(self.client_ip, self.mail_from, given, direction=self.direction,
+                                 sender_tenant=self.sender_tenant)
         self.rcpt_results.append(result)
         if not result.accepted or result.tenant is None:
             if result.tenant is not None and result.reason == REASON_BLOCK_LIST:
@@ -179,6 +193,10 @@ class Evaluation:
             }
             self._decision = Decision(Action.reject, loop.reply, verdicts, self.graph.version, "data")
             return self._decision
+        if self.direction is Direction.outbound and self.sender_tenant is not None:
+            spoofed = self.graph.foreign_from(self.sender_tenant, view.from_addresses)
+            if spoofed is not None:
+                return self._spoofed_from(spoofed)
         verdicts = self.graph.tenant_verdicts(
             client_ip=self.client_ip,
             mail_from=self.mail_from,
@@ -192,6 +210,16 @@ class Evaluation:
             decision = replace(decision, tenants={**self._refused_copies, **decision.tenants})
         self._decision = decision
         return decision
+
+    def _spoofed_from(self, hit: Hit) -> Decision:
+        """Outbound: the header From is not the sending tenant's; its copy is rejected at DATA."""
+        assert self.sender_tenant is not None
+        rcpts = tuple(self.recipients.get(self.sender_tenant, ()))
+        reply = Reply(550, "5.7.1", hit.message or "header From not allowed")
+        verdict = TenantVerdict(self.sender_tenant, rcpts, Action.reject, 0.0, (hit,), mx_labels(rcpts),
+                                hit.id, "data", reply)
+        self._decision = combine({self.sender_tenant: verdict}, "data", self.graph.version)
+        return self._decision
 
     def finish(self) -> Decision:
         """The outcome: the refusal of an earlier stage, or the DATA decision."""
@@ -210,9 +238,10 @@ class Evaluation:
         """True once a stage refused the whole transaction."""
         return self._decision is not None and not self._decision.reply.is_positive
 
-    def _refuse(self, hit: Hit, stage: Stage) -> Reply:
-        """The whole transaction is refused at `stage` by `hit` (a block list or a check)."""
-        reply = policy_refusal(hit)
+    def _refuse(self, hit: Hit, stage: Stage, reply: Reply | None = None) -> Reply:
+        """The whole transaction is refused at `stage` by `hit` (a block list, a check or outbound
+        anti-spoofing), answered `reply` (by default the hit's `policy_refusal`)."""
+        reply = reply or policy_refusal(hit)
         self.refusal_hit = hit
         verdicts: dict[str, TenantVerdict] = {}
         for tenant in self.recipients:
@@ -271,11 +300,13 @@ def simulate(
     external_hits: Sequence[Hit] = (),
     view: MessageView | None = None,
     early_hits: Sequence[Hit] = (),
+    auth_tenant: str | None = None,
 ) -> Outcome:
     """Run one whole transaction as `serve` would (the client stops at the first refusal of the
     whole transaction, and sends DATA only when a recipient was accepted). `early_hits` are check
-    results `serve` has after MAIL FROM (DNSBL, SPF), `external_hits` those of DATA."""
-    evaluation = graph.begin(client_ip, helo, direction)
+    results `serve` has after MAIL FROM (DNSBL, SPF), `external_hits` those of DATA; `auth_tenant`
+    is the tenant of an outbound client's SMTP AUTH user."""
+    evaluation = graph.begin(client_ip, helo, direction, auth_tenant=auth_tenant)
     replies: list[tuple[str, Reply]] = []
     refusal = evaluation.connect() or evaluation.add_hits(())
     if refusal is None:
@@ -293,7 +324,8 @@ def simulate(
     else:
         replies.append(("mail", refusal))
     decision = evaluation.finish()
-    if decision.stage in ("connect", "mail"):  # the client stops here; name the tenants it wrote to
+    # the client stops here; name the tenants it wrote to (outbound: the recipients are not tenants')
+    if decision.stage in ("connect", "mail") and direction is not Direction.outbound:
         hits = (evaluation.refusal_hit,) if evaluation.refusal_hit else ()
         blocked = dict(decision.tenants)
         for rcpt in rcpts:

@@ -6,6 +6,7 @@ reused verbatim in logs, headers and metrics.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -27,12 +28,16 @@ REASON_RELAY_DENIED = "relaying-denied"
 REASON_UNKNOWN_USER = "unknown-user"
 REASON_MAIL_LOOP = "mail-loop"  # refused: the message is looping (engine/graph/loops.py)
 REASON_TEMPFAIL_HELD = "tempfail-held"  # tempfailed while another tenant's copy took the 250: held
+REASON_NOT_AUTHORISED = "not-authorised"  # outbound: the client is in no tenant's networks and did not AUTH
+REASON_SPOOFED_SENDER = "spoofed-sender"  # outbound: MAIL FROM outside the sending tenant's domains
+REASON_SPOOFED_FROM = "spoofed-from"  # outbound: header From outside the sending tenant's domains (or missing)
 
 # Hit kinds.
 KIND_RULE = "rule"
 KIND_LIST = "list"
 KIND_MIME = "mime"
 KIND_ANTIVIRUS = "antivirus"
+KIND_OUTBOUND = "outbound"  # anti-spoofing refusals of the outbound listener (id = the reason token)
 
 HIT_MALFORMED_MIME = "malformed-mime"
 
@@ -111,6 +116,11 @@ def normalise_address(address: str) -> str:
     as A-labels (`x@münchen.example` is `x@xn--mnchen-3ya.example`, as policy domains are);
     "" stays "" (the null sender)."""
     return a_label_domain(address.strip().strip("<>").strip()).lower()
+
+
+def mx_labels(rcpts: Sequence[str]) -> tuple[str, ...]:
+    """`mx:DOMAIN` of each recipient domain, in order: where an outbound copy is delivered."""
+    return tuple(dict.fromkeys(f"mx:{normalise_address(rcpt).rpartition('@')[2]}" for rcpt in rcpts))
 
 
 def a_label_domain(address: str) -> str:

@@ -196,8 +196,14 @@ class Listeners(PolicyModel):
         default_factory=lambda: Listener(port=2525), description="The MX listener for mail from the internet."
     )
     outbound: Listener = Field(
-        default_factory=lambda: Listener(port=2587), description="The listener for tenants' own servers."
+        default_factory=lambda: Listener(port=2587),
+        description="The listener for tenants' own servers (submission of outbound mail); started only when set.",
     )
+
+    @property
+    def outbound_enabled(self) -> bool:
+        """Whether gateway.yaml sets `listeners.outbound` (the outbound listener runs only then)."""
+        return "outbound" in self.model_fields_set
 
 
 class TlsSettings(PolicyModel):
@@ -236,7 +242,9 @@ class Storage(PolicyModel):
 
 
 class ArchiveSettings(PolicyModel):
-    enabled: bool = Field(default=True, description="Keep a copy of every inbound message.")
+    enabled: bool = Field(
+        default=True, description="Keep a copy of every message, inbound and outbound (those refused after DATA too).",
+    )
     retention_days: int = Field(default=365, ge=1, description="Days an archived message is kept.")
 
 
@@ -612,9 +620,36 @@ class DkimKey(PolicyModel):
     private_key: str = Field(description="PEM private key path or env:NAME (a secret, never committed).")
 
 
+class OutboundAuth(PolicyModel):
+    """SMTP AUTH (PLAIN, LOGIN; only after STARTTLS) on the outbound listener for this tenant's users."""
+
+    users: str = Field(
+        description="Users file: path relative to the policy directory, or env:NAME holding its text; one"
+        " `user:argon2-hash` per line (make hashes with `liveprism users hash`). A secret, never committed.",
+    )
+
+
+class OutboundLimits(PolicyModel):
+    """Outbound messages per hour (sliding window kept in the store; 451 4.7.1 beyond it)."""
+
+    per_sender_per_hour: int | None = Field(
+        default=None, ge=1, description="Messages one envelope sender address may send in any hour; unset = no limit.",
+    )
+    per_tenant_per_hour: int | None = Field(
+        default=None, ge=1, description="Messages the whole tenant may send in any hour; unset = no limit.",
+    )
+
+
 class Outbound(PolicyModel):
     networks: list[Network] = Field(default_factory=list, description="Client networks allowed to send outbound.")
+    auth: OutboundAuth | None = Field(default=None, description="SMTP AUTH users who may send as this tenant.")
+    sender_domains: list[DomainName] = Field(
+        default_factory=list,
+        description="More domains this tenant may send as (envelope sender and header From) besides `domains`,"
+        " subdomains included; never another tenant's domain.",
+    )
     dkim: DkimKey | None = Field(default=None, description="DKIM signing of outbound mail.")
+    limits: OutboundLimits = Field(default_factory=OutboundLimits, description="Outbound rate limits.")
 
 
 _URI_FORBIDDEN = frozenset(',;"\\')

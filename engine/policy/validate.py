@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import ssl
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -32,6 +33,7 @@ from engine.policy.models import (
     NotCondition,
     PolicyModel,
 )
+from engine.policy.users import read_users, users_path
 
 ENV_PREFIX = "env:"
 
@@ -53,6 +55,7 @@ def validate_policy(source: PolicySource) -> tuple[Problem, ...]:
             _routes_to_the_gateway_itself,
             _settings_that_cannot_work,
             _not_supported_yet,
+            _outbound_settings,
             _allowed_and_blocked,
             _names_match_files,
             _tracked_secrets,
@@ -239,21 +242,78 @@ def _local(host: str) -> bool:
 
 def _not_supported_yet(source: PolicySource) -> Iterator[Problem]:
     """Keys of DESIGN.md that the gateway does not carry out yet: an error, so that nobody believes
-    a setting protects them while it is ignored; a warning where the setting is used, but only
-    in part (tenants' outbound settings drive `explain --direction outbound`, not mail yet)."""
+    a setting protects them while it is ignored."""
     gateway = source.gateway
-    if gateway is not None:
-        if "outbound" in gateway.model.listeners.model_fields_set:
-            yield gateway.problem("error", ("listeners", "outbound"),
-                                  "not supported yet: the outbound listener is not built; remove listeners.outbound")
-        if gateway.model.storage.url is not None:
-            yield gateway.problem("error", ("storage", "url"),
-                                  "not supported yet: a server database; remove storage.url to use the embedded store")
+    if gateway is not None and gateway.model.storage.url is not None:
+        yield gateway.problem("error", ("storage", "url"),
+                              "not supported yet: a server database; remove storage.url to use the embedded store")
+
+
+def _outbound_settings(source: PolicySource) -> Iterator[Problem]:
+    """Outbound (DESIGN.md "Outbound"): the listener does not share the inbound one's port; SMTP
+    AUTH needs STARTTLS (RFC 4954 §4: no passwords in clear text) and users files holding argon2
+    hashes only, each user in one tenant; no tenant claims another's domain as a sending domain;
+    tenants' outbound admission settings without an outbound listener only serve `explain`."""
+    gateway = source.gateway
+    if gateway is None:
+        return
+    listeners = gateway.model.listeners
+    if listeners.outbound_enabled:
+        mx, submission = listeners.inbound, listeners.outbound
+        if mx.port == submission.port and (mx.address == submission.address
+                                           or _ANY_ADDRESS & {mx.address, submission.address}):
+            yield gateway.problem("error", ("listeners", "outbound", "port"),
+                                  f"listeners.outbound uses the inbound listener's port {submission.port}")
+    tls_on = gateway.model.tls.cert is not None and gateway.model.tls.key is not None
+    claimed: dict[str, tuple[str, _Site]] = {}
     for loaded in source.tenants:
-        if loaded.model.outbound.model_fields_set:
+        for index, domain in enumerate(loaded.model.domains):
+            claimed.setdefault(domain, (loaded.model.name, _Site(loaded, ("domains", index))))
+    users_seen: dict[str, str] = {}
+    for loaded in source.tenants:
+        outbound, name = loaded.model.outbound, loaded.model.name
+        for index, domain in enumerate(outbound.sender_domains):
+            site = _Site(loaded, ("outbound", "sender_domains", index))
+            labels = domain.split(".")
+            parents = [".".join(labels[start:]) for start in range(1, len(labels))]
+            owner = next((claimed[parent] for parent in parents if parent in claimed and claimed[parent][0] != name),
+                         None) or claimed.setdefault(domain, (name, site))
+            if owner[0] != name:
+                yield site.problem("error", f"sending domain {domain} is tenant '{owner[0]}'s"
+                                            f" ({owner[1].where()}): no tenant may send as another")
+        if (outbound.networks or outbound.auth is not None) and not listeners.outbound_enabled:
             yield loaded.problem("warning", ("outbound",),
-                                 "outbound mail is not relayed yet (no outbound listener): these settings are used by"
-                                 " `explain --direction outbound` and `liveprism dns` only; nothing is signed or sent")
+                                 "gateway.yaml sets no listeners.outbound: these settings are used by"
+                                 " `explain --direction outbound` only, no mail is accepted from them")
+        if outbound.auth is None:
+            continue
+        if not tls_on:
+            yield loaded.problem("error", ("outbound", "auth"),
+                                 "outbound.auth needs STARTTLS: set tls.cert and tls.key in gateway.yaml"
+                                 " (AUTH is only offered after STARTTLS, RFC 4954 §4)")
+        yield from _users_file(source.root, loaded, outbound.auth.users, users_seen)
+
+
+def _users_file(root: Path, loaded: LoadedFile[Any], reference: str, seen: dict[str, str]) -> Iterator[Problem]:
+    """A users file's lines that are not `user:argon2-hash`, at FILE:LINE, and users of two tenants."""
+    site = _Site(loaded, ("outbound", "auth", "users"))
+    path = users_path(reference, root)
+    if path is not None and not path.exists():
+        yield site.problem("warning", f"users file {reference} does not exist: SMTP AUTH fails for"
+                                      f" tenant '{loaded.model.name}' until it does")
+        return
+    found = read_users(reference, root)
+    if isinstance(found, str):
+        yield site.problem("warning", f"{found}: SMTP AUTH fails for tenant '{loaded.model.name}'")
+        return
+    shown = reference if path is None else os.path.relpath(path, root)
+    for line, message in found.problems:
+        yield Problem("error", shown, line, 1, message)
+    for user in found.users:
+        other = seen.setdefault(user, loaded.model.name)
+        if other != loaded.model.name:
+            yield site.problem("error", f"user '{user[:64]}' is also a user of tenant '{other}':"
+                                        " a user belongs to one tenant")
 
 
 def _settings_that_cannot_work(source: PolicySource) -> Iterator[Problem]:
@@ -440,6 +500,9 @@ def _tracked_secrets(source: PolicySource) -> Iterator[Problem]:
         dkim = loaded.model.outbound.dkim
         if dkim is not None:
             secrets.append((_Site(loaded, ("outbound", "dkim", "private_key")), dkim.private_key))
+        auth = loaded.model.outbound.auth
+        if auth is not None:
+            secrets.append((_Site(loaded, ("outbound", "auth", "users")), auth.users))
     by_path = [(site, value) for site, value in secrets if not value.startswith(ENV_PREFIX)]
     if not by_path or not _in_git_work_tree(source.root):
         return

@@ -83,8 +83,8 @@ class RelayPolicy(BaseModel):
             delivery=gateway.delivery, dns=gateway.dns,
             routes={name: plan.routes for name, plan in graph.tenants.items()},
             domains={domain: name for name, plan in graph.tenants.items() for domain in plan.domains},
-            dkim={name: tenant_key(graph.root, plan.dkim, plan.domains)
-                  for name, plan in graph.tenants.items() if plan.dkim is not None},
+            dkim={name: tenant_key(graph.root, plan.outbound.dkim, plan.domains)
+                  for name, plan in graph.tenants.items() if plan.outbound.dkim is not None},
             tls_ca_file=ca_file,
         )
 

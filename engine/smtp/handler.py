@@ -29,7 +29,15 @@ from engine.checks.runner import Checker, CheckReport, strip_forged_authenticati
 from engine.graph.evaluator import FilterGraph
 from engine.graph.loops import own_trace_ids
 from engine.graph.transaction import Evaluation
-from engine.graph.verdict import KIND_LIST, REASON_BLOCK_LIST, REASON_TEMPFAIL_HELD, Decision, Hit, normalise_address
+from engine.graph.verdict import (
+    KIND_LIST,
+    KIND_OUTBOUND,
+    REASON_BLOCK_LIST,
+    REASON_TEMPFAIL_HELD,
+    Decision,
+    Hit,
+    normalise_address,
+)
 from engine.metrics import TransactionObserver
 from engine.mime.view import MessageView, header_text, parse_message
 from engine.policy.models import Direction
@@ -103,9 +111,15 @@ class InboundHandler:
     ) -> list[str]:
         session.host_name = hostname
         self._start_checks(session, _envelope(envelope), self._current_graph())
+        if not self._offers_auth():  # aiosmtpd lists AUTH after STARTTLS whether or not anyone can log in
+            responses = [line for line in responses if not line.startswith("250-AUTH")]
         # aiosmtpd handles pipelined commands in order; say so (RFC 2920) and that we send
         # enhanced status codes (RFC 2034).
         return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    def _offers_auth(self) -> bool:
+        """Whether EHLO lists AUTH: never on the inbound listener (strangers have nothing to log in to)."""
+        return False
 
     async def handle_HELO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str) -> str:
         session.host_name = hostname
@@ -117,9 +131,7 @@ class InboundHandler:
     ) -> str:
         env = _envelope(envelope)
         sender = "" if address == "<>" else address
-        env.evaluation = evaluation = self._current_graph().begin(
-            client_ip(session), session.host_name or "", Direction.inbound
-        )
+        env.evaluation = evaluation = self._begin(session)
         reply = evaluation.connect() or evaluation.mail(sender)
         if reply.is_positive:  # checks whose result can refuse now are waited for (bounded)
             self._start_checks(session, env, evaluation.graph)
@@ -134,12 +146,17 @@ class InboundHandler:
             hit = evaluation.refusal_hit
             detail = f"{hit.id} ({hit.message})" if hit is not None else str(reply)
             self._observer.refused("mail", REASON_BLOCK_LIST if hit is not None and hit.kind == KIND_LIST
+                                   else hit.id if hit is not None and hit.kind == KIND_OUTBOUND
                                    else hit.kind if hit is not None else "")
             self._log_refusal(session, sender, f"MAIL refused: {detail}", evaluation.graph)
             return str(reply)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return str(reply)
+
+    def _begin(self, session: Session) -> Evaluation:
+        """The transaction's `Evaluation`, started at MAIL FROM."""
+        return self._current_graph().begin(client_ip(session), session.host_name or "", Direction.inbound)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -187,6 +204,10 @@ class InboundHandler:
             self._observer.observe(decision, evaluation.direction.value, time.monotonic() - env.started)
             self._log_txn(queue_id, session, env, decision, len(raw), str(decision.reply))
             return str(decision.reply)
+        refusal = await self._before_accept(evaluation)
+        if refusal is not None:  # (outbound: a rate limit reached meanwhile)
+            self._log_txn(queue_id, session, env, decision, len(raw), refusal)
+            return refusal
         try:
             await self._store.accept(accepted)
         except Exception:
@@ -198,6 +219,10 @@ class InboundHandler:
         self._observer.observe(decision, evaluation.direction.value, time.monotonic() - env.started)
         self._log_txn(queue_id, session, env, decision, len(raw), reply)
         return reply
+
+    async def _before_accept(self, evaluation: Evaluation) -> str | None:
+        """Called before a message decided 250 is stored: a refusal replaces the 250 (None: store it)."""
+        return None
 
     async def _returned_copies(self, view: MessageView, evaluation: Evaluation) -> tuple[str, ...]:
         """Queue ids of this gateway's traces in the message whose stored copy went, in this same
@@ -221,9 +246,11 @@ class InboundHandler:
         report: CheckReport | None = None,
     ) -> Accepted:
         """What the store keeps: the message, its envelope and each copy the decision accepts, with
-        the trace and verdict header fields that copy carries."""
+        the trace and verdict header fields that copy carries. Outbound copies go to the MX of each
+        recipient domain and carry the trace field only (the verdict is not the world's business)."""
         now = time.time()
         graph = evaluation.graph
+        outbound = evaluation.direction is Direction.outbound
         auth = report.authentication_results_field(graph.gateway.hostname) if report is not None else b""
         copies = []
         for verdict in decision.copies:
@@ -234,11 +261,12 @@ class InboundHandler:
             headers = received_header(
                 hostname=graph.gateway.hostname, helo=evaluation.helo, client_ip=evaluation.client_ip,
                 queue_id=queue_id, rcpt=rcpt, esmtp=bool(session.extended_smtp), tls=session.ssl is not None,
-                received_at=now,
-            ) + auth + verdict_headers(verdict, decision.policy_version)
+                received_at=now, authenticated=bool(session.authenticated),
+            ) + (b"" if outbound else auth + verdict_headers(verdict, decision.policy_version))
             copies.append(CopyPlan(
                 tenant=verdict.tenant, recipients=verdict.recipients, action=verdict.action, headers=headers,
-                subject_prefix=verdict.subject_prefix, route_by="tenant", reason=verdict.reason,
+                subject_prefix=verdict.subject_prefix, route_by="address" if outbound else "tenant",
+                reason=verdict.reason,
                 score=verdict.score, hits=verdict.hits,
             ))
         stored_envelope = StoredEnvelope(
@@ -247,6 +275,7 @@ class InboundHandler:
             client_ip=evaluation.client_ip,
             helo=evaluation.helo,
             received_at=now,
+            direction=evaluation.direction,
         )
         return Accepted(
             queue_id=queue_id,

@@ -23,9 +23,10 @@ def sanitise(value: str) -> str:
 
 
 def received_header(*, hostname: str, helo: str, client_ip: str, queue_id: str, rcpt: str | None,
-                    esmtp: bool, tls: bool, received_at: float) -> bytes:
-    """`Received:` line for a copy (RFC 5321 §4.4): from HELO ([ip]) by us with (E)SMTP(S) id QID."""
-    protocol = ("ESMTPS" if tls else "ESMTP") if esmtp else "SMTP"
+                    esmtp: bool, tls: bool, received_at: float, authenticated: bool = False) -> bytes:
+    """`Received:` line for a copy (RFC 5321 §4.4): from HELO ([ip]) by us with (E)SMTP(S)(A) id QID
+    (the protocol names of RFC 3848)."""
+    protocol = ("ESMTPS" if tls else "ESMTP") + ("A" if authenticated else "") if esmtp else "SMTP"
     for_clause = f"\r\n\tfor <{sanitise(rcpt)}>" if rcpt else ""
     value = (
         f"from {sanitise(helo) or 'unknown'} ([{sanitise(client_ip)}])\r\n"

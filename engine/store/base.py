@@ -326,6 +326,12 @@ class Store(Protocol):
         """Make deliveries left `inflight` due at `now`; returns how many. Only the one relay
         process may call it, at its start: no attempt of its own is in flight then."""
 
+    async def rate_exceeded(self, limits: tuple[tuple[str, int], ...], now: float, window: float) -> str | None:
+        """The first key with its limit of sends within `window` seconds before `now`; counts nothing."""
+
+    async def rate_take(self, limits: tuple[tuple[str, int], ...], now: float, window: float) -> str | None:
+        """Atomically: the first key over its limit (nothing counted), or None after counting one send per key."""
+
     @property
     def lock_fd(self) -> int | None:
         """The owner's lock on the state directory (inherited by the relay child, so a new owner

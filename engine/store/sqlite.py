@@ -2,7 +2,7 @@
 
 Layout under the state directory::
 
-    index.sqlite3 (+ -wal, -shm)   bodies, messages, deliveries, quarantine, archive
+    index.sqlite3 (+ -wal, -shm)   bodies, messages, deliveries, quarantine, archive, outbound_sends
     owner.lock                     flock(2)ed by the gateway that owns the store
     writers.intent                 turns at the write lock between processes (`write_turns`)
 
@@ -86,7 +86,7 @@ T = TypeVar("T")
 
 DB_NAME = "index.sqlite3"
 LOCK_NAME = "owner.lock"
-SCHEMA_VERSION = 2  # 2: dsn_sent, mta_sts
+SCHEMA_VERSION = 3  # 2: outbound_sends (rate limits); 3: dsn_sent, mta_sts
 BUSY_TIMEOUT_MS = 30_000
 LOCK_WAIT = 30.0  # seconds an owner waits for the state lock before giving up
 MAX_BATCH = 512  # operations per transaction
@@ -153,6 +153,11 @@ CREATE TABLE IF NOT EXISTS quarantine (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS quarantine_by_status ON quarantine(status, created_at);
 CREATE INDEX IF NOT EXISTS quarantine_by_message ON quarantine(queue_id);
+CREATE TABLE IF NOT EXISTS outbound_sends (   -- one row per accepted outbound message and rate key
+    key TEXT NOT NULL,                         -- "sender:ADDRESS" or "tenant:NAME"
+    at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbound_sends_by_key ON outbound_sends(key, at);
 CREATE TABLE IF NOT EXISTS dsn_sent (
     queue_id TEXT PRIMARY KEY,                 -- a message that got its DSN (at most one per message)
     sent_at  REAL NOT NULL
@@ -456,21 +461,26 @@ def _change_quarantine(txn: _Txn, entry_id: str, now: float, release: bool) -> Q
         ("released" if release else "deleted", now, entry_id),
     )
     if release:
-        rcpts = json.loads(recipients)
-        conn.execute(
-            "INSERT INTO deliveries (queue_id, tenant, route_by, mail_from, rcpts, headers, subject_prefix,"
-            " created_at, state, next_attempt_at) VALUES (?,?,?,?,?,?,NULL,?,'queued',?)",
-            (
-                queue_id,
-                tenant,
-                "tenant" if direction == "inbound" else "address",
-                mail_from,
-                _rcpts_json(RcptState(r) for r in rcpts),
-                headers,
-                now,
-                now,
-            ),
-        )
+        rcpts: list[str] = json.loads(recipients)
+        # inbound: one delivery over the tenant's routes; outbound: one per recipient domain (its MX)
+        groups: dict[str, list[str]] = {}
+        for rcpt in rcpts:
+            groups.setdefault("" if direction == "inbound" else _domain(rcpt), []).append(rcpt)
+        for group in groups.values():
+            conn.execute(
+                "INSERT INTO deliveries (queue_id, tenant, route_by, mail_from, rcpts, headers, subject_prefix,"
+                " created_at, state, next_attempt_at) VALUES (?,?,?,?,?,?,NULL,?,'queued',?)",
+                (
+                    queue_id,
+                    tenant,
+                    "tenant" if direction == "inbound" else "address",
+                    mail_from,
+                    _rcpts_json(RcptState(r) for r in group),
+                    headers,
+                    now,
+                    now,
+                ),
+            )
     else:
         _drop_if_unreferenced(txn, queue_id)
     entry = conn.execute(f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine WHERE id = ?", (entry_id,)).fetchone()
@@ -493,6 +503,21 @@ def _purge(txn: _Txn, now: float, archive_days: int, quarantine_days: int) -> Pu
     for queue_id in dict.fromkeys(archived + quarantined):
         _drop_if_unreferenced(txn, queue_id)
     return PurgeResult(archived=len(archived), quarantined=len(quarantined), messages=txn.deleted - before)
+
+
+def _rate_take(txn: _Txn, limits: tuple[tuple[str, int], ...], now: float, window: float) -> str | None:
+    """Count one send under every key, unless a key already has `limit` sends within `window`
+    seconds: then nothing is counted and that key is returned. Rows past the window are dropped."""
+    since = now - window
+    for key, limit in limits:
+        txn.conn.execute("DELETE FROM outbound_sends WHERE key = ? AND at <= ?", (key, since))
+        (count,) = txn.conn.execute(
+            "SELECT count(*) FROM outbound_sends WHERE key = ? AND at > ?", (key, since)
+        ).fetchone()
+        if count >= limit:
+            return key
+    txn.conn.executemany("INSERT INTO outbound_sends VALUES (?, ?)", [(key, now) for key, _ in limits])
+    return None
 
 
 def _requeue_inflight(txn: _Txn, now: float) -> int:
@@ -876,6 +901,29 @@ class SqliteStore:
     @property
     def lock_fd(self) -> int | None:
         return self._lock_fd
+
+    # ------------------------------------------------------------ outbound rate limits
+
+    async def rate_exceeded(self, limits: tuple[tuple[str, int], ...], now: float, window: float) -> str | None:
+        """The first key whose sends within `window` seconds before `now` reached its limit (None
+        when every key is under it); counts nothing (the early check at MAIL)."""
+        def query(conn: sqlite3.Connection) -> str | None:
+            for key, limit in limits:
+                (count,) = conn.execute(
+                    "SELECT count(*) FROM outbound_sends WHERE key = ? AND at > ?", (key, now - window)
+                ).fetchone()
+                if count >= limit:
+                    return key
+            return None
+
+        return await self._read(query) if limits else None
+
+    async def rate_take(self, limits: tuple[tuple[str, int], ...], now: float, window: float) -> str | None:
+        """Atomically (one write transaction, shared by every process on this store): the first key
+        over its limit, counting nothing; or None after counting one send under every key."""
+        if not limits:
+            return None
+        return await self._submit(lambda txn: _rate_take(txn, limits, now, window))
 
     async def purge_expired(self, now: float, archive_days: int, quarantine_days: int) -> PurgeResult:
         """Drop archive rows older than `archive_days` and quarantine entries (any status) older

@@ -38,6 +38,7 @@ class Envelope:
     client_ip: str = DEFAULT_CLIENT_IP
     helo: str = DEFAULT_HELO
     direction: Direction = Direction.inbound
+    auth_tenant: str | None = None  # outbound: the tenant of the client's SMTP AUTH user
 
 
 def run(
@@ -56,6 +57,7 @@ def run(
         direction=envelope.direction,
         external_hits=external_hits,
         early_hits=early_hits,
+        auth_tenant=envelope.auth_tenant,
     )
 
 

@@ -97,6 +97,14 @@ def given_client(liveprism_scenario: Scenario, address: str) -> None:
     liveprism_scenario.client_ip = address.strip().strip('"')
 
 
+@given(parsers.parse('the client authenticated as a user of tenant "{tenant}"'))
+def given_authenticated(liveprism_scenario: Scenario, tenant: str) -> None:
+    """Outbound: the client logged in with SMTP AUTH as a user of `tenant` (it sends as that tenant only)."""
+    if tenant not in liveprism_scenario.policy_graph().tenants:
+        raise ScenarioFailure(f"no tenant {tenant!r} in the policy")
+    liveprism_scenario.auth_tenant = tenant
+
+
 @given(parsers.parse('the HELO name "{helo}"'))
 def given_helo(liveprism_scenario: Scenario, helo: str) -> None:
     liveprism_scenario.helo = helo

@@ -16,7 +16,7 @@ from email.policy import SMTP
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from engine.checks.runner import CheckRun, checks_configured
+from engine.checks.runner import CheckRun, checks_configured, outbound_checks
 from engine.graph.compiler import load_graph
 from engine.graph.evaluator import FilterGraph
 from engine.graph.transaction import Outcome
@@ -86,6 +86,7 @@ class Scenario:
     message_file: Path | None = None
     client_ip: str = DEFAULT_CLIENT_IP
     helo: str = DEFAULT_HELO
+    auth_tenant: str | None = None  # outbound: the client authenticated as a user of this tenant
     resolver: StaticResolver = field(default_factory=StaticResolver)
     external_hits: list[Hit] = field(default_factory=list)
     outcome: Outcome | None = None
@@ -140,7 +141,7 @@ class Scenario:
             rcpts = tuple(self.rcpts) or from_file.rcpts
         else:
             mail_from, rcpts = self.mail_from or "", tuple(self.rcpts)
-        return Envelope(mail_from, rcpts, self.client_ip, self.helo, direction)
+        return Envelope(mail_from, rcpts, self.client_ip, self.helo, direction, self.auth_tenant)
 
     # ------------------------------------------------------------ running and reading
 
@@ -192,10 +193,11 @@ async def check_hits(
 ) -> tuple[tuple[Hit, ...], tuple[Hit, ...]]:
     """The external check results of a scenario, as `serve` would get them (the same `CheckRun`),
     with every DNS question answered by the scenario's static resolver: the hits known after MAIL
-    FROM (DNSBL, SPF: they may refuse early) and those of the end of DATA (inbound only; none
-    when the policy configures no check)."""
-    checks = graph.gateway.checks
-    if envelope.direction is not Direction.inbound or not checks_configured(checks):
+    FROM (DNSBL, SPF: they may refuse early) and those of the end of DATA (outbound: the
+    antivirus only; none when the policy configures no check)."""
+    checks = graph.gateway.checks if envelope.direction is not Direction.outbound else outbound_checks(
+        graph.gateway.checks)
+    if not checks_configured(checks):
         return (), ()
     check_run = CheckRun(checks, resolver, hostname=graph.gateway.hostname)
     check_run.connect(envelope.client_ip, envelope.helo)

@@ -158,12 +158,13 @@ class Gateway:
     port: int
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(default_factory=Path)
+    args: tuple[str, ...] = ()  # more `serve` options (e.g. --workers 2)
 
     def start(self) -> Gateway:
         self.log_path = self.state.parent / "gateway.log"
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            liveprism("serve", str(self.policy), "--state", str(self.state)),
+            liveprism("serve", str(self.policy), "--state", str(self.state), *self.args),
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         )
         wait_port(self.port, proc=self.proc)

@@ -92,6 +92,8 @@ def example_policy(root: Path, port: int, sinks: dict[str, int]) -> Path:
     gateway = (root / "gateway.yaml").read_text()
     gateway = re.sub(r"inbound: \{address: [^,]+, port: \d+\}", f"inbound: {{address: 127.0.0.1, port: {port}}}",
                      gateway)
+    gateway = re.sub(r"outbound: \{address: [^,]+, port: \d+\}",
+                     f"outbound: {{address: 127.0.0.1, port: {free_port()}}}", gateway)
     gateway = gateway.replace("lists: [global-block]", "lists: [global-block, diff-global-block]")
     gateway += "delivery: {retry_initial: 1, retry_max: 2, give_up_after: 3600, connect_timeout: 5}\n"
     gateway = re.sub(r"^delivery: \{retry_initial: 60.*\n", "", gateway, flags=re.M)

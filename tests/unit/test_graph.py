@@ -501,23 +501,36 @@ def test_both_fires_both_ways_and_inbound_is_the_default(graph: FilterGraph) -> 
     assert not rule_ids(acme_copy(graph, message("inboundonly"), direction=Direction.outbound))
 
 
-def test_outbound_rcpt_accepts_any_domain_from_the_tenants_network(graph: FilterGraph) -> None:
-    result = graph.rcpt("198.18.0.7", "bob@acme.example", "friend@elsewhere.example", direction=Direction.outbound)
+def test_outbound_rcpt_accepts_any_domain_for_the_sending_tenant(graph: FilterGraph) -> None:
+    result = graph.rcpt("198.18.0.7", "bob@acme.example", "friend@elsewhere.example", direction=Direction.outbound,
+                        sender_tenant="acme")
     assert result.accepted and result.tenant == "acme"
-    for client_ip, sender in (
-        ("192.0.2.1", "bob@acme.example"),
-        ("198.18.0.7", "bob@globex.example"),
-        ("198.18.0.7", "bob@elsewhere.example"),
-    ):
-        refused = graph.rcpt(client_ip, sender, "friend@elsewhere.example", direction=Direction.outbound)
-        assert str(refused.reply) == "550 5.7.1 relaying denied", (client_ip, sender)
-    trick = graph.rcpt("198.18.0.7", "bob@acme.example", "a%b@elsewhere.example", direction=Direction.outbound)
+    refused = graph.rcpt("198.18.0.7", "bob@acme.example", "friend@elsewhere.example", direction=Direction.outbound)
+    assert str(refused.reply) == "550 5.7.1 relaying denied"
+    trick = graph.rcpt("198.18.0.7", "bob@acme.example", "a%b@elsewhere.example", direction=Direction.outbound,
+                       sender_tenant="acme")
     assert trick.reason == REASON_RELAY_DENIED
+
+
+def test_outbound_sender_is_the_networks_tenant_and_its_domains_only(graph: FilterGraph) -> None:
+    assert graph.outbound_sender("198.18.0.7", "bob@acme.example") == "acme"
+    assert graph.outbound_sender("198.18.0.7", "") == "acme"  # the null sender (bounces) of a known tenant
+    for client_ip, sender, reason in (
+        ("192.0.2.1", "bob@acme.example", "not-authorised"),  # a stranger's address
+        ("198.18.0.7", "bob@globex.example", "spoofed-sender"),  # another tenant
+        ("198.18.0.7", "bob@elsewhere.example", "spoofed-sender"),  # a stranger
+    ):
+        refusal = graph.outbound_sender(client_ip, sender)
+        assert not isinstance(refusal, str) and refusal.id == reason, (client_ip, sender)
+    # an SMTP AUTH user is bound to its own tenant, wherever it connects from
+    assert graph.outbound_sender("192.0.2.1", "bob@globex.example", auth_tenant="globex") == "globex"
+    refusal = graph.outbound_sender("198.18.0.7", "bob@acme.example", auth_tenant="globex")
+    assert not isinstance(refusal, str) and refusal.id == "spoofed-sender"
 
 
 def test_explain_outbound_runs_outbound_rules_for_the_sending_tenant(graph: FilterGraph) -> None:
     decision, rcpts = explain(graph,
-        raw=message("secretproject", to="friend@elsewhere.example"),
+        raw=message("secretproject", to="friend@elsewhere.example", sender="Bob <bob@acme.example>"),
         mail_from="bob@acme.example",
         rcpts=["friend@elsewhere.example"],
         client_ip="198.18.0.7",
@@ -526,6 +539,23 @@ def test_explain_outbound_runs_outbound_rules_for_the_sending_tenant(graph: Filt
     assert [r.tenant for r in rcpts] == ["acme"]
     assert decision.action is Action.reject
     assert "outbound-only" in rule_ids(decision.tenants["acme"])
+
+
+def test_outbound_header_from_must_be_the_sending_tenants(graph: FilterGraph) -> None:
+    def outbound(sender: str, client_ip: str = "198.18.0.7", auth_tenant: str | None = None) -> tuple[str, str]:
+        outcome = simulate(graph, raw=message(sender=sender, to="friend@elsewhere.example"),
+                           mail_from="bob@acme.example", rcpts=["friend@elsewhere.example"], client_ip=client_ip,
+                           direction=Direction.outbound, auth_tenant=auth_tenant)
+        return str(outcome.decision.reply), outcome.decision.stage
+
+    assert outbound("Bob <bob@acme.example>")[0].startswith("250 ")
+    assert outbound("bob@sub.acme.example")[0].startswith("250 ")  # a subdomain is the tenant's too
+    assert outbound("Bob <bob@globex.example>") == (
+        "550 5.7.1 header From not allowed: globex.example is not a sending domain of this client", "data")
+    assert outbound("bob@acme.example, eve@stranger.example")[0].startswith("550 5.7.1 header From not allowed")
+    # an authenticated globex user cannot use acme's domain, even from acme's network
+    assert outbound("Bob <bob@acme.example>", auth_tenant="globex") == (
+        "550 5.7.1 sender address not allowed: acme.example is not a sending domain of this client", "mail")
 
 
 # ---------------------------------------------------------------- content edge cases through the graph

@@ -185,6 +185,23 @@ def test_outbound_copies_are_routed_by_recipient_domain(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_a_released_outbound_copy_goes_to_the_mx_of_each_recipient_domain(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await opened(tmp_path / "state")
+        plan = copy("acme", "quarantine", "x@one.example", "y@two.example", route_by="address")
+        msg = message(plan, direction="outbound", mail_from="bob@acme.example")
+        await store.accept(msg)
+        await store.release_quarantine(quarantine_id(msg.queue_id, "acme"), time.time())
+        claimed = await store.claim_due(time.time(), 10)
+        assert sorted((d.route_by, d.pending) for d in claimed.deliveries) == [
+            ("address", ("x@one.example",)),
+            ("address", ("y@two.example",)),
+        ]
+        await store.close()
+
+    run(scenario())
+
+
 def test_concurrent_accepts_are_group_committed(tmp_path: Path) -> None:
     state = tmp_path / "state"
 

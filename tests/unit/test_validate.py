@@ -242,10 +242,78 @@ def test_settings_not_built_yet_are_refused_not_ignored(tmp_path: Path) -> None:
         "tenants/acme.yaml": ACME + "outbound: {networks: [198.51.100.0/24]}\n",
     })
     assert problems_of(tmp_path) == [
-        "gateway.yaml:3:3: error: not supported yet: the outbound listener is not built; remove listeners.outbound",
         "gateway.yaml:4:11: error: not supported yet: a server database; remove storage.url to use the embedded store",
-        "tenants/acme.yaml:5:1: warning: outbound mail is not relayed yet (no outbound listener): these settings are"
-        " used by `explain --direction outbound` and `liveprism dns` only; nothing is signed or sent",
+    ]
+
+
+# ---------------------------------------------------------------- outbound
+
+HASH = "$argon2id$v=19$m=65536,t=3,p=4$ZqmiIQhHGkRI6ZUMa51sjA$USXxi5exKdnxFCWcYO/HG9KCskXXVLevQEXeq71yAgo"
+TLS_GATEWAY = "hostname: mx.example.com\nlisteners:\n  outbound: {port: 2587}\ntls: {cert: c.pem, key: 'env:K'}\n"
+BETA = "name: beta\ndomains: [beta.example]\nroutes: [{host: b.example}]\n"
+
+
+def test_outbound_users_file_lines_that_are_not_argon2_hashes_are_errors_at_file_line(tmp_path: Path) -> None:
+    write_policy(tmp_path, {
+        "gateway.yaml": TLS_GATEWAY,
+        "tenants/acme.yaml": ACME + "outbound: {auth: {users: ../secrets/acme-users}}\n",
+        "tenants/beta.yaml": BETA + "outbound: {auth: {users: beta-users}}\n",
+        "../secrets/acme-users": f"# acme's users\nalice:{HASH}\n\nbob:hunter2\ncarol\n"
+                                 "dave:$2b$12$abcdefghijklmnopqrstuv\n",
+        "beta-users": f"alice:{HASH}\n",
+    })
+    assert problems_of(tmp_path) == [
+        "../secrets/acme-users:4:1: error: user 'bob': not an argon2 hash (plaintext or unknown format);"
+        " make one with `liveprism users hash`",
+        "../secrets/acme-users:5:1: error: not a `user:hash` line",
+        "../secrets/acme-users:6:1: error: user 'dave': not an argon2 hash (plaintext or unknown format);"
+        " make one with `liveprism users hash`",
+        "tenants/beta.yaml:4:19: error: user 'alice' is also a user of tenant 'acme': a user belongs to one tenant",
+    ]
+    assert "hunter2" not in " ".join(problems_of(tmp_path))  # a plaintext password is never echoed
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_outbound_users_file_tracked_by_git_is_an_error(tmp_path: Path) -> None:
+    write_policy(tmp_path, {
+        "gateway.yaml": TLS_GATEWAY,
+        "tenants/acme.yaml": ACME + "outbound: {auth: {users: secrets/acme-users}}\n",
+        "secrets/acme-users": f"alice:{HASH}\n",
+    })
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "add", "secrets/acme-users"], check=True)
+    assert problems_of(tmp_path) == [
+        "tenants/acme.yaml:5:19: error: secret 'secrets/acme-users' is tracked by git: remove it from the repository"
+        " (git rm --cached) and reference it by a path outside git or as env:NAME",
+    ]
+
+
+def test_outbound_settings_that_cannot_work(tmp_path: Path) -> None:
+    write_policy(tmp_path, {
+        "gateway.yaml": "hostname: mx.example.com\nlisteners:\n  inbound: {port: 2525}\n  outbound: {port: 2525}\n",
+        "tenants/acme.yaml": ACME + "outbound:\n  auth: {users: 'env:ACME_USERS'}\n"
+                             "  sender_domains: [news.beta.example, acme-mail.example]\n",
+        "tenants/beta.yaml": BETA + "outbound: {sender_domains: [acme-mail.example]}\n",
+    })
+    problems = problems_of(tmp_path)
+    assert problems == [
+        "gateway.yaml:4:14: error: listeners.outbound uses the inbound listener's port 2525",
+        "tenants/acme.yaml:6:3: error: outbound.auth needs STARTTLS: set tls.cert and tls.key in gateway.yaml"
+        " (AUTH is only offered after STARTTLS, RFC 4954 §4)",
+        "tenants/acme.yaml:6:10: warning: environment variable ACME_USERS is not set: SMTP AUTH fails for"
+        " tenant 'acme'",
+        "tenants/acme.yaml:7:20: error: sending domain news.beta.example is tenant 'beta's (tenants/beta.yaml:2):"
+        " no tenant may send as another",
+        "tenants/beta.yaml:4:29: error: sending domain acme-mail.example is tenant 'acme's (tenants/acme.yaml:7):"
+        " no tenant may send as another",
+    ]
+
+
+def test_outbound_settings_without_an_outbound_listener_warn(tmp_path: Path) -> None:
+    write_policy(tmp_path, {"tenants/acme.yaml": ACME + "outbound: {networks: [198.51.100.0/24]}\n"})
+    assert problems_of(tmp_path) == [
+        "tenants/acme.yaml:5:1: warning: gateway.yaml sets no listeners.outbound: these settings are used by"
+        " `explain --direction outbound` only, no mail is accepted from them",
     ]
 
 
