@@ -7,7 +7,8 @@ Algorithm, for each claimed delivery (one copy of a message to some recipients):
 2. Compose the copy from the spooled bytes (`compose.build_copy`) and find the hops: a tenant
    copy goes to the tenant's routes in the live policy (lowest priority first, equal ones
    shuffled); anything else to the MX hosts of its recipients' domain (`nexthop`, MTA-STS
-   included). A copy routed by address with a sender (outbound mail) carries the gateway's
+   included). A copy routed by address that a client sent (outbound mail, a tenant's bounces
+   with the null sender included; not the gateway's own DSNs) carries the gateway's
    Received trace but none of its verdict fields (`compose.world_headers`), and is DKIM-signed
    last, over exactly the bytes sent, when its tenant has `outbound.dkim` (`signing`); while that
    tenant's key cannot be loaded it waits (4.7.0), never leaving unsigned. A DSN whose mail
@@ -199,7 +200,7 @@ class RelayWorker:
         if raw is None:
             replies = dict.fromkeys(pending, (HopReply(0, "5.3.0 the message is missing from the spool"), ""))
             return self._outcome(delivery, settings, replies, data)
-        outbound = delivery.route_by == "address" and bool(delivery.mail_from)
+        outbound = delivery.route_by == "address" and not delivery.generated  # a tenant's mail to the world
         headers = world_headers(delivery.headers) if outbound else delivery.headers
         data = fold_long_lines(build_copy(raw, headers, delivery.subject_prefix))
         if has_control(delivery.mail_from):  # queued before the front end refused these: fail, never loop
@@ -220,7 +221,7 @@ class RelayWorker:
         if isinstance(hops, NoRoute):
             replies.update(dict.fromkeys(pending, (HopReply(0, hops.reason), "")))
             return self._outcome(delivery, settings, replies, data)
-        if delivery.route_by == "address" and not delivery.mail_from and settings.private_next_hops == "refuse":
+        if delivery.generated and settings.private_next_hops == "refuse":  # our DSN: never to an internal hop
             public = [hop for hop in hops if not (hop.mx_name and internal_address(hop.host))]
             if not public:
                 metrics.relay_event("dsn-dropped-private-hop")

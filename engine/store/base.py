@@ -152,6 +152,7 @@ class Delivery:
     attempts: int  # attempts so far, the one just claimed included
     last_error: str
     raw: bytes | None = None  # the message, claimed with the row when small; else `Store.read_message`
+    generated: bool = False  # the gateway wrote this message itself (a DSN), no client sent it
 
     @property
     def pending(self) -> tuple[str, ...]:

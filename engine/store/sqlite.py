@@ -172,7 +172,7 @@ DSN_MEMORY_DAYS = 30  # a dsn_sent row outlives every delivery of its message (g
 
 _DELIVERY_COLUMNS = (
     "d.id, d.queue_id, d.tenant, d.route_by, d.mail_from, d.rcpts, d.headers, d.subject_prefix,"
-    " m.received_at, d.created_at, d.attempts, d.last_error"
+    " m.received_at, d.created_at, d.attempts, d.last_error, m.client_ip"
 )
 _QUARANTINE_COLUMNS = (
     "id, queue_id, tenant, recipients, mail_from, subject, reason, score, hits, created_at, status, status_at"
@@ -274,7 +274,8 @@ def _delivery_from(row: sqlite3.Row) -> Delivery:
         created_at=row[9],
         attempts=row[10],
         last_error=row[11],
-        raw=bytes(row[12]) if row[12] is not None else None,
+        generated=row[12] == "",  # no client: the gateway wrote it (a DSN)
+        raw=bytes(row[13]) if row[13] is not None else None,
     )
 
 
