@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from engine.dns.dkim import generate_key, public_record
+from engine.dns.dkim import generate_key, public_record, write_new_key
 from engine.dns.resolver import Resolver
 from engine.policy.models import DnsSettings
 from engine.relay.mta_sts import MtaSts
 from engine.relay.signing import Signer
-from tests.integration.conftest import Gateway, free_port, route, swaks, wait_for, write_policy
+from tests.integration.conftest import Gateway, free_port, route, swaks, wait_for, wait_port, write_policy
 from tests.integration.nsd import Nsd, zone_file
 from tests.integration.world_peers import LabCa, SmtpSink, StsServer, opendkim_verify, resolver_shim
 from tests.unit.relay_harness import RelayLab, wait_until, wait_until_async
@@ -323,3 +323,42 @@ def test_mta_sts_policy_survives_a_relay_restart_in_the_store(lab: RelayLab, nsd
         assert (await memory_only.lookup("world.example")).policy is None  # what the store protects against
 
     lab.run(lookups(), timeout=60)
+
+
+@pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
+def test_serve_outbound_listener_to_signed_delivery_verified_by_opendkim(nsd: Nsd, procs: list[object],
+                                                                         tmp_path: Path, algorithm: str) -> None:
+    key = generate_key("ed25519" if algorithm == "ed25519" else "rsa")
+    key_path = tmp_path / "secrets" / "acme.pem"
+    assert write_new_key(key_path, key) is None
+    acme_zone = zone_file("acme.example", f"lp1._domainkey IN TXT {_txt(public_record(key))}\n")
+    nsd_port = nsd.start({"world.example": world_zone(sts_id=None), "acme.example": acme_zone})
+    world_mx = SmtpSink(free_port()).start()
+    procs.append(world_mx)
+    port, out_port = free_port(), free_port()
+    policy = write_policy(
+        tmp_path / "policy", port=port, mx_port=world_mx.port,
+        tenants={"acme": {"domains": ["acme.example"], "routes": [route(free_port())],
+                          "outbound": {"networks": ["127.0.0.1/32"],
+                                       "dkim": {"selector": "lp1", "private_key": str(key_path)}}}},
+        extra_gateway=f"dns: {{nameservers: [127.0.0.1], port: {nsd_port}, timeout: 2.0}}\n",
+    )
+    gateway_yaml = policy / "gateway.yaml"
+    gateway_yaml.write_text(gateway_yaml.read_text().replace(
+        f"  inbound: {{address: 127.0.0.1, port: {port}}}\n",
+        f"  inbound: {{address: 127.0.0.1, port: {port}}}\n  outbound: {{address: 127.0.0.1, port: {out_port}}}\n"))
+    gateway = Gateway(policy, tmp_path / "state", port).start()
+    procs.append(gateway)
+    wait_port(out_port, proc=gateway.proc)
+    sent = swaks(out_port, "--from", "bob@acme.example", "--to", "friend@world.example",
+                 "--header", "Subject: signed numbers", "--body", "The numbers are fine.")
+    assert "<-  250 2.0.0 queued as" in sent.stdout, sent.stdout
+    assert wait_for(lambda: len(world_mx.messages) == 1, timeout=30), gateway.log()[-3000:]
+    data = world_mx.messages[0].data
+    assert data.startswith(b"DKIM-Signature: v=1; a=" + (b"ed25519" if algorithm == "ed25519" else b"rsa"))
+    assert b"X-LivePrism" not in data and b"Received: from client.test.example" in data
+    shim = resolver_shim(tmp_path)
+    verified = opendkim_verify(data, nsd_port, shim)
+    assert verified.returncode == 0, verified.stderr
+    tampered = opendkim_verify(data.replace(b"The numbers are fine.", b"The numbers are bad."), nsd_port, shim)
+    assert tampered.returncode != 0
