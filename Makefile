@@ -3,7 +3,7 @@
 #   make test   install everything (Debian packages + venv), then run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := swaks postfix openssl dnsmasq-base nsd clamav clamav-daemon bind9-utils opendkim-tools git
+APT_PACKAGES := swaks postfix openssl dnsmasq-base nsd clamav clamav-daemon bind9-utils opendkim-tools git gcc libc6-dev
 
 .PHONY: demo test deps venv lint bench
 

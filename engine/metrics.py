@@ -54,6 +54,10 @@ DELIVERY_ATTEMPTS = Counter(
     " expired) and route (host:port, or none).", ["result", "route"],
 )
 
+RELAY_EVENTS = Counter(
+    "liveprism_relay_events_total", "Relay decisions worth alerting on, by event token (dsn-dropped-private-hop,"
+    " mta-sts-enforce-mx-mismatch, mta-sts-testing-mx-mismatch, dkim-signed, dkim-key-unavailable).", ["event"],
+)
 OUTBOUND_RATE_LIMITED = Counter(
     "liveprism_outbound_rate_limited_total", "Outbound transactions refused with 451 4.7.1 by outbound.limits,"
     " by tenant, limit (per_sender_per_hour, per_tenant_per_hour) and stage (mail, data).",
@@ -93,6 +97,11 @@ def auth_attempt(success: bool) -> None:
 def delivery_attempt(result: str, route: str) -> None:
     """One recipient's delivery attempt ended with `result` at `route`."""
     DELIVERY_ATTEMPTS.labels(result, route).inc()
+
+
+def relay_event(event: str) -> None:
+    """One relay event (a kebab-case token, see RELAY_EVENTS)."""
+    RELAY_EVENTS.labels(event).inc()
 
 
 class TransactionObserver:

@@ -159,4 +159,5 @@ def _compile(source: PolicySource, gateway: Gateway, builder: IndexBuilder) -> F
         content=builder.content(source, conditions),
         lists=builder.lists(source),
         global_lists=frozenset(gateway.lists),
+        root=source.root,
     )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from engine.graph.content import ContentIndex
 from engine.graph.lists import ListEntry, ListIndex
@@ -180,8 +181,10 @@ class FilterGraph:
         content: ContentIndex,
         lists: ListIndex,
         global_lists: frozenset[str],
+        root: Path | None = None,
     ) -> None:
         self.version = version
+        self.root = root  # the policy directory it was compiled from (relative paths in it resolve here)
         self.content_hash = content_hash  # of the policy files it was compiled from
         self.gateway = gateway
         self.tenants: Mapping[str, TenantPlan] = dict(tenants)

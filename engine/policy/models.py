@@ -268,6 +268,24 @@ class DeliverySettings(PolicyModel):
         description="Who gets delivery status notifications (bounces): any sender (external), senders in a"
         " tenant's domain only (tenants-only), or nobody (off). Never an address literal; one per message.",
     )
+    private_next_hops: Literal["refuse", "allow"] = Field(
+        default="refuse",
+        description="DSNs whose mail exchangers (found in DNS) are loopback, private, link-local or unspecified"
+        " addresses are dropped (refuse), so a forged sender cannot make the relay connect inside the network."
+        " allow: only for test labs that deliver DSNs to 127.0.0.1.",
+    )
+    mta_sts_port: int = Field(
+        default=443,
+        ge=1,
+        le=65535,
+        description="HTTPS port of https://mta-sts.DOMAIN/.well-known/mta-sts.txt (RFC 8461 §3.3). 443 except in"
+        " test labs.",
+    )
+    tls_ca_file: str | None = Field(
+        default=None,
+        description="Extra CA certificates (PEM file; relative to the policy directory) trusted, besides the system"
+        " ones, when a certificate must be valid: MTA-STS policy fetches and MTA-STS enforced deliveries.",
+    )
 
 
 class DnsSettings(PolicyModel):

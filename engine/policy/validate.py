@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import ssl
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -361,6 +362,14 @@ def _settings_that_cannot_work(source: PolicySource) -> Iterator[Problem]:
         if not any(domain in loaded.model.domains for loaded in source.tenants):
             yield gateway.problem("error", ("postmaster",),
                                   f"postmaster {postmaster}: no tenant owns {domain}, so it could not be delivered")
+    ca_file = gateway.model.delivery.tls_ca_file
+    if ca_file is not None:
+        ca_path = Path(ca_file) if Path(ca_file).is_absolute() else source.root / ca_file
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=str(ca_path))
+        except (OSError, ssl.SSLError) as exc:
+            yield gateway.problem("error", ("delivery", "tls_ca_file"),
+                                  f"delivery.tls_ca_file {ca_file}: not a readable PEM CA bundle ({exc})")
     tls = gateway.model.tls
     if (tls.cert is None) != (tls.key is None):
         yield gateway.problem("error", ("tls",), "tls needs both cert and key (STARTTLS cannot be offered with one)")

@@ -10,8 +10,13 @@ Connecting (RFC 5321 §3.1, §4.1.1.1): greeting, EHLO (HELO when EHLO is refuse
 STARTTLS (RFC 3207) when the hop's TLS mode is not `none` and the server offers it, and EHLO
 again. Certificates are not verified in either mode — as Postfix's `may` and `encrypt`
 levels: `required` guarantees an encrypted session, not the server's identity. A failed
-handshake fails the hop when TLS is required; when it is opportunistic the session is redone
-in plain text. A route that requires TLS on a server without STARTTLS fails the hop.
+handshake fails the hop when TLS is required, and for mail exchangers found in DNS (the world:
+plain text only when STARTTLS is not offered, RFC 3207 practice; the next MX or a later retry
+is tried instead); on an opportunistic tenant route the session is redone in plain text (a
+tenant's own server with a broken TLS stack still gets its mail). A route that requires TLS on a server without
+STARTTLS fails the hop. A hop with a `tls_name` (an MX host under an enforced MTA-STS policy,
+RFC 8461 §4.2) requires STARTTLS and a certificate chain valid (system CAs + `tls_ca_file`)
+for that name, else the hop fails with 4.7.5 — Postfix's `secure` level.
 
 Transaction: MAIL (with SIZE, BODY=8BITMIME and SMTPUTF8 when offered and needed, RFC 1870,
 RFC 6152, RFC 6531), one RCPT per recipient, DATA for the accepted ones. Every recipient gets
@@ -41,6 +46,7 @@ import aiosmtplib
 
 from engine.policy.models import RouteTls
 from engine.relay.compose import StreamedCopy
+from engine.relay.mta_sts import verified_context
 from engine.relay.nexthop import Hop
 
 log = logging.getLogger("liveprism.relay")
@@ -81,7 +87,7 @@ def _reply(code: int, message: str) -> HopReply:
 class Connection:
     """One SMTP session to a hop, leased from the pool."""
 
-    key: tuple[str, int, RouteTls]
+    key: tuple[str, int, RouteTls, str | None]
     label: str  # host:port
     client: aiosmtplib.SMTP
     tls: bool
@@ -133,8 +139,14 @@ class SmtpPool:
         self._idle_timeout = idle_timeout
         self._command_timeout = command_timeout
         self._tls_context = _tls_context()
-        self._destinations: dict[tuple[str, int, RouteTls], _Destination] = {}
+        self._verified_context = ssl.create_default_context()
+        self._destinations: dict[tuple[str, int, RouteTls, str | None], _Destination] = {}
         self.connections_opened = 0
+
+    def configure(self, ca_file: str | None) -> None:
+        """Trust the CA certificates in `ca_file` too (PEM; None: system CAs only) from the next
+        verified session on (`delivery.tls_ca_file`, a policy reload)."""
+        self._verified_context = verified_context(ca_file)
 
     async def acquire(
         self, hop: Hop, connect_timeout: float, abort: asyncio.Event, *, fresh: bool = False
@@ -143,7 +155,7 @@ class SmtpPool:
 
         None when `abort` is set before one of the hop's `per_destination` slots is free.
         """
-        key = (hop.host, hop.port, hop.tls)
+        key = (hop.host, hop.port, hop.tls, hop.tls_name)
         dest = self._destinations.get(key)
         if dest is None:
             dest = self._destinations[key] = _Destination(asyncio.Semaphore(self._per_destination))
@@ -177,7 +189,7 @@ class SmtpPool:
             conn.client.close()
         self._done(conn.key, dest)
 
-    def _done(self, key: tuple[str, int, RouteTls], dest: _Destination) -> None:
+    def _done(self, key: tuple[str, int, RouteTls, str | None], dest: _Destination) -> None:
         dest.limit.release()
         dest.users -= 1
         if not dest.users and not dest.idle:
@@ -218,17 +230,26 @@ class SmtpPool:
             await _hello(client)
             if tls and client.supports_extension("starttls"):
                 try:
-                    await client.starttls(tls_context=self._tls_context)
+                    if hop.tls_name:
+                        await client.starttls(tls_context=self._verified_context, server_hostname=hop.tls_name)
+                    else:
+                        await client.starttls(tls_context=self._tls_context)
                     await _hello(client)
                 except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
                     client.close()
+                    if hop.tls_name:
+                        return HopFailure(HopReply(0, f"4.7.5 TLS with {hop.label} failed, a certificate valid for"
+                                                      f" {hop.tls_name} is required (MTA-STS): {exc}"))
+                    if hop.mx_name:  # a mail exchanger found in DNS: never downgrade after a failed handshake
+                        return HopFailure(HopReply(0, f"4.7.5 TLS handshake with {hop.label} failed: {exc}"))
                     if hop.tls is RouteTls.required:
                         return HopFailure(HopReply(0, f"4.7.5 TLS with {hop.label} failed: {exc}"))
                     log.info("relay=%s tls=failed fallback=plaintext error=%r", hop.label, str(exc))
                     return await self._connect(hop, connect_timeout, tls=False)
             elif hop.tls is RouteTls.required:
                 await _quit_client(client)
-                return HopFailure(HopReply(0, f"4.7.4 {hop.label} does not offer STARTTLS and the route requires TLS"))
+                why = f"MTA-STS requires TLS with {hop.tls_name}" if hop.tls_name else "the route requires TLS"
+                return HopFailure(HopReply(0, f"4.7.4 {hop.label} does not offer STARTTLS and {why}"))
         except aiosmtplib.SMTPResponseException as exc:  # refused greeting or EHLO/HELO: try the next hop
             client.close()
             return HopFailure(HopReply(0, f"4.4.1 {hop.label} refused the session: {_reply(exc.code, exc.message)}"))
@@ -236,7 +257,7 @@ class SmtpPool:
             client.close()
             return HopFailure(HopReply(0, f"4.4.1 cannot talk to {hop.label}: {exc}"))
         tls_active = client.get_transport_info("sslcontext") is not None
-        return Connection((hop.host, hop.port, hop.tls), hop.label, client, tls_active)
+        return Connection((hop.host, hop.port, hop.tls, hop.tls_name), hop.label, client, tls_active)
 
 
 async def _wait_slot(slot: asyncio.Semaphore, abort: asyncio.Event) -> bool:

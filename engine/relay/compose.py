@@ -61,6 +61,23 @@ def strip_gateway_fields(raw: bytes) -> bytes:
     return b"".join(kept)
 
 
+# Of the fields the gateway prepends, those kept on a copy leaving for the world (outbound mail and
+# DSNs): its Received trace (RFC 5321 §4.4 requires it). Verdict fields (X-LivePrism-*, X-Spam-*)
+# and Authentication-Results describe the gateway's internal view and are not for strangers.
+WORLD_DROPPED_FIELDS = GATEWAY_FIELDS | {b"authentication-results"}
+
+
+def world_headers(headers: bytes) -> bytes:
+    """The gateway's prepended header lines without WORLD_DROPPED_FIELDS (and without any
+    X-LivePrism-* field), for a copy that leaves for the world."""
+    if not headers:
+        return headers
+    return b"".join(
+        headers[start:end] for start, end, name in fields(headers)
+        if name not in WORLD_DROPPED_FIELDS and not name.startswith(b"x-liveprism-")
+    )
+
+
 _BARE_CR = re.compile(rb"\r(?!\n)")
 _EMPTY_LINE = re.compile(rb"(?:\A|\r\n|\n|\r(?!\n))(\r\n|\n|\r)")
 

@@ -25,6 +25,7 @@ from email.utils import format_datetime
 
 from engine.mime.raw_headers import header_section
 from engine.policy.models import Action, Direction
+from engine.relay.compose import world_headers
 from engine.store.base import Accepted, CopyPlan, Envelope, new_queue_id
 
 DSN_SUBJECT = "Undelivered Mail Returned to Sender"
@@ -145,10 +146,11 @@ def build_dsn(
 
 
 def returned_headers(original: bytes) -> bytes:
-    """The header section of `original` as returned in a DSN: never the body, and at most
+    """The header section of `original` as returned in a DSN: never the body, never the gateway's
+    verdict fields (`compose.world_headers`: the sender is often a stranger), and at most
     `MAX_RETURNED_HEADERS` bytes, cut after a whole line (Postfix's bounce_size_limit): a forged
     sender must not get a large reflected message (backscatter, issue 7)."""
-    headers = header_section(original)
+    headers = world_headers(header_section(original))
     if len(headers) <= MAX_RETURNED_HEADERS:
         return headers
     cut = headers.rfind(b"\n", 0, MAX_RETURNED_HEADERS) + 1

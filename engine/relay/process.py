@@ -16,7 +16,14 @@ Protocol between `serve` (parent) and `liveprism relay` (child):
   tenant domains, retry and DNS settings, host name) from its current, valid graph as
   `relay-policy.json` in the state dir, at start and after each successful reload, and writes
   POLICY_BYTE; the child reloads the file then. So an invalid policy on disk can never stop
-  delivery, and both processes always route by the same policy version.
+  delivery, and both processes always route by the same policy version;
+- the snapshot names each signing tenant's DKIM key (absolute path or env:NAME, never the key
+  itself); the child loads the keys when it reads a snapshot. A new version in which a key that
+  signs now cannot be loaded is refused (logged; the child keeps the previous version and its
+  keys). A tenant whose key could not be loaded before either (at start, a new tenant, a key
+  never created) does not hold back the version — other tenants' changes must not wait for
+  it — but its outbound copies wait (4.7.0) until a version with a loadable key arrives:
+  never sent unsigned.
 """
 
 from __future__ import annotations
@@ -34,9 +41,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from engine import aio
+from engine.dns.dkim import KeyProblem
 from engine.graph.evaluator import FilterGraph
 from engine.policy.models import DeliverySettings, DnsSettings, Route
 from engine.relay.nexthop import NextHops
+from engine.relay.signing import Signer, TenantKey, load_signers, problems, tenant_key
 from engine.relay.worker import RelayWorker
 from engine.store import open_store
 
@@ -60,15 +69,23 @@ class RelayPolicy(BaseModel):
     dns: DnsSettings
     routes: dict[str, tuple[Route, ...]]  # tenant -> routes, in priority order
     domains: dict[str, str]  # domain -> tenant
+    dkim: dict[str, TenantKey] = {}  # tenant -> its outbound.dkim, the key path made absolute
+    tls_ca_file: str | None = None  # delivery.tls_ca_file made absolute
 
     @classmethod
     def of(cls, graph: FilterGraph) -> RelayPolicy:
         gateway = graph.gateway
+        ca_file = gateway.delivery.tls_ca_file
+        if ca_file is not None and graph.root is not None:
+            ca_file = str(graph.root / ca_file)  # an absolute path stays as it is
         return cls(
             version=graph.version, hostname=gateway.hostname, log_level=gateway.log.level,
             delivery=gateway.delivery, dns=gateway.dns,
             routes={name: plan.routes for name, plan in graph.tenants.items()},
             domains={domain: name for name, plan in graph.tenants.items() for domain in plan.domains},
+            dkim={name: tenant_key(graph.root, plan.outbound.dkim, plan.domains)
+                  for name, plan in graph.tenants.items() if plan.outbound.dkim is not None},
+            tls_ca_file=ca_file,
         )
 
     def publish(self, state: Path) -> None:
@@ -161,6 +178,10 @@ class _Routing:
     def __init__(self, state: Path) -> None:
         self._state = state
         self.policy = RelayPolicy.read(state)
+        self.signers = load_signers(self.policy.dkim)
+        for line in problems(self.signers):
+            log.error("relay policy %s: %s; this tenant's outbound mail waits until the key can be loaded",
+                      self.policy.version, line)
 
     def reload(self) -> None:
         try:
@@ -168,9 +189,24 @@ class _Routing:
         except (OSError, ValueError) as exc:  # keep routing by the last one read
             log.error("cannot read %s: %s", SNAPSHOT_NAME, exc)
             return
+        signers = load_signers(policy.dkim)
+        broken = {tenant: item for tenant, item in signers.items() if isinstance(item, KeyProblem)}
+        regressions = problems({t: p for t, p in broken.items() if isinstance(self.signers.get(t), Signer)})
+        if regressions:
+            for line in regressions:
+                log.error("relay policy %s refused: %s", policy.version, line)
+            log.error("relay keeps policy %s (a DKIM key that signs now cannot be loaded in %s)",
+                      self.policy.version, policy.version)
+            return
+        for line in problems(broken):
+            log.error("relay policy %s: %s; this tenant's outbound mail waits until the key can be loaded",
+                      policy.version, line)
         if policy.version != self.policy.version:
             log.info("relay policy %s -> %s", self.policy.version, policy.version)
-        self.policy = policy
+        self.policy, self.signers = policy, signers
+
+    def signer(self, tenant: str) -> Signer | KeyProblem | None:
+        return self.signers.get(tenant)
 
     def tenant_routes(self, tenant: str) -> tuple[Route, ...]:
         return self.policy.routes.get(tenant, ())
@@ -186,10 +222,14 @@ async def _child(state: Path) -> None:
     requeued = await store.requeue_inflight(time.time())
     if requeued:
         log.info("relay start: %d in-flight deliveries due again", requeued)
+    delivery = routing.policy.delivery
     next_hops = NextHops(
-        routing.tenant_routes, routing.tenant_of_domain, routing.policy.dns, mx_port=routing.policy.delivery.mx_port
+        routing.tenant_routes, routing.tenant_of_domain, routing.policy.dns, mx_port=delivery.mx_port,
+        mta_sts_port=delivery.mta_sts_port, tls_ca_file=routing.policy.tls_ca_file, store=store,
     )
-    relay = RelayWorker(store, next_hops, lambda: routing.policy.delivery, routing.policy.hostname)
+    relay = RelayWorker(store, next_hops, lambda: routing.policy.delivery, routing.policy.hostname,
+                        signing=routing.signer)
+    relay.pool.configure(routing.policy.tls_ca_file)
     worker = asyncio.create_task(relay.run(), name="relay")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -207,7 +247,10 @@ async def _child(state: Path) -> None:
             announced = announced or STOP_BYTE in data
             if POLICY_BYTE in data:
                 routing.reload()
-                next_hops.configure(routing.policy.dns, routing.policy.delivery.mx_port)
+                policy = routing.policy
+                next_hops.configure(policy.dns, policy.delivery.mx_port, mta_sts_port=policy.delivery.mta_sts_port,
+                                    tls_ca_file=policy.tls_ca_file)
+                relay.pool.configure(policy.tls_ca_file)
             relay.wake()
         orphaned = not announced  # EOF: the parent is stopping (it sent STOP_BYTE first) or gone
         stop.set()

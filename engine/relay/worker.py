@@ -8,7 +8,14 @@ Algorithm, for each claimed delivery (one copy of a message to some recipients):
    is streamed from the store instead: only its header section is composed in memory,
    `compose.compose_streamed`, and the body is read and sent in pieces) and find the hops: a tenant
    copy goes to the tenant's routes in the live policy (lowest priority first, equal ones
-   shuffled); anything else to the MX hosts of its recipients' domain (`nexthop`).
+   shuffled); anything else to the MX hosts of its recipients' domain (`nexthop`, MTA-STS
+   included). A copy routed by address that a client sent (outbound mail, a tenant's bounces
+   with the null sender included; not the gateway's own DSNs) carries the gateway's
+   Received trace but none of its verdict fields (`compose.world_headers`), and is DKIM-signed
+   last, over exactly the bytes sent, when its tenant has `outbound.dkim` (`signing`); while that
+   tenant's key cannot be loaded it waits (4.7.0), never leaving unsigned. A DSN whose mail
+   exchangers are all loopback/private/link-local/unspecified addresses is dropped (logged and
+   counted) unless `delivery.private_next_hops: allow`; such hops are skipped otherwise.
 3. Try the hops in order, sharing pooled sessions (`client`). A hop that cannot be used (no
    connection, TLS required but not possible, refused session) or a 4xx reply moves the
    recipients concerned to the next hop; a 2xx delivers them, a 5xx fails them for good — per
@@ -21,8 +28,9 @@ Algorithm, for each claimed delivery (one copy of a message to some recipients):
 5. Recipients that failed in this attempt are reported to the envelope sender in one DSN
    (`dsn`, RFC 3464) stored in that same transaction and delivered by this worker — unless
    the sender is null (RFC 5321 §4.5.5: no DSN for a DSN), an address literal, `delivery.dsn`
-   excludes it, or the message got a DSN already (at most one per message; remembered by this
-   process for a day, so a relay restart may send a second one).
+   excludes it, or the message got a DSN already (at most one per message: remembered by this
+   process, and in the store's `dsn_sent` table written with the DSN, so a restart does not
+   send a second one).
 
 Durability: nothing is removed from the store until its outcome is committed, and a recorded
 outcome is final, so a crash or `stop` at any point costs at most a repeated attempt (a copy
@@ -38,22 +46,32 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from engine import metrics
+from engine.dns.dkim import KeyProblem
 from engine.mime.printable import escape, has_control
 from engine.policy.models import DeliverySettings
 from engine.relay.client import HopFailure, HopReply, SmtpPool, transaction
-from engine.relay.compose import StreamedCopy, build_copy, compose_streamed, fold_long_lines
+from engine.relay.compose import StreamedCopy, build_copy, compose_streamed, fold_long_lines, world_headers
 from engine.relay.dsn import FailedRecipient, dsn_message, dsn_refusal
-from engine.relay.nexthop import Hop, NextHops, NoRoute, ordered
+from engine.relay.nexthop import Hop, NextHops, NoRoute, internal_address, ordered
+from engine.relay.signing import Signer, sign
 from engine.store.base import AttemptRecord, Delivery, RcptState, RcptStatus, Store, StoreError
 
 log = logging.getLogger("liveprism.relay")
 
 REAP_INTERVAL = 1.0
 STREAM_AT = 1024 * 1024  # stored messages larger than this are streamed to the next hop, never held whole
+SIGN_OFF_LOOP = 64 * 1024  # copies this large are DKIM-signed in a thread, off the event loop
 DSN_MEMORY = 86400.0  # seconds a queue id is remembered as bounced (at most one DSN per message)
 _STATUS: dict[str, RcptStatus] = {"delivered": "delivered", "failed": "failed", "retry": "pending"}
+
+
+def _to_the_world(delivery: Delivery) -> bool:
+    """A copy routed by address that a client sent (a tenant's outbound mail, its null-sender
+    bounces included), not the gateway's own DSN: world headers, DKIM-signed."""
+    return delivery.route_by == "address" and not delivery.generated
 
 
 def backoff(settings: DeliverySettings, attempts: int) -> float:
@@ -75,6 +93,7 @@ class RelayWorker:
         per_destination: int = 20,
         poll_interval: float = 1.0,
         idle_timeout: float = 10.0,
+        signing: Callable[[str], Signer | KeyProblem | None] = lambda tenant: None,
     ) -> None:
         self._store = store
         self._next_hops = next_hops
@@ -88,6 +107,7 @@ class RelayWorker:
         self._finished: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._dsn_sent: dict[str, float] = {}  # queue id -> when its DSN was queued (one per message)
+        self._signing = signing  # tenant -> its loaded DKIM key, why it is unusable, or None (not signing)
 
     # ------------------------------------------------------------ control
 
@@ -168,6 +188,14 @@ class RelayWorker:
                     time.time() + backoff(settings, delivery.attempts),
                     None,
                 )
+        if record.dsn is not None:
+            try:
+                if await self._store.dsn_sent(delivery.queue_id):  # sent before a restart of the relay
+                    log.info("queue_id=%s delivery=%d no DSN: a DSN was already sent for this message",
+                             delivery.queue_id, delivery.id)
+                    record = replace(record, dsn=None)
+            except StoreError as exc:
+                log.error("queue_id=%s cannot read the DSN memory: %s", delivery.queue_id, exc)
         try:
             await self._store.record_attempt(record)
         except StoreError as exc:  # stays in flight; the next start makes it due again
@@ -177,21 +205,22 @@ class RelayWorker:
         """The copy to send, exactly as it goes on the wire before SMTP's dot-stuffing: the one place
         where its final header section is composed (a signer hooks in here: hash `body()` of a
         StreamedCopy, or the body of the bytes, and prepend its field). None: the message is gone."""
+        headers = world_headers(delivery.headers) if _to_the_world(delivery) else delivery.headers
         if delivery.raw is not None:
-            return fold_long_lines(build_copy(delivery.raw, delivery.headers, delivery.subject_prefix))
+            return fold_long_lines(build_copy(delivery.raw, headers, delivery.subject_prefix))
         source = await self._store.open_message(delivery.queue_id)
         if source is None:
             return None
         with contextlib.ExitStack() as closing:
             closing.callback(source.close)
             if source.seek(0, 2) > STREAM_AT:
-                streamed = compose_streamed(source, delivery.headers, delivery.subject_prefix)
+                streamed = compose_streamed(source, headers, delivery.subject_prefix)
                 if streamed is not None:
                     closing.pop_all()  # the copy owns the file now
                     return streamed
             source.seek(0)
             raw = source.read()
-        return fold_long_lines(build_copy(raw, delivery.headers, delivery.subject_prefix))
+        return fold_long_lines(build_copy(raw, headers, delivery.subject_prefix))
 
     async def _deliver(self, delivery: Delivery, settings: DeliverySettings) -> AttemptRecord:
         copy = await self._compose(delivery)
@@ -209,6 +238,7 @@ class RelayWorker:
     ) -> AttemptRecord:
         pending = list(delivery.pending)
         replies: dict[str, tuple[HopReply, str]] = {}
+        outbound = _to_the_world(delivery)
         if has_control(delivery.mail_from):  # queued before the front end refused these: fail, never loop
             replies = dict.fromkeys(pending, (HopReply(0, "5.1.7 invalid sender address (control characters)"), ""))
             return self._outcome(delivery, settings, replies, data)
@@ -217,10 +247,27 @@ class RelayWorker:
             pending.remove(rcpt)
         if not pending:
             return self._outcome(delivery, settings, replies, data)
+        if outbound:
+            signed = await self._sign(delivery, data)
+            if isinstance(signed, HopReply):
+                replies.update(dict.fromkeys(pending, (signed, "")))
+                return self._outcome(delivery, settings, replies, data)
+            data = signed
         hops = await self._hops(delivery)
         if isinstance(hops, NoRoute):
             replies.update(dict.fromkeys(pending, (HopReply(0, hops.reason), "")))
             return self._outcome(delivery, settings, replies, data)
+        if delivery.generated and settings.private_next_hops == "refuse":  # our DSN: never to an internal hop
+            public = [hop for hop in hops if not (hop.mx_name and internal_address(hop.host))]
+            if not public:
+                metrics.relay_event("dsn-dropped-private-hop")
+                log.warning("queue_id=%s delivery=%d DSN dropped: every mail exchanger of %s is an internal address"
+                            " (%s; delivery.private_next_hops: refuse)", delivery.queue_id, delivery.id,
+                            escape(pending[0]), ",".join(hop.host for hop in hops))
+                drop = HopReply(0, "5.4.4 DSN not sent: the recipient's mail exchangers are internal addresses")
+                replies.update(dict.fromkeys(pending, (drop, "")))
+                return self._outcome(delivery, settings, replies, data)
+            hops = public
         for hop in hops:
             got = await self._try_hop(hop, delivery.mail_from, pending, data, settings.connect_timeout)
             if got is None:  # stopping: the remaining hops are left for after the restart
@@ -230,6 +277,28 @@ class RelayWorker:
             if not pending:
                 break
         return self._outcome(delivery, settings, replies, data)
+
+    async def _sign(self, delivery: Delivery, data: bytes | StreamedCopy) -> bytes | StreamedCopy | HopReply:
+        """`data` signed with the tenant's DKIM key (unchanged when the tenant does not sign), or
+        the reply that keeps the copy from leaving: 4.7.0 while the key cannot be loaded. A
+        streamed copy is signed whole in memory (the signer hashes bytes; outbound mail only)."""
+        signer = self._signing(delivery.tenant)
+        if signer is None:
+            return data
+        if isinstance(signer, KeyProblem):
+            metrics.relay_event("dkim-key-unavailable")
+            return HopReply(0, f"4.7.0 DKIM key of tenant {delivery.tenant} cannot be loaded: {signer.message}")
+        if isinstance(data, StreamedCopy):
+            data = data.head + b"".join(data.body())
+        try:
+            if len(data) >= SIGN_OFF_LOOP:
+                signed = await asyncio.to_thread(sign, signer, data)
+            else:
+                signed = sign(signer, data)
+        except ValueError as exc:  # a header section it cannot sign (e.g. a non-ASCII d= domain)
+            return HopReply(0, f"5.6.0 the message cannot be DKIM-signed: {exc}")
+        metrics.relay_event("dkim-signed")
+        return signed
 
     def _dsn_refusal(self, delivery: Delivery, settings: DeliverySettings) -> str | None:
         """Why this failure gets no DSN (`dsn.dsn_refusal`); remembers DSNs sent in the last day."""

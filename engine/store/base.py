@@ -160,6 +160,7 @@ class Delivery:
     attempts: int  # attempts so far, the one just claimed included
     last_error: str
     raw: bytes | None = None  # the message, claimed with the row when small; else `Store.read_message`
+    generated: bool = False  # the gateway wrote this message itself (a DSN), no client sent it
 
     @property
     def pending(self) -> tuple[str, ...]:
@@ -296,6 +297,15 @@ class Store(Protocol):
 
     async def record_attempt(self, record: AttemptRecord) -> None:
         """Store an attempt's per-recipient outcome: reschedule, or finish the delivery."""
+
+    async def dsn_sent(self, queue_id: str) -> bool:
+        """Whether a DSN was already queued for message `queue_id` (at most one per message)."""
+
+    async def mta_sts_policy(self, domain: str, now: float) -> str | None:
+        """The MTA-STS policy (JSON) the relay stored for `domain`, unless expired by `now`."""
+
+    async def save_mta_sts_policy(self, domain: str, policy: str, expires_at: float) -> None:
+        """Store `domain`'s MTA-STS policy (JSON) until `expires_at` (survives a relay restart)."""
 
     async def read_message(self, queue_id: str) -> bytes | None:
         """The raw message as received; None when it is not stored."""

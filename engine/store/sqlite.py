@@ -101,7 +101,7 @@ DB_NAME = "index.sqlite3"
 BODIES_DIR = "bodies"
 SPOOL_DIR = "spool"
 LOCK_NAME = "owner.lock"
-SCHEMA_VERSION = 3  # 2: outbound_sends (rate limits); 3: body_files (SCHEMA is idempotent: rerun on older stores)
+SCHEMA_VERSION = 4  # 2: outbound_sends; 3: body_files; 4: dsn_sent, mta_sts (SCHEMA is idempotent: rerun on older)
 BUSY_TIMEOUT_MS = 30_000
 LOCK_WAIT = 30.0  # seconds an owner waits for the state lock before giving up
 MAX_BATCH = 512  # operations per transaction
@@ -177,11 +177,21 @@ CREATE TABLE IF NOT EXISTS outbound_sends (   -- one row per accepted outbound m
     at  REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbound_sends_by_key ON outbound_sends(key, at);
+CREATE TABLE IF NOT EXISTS dsn_sent (
+    queue_id TEXT PRIMARY KEY,                 -- a message that got its DSN (at most one per message)
+    sent_at  REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mta_sts (
+    domain     TEXT PRIMARY KEY,               -- a recipient domain's MTA-STS policy (RFC 8461 §5)
+    policy     TEXT NOT NULL,                  -- JSON, as engine/relay/mta_sts.py writes it
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
 """
+DSN_MEMORY_DAYS = 30  # a dsn_sent row outlives every delivery of its message (give_up_after is days)
 
 _DELIVERY_COLUMNS = (
     "d.id, d.queue_id, d.tenant, d.route_by, d.mail_from, d.rcpts, d.headers, d.subject_prefix,"
-    " m.received_at, d.created_at, d.attempts, d.last_error"
+    " m.received_at, d.created_at, d.attempts, d.last_error, m.client_ip"
 )
 _QUARANTINE_COLUMNS = (
     "id, queue_id, tenant, recipients, mail_from, subject, reason, score, hits, created_at, status, status_at"
@@ -285,7 +295,8 @@ def _delivery_from(row: sqlite3.Row) -> Delivery:
         created_at=row[9],
         attempts=row[10],
         last_error=row[11],
-        raw=bytes(row[12]) if row[12] is not None else None,
+        generated=row[12] == "",  # no client: the gateway wrote it (a DSN)
+        raw=bytes(row[13]) if row[13] is not None else None,
     )
 
 
@@ -443,6 +454,8 @@ def _record(txn: _Txn, record: AttemptRecord) -> None:
         raise StoreError(f"delivery {record.delivery_id} does not exist")
     if record.dsn is not None:
         _insert_message(txn, record.dsn)
+        conn.execute("INSERT OR IGNORE INTO dsn_sent (queue_id, sent_at) VALUES (?, ?)",
+                     (row[0], record.dsn.envelope.received_at))
     if any(r.status == "pending" for r in record.rcpts):
         conn.execute(
             "UPDATE deliveries SET state = 'queued', rcpts = ?, next_attempt_at = ?, last_error = ?,"
@@ -513,6 +526,8 @@ def _purge(txn: _Txn, now: float, archive_days: int, quarantine_days: int) -> Pu
         r[0] for r in conn.execute("SELECT queue_id FROM quarantine WHERE created_at < ?", (quarantine_cut,))
     ]
     conn.execute("DELETE FROM quarantine WHERE created_at < ?", (quarantine_cut,))
+    conn.execute("DELETE FROM dsn_sent WHERE sent_at < ?", (now - DSN_MEMORY_DAYS * DAY,))
+    conn.execute("DELETE FROM mta_sts WHERE expires_at < ?", (now,))
     before = txn.deleted
     for queue_id in dict.fromkeys(archived + quarantined):
         _drop_if_unreferenced(txn, queue_id)
@@ -879,6 +894,29 @@ class SqliteStore:
         nor send it twice. The message goes when nothing references it any more.
         """
         await self._submit(lambda txn: _record(txn, record))
+
+    async def dsn_sent(self, queue_id: str) -> bool:
+        """Whether a DSN was queued for message `queue_id` (recorded with it by `record_attempt`;
+        kept DSN_MEMORY_DAYS, so a relay restart never sends a second one)."""
+        return await self._read(
+            lambda conn: conn.execute("SELECT 1 FROM dsn_sent WHERE queue_id = ?", (queue_id,)).fetchone() is not None
+        )
+
+    async def mta_sts_policy(self, domain: str, now: float) -> str | None:
+        """The stored MTA-STS policy of `domain` (JSON) unless it expired by `now`."""
+
+        def query(conn: sqlite3.Connection) -> str | None:
+            sql = "SELECT policy FROM mta_sts WHERE domain = ? AND expires_at > ?"
+            row = conn.execute(sql, (domain, now)).fetchone()
+            return str(row[0]) if row else None
+
+        return await self._read(query)
+
+    async def save_mta_sts_policy(self, domain: str, policy: str, expires_at: float) -> None:
+        """Keep `domain`'s MTA-STS policy (JSON) until `expires_at`, replacing the one stored."""
+        await self._submit(lambda txn: txn.conn.execute(
+            "INSERT OR REPLACE INTO mta_sts (domain, policy, expires_at) VALUES (?, ?, ?)",
+            (domain, policy, expires_at)))
 
     async def queue_summary(self) -> QueueSummary:
         def query(conn: sqlite3.Connection) -> QueueSummary:

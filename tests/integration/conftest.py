@@ -198,8 +198,12 @@ def write_policy(
     extra_gateway: str = "",
     lists: dict[str, str] | None = None,
     mx_port: int = 25,
+    private_next_hops: str = "allow",
+    delivery_extra: str = "",
 ) -> Path:
-    """A policy dir: the example rule sets, the given tenants (YAML-able dicts) and lists."""
+    """A policy dir: the example rule sets, the given tenants (YAML-able dicts) and lists. The lab's
+    mail exchangers are on 127.0.0.1, so DSNs may go to internal next hops unless the test says
+    `private_next_hops="refuse"` (the gateway's default)."""
     import json
 
     root.mkdir(parents=True, exist_ok=True)
@@ -212,7 +216,8 @@ listeners:
   inbound: {{address: 127.0.0.1, port: {port}}}
 limits: {{max_message_size: 200000, max_recipients: 50, max_connections: 200, max_connections_per_ip: 100,
           command_timeout: 60}}
-delivery: {{retry_initial: 1, retry_max: 2, give_up_after: 3600, connect_timeout: 2, mx_port: {mx_port}}}
+delivery: {{retry_initial: 1, retry_max: 2, give_up_after: 3600, connect_timeout: 2, mx_port: {mx_port},
+           private_next_hops: {private_next_hops}{", " + delivery_extra if delivery_extra else ""}}}
 scoring: {{tag_at: 3.0, quarantine_at: 6.0, reject_at: 15.0, subject_prefix: "[SPAM] "}}
 lists: [{", ".join(name for name in (lists or {}) if name.startswith("global"))}]
 rules: [global-content]

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import dns.message
 import dns.rcode
@@ -24,7 +24,7 @@ from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope as ServerEnvelope
 from aiosmtpd.smtp import Session
 
-from engine.policy.models import Action, DeliverySettings, DnsSettings, Route, RouteTls
+from engine.policy.models import Action, DeliverySettings, Direction, DnsSettings, Route, RouteTls
 from engine.relay.nexthop import NextHops
 from engine.relay.worker import RelayWorker
 from engine.store import open_store
@@ -46,7 +46,8 @@ RAW = (
 HEADERS = (
     b"Received: from client.example by mxpath.test; Sat, 28 Nov 2026 18:00:00 +0000\r\nX-LivePrism-Action: deliver\r\n"
 )
-FAST = DeliverySettings(retry_initial=1, retry_max=1, give_up_after=3600, connect_timeout=2)
+# the lab's MX hosts are 127.0.0.1: DSNs may go there (the default refuses internal next hops)
+FAST = DeliverySettings(retry_initial=1, retry_max=1, give_up_after=3600, connect_timeout=2, private_next_hops="allow")
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -128,14 +129,18 @@ class Gateway:
     settings: DeliverySettings = FAST
     dns: DnsSettings = field(default_factory=DnsSettings)
     mx_port: int = 25
+    mta_sts_port: int = 443
+    tls_ca_file: str | None = None
     worker_options: dict[str, Any] = field(default_factory=dict)
     worker: RelayWorker | None = None
     task: asyncio.Task[None] | None = None
 
     def start(self) -> RelayWorker:
-        hops = NextHops(lambda t: self.routes.get(t, []), self.domains.get, self.dns, mx_port=self.mx_port)
+        hops = NextHops(lambda t: self.routes.get(t, []), self.domains.get, self.dns, mx_port=self.mx_port,
+                        mta_sts_port=self.mta_sts_port, tls_ca_file=self.tls_ca_file)
         options = {"poll_interval": 0.1, **self.worker_options}
         self.worker = RelayWorker(self.store, hops, lambda: self.settings, "mxpath.test", **options)
+        self.worker.pool.configure(self.tls_ca_file)
         self.task = asyncio.create_task(self.worker.run())
         return self.worker
 
@@ -156,19 +161,28 @@ class Gateway:
         subject_prefix: str | None = None,
         archive: bool = False,
         spooled: bool = False,
+        outbound: bool = False,
+        copies: Sequence[CopyPlan] = (),
     ) -> Accepted:
+        """Store a message as the front end would: one inbound copy for `tenant` (routed by its
+        routes), or with `outbound` one copy routed by address (to the recipients' MX), as the
+        outbound listener stores tenants' mail to the world; or the `copies` given. `spooled`
+        hands the body over as a file in the store's spool, as the SMTP layer does for large mail."""
+        route_by: Literal["tenant", "address"] = "address" if outbound else "tenant"
         body = None
-        if spooled:  # as the SMTP layer hands over a large message: a file in the store's spool
+        if spooled:
             body = self.store.spool_dir / f"incoming-{new_queue_id()}"
             body.write_bytes(raw)
         msg = Accepted(
             queue_id=new_queue_id(),
             raw=raw,
-            envelope=Envelope(mail_from, tuple(rcpts), "192.0.2.1", "client.example", time.time()),
+            envelope=Envelope(mail_from, tuple(rcpts), "192.0.2.1", "client.example", time.time(),
+                              Direction.outbound if outbound else Direction.inbound),
             subject="",
             policy_version="test",
             verdict={"action": action},
-            copies=(CopyPlan(tenant, tuple(rcpts), Action(action), HEADERS, subject_prefix),),
+            copies=tuple(copies) or (CopyPlan(tenant, tuple(rcpts), Action(action), HEADERS, subject_prefix,
+                                              route_by=route_by),),
             archive=archive,
             body=body,
             body_size=len(raw),

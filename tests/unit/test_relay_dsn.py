@@ -114,6 +114,8 @@ def test_returned_headers_are_capped_at_a_line_end_and_never_include_the_body() 
     headers = returned_headers(big)
     assert len(headers) <= MAX_RETURNED_HEADERS and headers.endswith(b"\r\n") and b"body" not in headers
     assert returned_headers(b"Subject: s\r\n\r\nbody\r\n") == b"Subject: s\r\n"
+    verdict = b"X-LivePrism-Verdict: action=deliver\r\nX-Spam-Flag: YES\r\nSubject: s\r\n\r\nbody\r\n"
+    assert returned_headers(verdict) == b"Subject: s\r\n"  # the gateway's verdict is not for the sender
 
 
 def test_dsn_refusal_modes() -> None:

@@ -479,3 +479,26 @@ def test_routes_pointing_at_the_gateway_itself_are_errors(tmp_path: Path) -> Non
     assert "it names this gateway (mx.gw.example)" in found[0]
     assert "localhost:2525 is this gateway's inbound listener (127.0.0.1:2525)" in found[3]
     assert "127.0.0.5:2587 is this gateway's outbound listener (0.0.0.0:2587)" in found[4]
+
+
+# ---------------------------------------------------------------- delivery keys
+
+
+def test_tls_ca_file_must_be_a_readable_ca_bundle(tmp_path: Path) -> None:
+    write_policy(tmp_path, {"gateway.yaml": "hostname: mx.example.com\ndelivery: {tls_ca_file: certs/lab-ca.pem}\n"})
+    [problem] = problems_of(tmp_path)
+    assert problem.startswith("gateway.yaml:2:") and "error: delivery.tls_ca_file certs/lab-ca.pem: not a readable" \
+        in problem
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "lab-ca.pem").write_text("not a certificate\n")
+    assert len(problems_of(tmp_path)) == 1
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "1", "-subj", "/CN=lab CA", "-keyout", str(tmp_path / "ca.key"),
+                    "-out", str(tmp_path / "certs" / "lab-ca.pem")], check=True, capture_output=True)
+    assert problems_of(tmp_path) == []
+
+
+def test_private_next_hops_takes_refuse_or_allow(tmp_path: Path) -> None:
+    write_policy(tmp_path, {"gateway.yaml": "hostname: mx.example.com\ndelivery: {private_next_hops: sometimes}\n"})
+    [problem] = problems_of(tmp_path)
+    assert problem.startswith("gateway.yaml:2:") and "'refuse' or 'allow'" in problem
