@@ -135,6 +135,31 @@ def test_outbound_copy_is_signed_over_the_bytes_sent(relay_lab: RelayLab, algori
     relay_lab.run(scenario())
 
 
+def test_a_large_streamed_outbound_copy_is_signed_too(relay_lab: RelayLab) -> None:
+    key, record = signer()
+    large = OUT + b"a line of the long report body\r\n" * 60_000  # > STREAM_AT: composed from the stored file
+
+    async def scenario() -> None:
+        remote = Recorder()
+        port = await relay_lab.serve(remote)
+        dns_settings = await relay_lab.dns(MX_RECORDS)
+        gw = await relay_lab.gateway({}, dns=dns_settings, mx_port=port,
+                                     worker_options={"signing": {"acme": key}.get})
+        gw.start()
+        await gw.accept(mail_from="alice@acme.example", rcpts=("bob@faraway.example",), raw=large,
+                        outbound=True, spooled=True)
+        await wait_until(lambda: len(remote.messages) == 1, timeout=60)
+        await wait_until_async(gw.queue_empty)
+        await gw.stop()
+
+        data = remote.messages[0].data
+        assert len(data) > 1024 * 1024 and data.startswith(b"DKIM-Signature: ")
+        assert verifies(data, record)
+        assert b"X-LivePrism" not in data
+
+    relay_lab.run(scenario())
+
+
 def test_inbound_copies_and_dsns_are_not_signed(relay_lab: RelayLab) -> None:
     key, _ = signer()
 
