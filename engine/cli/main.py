@@ -177,9 +177,18 @@ def demo(
     state: Annotated[Path, typer.Option("--state", help="State directory.")] = Path("var/liveprism"),
     maildir: Annotated[Path, typer.Option("--maildir", help="Demo mailbox.")] = Path("var/maildir"),
 ) -> None:
-    """`serve` plus the demo mailbox on 127.0.0.1:2626 that the example tenants' routes point at."""
+    """`serve` plus the demo mailbox on 127.0.0.1:2626 that the example tenants' routes point at;
+    DKIM keys the policy names but that do not exist yet are created first (never committed)."""
     import subprocess
     import sys
+
+    from engine.cli.dkim_cmd import run_keygen
+    from engine.policy.loader import load_policy
+
+    for tenant in load_policy(directory).tenants:
+        dkim = tenant.model.outbound.dkim
+        if dkim is not None and not dkim.private_key.startswith("env:") and not (directory / dkim.private_key).exists():
+            run_keygen(directory, tenant.model.name, None, "rsa")
 
     child = subprocess.Popen([sys.executable, "-m", "engine", "sink", "--maildir", str(maildir)])
     try:

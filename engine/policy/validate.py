@@ -315,6 +315,11 @@ def _outbound_settings(source: PolicySource) -> Iterator[Problem]:
             if owner[0] != name:
                 yield site.problem("error", f"sending domain {domain} is tenant '{owner[0]}'s"
                                             f" ({owner[1].where()}): no tenant may send as another")
+        key = outbound.dkim.private_key if outbound.dkim is not None else ENV_PREFIX
+        if listeners.outbound_enabled and not key.startswith(ENV_PREFIX) and not (source.root / key).exists():
+            yield loaded.problem("warning", ("outbound", "dkim", "private_key"),
+                                 f"DKIM key {key} does not exist: tenant '{name}'s outbound mail waits in the queue"
+                                 f" (4.7.0), never unsigned, until it does (liveprism dkim keygen DIR --tenant {name})")
         if (outbound.networks or outbound.auth is not None) and not listeners.outbound_enabled:
             yield loaded.problem("warning", ("outbound",),
                                  "gateway.yaml sets no listeners.outbound: these settings are used by"
