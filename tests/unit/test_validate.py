@@ -317,6 +317,21 @@ def test_outbound_settings_without_an_outbound_listener_warn(tmp_path: Path) -> 
     ]
 
 
+def test_a_missing_dkim_key_warns_that_outbound_mail_would_wait(tmp_path: Path) -> None:
+    write_policy(tmp_path, {
+        "gateway.yaml": "hostname: mx.example.com\nlisteners:\n  inbound: {port: 2525}\n  outbound: {port: 2587}\n",
+        "tenants/acme.yaml": ACME + "outbound:\n  networks: [198.51.100.0/24]\n"
+                             "  dkim: {selector: lp1, private_key: keys/acme.pem}\n",
+    })
+    assert problems_of(tmp_path) == [
+        "tenants/acme.yaml:7:25: warning: DKIM key keys/acme.pem does not exist: tenant 'acme's outbound mail waits"
+        " in the queue (4.7.0), never unsigned, until it does (liveprism dkim keygen DIR --tenant acme)",
+    ]
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "acme.pem").write_text("a key\n")
+    assert problems_of(tmp_path) == []
+
+
 # ---------------------------------------------------------------- all at once
 
 
