@@ -32,6 +32,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from engine.checks.dkim_verify import canonical_body, canonical_header  # the one canonicalisation (RFC 6376 §3.4)
 from engine.dns.dkim import KeyProblem, PrivateKey, load_key
 from engine.mime.raw_headers import fields
 from engine.policy.models import DkimKey
@@ -121,9 +122,6 @@ def signed_field_list(data: bytes) -> list[bytes]:
 
 
 _LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
-_WSP = re.compile(rb"[ \t]+")
-_WSP_TO_SQUEEZE = re.compile(rb"\t[ \t]*| [ \t]+")  # runs that are not already one SP (most are)
-_FOLD = re.compile(rb"\r\n(?=[ \t])")
 _B64_LINE = 72
 
 
@@ -134,21 +132,6 @@ def as_sent(data: bytes) -> bytes:
     if data.count(b"\n") != crlf or data.count(b"\r") != crlf:  # the usual case needs no regex pass
         data = _LINE_ENDS.sub(b"\r\n", data)
     return data if data.endswith(b"\r\n") else data + b"\r\n"
-
-
-def relaxed_body(body: bytes) -> bytes:
-    """RFC 6376 §3.4.4: WSP runs become one SP, WSP at line ends and empty lines at the end go,
-    a non-empty body ends with CRLF. `body` has CRLF line ends (`as_sent`)."""
-    body = b"\r\n".join(line.rstrip(b" \t") for line in body.split(b"\r\n"))
-    if b"\t" in body or b"  " in body:
-        body = _WSP_TO_SQUEEZE.sub(b" ", body)
-    body = body.rstrip(b"\r\n")
-    return body + b"\r\n" if body else b""
-
-
-def relaxed_header(name: bytes, value: bytes) -> bytes:
-    """RFC 6376 §3.4.2: lowercase name, unfolded value with WSP runs as one SP, trimmed; no CRLF."""
-    return name.lower().strip() + b":" + _WSP.sub(b" ", _FOLD.sub(b"", value).replace(b"\r\n", b"")).strip(b" ")
 
 
 def _fold(value: str) -> str:
@@ -178,7 +161,7 @@ def sign(signer: Signer, data: bytes, now: float | None = None) -> bytes:
     body_start = spans[-1][1] if spans else 0
     if data[body_start : body_start + 2] == b"\r\n":
         body_start += 2  # the empty line that ends the header section
-    body_hash = base64.b64encode(hashlib.sha256(relaxed_body(data[body_start:])).digest()).decode()
+    body_hash = base64.b64encode(hashlib.sha256(canonical_body(data[body_start:], b"relaxed")).digest()).decode()
     names = signed_field_list(data)
     fields_by_name: dict[bytes, list[tuple[int, int]]] = {}
     for start, end, name in spans:
@@ -191,13 +174,13 @@ def sign(signer: Signer, data: bytes, now: float | None = None) -> bytes:
         start, end = instances.pop()
         field = data[start:end]
         colon = field.index(b":")
-        hashed.append(relaxed_header(field[:colon], field[colon + 1 :]) + b"\r\n")
+        hashed.append(canonical_header(field[:colon], field[colon + 1 :], b"relaxed"))
     domain = signing_domain(signer, header_from_domain(data))
     algorithm = signer.algorithm.decode()
     tags = (f"v=1; a={algorithm}; c=relaxed/relaxed; d={domain}; s={signer.selector};"
             f" t={int(time.time() if now is None else now)}; h={':'.join(n.decode() for n in names)};"
             f" bh={body_hash}; b=")
-    hashed.append(relaxed_header(b"DKIM-Signature", tags.encode()))
+    hashed.append(canonical_header(b"DKIM-Signature", tags.encode(), b"relaxed")[:-2])  # signed without its CRLF
     signed_data = b"".join(hashed)
     key = signer.key
     if isinstance(key, rsa.RSAPrivateKey):
