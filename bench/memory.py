@@ -13,6 +13,7 @@ and report, for the serve process and the relay process separately, the peak RSS
 divided by the number of messages in flight and by SIZE: the memory each message in flight
 costs, as a multiple of its size. The message is a small text part and a base64
 attachment (the usual shape of a large message); SHAPE=text makes it one long text/plain body.
+The policy carries body keyword and regex rules, so content matching is part of the measure.
 
     .venv/bin/python bench/memory.py                       # BASE=/work/memory-before, this tree
     BASE=../other-checkout SIZE=25000000 CONCURRENT=8 .venv/bin/python bench/memory.py
@@ -140,6 +141,13 @@ def policy(directory: Path, port: int, sink: int, state: Path) -> None:
         f"limits: {{max_message_size: {SIZE + 1_000_000}, max_connections_per_ip: 100}}\n"
         f"storage: {{path: {state}}}\n"
         "archive: {enabled: true}\n"
+        "rules: [content]\n"
+    )
+    (directory / "rules").mkdir()
+    (directory / "rules" / "content.yaml").write_text(  # body keywords and a regex: what a policy matches
+        "name: content\nrules:\n"
+        "  - {id: words, when: {body: {contains: [gift card, wire transfer, bitcoin]}}, then: {score: 2}}\n"
+        "  - {id: pattern, when: {body: {regex: '(?i)password\\s+reset'}}, then: {score: 2}}\n"
     )
     (directory / "tenants" / "bench.yaml").write_text(
         "name: bench\ndomains: [example.net]\n"
