@@ -182,15 +182,21 @@ def text_pieces(text: memoryview, size: int = _PIECE) -> Iterator[bytes]:
     feed or a space (a character boundary at which Python's case mapping, final sigma included,
     has no context across the cut), so ``b"".join(p.decode().lower().encode() for p in pieces)``
     is ``text`` lowercased as one ``str``. A piece with no such byte runs on until one."""
-    end = len(text)
+    return _pieces(text, size, b"\n ")
+
+
+def _pieces(data: bytes | memoryview, size: int, cut_after: bytes) -> Iterator[bytes]:
+    """*data* in consecutive pieces of about *size* bytes, each ending with one of the bytes
+    *cut_after* (the last piece: whatever is left); a piece without one runs on until one."""
+    end = len(data)
     pos = 0
     while pos < end:
         stop = pos
         parts: list[bytes] = []
         while stop < end:
-            window = bytes(text[stop : stop + size])
+            window = bytes(data[stop : stop + size])
             stop += len(window)
-            cut = max(window.rfind(b"\n"), window.rfind(b" ")) if stop < end else len(window) - 1
+            cut = max(window.rfind(c) for c in cut_after) if stop < end else len(window) - 1
             if cut >= 0:
                 parts.append(window[: cut + 1])
                 break
@@ -368,6 +374,17 @@ def _decode_base64(data: bytes) -> tuple[bytes, bool]:
     return data, True
 
 
+def _decode_qp(data: bytes | memoryview, piece: int = _PIECE) -> bytes | memoryview:
+    """``binascii.a2b_qp(data)``; a large body is decoded in pieces cut after a line feed (the
+    encoding is line-local) into one buffer, as binascii would hold its whole output twice."""
+    if len(data) <= piece:
+        return binascii.a2b_qp(data)
+    out = bytearray()
+    for lines in _pieces(data, piece, b"\n"):
+        out += binascii.a2b_qp(lines)
+    return memoryview(out).toreadonly()
+
+
 def _decode_uu(data: bytes) -> bytes:
     """Decode a uuencoded body (``begin`` line, data lines, ``end``); raises ValueError if broken."""
     lines = iter(data.splitlines())
@@ -394,8 +411,10 @@ def _decode_uu(data: bytes) -> bytes:
 
 def _html_text(html: str) -> str:
     """Visible text of an HTML document: comments, script and style dropped, tags removed."""
-    if "<" in html:
-        html = _HTML_TAG.sub("", _HTML_BREAK.sub("\n", _HTML_HIDDEN.sub(" ", html)))
+    if "<" in html:  # one step at a time: each intermediate is freed once the next exists
+        html = _HTML_HIDDEN.sub(" ", html)
+        html = _HTML_BREAK.sub("\n", html)
+        html = _HTML_TAG.sub("", html)
     return unescape(html) if "&" in html else html
 
 
@@ -700,7 +719,7 @@ class _Builder:
         if encoding is None:
             pass
         elif encoding == "quoted-printable":
-            data = binascii.a2b_qp(data)
+            data = _decode_qp(data)
         elif encoding == "base64":
             data, malformed = _decode_base64(bytes(data))
             if malformed:
@@ -719,8 +738,10 @@ class _Builder:
             if ctype != "text/html" and len(data) > UTF8_TEXT_SIZE and self.utf8_as_is(data, charset):
                 self.texts.append(data if isinstance(data, memoryview) else memoryview(data))
                 return len(data)
-            text = self.decode_text(data, charset)
-            self.texts.append(_html_text(text) if ctype == "text/html" else text)
+            if ctype == "text/html":
+                self.texts.append(_html_text(self.decode_text(data, charset)))
+            else:
+                self.texts.append(self.decode_text(data, charset))
         return len(data)
 
     def utf8_as_is(self, data: bytes | memoryview, charset: str | None) -> bool:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import binascii
 import quopri
 import random
 from unittest.mock import patch
@@ -11,7 +12,7 @@ import pytest
 
 import engine.graph.content as content_module
 from engine.graph.content import ContentIndex
-from engine.mime.view import BAD_CHARSET, UTF8_TEXT_SIZE, parse_message, text_pieces, text_str
+from engine.mime.view import BAD_CHARSET, UTF8_TEXT_SIZE, _decode_qp, parse_message, text_pieces, text_str
 from engine.policy import models as m
 
 BIG = UTF8_TEXT_SIZE + 1000
@@ -103,3 +104,12 @@ def test_a_large_body_matches_regexes_and_keywords_like_its_str() -> None:
     as_str = type(as_str)(**{**{f: getattr(as_str, f) for f in as_str.__slots__}, "texts": (body.decode(),)})
     assert index.matching_rules(view) == index.matching_rules(as_str)
     assert 2 in index.matching_rules(view) and 3 not in index.matching_rules(view)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_quoted_printable_in_pieces_decodes_like_binascii(seed: int) -> None:
+    rnd = random.Random(seed)
+    atoms = [b"=", b"=\r\n", b"=\n", b"=3D", b"=C3=BC", b"=c3", b"\r\n", b"\n", b"\r", b" ", b"\t", b"abc", b"=4", b"_"]
+    data = b"".join(rnd.choice(atoms) for _ in range(rnd.randint(0, 300)))
+    for piece in (1, 2, 3, 7, 50):
+        assert bytes(_decode_qp(data, piece)) == binascii.a2b_qp(data), (data, piece)
