@@ -57,7 +57,8 @@ _PREHASHED = {"sha256": utils.Prehashed(hashes.SHA256()), "sha1": utils.Prehashe
 
 BODY_PIECE = 1024 * 1024  # bytes of body canonicalized and hashed at a time
 _BARE_LF = re.compile(rb"(?<!\r)\n")
-_HELD = (0x20, 0x09, 0x0D)  # SP, HTAB, CR at a piece's end: what follows may change them
+RELAXED_SPAN = 64 * 1024  # bytes canonicalized by "relaxed" at a time (its line list: ~10x that)
+_WSP = (0x20, 0x09)  # SP, HTAB
 
 
 def body_start(raw: bytes) -> int:
@@ -134,10 +135,12 @@ class BodyCanonicalizer:
     it on the whole body, of a body fed in pieces cut anywhere: `feed` each piece, then `finish`;
     the canonical bytes go to `write`, in order, in pieces.
 
-    Both are line-local but for the end: the SP, HTAB and CR that end a piece are held back (the
-    next piece decides whether they end a line), and so are the CRLFs that end the output so far
-    (only a count: trailing empty lines go, §3.4.3). Memory: a piece, plus a copy of it in
-    "relaxed" when it has WSP to change."""
+    Both are line-local but for the end: a CR that ends a piece is held back (an LF may follow),
+    and in "relaxed" the WSP run before it (a CRLF may follow: the run goes; else it becomes one
+    SP, so at most " \r" is held); so are the CRLFs that end the output so far (only a count:
+    trailing empty lines go, §3.4.3). Memory: "simple" writes slices of the pieces given;
+    "relaxed" works on RELAXED_SPAN bytes at a time (a copy, and its lines when it has WSP to
+    change), whatever the size of the pieces."""
 
     __slots__ = ("_content", "_empty", "_relaxed", "_tail", "_write")
 
@@ -151,12 +154,26 @@ class BodyCanonicalizer:
         self._content = False  # whether anything but CRLFs was written
 
     def feed(self, piece: bytes | memoryview) -> None:
+        if not self._relaxed or len(piece) <= RELAXED_SPAN:
+            self._feed(piece)
+            return
+        view = memoryview(piece)  # "relaxed" splits what it changes into lines: a span at a time
+        for at in range(0, len(view), RELAXED_SPAN):
+            self._feed(view[at : at + RELAXED_SPAN])
+
+    def _feed(self, piece: bytes | memoryview) -> None:
         if self._tail:
             piece = self._tail + piece
         cut = len(piece)
-        while cut and piece[cut - 1] in _HELD:
+        if cut and piece[cut - 1] == 0x0D:  # it may pair with an LF
             cut -= 1
-        self._tail = bytes(piece[cut:])
+        if self._relaxed:  # WSP may precede a CRLF (then it goes)
+            while cut and piece[cut - 1] in _WSP:
+                cut -= 1
+        tail = bytes(piece[cut:])
+        if self._relaxed and len(tail) > 2:  # a WSP run becomes one SP anyway: the tail stays short
+            tail = b" \r" if tail.endswith(b"\r") else b" "
+        self._tail = tail
         if cut:
             self._canonical(piece if cut == len(piece) else memoryview(piece)[:cut])
 

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 # the one canonicalisation (RFC 6376 §3.4), whole or in pieces
-from engine.checks.dkim_verify import BodyHash, canonical_body, canonical_header
+from engine.checks.dkim_verify import BodyHash, canonical_header
 from engine.dns.dkim import KeyProblem, PrivateKey, load_key
 from engine.mime.raw_headers import fields
 from engine.policy.models import DkimKey
@@ -196,8 +196,9 @@ def sign(signer: Signer, data: bytes, now: float | None = None) -> bytes:
     (RFC 8463 §3). CPU-bound: callers run it off the event loop for large messages."""
     data = as_sent(data)
     spans = list(fields(data))
-    body_hash = hashlib.sha256(canonical_body(data[_body_start(data, spans):], b"relaxed")).digest()
-    return _signature_field(signer, data, spans, body_hash, now) + data
+    hasher = BodyHash("sha256", b"relaxed")
+    hasher.update(memoryview(data)[_body_start(data, spans):])
+    return _signature_field(signer, data, spans, hasher.digest(), now) + data
 
 
 def sign_streamed(signer: Signer, copy: StreamedCopy, now: float | None = None) -> StreamedCopy:

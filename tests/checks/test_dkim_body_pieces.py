@@ -68,6 +68,19 @@ def test_many_cuts_and_l_equals_cut_inside_a_piece(algorithm: bytes) -> None:
         assert hash_in_pieces(body, cuts, algorithm, length) == hashlib.sha256(whole[:length]).digest()
 
 
+@pytest.mark.parametrize("span", [1, 2, 3, 5])
+def test_relaxed_spans_cut_anywhere_give_the_same_hash(monkeypatch: pytest.MonkeyPatch, span: int) -> None:
+    """"relaxed" canonicalizes a large piece RELAXED_SPAN bytes at a time (made tiny here)."""
+    rng = random.Random(span)
+    bodies = [random_body(rng, 80) for _ in range(500)]
+    bodies += [b"a" + b" \t" * 5000 + b"\r\n", b"a" + b" " * 9999 + b"b\r\n", b" " * 9999, b"x \r \r\n\t\r"]
+    wants = [hashlib.sha256(canonical_body(body, b"relaxed")).digest() for body in bodies]
+    monkeypatch.setattr(dkim_verify, "RELAXED_SPAN", span)
+    for body, want in zip(bodies, wants, strict=True):
+        assert hash_in_pieces(body, [], b"relaxed") == want, body
+        assert hashlib.sha256(canonical_body(body, b"relaxed")).digest() == want, body
+
+
 def test_a_large_body_in_pieces_is_hashed_as_a_whole() -> None:
     rng = random.Random(1)
     line = [b"The figures  are\tattached. \t\r\n", b"\r\n", b"plain line\r\n", b" \r\n", b"a\r", b"\n"]
