@@ -1,43 +1,60 @@
-"""Peak memory of DKIM on a large message (issue 7 item 10: ≤ 1.5× the message size in flight),
-the former whole-message paths against the piecewise ones, measured in the same run.
+"""Peak memory of DKIM on a large message (issue 7 item 10: at most 1.5 times the message size in flight):
+the code as it was (git BEFORE, default 0158aae: main when the piecewise DKIM work started)
+against the code of this tree, measured in the same run.
 
-    .venv/bin/python bench/dkim_memory.py [SIZE_MB]      # default: 25
+    .venv/bin/python bench/dkim_memory.py [SIZE_MB]      # default: 25; KIND=base64 for a base64 body
 
 Each case runs in a fresh process: it builds its input, resets the peak RSS (`echo 5 >
-/proc/self/clear_refs`), runs, and reports VmHWM minus the RSS at the reset (bytes the operation
-added at its peak), as a multiple of the message size. Cases:
-- sign-whole: what the relay did with a StreamedCopy (`sign` of head + the body joined);
-- sign-streamed: `sign_streamed` (the body read from the spool file in pieces);
-- verify-whole: what the lean verifier did (`dkim.rfc822_parse` body copy, `canonical_body`, hash);
-- verify-pieces: `Message.parse` + `confirm` (body hashed from offsets into the message);
-- verify-dkimpy: dkimpy's own verification (the fallback for what the lean verifier cannot confirm).
-The message already in memory (the checks get it as bytes) is not counted; the body is text
-with white space runs (relaxed canonicalization copies every piece) or base64 (`KIND=base64`).
+/proc/self/clear_refs`), runs, and reports VmHWM minus the RSS at the reset (the bytes the
+operation added at its peak), as a multiple of the message size. Cases (before | now):
+- sign-streamed: a StreamedCopy (the relay's copy of a stored message over 1 MB) signed; before,
+  the worker joined it and called `sign`; now `sign_streamed` reads the spool file in pieces;
+- sign-1mb: `sign` of the message's first 1 MB, in memory (the largest the relay signs that way);
+- verify: the lean verifier (`Message.parse` + `confirm`) on the signed message, which the checks
+  already hold in memory (not counted);
+- verify-dkimpy (now only): dkimpy's own verification, the fallback for what the lean verifier
+  cannot confirm (a failing or unusual signature).
+The body is text with white space runs (relaxed canonicalization changes every line) or base64.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import io
 import os
 import random
 import subprocess
 import sys
 import tempfile
+import types
 from pathlib import Path
+from typing import Any
 
 import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from engine.checks import dkim_speedups
-from engine.checks.dkim_verify import Message, canonical_body, confirm
-from engine.dns.dkim import generate_key, public_record
+from engine.checks import dkim_speedups, dkim_verify
+from engine.dns.dkim import generate_key, private_pem, public_record
+from engine.relay import signing
 from engine.relay.compose import compose_streamed
-from engine.relay.signing import Signer, sign, sign_streamed
 
+ROOT = Path(__file__).resolve().parent.parent
+BEFORE = os.environ.get("BEFORE", "0158aae")
 HEAD = (b"From: Alice <alice@acme.example>\r\nTo: bob@world.example\r\nSubject: numbers\r\n"
         b"Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <m@acme.example>\r\nMIME-Version: 1.0\r\n\r\n")
-CASES = ("sign-whole", "sign-streamed", "verify-whole", "verify-pieces", "verify-dkimpy")
+CASES = ("sign-streamed", "sign-1mb", "verify", "verify-dkimpy")
+
+
+def former(path: str, name: str, imports: dict[str, str]) -> types.ModuleType:
+    """The module at `path` as it was at BEFORE, loaded as `name` (its `imports` renamed)."""
+    text = subprocess.run(["git", "show", f"{BEFORE}:{path}"], cwd=ROOT, capture_output=True, check=True).stdout
+    source = text.decode()
+    for old, new in imports.items():
+        source = source.replace(old, new)
+    module = types.ModuleType(name)
+    sys.modules[name] = module
+    exec(compile(source, f"{BEFORE}:{path}", "exec"), module.__dict__)
+    return module
 
 
 def message(size: int) -> bytes:
@@ -60,52 +77,69 @@ def reset_peak() -> int:
     return rss("VmRSS")
 
 
-def run_case(case: str, size: int) -> None:
+def run_case(case: str, version: str, work: Path) -> None:
+    """One case in this (fresh) process; its input read from `work` in one piece each (garbage
+    left by building it would hide allocations: the allocator reuses freed, still resident memory)."""
     dkim_speedups.install()  # as the checks run dkimpy (engine/checks/runner.py)
-    key = generate_key("rsa")
-    signer = Signer("acme", "lp1", ("acme.example",), key, b"rsa-sha256")
+    verify_module: Any = dkim_verify
+    sign_module: Any = signing
+    if version == "before":
+        verify_module = former("engine/checks/dkim_verify.py", "former_dkim_verify", {})
+        sign_module = former("engine/relay/signing.py", "former_signing",
+                             {"from engine.checks.dkim_verify import": "from former_dkim_verify import"})
+    key = serialization.load_pem_private_key((work / "key.pem").read_bytes(), None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    signer = signing.Signer("acme", "lp1", ("acme.example",), key, b"rsa-sha256")
     record = public_record(key).encode()
-    raw = message(size)
-    with tempfile.TemporaryFile() as spool:
-        if case.startswith("sign"):
-            spool.write(raw)
-            del raw
+    if case == "sign-streamed":
+        with (work / "message.eml").open("rb") as spool:
             copy = compose_streamed(spool, b"", None)
             assert copy is not None
-            before = reset_peak()
-            if case == "sign-whole":
-                signed_size = len(sign(signer, copy.head + b"".join(copy.body())))
-            else:
-                signed_size = sum(map(len, sign_streamed(signer, copy).chunks()))
             size = copy.size
-        else:
-            raw = sign(signer, raw)
-            field = dkim.util.parse_tag_value(raw[len(b"DKIM-Signature:"):raw.index(b"\r\nFrom:")])
             before = reset_peak()
-            if case == "verify-whole":
-                _, body = dkim.rfc822_parse(raw)
-                ok = hashlib.sha256(canonical_body(body, b"relaxed")).digest() == base64.b64decode(field[b"bh"])
-            elif case == "verify-pieces":
-                parsed = Message.parse(raw)
-                name, value = parsed.headers[0]
-                ok = confirm(parsed, field, (name, value), record)
+            if version == "before":  # what the relay's worker did
+                signed = len(sign_module.sign(signer, copy.head + b"".join(copy.body())))
             else:
-                ok = dkim.verify(raw, dnsfunc=lambda name, timeout=5: record)
-            assert ok, case
-            signed_size = size = len(raw)
+                signed = sum(map(len, signing.sign_streamed(signer, copy).chunks()))
+    elif case == "sign-1mb":
+        raw = (work / "small.eml").read_bytes()
+        size = len(raw)
+        before = reset_peak()
+        signed = len(sign_module.sign(signer, raw))
+    else:
+        raw = (work / "signed.eml").read_bytes()
+        size = signed = len(raw)
+        tags = dkim.util.parse_tag_value(raw[len(b"DKIM-Signature:"):raw.index(b"\r\nFrom:")])
+        before = reset_peak()
+        if case == "verify":
+            parsed = verify_module.Message.parse(raw)
+            ok = verify_module.confirm(parsed, tags, tuple(parsed.headers[0]), record)
+        else:
+            ok = dkim.verify(raw, dnsfunc=lambda name, timeout=5: record)
+        assert ok, case
     added = rss("VmHWM") - before
-    print(f"{case:14s} message {size / 2**20:6.1f} MB  peak added {added / 2**20:7.1f} MB  = {added / size:4.2f}x"
-          f"  (output {signed_size / 2**20:.1f} MB)")
+    print(f"{case:14s} {version:6s} message {size / 2**20:6.1f} MB  peak added {added / 2**20:7.1f} MB"
+          f"  = {added / size:5.2f}x the message  (output {signed / 2**20:.1f} MB)", flush=True)
 
 
 def main(size_mb: float) -> None:
-    size = int(size_mb * 2**20)
-    for case in CASES:
-        subprocess.run([sys.executable, __file__, "--case", case, str(size)], check=True)
+    key = generate_key("rsa")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "key.pem").write_bytes(private_pem(key))
+        raw = message(int(size_mb * 2**20))
+        (work / "message.eml").write_bytes(raw)
+        (work / "small.eml").write_bytes(raw[: raw.index(b"\r\n", 2**20) + 2])
+        (work / "signed.eml").write_bytes(signing.sign(signing.Signer("acme", "lp1", ("acme.example",), key,
+                                                                      b"rsa-sha256"), raw))
+        del raw
+        for case in CASES:
+            for version in ("now",) if case == "verify-dkimpy" else ("before", "now"):
+                subprocess.run([sys.executable, __file__, "--case", case, version, str(work)], check=True)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--case"]:
-        run_case(sys.argv[2], int(sys.argv[3]))
+        run_case(sys.argv[2], sys.argv[3], Path(sys.argv[4]))
     else:
         main(float(sys.argv[1]) if sys.argv[1:] else 25.0)
