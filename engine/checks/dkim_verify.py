@@ -229,7 +229,12 @@ class BodyHash:
 
 
 def canonical_body(body: bytes, algorithm: bytes) -> bytes:
-    """The body canonicalized by "simple" (§3.4.3) or "relaxed" (§3.4.4), as dkimpy does it."""
+    """The body canonicalized by "simple" (§3.4.3) or "relaxed" (§3.4.4), as dkimpy does it: `body`
+    itself when that changes nothing (a body ending with one CRLF, in "relaxed" also without WSP
+    to change: base64, most text), else `BodyCanonicalizer`'s pieces joined."""
+    if body.endswith(b"\r\n") and not body.endswith(b"\r\n\r\n") and (algorithm == b"simple" or (
+            body != b"\r\n" and b"\t" not in body and b"  " not in body and b" \r\n" not in body)):
+        return body
     out: list[bytes | memoryview] = []
     canonicalizer = BodyCanonicalizer(algorithm, out.append)
     canonicalizer.feed(body)
