@@ -12,7 +12,9 @@ and report, for the serve process and the relay process separately, the peak RSS
 (measured after one small warm-up message went through),
 divided by the number of messages in flight and by SIZE: the memory each message in flight
 costs, as a multiple of its size. The message is a small text part and a base64
-attachment (the usual shape of a large message); SHAPE=text makes it one long text/plain body.
+attachment (the usual shape of a large message); SHAPE=text makes it one long text/plain body
+(SHAPE=qp: quoted-printable UTF-8, SHAPE=html: text/html).
+The policy carries body keyword and regex rules, so content matching is part of the measure.
 
     .venv/bin/python bench/memory.py                       # BASE=/work/memory-before, this tree
     BASE=../other-checkout SIZE=25000000 CONCURRENT=8 .venv/bin/python bench/memory.py
@@ -68,14 +70,21 @@ SHAPE = os.environ.get("SHAPE", "attachment")
 
 def message(size: int, seed: int) -> bytes:
     """A message of `size` bytes: a short text part and a base64 attachment (SHAPE=attachment), or
-    one text/plain body of lines of words (SHAPE=text)."""
-    if SHAPE == "text":
+    one text body of lines of words: text/plain in US-ASCII (SHAPE=text), text/plain in UTF-8,
+    quoted-printable (SHAPE=qp), or text/html (SHAPE=html)."""
+    if SHAPE in ("text", "qp", "html"):
         words = [b"lorem", b"ipsum", b"dolor", b"sit", b"amet", b"invoice", b"report", b"quarterly", b"numbers"]
+        ctype, tag = "text/plain; charset=us-ascii", b""
+        if SHAPE == "qp":
+            words = [*words, b"=C3=BCber", b"Stra=C3=9Fe"]
+            ctype = "text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable"
+        elif SHAPE == "html":
+            ctype, tag = "text/html; charset=utf-8", b"<p>"
         rnd = random.Random(seed)
         head = (f"From: Alice <alice@example.com>\r\nTo: bob@example.net\r\nSubject: long text {seed}\r\n"
                 f"Message-ID: <bench-{seed}-{time.time_ns()}@example.com>\r\n"
-                "Content-Type: text/plain; charset=us-ascii\r\n\r\n").encode()
-        line = b" ".join(rnd.choice(words) for _ in range(12)) + b"\r\n"
+                f"Content-Type: {ctype}\r\n\r\n").encode()
+        line = tag + b" ".join(rnd.choice(words) for _ in range(12)) + b"\r\n"
         body = line * ((size - len(head)) // len(line))
         raw = head + body
         return raw + b"x" * (size - len(raw) - 2) + b"\r\n" if size - len(raw) >= 2 else raw
@@ -140,6 +149,13 @@ def policy(directory: Path, port: int, sink: int, state: Path) -> None:
         f"limits: {{max_message_size: {SIZE + 1_000_000}, max_connections_per_ip: 100}}\n"
         f"storage: {{path: {state}}}\n"
         "archive: {enabled: true}\n"
+        "rules: [content]\n"
+    )
+    (directory / "rules").mkdir()
+    (directory / "rules" / "content.yaml").write_text(  # body keywords and a regex: what a policy matches
+        "name: content\nrules:\n"
+        "  - {id: words, when: {body: {contains: [gift card, wire transfer, bitcoin]}}, then: {score: 2}}\n"
+        "  - {id: pattern, when: {body: {regex: '(?i)password\\s+reset'}}, then: {score: 2}}\n"
     )
     (directory / "tenants" / "bench.yaml").write_text(
         "name: bench\ndomains: [example.net]\n"

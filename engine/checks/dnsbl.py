@@ -32,7 +32,7 @@ from publicsuffixlist import PublicSuffixList
 
 from engine.checks.lookup import gather
 from engine.dns.resolver import DnsAnswer
-from engine.mime.view import MessageView
+from engine.mime.view import MessageView, text_str
 
 ListStatus = Literal["listed", "clean", "error"]
 
@@ -224,7 +224,7 @@ def link_domains(raw: bytes, limit: int, view: MessageView | None = None) -> tup
         hosts.extend(_hosts(_LINK_HOST_BYTES.finditer(data), bytes))
         if base64_part:  # base64 text/plain: its decoded text
             for text in view.texts:
-                hosts.extend(_hosts(_LINK_HOST.finditer(text), str))
+                hosts.extend(_hosts(_LINK_HOST.finditer(text_str(text)), str))
     else:
         try:
             texts = list(_texts(raw))

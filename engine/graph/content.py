@@ -34,10 +34,12 @@ from dataclasses import dataclass
 
 import re2
 
-from engine.mime.view import Attachment, MessageView
+from engine.mime.view import Attachment, MessageView, Text, text_pieces
 from engine.policy import models as m
 
 _RE2_MAX_MEM = 1 << 30  # a DFA out of memory makes RE2::Set report "no match": never let it
+_TEXT_PIECE = 1 << 20  # UTF-8 bytes of a large body lowercased at a time (keywords)
+_UTF8_CONTINUATION = bytes(range(0x80, 0xC0))  # (an overlap starts at a character)
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
@@ -79,7 +81,8 @@ class _PatternSet:
         elif self._set is not None:
             self._set.Compile()
 
-    def match(self, text: str, out: set[int]) -> None:
+    def match(self, text: Text, out: set[int]) -> None:
+        """(UTF-8 bytes are matched in place: RE2 reads the buffer.)"""
         if self._set is None:
             return
         found = self._set.Match(text)
@@ -97,12 +100,13 @@ class _KeywordSet:
     per occurrence.
     """
 
-    __slots__ = ("_leaf_ids", "_set", "_words")
+    __slots__ = ("_leaf_ids", "_longest", "_set", "_words")
 
     def __init__(self) -> None:
         self._words: dict[str, list[int]] = defaultdict(list)
         self._set: re2.Set | None = None
         self._leaf_ids: list[tuple[int, ...]] = []
+        self._longest = 0  # UTF-8 bytes of the longest keyword
 
     def add(self, keyword: str, leaf_id: int) -> None:
         self._words[matchable(keyword).lower()].append(leaf_id)
@@ -116,13 +120,28 @@ class _KeywordSet:
         for word, leaf_ids in self._words.items():
             keyword_set.Add(word)
             self._leaf_ids.append(tuple(leaf_ids))
+            self._longest = max(self._longest, len(word.encode("utf-8")))
         keyword_set.Compile()
         self._set = keyword_set
 
-    def match(self, text: str, out: set[int]) -> None:
+    def match(self, text: Text, out: set[int]) -> None:
         if self._set is None:
             return
-        found = self._set.Match(text.lower())
+        if isinstance(text, str):
+            self._found(self._set.Match(text.lower()), out)
+            return
+        # UTF-8 bytes (a large body): lowercased piece by piece (`text_pieces` cuts where the case
+        # mapping has no context), each piece searched after the last `_longest - 1` bytes of the
+        # one before, so that a keyword across a cut is found: the same answer, no whole copy.
+        overlap = b""
+        for piece in text_pieces(text, _TEXT_PIECE):
+            lowered = piece.lower() if piece.isascii() else piece.decode("utf-8").lower().encode("utf-8")
+            window = overlap + lowered
+            self._found(self._set.Match(window), out)
+            keep = max(0, len(window) - self._longest + 1)
+            overlap = window[keep:].lstrip(_UTF8_CONTINUATION) if self._longest > 1 else b""
+
+    def _found(self, found: list[int] | None, out: set[int]) -> None:
         if found:
             leaf_ids = self._leaf_ids
             for index in found:
@@ -293,7 +312,8 @@ class ContentIndex:
                 if words is not None:
                     words.match(value, out)
         for text in view.texts:
-            text = matchable(text)
+            if isinstance(text, str):  # (UTF-8 bytes are valid UTF-8 already)
+                text = matchable(text)
             self._body_regex.match(text, out)
             self._body_words.match(text, out)
         if self._attachment_leaves:

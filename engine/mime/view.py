@@ -15,6 +15,12 @@ for the common all-ASCII case and ``email.message.Message`` (compat32) only for 
 Unlike the stdlib feedparser this compiles no regular expression per boundary, so distinct messages
 cost no more than repeated ones, and it never builds parts below ``MAX_NESTING``.
 
+A large text body that is valid UTF-8 once its transfer encoding is undone, in UTF-8 or US-ASCII,
+is kept as those bytes (a read-only ``memoryview``, into the raw message when no transfer encoding
+applies) rather than decoded to a ``str``: the same text, without a second copy of a 25 MB body
+(issue 7 item 10). RE2 matches UTF-8 bytes in place; ``text_pieces`` cuts them for whoever needs
+``str`` work (lowercasing) piece by piece.
+
 Work per message is linear in its size and capped (``MAX_PARTS``, ``MAX_HEADER_BYTES``,
 ``MAX_DECODED_BYTES``): beyond a cap the rest is skipped or kept raw and a defect token says so,
 so a hostile message costs bounded time and always ends up ``malformed``.
@@ -25,7 +31,7 @@ import codecs
 import contextlib
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesParser
@@ -61,12 +67,17 @@ MAX_HEADER_BYTES: Final = 1024 * 1024
 MAX_DECODED_BYTES: Final = 64 * 1024 * 1024
 """Body bytes decoded (transfer encoding and charset) per message; later bodies are counted, not read."""
 
+Text = str | memoryview
+"""A decoded text: a ``str``, or the UTF-8 bytes of a large body (valid UTF-8, checked)."""
+
 _HEADER_PARSER: Final = BytesParser(policy=compat32)  # only to salvage headers after a failure
 # The header block: lines that start a field ("name:", or a "From " envelope line) or continue one
 # (space or tab); the feedparser's headerRE, per line. Line ends are CRLF, LF or a lone CR.
 _HEADER_BLOCK: Final = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*:|[ \t])[^\r\n]*(?:\r\n|\r|\n|\Z))*")
 _SCAN_SLICE: Final = 64 * 1024
 _PIECE: Final = 1024 * 1024  # large leaves that are not text are measured this many bytes at a time
+UTF8_TEXT_SIZE: Final = _PIECE
+"""text/plain bodies larger than this (in bytes, after the transfer encoding) are kept as UTF-8 bytes."""
 # What may follow "--" boundary on a delimiter line: "--" (close delimiter), transport padding, line end.
 _DELIMITER_TAIL: Final = re.compile(rb"(--)?[ \t]*(?:\r\n|\r|\n|\Z)")
 _ENCODED_WORD: Final = re.compile(r"=\?([^?]*)\?([bBqQ])\?(.*?)\?=", re.S)
@@ -116,8 +127,9 @@ class MessageView:
 
     headers: Mapping[str, tuple[str, ...]]
     """Top-level headers: lowercase name -> unfolded, RFC 2047-decoded values in order."""
-    texts: tuple[str, ...]
-    """Decoded text/plain bodies and visible text of text/html bodies, at any depth."""
+    texts: tuple[Text, ...]
+    """Decoded text/plain bodies and visible text of text/html bodies, at any depth; a text/plain
+    body larger than ``UTF8_TEXT_SIZE`` that is valid UTF-8 is a memoryview of its bytes."""
     attachments: tuple[Attachment, ...]
     """Named, ``attachment``-disposition and non-text leaf parts, plus encapsulated messages."""
     content_types: tuple[str, ...]
@@ -158,6 +170,52 @@ def parse_message(raw: bytes) -> MessageView:
         defects=tuple(sorted(builder.defects)),
         size=len(raw),
     )
+
+
+def text_str(text: Text) -> str:
+    """*text* as a ``str`` (a copy when it is UTF-8 bytes)."""
+    return text if isinstance(text, str) else str(text, "utf-8")
+
+
+def text_pieces(text: memoryview, size: int = _PIECE) -> Iterator[bytes]:
+    """The UTF-8 bytes *text* in consecutive pieces of about *size* bytes, each cut after a line
+    feed or a space (a character boundary at which Python's case mapping, final sigma included,
+    has no context across the cut), so ``b"".join(p.decode().lower().encode() for p in pieces)``
+    is ``text`` lowercased as one ``str``. A piece with no such byte runs on until one."""
+    return _pieces(text, size, b"\n ")
+
+
+def _pieces(data: bytes | memoryview, size: int, cut_after: bytes) -> Iterator[bytes]:
+    """*data* in consecutive pieces of about *size* bytes, each ending with one of the bytes
+    *cut_after* (the last piece: whatever is left); a piece without one runs on until one."""
+    end = len(data)
+    pos = 0
+    while pos < end:
+        stop = pos
+        parts: list[bytes] = []
+        while stop < end:
+            window = bytes(data[stop : stop + size])
+            stop += len(window)
+            cut = max(window.rfind(c) for c in cut_after) if stop < end else len(window) - 1
+            if cut >= 0:
+                parts.append(window[: cut + 1])
+                break
+            parts.append(window)
+        piece = parts[0] if len(parts) == 1 else b"".join(parts)
+        pos += len(piece)
+        yield piece
+
+
+def _valid_utf8(data: bytes | memoryview) -> bool:
+    """Whether *data* is valid UTF-8, checked in pieces (no ``str`` of the whole)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for pos in range(0, len(data), _PIECE):
+            decoder.decode(data[pos : pos + _PIECE])
+        decoder.decode(b"", True)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def header_text(view: MessageView, name: str) -> tuple[str, ...]:
@@ -316,6 +374,17 @@ def _decode_base64(data: bytes) -> tuple[bytes, bool]:
     return data, True
 
 
+def _decode_qp(data: bytes | memoryview, piece: int = _PIECE) -> bytes | memoryview:
+    """``binascii.a2b_qp(data)``; a large body is decoded in pieces cut after a line feed (the
+    encoding is line-local) into one buffer, as binascii would hold its whole output twice."""
+    if len(data) <= piece:
+        return binascii.a2b_qp(data)
+    out = bytearray()
+    for lines in _pieces(data, piece, b"\n"):
+        out += binascii.a2b_qp(lines)
+    return memoryview(out).toreadonly()
+
+
 def _decode_uu(data: bytes) -> bytes:
     """Decode a uuencoded body (``begin`` line, data lines, ``end``); raises ValueError if broken."""
     lines = iter(data.splitlines())
@@ -342,8 +411,10 @@ def _decode_uu(data: bytes) -> bytes:
 
 def _html_text(html: str) -> str:
     """Visible text of an HTML document: comments, script and style dropped, tags removed."""
-    if "<" in html:
-        html = _HTML_TAG.sub("", _HTML_BREAK.sub("\n", _HTML_HIDDEN.sub(" ", html)))
+    if "<" in html:  # one step at a time: each intermediate is freed once the next exists
+        html = _HTML_HIDDEN.sub(" ", html)
+        html = _HTML_BREAK.sub("\n", html)
+        html = _HTML_TAG.sub("", html)
     return unescape(html) if "&" in html else html
 
 
@@ -368,7 +439,7 @@ class _Builder:
 
     def __init__(self) -> None:
         self.headers: dict[str, list[str]] = {}
-        self.texts: list[str] = []
+        self.texts: list[Text] = []
         self.attachments: list[Attachment] = []
         self.content_types: list[str] = []
         self.from_addresses: list[str] = []
@@ -648,7 +719,7 @@ class _Builder:
         if encoding is None:
             pass
         elif encoding == "quoted-printable":
-            data = binascii.a2b_qp(data)
+            data = _decode_qp(data)
         elif encoding == "base64":
             data, malformed = _decode_base64(bytes(data))
             if malformed:
@@ -664,9 +735,19 @@ class _Builder:
                 charset = (
                     (simple[1] or simple[2]).lower() if simple else _params(type_value, None).get_content_charset()
                 )
-            text = self.decode_text(data, charset)
-            self.texts.append(_html_text(text) if ctype == "text/html" else text)
+            if ctype != "text/html" and len(data) > UTF8_TEXT_SIZE and self.utf8_as_is(data, charset):
+                self.texts.append(data if isinstance(data, memoryview) else memoryview(data))
+                return len(data)
+            if ctype == "text/html":
+                self.texts.append(_html_text(self.decode_text(data, charset)))
+            else:
+                self.texts.append(self.decode_text(data, charset))
         return len(data)
+
+    def utf8_as_is(self, data: bytes | memoryview, charset: str | None) -> bool:
+        """Whether *data* in *charset* is its own UTF-8 text: the charset reads as UTF-8 (UTF-8,
+        US-ASCII, or none) and the bytes are valid UTF-8."""
+        return (charset is None or _codec(charset) == "utf-8") and _valid_utf8(data)
 
     def fix_8bit(self, text: str) -> str:
         """Read the raw bytes in a header value (surrogate escapes) as UTF-8 (RFC 6532)."""

@@ -12,11 +12,14 @@ import ipaddress
 import quopri
 import urllib.parse
 from collections import Counter
+from unittest.mock import patch
 
 import naive_eval
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import engine.graph.content as content_module
+import engine.mime.view as view_module
 from engine.graph.content import ContentIndex
 from engine.graph.lists import ListEntry, ListIndex, parse_ip
 from engine.mime.view import parse_message
@@ -439,3 +442,20 @@ def test_parse_ip_agrees_with_ipaddress(text: str) -> None:
         assert parse_ip(text) is None
     else:
         assert parse_ip(text) == (address.version, int(address))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(
+    rules=st.lists(conditions, min_size=1, max_size=12),
+    raw=messages(),
+    piece=st.integers(1, 12),
+)
+def test_large_texts_kept_as_utf8_bytes_match_like_str(rules: list[m.Condition], raw: bytes, piece: int) -> None:
+    """Issue 7 item 10: a large text body is kept as its UTF-8 bytes and its keywords are searched
+    piece by piece. With every text "large" and tiny pieces (keywords cut everywhere), the content
+    index gives the naive answer on the str view."""
+    index = ContentIndex(rules)
+    expected = naive_eval.matching_rules(rules, parse_message(raw))
+    with patch.object(view_module, "UTF8_TEXT_SIZE", -1), patch.object(content_module, "_TEXT_PIECE", piece):
+        as_bytes = parse_message(raw)
+        assert index.matching_rules(as_bytes) == expected, raw
