@@ -43,6 +43,7 @@ from engine.gitsync import Applied, GitSettings, GitSync
 from engine.graph.evaluator import FilterGraph
 from engine.graph.incremental import IncrementalLoader
 from engine.graph.live import Attempt, LivePolicy, ReloadResult
+from engine.malloc import return_large_buffers
 from engine.policy.models import Gateway, Listener, Storage
 from engine.privileges import Account, drop_privileges, resolve_account
 from engine.relay.process import RelayProcess
@@ -342,6 +343,7 @@ def run_serve(policy_dir: Path, state_override: Path | None, *, workers: int = 1
               git_settings: GitSettings | None = None, user: str | None = None) -> int:
     """Load the policy and run the gateway until SIGTERM; exit 2 when the policy is invalid or
     `user` cannot be used."""
+    return_large_buffers()
     account = resolve_account(user) if user is not None else None
     if isinstance(account, str):
         print(f"error: {account}", file=sys.stderr)

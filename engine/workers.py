@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import aio
+from engine.malloc import return_large_buffers
 
 if TYPE_CHECKING:
     from engine.graph.live import LivePolicy
@@ -242,6 +243,7 @@ def run_worker(state: Path, policy_dir: Path, listen_fd: int, control_fd: int, i
     )
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     code = 0
+    return_large_buffers()
 
     async def main() -> None:
         nonlocal code

@@ -32,7 +32,7 @@ from publicsuffixlist import PublicSuffixList
 
 from engine.checks.lookup import gather
 from engine.dns.resolver import DnsAnswer
-from engine.mime.view import MessageView, text_str
+from engine.mime.view import MessageView, text_preview, text_str
 
 ListStatus = Literal["listed", "clean", "error"]
 
@@ -225,6 +225,8 @@ def link_domains(raw: bytes, limit: int, view: MessageView | None = None) -> tup
         if base64_part:  # base64 text/plain: its decoded text
             for text in view.texts:
                 hosts.extend(_hosts(_LINK_HOST.finditer(text_str(text)), str))
+            for deferred in view.deferred:  # (a large text not decoded yet: its first bytes)
+                hosts.extend(_hosts(_LINK_HOST.finditer(text_preview(raw, deferred, _MAX_SCAN_BYTES)), str))
     else:
         try:
             texts = list(_texts(raw))

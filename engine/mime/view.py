@@ -15,11 +15,14 @@ for the common all-ASCII case and ``email.message.Message`` (compat32) only for 
 Unlike the stdlib feedparser this compiles no regular expression per boundary, so distinct messages
 cost no more than repeated ones, and it never builds parts below ``MAX_NESTING``.
 
-A large text body that is valid UTF-8 once its transfer encoding is undone, in UTF-8 or US-ASCII,
-is kept as those bytes (a read-only ``memoryview``, into the raw message when no transfer encoding
-applies) rather than decoded to a ``str``: the same text, without a second copy of a 25 MB body
-(issue 7 item 10). RE2 matches UTF-8 bytes in place; ``text_pieces`` cuts them for whoever needs
-``str`` work (lowercasing) piece by piece.
+A text body over ``UTF8_TEXT_SIZE`` bytes is decoded in pieces (transfer encoding, charset, HTML
+to visible text) into its UTF-8 bytes, a read-only ``memoryview``: the same text as the ``str``
+would be, without the copies a whole-body decode makes (issue 7 item 10). A body that is UTF-8 as
+it came is not copied at all: the view points into the raw message. With ``defer_texts`` such
+bodies are only located (``MessageView.deferred``) and ``load_texts`` decodes them later from a
+fresh read of the message, so a caller can let go of the raw bytes first: the peak is then the
+larger of the message and its texts, not their sum. RE2 matches UTF-8 bytes in place;
+``text_pieces`` cuts them for whoever needs ``str`` work (lowercasing) piece by piece.
 
 Work per message is linear in its size and capped (``MAX_PARTS``, ``MAX_HEADER_BYTES``,
 ``MAX_DECODED_BYTES``): beyond a cap the rest is skipped or kept raw and a defect token says so,
@@ -31,8 +34,8 @@ import codecs
 import contextlib
 import functools
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
@@ -101,7 +104,12 @@ _HTML_BREAK: Final = re.compile(
     r"<(?:br|hr|/?(?:p|div|li|tr|td|th|h[1-6]|table|ul|ol|pre|blockquote|title))\b[^>]*(?:>|\Z)", re.I
 )
 _HTML_TAG: Final = re.compile(r"<[a-zA-Z/!?][^>]*(?:>|\Z)")
+_HTML_OPENER: Final = re.compile(r"<[a-zA-Z/!?]")  # where _HTML_TAG and _HTML_BREAK matches start
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _UNSAFE_CODECS: Final = frozenset({"idna", "punycode", "raw-unicode-escape", "unicode-escape", "undefined"})
+# Codecs whose incremental decoders keep state that a switch to error replacement cannot carry
+# over (byte order, shift sequences): their texts are decoded whole.
+_WHOLE_CODECS: Final = ("utf-16", "utf-32", "iso2022", "hz", "utf-7")
 _UU_ENCODINGS: Final = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
 
 
@@ -119,6 +127,19 @@ class Attachment:
     """Decoded payload bytes; for an encapsulated message, the sum over its leaf parts."""
     depth: int
     """Number of enclosing message/* encapsulations (0 = part of the top-level message)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeferredText:
+    """A large text body not decoded yet: bytes ``[start, end)`` of the raw message and how they decode."""
+
+    start: int
+    end: int
+    encoding: str | None
+    """Transfer encoding, lowercase (quoted-printable, base64 already checked valid, or identity)."""
+    charset: str | None
+    html: bool
+    """text/html: its visible text is what is kept."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +161,9 @@ class MessageView:
     """Sorted, unique kebab-case malformation tokens; empty when well-formed."""
     size: int
     """Length of the raw input in bytes."""
+    deferred: tuple[DeferredText, ...] = ()
+    """Large text bodies located but not decoded yet (``defer_texts``): ``load_texts`` decodes them
+    into ``texts``; content matching needs them loaded."""
 
     @property
     def subject(self) -> str:
@@ -153,9 +177,10 @@ class MessageView:
         return bool(self.defects)
 
 
-def parse_message(raw: bytes) -> MessageView:
-    """Parse and decode *raw*; never raises (failures become the ``parse-error`` defect)."""
-    builder = _Builder()
+def parse_message(raw: bytes, *, defer_texts: bool = False) -> MessageView:
+    """Parse and decode *raw*; never raises (failures become the ``parse-error`` defect). With
+    *defer_texts*, text bodies over ``UTF8_TEXT_SIZE`` are left to ``load_texts``."""
+    builder = _Builder(defer_texts)
     try:
         builder.build(raw)
     except Exception:
@@ -169,7 +194,146 @@ def parse_message(raw: bytes) -> MessageView:
         from_addresses=tuple(builder.from_addresses),
         defects=tuple(sorted(builder.defects)),
         size=len(raw),
+        deferred=tuple(builder.deferred),
     )
+
+
+def load_texts(view: MessageView, read: Callable[[int, int], Iterable[bytes]]) -> MessageView:
+    """*view* with its deferred texts decoded; ``read(start, end)`` gives those bytes of the message
+    again, in pieces. Decoding defects (``bad-charset``) join the view's defects. Never raises
+    for what the bytes contain (an I/O error of *read* propagates)."""
+    if not view.deferred:
+        return view
+    defects = set(view.defects)
+    texts = [*view.texts, *(decoded_text(read(text.start, text.end), text, defects) for text in view.deferred)]
+    return replace(view, texts=tuple(texts), defects=tuple(sorted(defects)), deferred=())
+
+
+def decoded_text(
+    pieces: Iterable[bytes], text: DeferredText, defects: set[str], limit: int | None = None
+) -> memoryview:
+    """The UTF-8 bytes of the text body *text* whose raw bytes are *pieces*, decoded piece by piece:
+    the same text as ``read_body`` makes of the whole body (lone surrogates as U+FFFD, as RE2 sees
+    them). Decoding defects are added to *defects*. With *limit*, decoding stops once that many
+    bytes are out (whole pieces: the result is still valid UTF-8)."""
+    decoded = _transfer_decoded(pieces, text.encoding)
+    if not text.html and (text.charset is None or _codec(text.charset) == "utf-8"):
+        return memoryview(_utf8_checked(decoded, defects, limit)).toreadonly()
+    out = bytearray()
+    strs = _charset_decoded(decoded, text.charset, defects)
+    for piece in _html_visible(strs) if text.html else strs:
+        try:
+            out += piece.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates (UTF-7 can make them)
+            out += _SURROGATE.sub("\ufffd", piece).encode("utf-8")
+        if limit is not None and len(out) >= limit:
+            break
+    return memoryview(out).toreadonly()
+
+
+def text_preview(raw: bytes, text: DeferredText, limit: int) -> str:
+    """About the first *limit* bytes of the deferred *text* of the message *raw*, decoded."""
+    return str(decoded_text(_slices(raw, text.start, text.end), text, set(), limit), "utf-8")
+
+
+def _utf8_checked(pieces: Iterable[bytes], defects: set[str], limit: int | None) -> bytearray:
+    """The bytes of *pieces*, which should be UTF-8, as ``_charset_decoded`` + encode would give
+    them, faster: valid bytes are kept as they are (only checked); from the first invalid byte on
+    they are decoded with replacement characters (``bad-charset``)."""
+    out = bytearray()
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    rest = iter(pieces)
+    for piece in rest:
+        state = decoder.getstate()
+        try:
+            decoder.decode(piece)
+        except UnicodeDecodeError:
+            break
+        out += piece
+        if limit is not None and len(out) >= limit:
+            return out
+    else:
+        state = decoder.getstate()
+        try:
+            decoder.decode(b"", True)
+            return out
+        except UnicodeDecodeError:
+            piece = b""
+    defects.add(BAD_CHARSET)
+    del out[len(out) - len(state[0]) :]  # the start of a character the decoder held back: decoded below
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    decoder.setstate(state)
+    out += decoder.decode(piece).encode("utf-8")
+    for piece in rest:
+        out += decoder.decode(piece).encode("utf-8")
+    out += decoder.decode(b"", True).encode("utf-8")
+    return out
+
+
+def _transfer_decoded(pieces: Iterable[bytes], encoding: str | None) -> Iterator[bytes]:
+    """*pieces* with the transfer encoding undone: quoted-printable per whole lines (it is line-local),
+    base64 per whole quanta (valid base64 only: ``leaf_size`` admits no other), anything else as is."""
+    if encoding == "quoted-printable":
+        for lines in _recut(pieces, b"\n"):
+            yield binascii.a2b_qp(lines)
+    elif encoding == "base64":
+        carry = b""
+        for piece in pieces:
+            piece = carry + piece.translate(None, b"\r\n")
+            whole = len(piece) - len(piece) % 4
+            carry = piece[whole:]
+            yield binascii.a2b_base64(piece[:whole])
+        if carry:
+            yield _decode_base64(carry)[0]
+    else:
+        yield from pieces
+
+
+def _recut(pieces: Iterable[bytes], separator: bytes) -> Iterator[bytes]:
+    """The bytes of *pieces* again, cut after the last *separator* of each piece (the rest waits for
+    the next one; the last cut: whatever is left)."""
+    waiting: list[bytes] = []
+    for piece in pieces:
+        cut = piece.rfind(separator) + 1
+        if not cut:
+            waiting.append(piece)
+            continue
+        yield b"".join([*waiting, piece[:cut]]) if waiting else piece[:cut]
+        waiting = [piece[cut:]] if cut < len(piece) else []
+    if waiting:
+        yield b"".join(waiting)
+
+
+def _charset_decoded(pieces: Iterable[bytes], charset: str | None, defects: set[str]) -> Iterator[str]:
+    """*pieces* decoded in *charset* as ``_Builder.decode_text`` decodes a whole body: strictly, and
+    from the first invalid byte on with replacement characters (``bad-charset``); an unknown
+    charset reads as UTF-8 with replacement (``bad-charset``)."""
+    codec = _codec(charset) if charset else "utf-8"
+    errors = "strict"
+    if codec is None:
+        defects.add(BAD_CHARSET)
+        codec, errors = "utf-8", "replace"
+    decoder = codecs.getincrementaldecoder(codec)(errors)
+    for piece in pieces:
+        if errors == "strict":
+            state = decoder.getstate()
+            try:
+                yield decoder.decode(piece)
+                continue
+            except UnicodeDecodeError:
+                defects.add(BAD_CHARSET)
+                errors = "replace"
+                decoder = codecs.getincrementaldecoder(codec)(errors)
+                decoder.setstate(state)
+        yield decoder.decode(piece)
+    state = decoder.getstate()
+    try:
+        yield decoder.decode(b"", True)
+    except UnicodeDecodeError:  # a truncated last character
+        defects.add(BAD_CHARSET)
+        decoder = codecs.getincrementaldecoder(codec)("replace")
+        decoder.setstate(state)
+        yield decoder.decode(b"", True)
 
 
 def text_str(text: Text) -> str:
@@ -204,6 +368,12 @@ def _pieces(data: bytes | memoryview, size: int, cut_after: bytes) -> Iterator[b
         piece = parts[0] if len(parts) == 1 else b"".join(parts)
         pos += len(piece)
         yield piece
+
+
+def _slices(data: bytes, start: int, end: int) -> Iterator[bytes]:
+    """data[start:end] in copies of `_PIECE` bytes."""
+    for pos in range(start, end, _PIECE):
+        yield data[pos : min(pos + _PIECE, end)]
 
 
 def _valid_utf8(data: bytes | memoryview) -> bool:
@@ -374,17 +544,6 @@ def _decode_base64(data: bytes) -> tuple[bytes, bool]:
     return data, True
 
 
-def _decode_qp(data: bytes | memoryview, piece: int = _PIECE) -> bytes | memoryview:
-    """``binascii.a2b_qp(data)``; a large body is decoded in pieces cut after a line feed (the
-    encoding is line-local) into one buffer, as binascii would hold its whole output twice."""
-    if len(data) <= piece:
-        return binascii.a2b_qp(data)
-    out = bytearray()
-    for lines in _pieces(data, piece, b"\n"):
-        out += binascii.a2b_qp(lines)
-    return memoryview(out).toreadonly()
-
-
 def _decode_uu(data: bytes) -> bytes:
     """Decode a uuencoded body (``begin`` line, data lines, ``end``); raises ValueError if broken."""
     lines = iter(data.splitlines())
@@ -411,11 +570,51 @@ def _decode_uu(data: bytes) -> bytes:
 
 def _html_text(html: str) -> str:
     """Visible text of an HTML document: comments, script and style dropped, tags removed."""
-    if "<" in html:  # one step at a time: each intermediate is freed once the next exists
-        html = _HTML_HIDDEN.sub(" ", html)
+    return _html_visible_part(html)[0]
+
+
+def _html_visible_part(html: str) -> tuple[str, bool]:
+    """``_html_text(html)``, and whether a comment, script, style or tag is still open at its end
+    (a tag opener after the last ">" of a step's input counts as open: the answer may say open
+    when nothing is, never the reverse)."""
+    open_at_end = False
+    if "<" in html:
+
+        def hidden(match: re.Match[str]) -> str:
+            nonlocal open_at_end
+            open_at_end = open_at_end or match.end() == len(html)  # (closers end with ">": only \Z ends there)
+            return " "
+
+        html = _HTML_HIDDEN.sub(hidden, html)
+        open_at_end = open_at_end or _HTML_OPENER.search(html, html.rfind(">") + 1) is not None
         html = _HTML_BREAK.sub("\n", html)
+        open_at_end = open_at_end or _HTML_OPENER.search(html, html.rfind(">") + 1) is not None
         html = _HTML_TAG.sub("", html)
-    return unescape(html) if "&" in html else html
+    return (unescape(html) if "&" in html else html), open_at_end
+
+
+def _html_visible(pieces: Iterable[str]) -> Iterator[str]:
+    """``_html_text`` of the concatenated *pieces*, in pieces: the document is cut after a line end
+    (entities hold none) at which no comment, script, style or tag is open, so each part's
+    visible text is the whole's; a part with nothing closed at its end waits for the next."""
+    waiting: list[str] = []
+    length = 0
+    for piece in pieces:
+        waiting.append(piece)
+        length += len(piece)
+        if length < _PIECE:
+            continue
+        html = "".join(waiting)
+        cut = html.rfind("\n") + 1
+        text, open_at_end = _html_visible_part(html[:cut]) if cut else ("", True)
+        if open_at_end:
+            waiting, length = [html], len(html)
+            continue
+        yield text
+        waiting = [html[cut:]]
+        length = len(waiting[0])
+    if waiting:
+        yield _html_text("".join(waiting))
 
 
 def _decode_word(encoding: str, text: str) -> bytes | None:
@@ -433,11 +632,13 @@ class _Builder:
     """Mutable accumulator for one parse; partial contents are still reported after a failure."""
 
     __slots__ = (
-        "attachments", "content_types", "decode_budget", "defects", "from_addresses", "header_budget",
-        "headers", "parts", "texts",
+        "attachments", "content_types", "decode_budget", "defects", "defer", "deferred", "from_addresses",
+        "header_budget", "headers", "parts", "texts",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, defer: bool = False) -> None:
+        self.defer = defer  # large text bodies: located (deferred), not decoded
+        self.deferred: list[DeferredText] = []
         self.headers: dict[str, list[str]] = {}
         self.texts: list[Text] = []
         self.attachments: list[Attachment] = []
@@ -607,14 +808,8 @@ class _Builder:
         elif ctype.startswith("message/") and ctype != "message/delivery-status":
             children = [(body, end)]  # an encapsulated message (delivery-status: header blocks)
         if children is None:
-            streamed = None
-            if not (ctype in ("text/plain", "text/html") or ctype.startswith("multipart/")):
-                streamed = self.leaf_size(data, body, leaf_end, encoding)
-            if streamed is not None:
-                size = streamed
-            elif leaf_end - body > _PIECE and encoding not in ("base64", *_UU_ENCODINGS):  # read in place
-                size = self.read_body(memoryview(data)[body:leaf_end], ctype, type_value, encoding)
-            else:
+            size = self.large_leaf(data, body, leaf_end, ctype, type_value, encoding)
+            if size is None:
                 size = self.read_body(data[body:leaf_end], ctype, type_value, encoding)
             listed = listed or not ctype.startswith(("text/", "multipart/"))
         else:
@@ -664,12 +859,46 @@ class _Builder:
                 self.defects.add(HEADERS_TOO_LARGE)
         return filename or None
 
+    def large_leaf(
+        self, data: bytes, start: int, end: int, ctype: str, type_value: str | None, encoding: str | None
+    ) -> int | None:
+        """`read_body` for a leaf over `_PIECE` bytes, without a copy of it: a part that is not text
+        is measured in pieces; a text body is decoded in pieces (`decoded_text`), kept in place
+        when it is UTF-8 as it came, or with `defer` only located. None when `read_body` must do
+        it (small parts, uuencode, base64 that is not plain valid text)."""
+        # A multipart part without a usable boundary is read as text: it is what MUAs show.
+        textual = ctype in ("text/plain", "text/html") or ctype.startswith("multipart/")
+        if end - start <= (UTF8_TEXT_SIZE if textual else _PIECE):
+            return None
+        charset = self.charset(type_value) if textual else None
+        if charset is not None and (_codec(charset) or "").startswith(_WHOLE_CODECS):
+            return None
+        size = self.leaf_size(data, start, end, encoding)
+        if size is None or self.decode_budget < 0 or not textual:
+            return size
+        text = DeferredText(start, end, encoding, charset, ctype == "text/html")
+        if self.defer:
+            self.deferred.append(text)
+        elif (not text.html and encoding not in ("quoted-printable", "base64")
+              and (text.charset is None or _codec(text.charset) == "utf-8")
+              and _valid_utf8(memoryview(data)[start:end])):
+            self.texts.append(memoryview(data)[start:end])
+        else:
+            self.texts.append(decoded_text(_slices(data, start, end), text, self.defects))
+        return size
+
+    def charset(self, type_value: str | None) -> str | None:
+        """The charset parameter of a Content-Type value, lowercase; None if absent."""
+        if type_value is None or "charset" not in type_value.lower():
+            return None
+        simple = _SIMPLE_CHARSET.fullmatch(type_value)
+        return (simple[1] or simple[2]).lower() if simple else _params(type_value, None).get_content_charset()
+
     def leaf_size(self, data: bytes, start: int, end: int, encoding: str | None) -> int | None:
-        """`read_body`'s answer for a large leaf that is not read as text, in pieces of `_PIECE`
-        bytes (never a copy of the whole part: issue 7 item 10); None when `read_body` must do it
-        (small parts, uuencode, base64 that is not plain valid text, which the stdlib rules
-        decode as a whole)."""
-        if end - start <= _PIECE or encoding in _UU_ENCODINGS:
+        """The decoded size `read_body` gives a large leaf, found in pieces of `_PIECE` bytes (never
+        a copy of the whole part: issue 7 item 10); None when `read_body` must do it (uuencode,
+        base64 that is not plain valid text, which the stdlib rules decode as a whole)."""
+        if encoding in _UU_ENCODINGS:
             return None
         self.decode_budget -= end - start
         if self.decode_budget < 0:
@@ -719,7 +948,7 @@ class _Builder:
         if encoding is None:
             pass
         elif encoding == "quoted-printable":
-            data = _decode_qp(data)
+            data = binascii.a2b_qp(data)
         elif encoding == "base64":
             data, malformed = _decode_base64(bytes(data))
             if malformed:
@@ -729,25 +958,12 @@ class _Builder:
                 data = _decode_uu(bytes(data))
         if ctype == "text/plain" or ctype == "text/html" or ctype.startswith("multipart/"):
             # A multipart part without a usable boundary is read as text: it is what MUAs show.
-            charset = None
-            if type_value is not None and "charset" in type_value.lower():
-                simple = _SIMPLE_CHARSET.fullmatch(type_value)
-                charset = (
-                    (simple[1] or simple[2]).lower() if simple else _params(type_value, None).get_content_charset()
-                )
-            if ctype != "text/html" and len(data) > UTF8_TEXT_SIZE and self.utf8_as_is(data, charset):
-                self.texts.append(data if isinstance(data, memoryview) else memoryview(data))
-                return len(data)
+            charset = self.charset(type_value)
             if ctype == "text/html":
                 self.texts.append(_html_text(self.decode_text(data, charset)))
             else:
                 self.texts.append(self.decode_text(data, charset))
         return len(data)
-
-    def utf8_as_is(self, data: bytes | memoryview, charset: str | None) -> bool:
-        """Whether *data* in *charset* is its own UTF-8 text: the charset reads as UTF-8 (UTF-8,
-        US-ASCII, or none) and the bytes are valid UTF-8."""
-        return (charset is None or _codec(charset) == "utf-8") and _valid_utf8(data)
 
     def fix_8bit(self, text: str) -> str:
         """Read the raw bytes in a header value (surrogate escapes) as UTF-8 (RFC 6532)."""

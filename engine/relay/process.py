@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict
 from engine import aio
 from engine.dns.dkim import KeyProblem
 from engine.graph.evaluator import FilterGraph
+from engine.malloc import return_large_buffers
 from engine.policy.models import DeliverySettings, DnsSettings, Route
 from engine.relay.nexthop import NextHops
 from engine.relay.signing import Signer, TenantKey, load_signers, problems, tenant_key
@@ -282,5 +283,6 @@ def run_relay(state: Path) -> int:
         level=level, stream=sys.stderr,
         format=f"%(asctime)s %(name)s[relay {os.getpid()}] %(levelname)s %(message)s",
     )
+    return_large_buffers()
     aio.run(_child(state))
     return 0

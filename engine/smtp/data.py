@@ -31,7 +31,7 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +55,16 @@ class DataResult:
     error: str | None = None
     spool: Path | None = None  # the de-stuffed message is in this file (content is then b"")
     size: int = 0  # message bytes (de-stuffed), in content or in the file
+
+
+def read_range(path: Path, start: int, end: int, piece: int = 1024 * 1024) -> Iterator[bytes]:
+    """Bytes [start, end) of the file at `path`, in pieces of `piece` bytes (blocking reads)."""
+    with open(path, "rb") as source:
+        source.seek(start)
+        left = end - start
+        while left > 0 and (data := source.read(min(piece, left))):
+            left -= len(data)
+            yield data
 
 
 def discard(path: Path | None) -> None:

@@ -17,9 +17,11 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -42,9 +44,9 @@ from engine.graph.verdict import (
     normalise_address,
 )
 from engine.metrics import TransactionObserver
-from engine.mime.view import MessageView, header_text, parse_message
+from engine.mime.view import MessageView, header_text, load_texts, parse_message
 from engine.policy.models import Direction
-from engine.smtp.data import discard
+from engine.smtp.data import discard, read_range
 from engine.smtp.envelope import GatewayEnvelope
 from engine.smtp.headers import received_header, sanitise, verdict_headers
 from engine.smtp.protocol import client_ip
@@ -67,24 +69,30 @@ def _evaluate(
     return view, evaluation.data(view, external_hits=external_hits, returned_ids=returned_ids)
 
 
-def _strip_spooled(spool: Path, raw: bytes, hostname: str) -> int:
-    """`strip_forged_authentication_results` for a message in a spool file (`raw` is its content):
-    the file is rewritten (header section changed, body copied from `raw` without slicing) only when
-    a field goes. Returns the message size."""
+def _header_section(raw: bytes) -> bytes:
+    """The header section of `raw` with the empty line that ends it (all of `raw` without one)."""
     end = raw.find(b"\r\n\r\n")
-    head = raw if end < 0 else raw[: end + 4]
+    return raw if end < 0 else raw[: end + 4]
+
+
+def _strip_spooled(spool: Path, head: bytes, size: int, hostname: str) -> int:
+    """`strip_forged_authentication_results` for a message of `size` bytes in a spool file whose
+    header section is `head`: the file is rewritten (header section changed, the rest copied from
+    the old file in pieces) only when a field goes. Returns the message size."""
     stripped = strip_forged_authentication_results(head, hostname)
     if stripped is head:
-        return len(raw)
+        return size
     rewritten = spool.with_name(spool.name + ".new")
     try:
-        with open(os.open(rewritten, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as out:
+        with (open(spool, "rb") as source,
+              open(os.open(rewritten, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as out):
             out.write(stripped)
-            out.write(memoryview(raw)[len(head):])
+            source.seek(len(head))
+            shutil.copyfileobj(source, out, 1024 * 1024)
         os.replace(rewritten, spool)
     finally:
         discard(rewritten)
-    return len(stripped) + len(raw) - len(head)
+    return len(stripped) + size - len(head)
 
 
 class Waker(Protocol):
@@ -214,12 +222,18 @@ class InboundHandler:
             if spool is not None:  # read once for parsing and checks; the store takes the file itself
                 raw = await asyncio.to_thread(spool.read_bytes)
             offload = len(raw) >= OFFLOAD_SIZE  # parse + evaluate in a thread: other sessions keep being served
-            view = await asyncio.to_thread(parse_message, raw) if offload else parse_message(raw)
+            if offload:  # (a spooled message's large texts are decoded once its bytes are let go)
+                view = await asyncio.to_thread(parse_message, raw, defer_texts=spool is not None)
+            else:
+                view = parse_message(raw)
             report = await env.checks.data(raw, view) if env.checks is not None else None
             hits = report.new_hits if report is not None else ()
             if spool is not None:  # done with the bytes: the file is what is stored, the view what is decided
-                size = await asyncio.to_thread(_strip_spooled, spool, raw, evaluation.graph.gateway.hostname)
-                raw = b""
+                head, raw = _header_section(raw), b""
+                view = await asyncio.to_thread(load_texts, view, functools.partial(read_range, spool))
+                size = await asyncio.to_thread(_strip_spooled, spool, head, size,
+                                               evaluation.graph.gateway.hostname)
+                head = b""
             returned = await self._returned_copies(view, evaluation)
             if offload:
                 view, decision = await asyncio.to_thread(_evaluate, evaluation, view, hits, returned)

@@ -141,3 +141,40 @@ def test_kill_9_keeps_an_accepted_large_message_and_clears_a_half_received_one(
     assert wait_for(lambda: len(box.messages()) == 1, timeout=60)
     assert delivered_exactly(box, raw)
     assert spool_files(gateway) == []  # removed at the start: never acknowledged
+
+
+def _text_message(ctype: str, cte: str, body: bytes, extra_header: bytes = b"") -> bytes:
+    return (b"From: Alice <alice@example.com>\r\nTo: bob@acme.example\r\nSubject: long text\r\n" + extra_header
+            + b"Message-ID: <text-%d@example.com>\r\nMIME-Version: 1.0\r\nContent-Type: %s\r\n"
+              b"Content-Transfer-Encoding: %s\r\n\r\n" % (len(body), ctype.encode(), cte.encode()) + body)
+
+
+def test_large_text_bodies_are_decoded_after_the_bytes_are_let_go_and_still_matched(
+    tmp_path: Path, procs: list[Any]
+) -> None:
+    """A spooled message's large texts (quoted-printable, HTML) are decoded from the spool file once
+    the message bytes are let go (issue 7 item 10): content rules still see them, and a forged
+    Authentication-Results field is still stripped from the stored and relayed copy."""
+    box = Sink(free_port(), tmp_path / "maildir").start()
+    procs.append(box)
+    gateway = start(tmp_path, procs, box.port, max_size=10_000_000)
+    lines = b"".join(b"Gr=C3=BC=C3=9Fe aus K=C3=B6ln, line %d of a long report =\r\nstill the same line\r\n" % i
+                     for i in range(40_000))
+    cut_gtube = GTUBE[:35] + b"=\r\n" + GTUBE[35:]  # a soft line break inside the string
+    qp = _text_message("text/plain; charset=utf-8", "quoted-printable", lines + b"P.S. " + cut_gtube + b"\r\n")
+    forged = b"Authentication-Results: mxpath.test.example; dkim=pass header.d=bank.example\r\n"
+    rows = b"<p>row <b>bold</b> &amp; more</p>\r\n" * 100_000
+    html = _text_message("text/html; charset=utf-8", "8bit", b"<p>Hello <!-- " + GTUBE + b" -->\r\n" + rows, forged)
+    assert len(qp) > 3_000_000 and len(html) > 3_000_000
+    with smtplib.SMTP(LOCALHOST, gateway.port, timeout=120) as client:
+        try:
+            client.sendmail("alice@example.com", ["bob@acme.example"], qp)
+            raise AssertionError("the GTUBE line cut by a soft line break was not found")
+        except smtplib.SMTPDataError as exc:
+            assert exc.smtp_code == 550 and b"GTUBE" in exc.smtp_error
+        assert client.sendmail("alice@example.com", ["bob@acme.example"], html) == {}  # GTUBE in a comment: hidden
+    assert spool_files(gateway) == []
+    assert wait_for(lambda: len(box.messages()) == 1, timeout=60)
+    (got,) = box.messages()
+    assert b"dkim=pass header.d=bank.example" not in got
+    assert got.endswith(html.replace(forged, b""))

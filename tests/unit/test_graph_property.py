@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 import engine.graph.content as content_module
 import engine.mime.view as view_module
-from engine.graph.content import ContentIndex
+from engine.graph.content import ContentIndex, matchable
 from engine.graph.lists import ListEntry, ListIndex, parse_ip
-from engine.mime.view import parse_message
+from engine.mime.view import load_texts, parse_message
 from engine.policy import models as m
 from engine.policy.models import ListAction
 
@@ -459,3 +459,25 @@ def test_large_texts_kept_as_utf8_bytes_match_like_str(rules: list[m.Condition],
     with patch.object(view_module, "UTF8_TEXT_SIZE", -1), patch.object(content_module, "_TEXT_PIECE", piece):
         as_bytes = parse_message(raw)
         assert index.matching_rules(as_bytes) == expected, raw
+
+
+def _utf8(text: str | memoryview) -> bytes:
+    return matchable(text).encode() if isinstance(text, str) else bytes(text)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(raw=messages(), piece=st.integers(1, 40))
+def test_texts_decoded_in_pieces_are_the_whole_body_decoding(raw: bytes, piece: int) -> None:
+    """Issue 7 item 10: every text body decoded in pieces (transfer encoding, charset, HTML; with
+    tiny pieces) or deferred and loaded from a fresh read is the text the whole-body decode gives,
+    with the same defects and attachment sizes."""
+    whole = parse_message(raw)
+    with patch.object(view_module, "UTF8_TEXT_SIZE", -1), patch.object(view_module, "_PIECE", piece):
+        pieces = parse_message(raw)
+        deferred = parse_message(raw, defer_texts=True)
+        loaded = load_texts(deferred, lambda a, b: [raw[i : min(i + piece, b)] for i in range(a, b, piece)])
+    expected = [_utf8(text) for text in whole.texts]
+    assert [_utf8(text) for text in pieces.texts] == expected, raw
+    assert (pieces.defects, pieces.attachments) == (whole.defects, whole.attachments), raw
+    assert sorted(_utf8(text) for text in loaded.texts) == sorted(expected), raw
+    assert (loaded.defects, loaded.attachments) == (whole.defects, whole.attachments), raw

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import binascii
 import quopri
 import random
 from unittest.mock import patch
@@ -11,8 +10,19 @@ from unittest.mock import patch
 import pytest
 
 import engine.graph.content as content_module
+import engine.mime.view as view_module
 from engine.graph.content import ContentIndex
-from engine.mime.view import BAD_CHARSET, UTF8_TEXT_SIZE, _decode_qp, parse_message, text_pieces, text_str
+from engine.mime.view import (
+    BAD_CHARSET,
+    UTF8_TEXT_SIZE,
+    DeferredText,
+    _html_text,
+    decoded_text,
+    load_texts,
+    parse_message,
+    text_pieces,
+    text_str,
+)
 from engine.policy import models as m
 
 BIG = UTF8_TEXT_SIZE + 1000
@@ -47,24 +57,37 @@ def test_a_large_utf8_body_is_kept_as_its_bytes_in_the_raw_message() -> None:
     assert not view.defects
 
 
-def test_small_and_non_utf8_bodies_are_str_as_before() -> None:
+def test_other_large_bodies_are_decoded_to_utf8_bytes_like_the_str_path() -> None:
     assert parse_message(_message(b"small \xc3\xbc")).texts == ("small ü",)
     latin = "caf\u00e9 ".encode("latin-1") * (BIG // 5)
     view = parse_message(_message(latin, "text/plain; charset=iso-8859-1"))
-    assert view.texts == (latin.decode("latin-1"),)
-    broken = b"x" * BIG + b"\xff"
+    assert bytes(view.texts[0]) == latin.decode("latin-1").encode() and not view.defects
+    broken = b"x" * BIG + b"\xff" + b"y" * 10
     view = parse_message(_message(broken))
-    assert isinstance(view.texts[0], str) and view.texts[0].endswith("\ufffd")
+    assert bytes(view.texts[0]) == broken.decode("utf-8", "replace").encode()
     assert BAD_CHARSET in view.defects
-    html = b"<p>" + b"y " * BIG + b"</p>"
-    assert isinstance(parse_message(_message(html, "text/html; charset=utf-8")).texts[0], str)
-
-
-def test_a_large_quoted_printable_body_is_kept_as_its_decoded_bytes() -> None:
+    html = b"<p>" + b"y &amp; " * BIG + b"</p>"
+    assert bytes(parse_message(_message(html, "text/html; charset=utf-8")).texts[0]) == b"\n" + b"y & " * BIG + b"\n"
     body = _body()
     view = parse_message(_message(quopri.encodestring(body), cte="quoted-printable"))
-    (text,) = view.texts
-    assert isinstance(text, memoryview) and bytes(text) == body
+    assert isinstance(view.texts[0], memoryview) and bytes(view.texts[0]) == body
+
+
+def test_deferred_texts_are_decoded_later_from_a_fresh_read() -> None:
+    body = _body()
+    raw = _message(quopri.encodestring(body), cte="quoted-printable")
+    view = parse_message(raw, defer_texts=True)
+    assert view.texts == () and len(view.deferred) == 1
+    reads: list[tuple[int, int]] = []
+
+    def read(start: int, end: int) -> list[bytes]:
+        reads.append((start, end))
+        return [raw[pos : min(pos + 1000, end)] for pos in range(start, end, 1000)]
+
+    loaded = load_texts(view, read)
+    assert loaded.deferred == () and [bytes(t) for t in loaded.texts] == [body]
+    assert reads == [(view.deferred[0].start, len(raw))]
+    assert load_texts(loaded, read) is loaded
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 13, 64])
@@ -106,10 +129,52 @@ def test_a_large_body_matches_regexes_and_keywords_like_its_str() -> None:
     assert 2 in index.matching_rules(view) and 3 not in index.matching_rules(view)
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_quoted_printable_in_pieces_decodes_like_binascii(seed: int) -> None:
+def _in_pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "shift_jis", "gb18030", "euc-jp", "cp1252", "koi8-r", "latin-1", None])
+@pytest.mark.parametrize("seed", range(12))
+def test_charset_decoding_in_pieces_is_the_whole_decoding(charset: str | None, seed: int) -> None:
     rnd = random.Random(seed)
-    atoms = [b"=", b"=\r\n", b"=\n", b"=3D", b"=C3=BC", b"=c3", b"\r\n", b"\n", b"\r", b" ", b"\t", b"abc", b"=4", b"_"]
-    data = b"".join(rnd.choice(atoms) for _ in range(rnd.randint(0, 300)))
-    for piece in (1, 2, 3, 7, 50):
-        assert bytes(_decode_qp(data, piece)) == binascii.a2b_qp(data), (data, piece)
+    sample = "aé€😀日本語 \r\n+-".encode(charset or "utf-8", "replace")
+    atoms = [sample[i : i + rnd.randint(1, 4)] for i in range(0, len(sample), 2)]
+    atoms += [b"\xff", b"\x80", b"\xe2\x82", b"+"]
+    data = b"".join(rnd.choice(atoms) for _ in range(rnd.randint(0, 60)))
+    codec = charset or "utf-8"
+    try:
+        expected, bad = data.decode(codec), False
+    except UnicodeDecodeError:
+        expected, bad = data.decode(codec, "replace"), True
+    expected = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in expected)  # as RE2 sees it
+    for size in (1, 2, 3, 5, 64):
+        defects: set[str] = set()
+        text = decoded_text(_in_pieces(data, size), DeferredText(0, len(data), None, charset, False), defects)
+        assert bytes(text).decode() == expected, (data, size)
+        assert (BAD_CHARSET in defects) == bad
+
+
+HTML = (
+    "<html><head><style>\np { color: red }\n</style><title>T</title></head>\n<body>\n"
+    "<p>one &amp; two</p><!-- a\ncomment --><script type=x>\nif (a < b) {}\n</script>\n"
+    "<a\nhref='x'>link\ntext</a> &lt;not a tag&gt; 3 < 4\n<br\n/>caf&eacute;<div\n>x</div\n>\n"
+    "<!-- unclosed at the end? no -->\nend\n"
+)
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 5, 8, 13, 40, 1000])
+def test_html_visible_text_in_pieces_is_the_whole_documents(piece: int) -> None:
+    for html in (HTML, HTML * 3, HTML + "<!-- open to the end\n x", HTML + "<script>\nx", HTML + "<b\nclass=y",
+                 HTML + "<a <br> x\n more</a>\n" + HTML):
+        expected = _html_text(html).encode()
+        with patch.object(view_module, "_PIECE", piece):
+            text = decoded_text(_in_pieces(html.encode(), piece), DeferredText(0, 0, None, "utf-8", True), set())
+        assert bytes(text) == expected, (html, piece)
+
+
+def test_stateful_charsets_are_decoded_whole() -> None:
+    """UTF-16, ISO-2022, UTF-7: their decoders' state does not survive a switch to replacement."""
+    for charset in ("utf-16", "iso-2022-jp", "utf-7"):
+        body = ("text \u65e5\u672c " * (BIG // 8)).encode(charset)
+        view = parse_message(_message(body, f"text/plain; charset={charset}", "binary"), defer_texts=True)
+        assert view.deferred == () and view.texts == (body.decode(charset),), charset
