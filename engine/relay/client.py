@@ -45,7 +45,7 @@ from typing import Literal
 import aiosmtplib
 
 from engine.policy.models import RouteTls
-from engine.relay.compose import StreamedCopy
+from engine.relay.compose import LineEnds, StreamedCopy
 from engine.relay.mta_sts import verified_context
 from engine.relay.nexthop import Hop
 
@@ -304,38 +304,32 @@ async def _quit(conn: Connection) -> None:
     await _quit_client(conn.client)
 
 
-_LINE_END = re.compile(rb"\r\n|\n|\r(?!\n)")
 _LINE_START_DOT = re.compile(rb"(?<=\n)\.")
 
 
 class DataStuffer:
     """aiosmtplib's DATA encoding (every CR, LF and CRLF sent as CRLF, a CRLF added at the end
-    when missing, a dot that starts a line doubled, RFC 5321 §4.5.2, then "." CRLF) applied to a
-    message fed in pieces: the concatenated output equals what `SMTP.data` sends for the whole."""
+    when missing: `LineEnds`; a dot that starts a line doubled, RFC 5321 §4.5.2, then "." CRLF)
+    applied to a message fed in pieces: the concatenated output equals what `SMTP.data` sends for
+    the whole."""
 
     def __init__(self) -> None:
-        self.cr = False  # the last piece ended with a CR: it may pair with an LF in the next
+        self.lines = LineEnds()
         self.line_start = True  # the output so far ends a line (or is empty)
-        self.ends_crlf = False  # the output so far ends with CRLF (False while empty)
 
     def feed(self, data: bytes) -> bytes:
-        if self.cr:
-            data = b"\r" + data
-        self.cr = data.endswith(b"\r")
-        if self.cr:
-            data = data[:-1]
-        if not data:
+        out = self.lines.feed(data)
+        if not out:
             return b""
-        out = _LINE_START_DOT.sub(b"..", _LINE_END.sub(b"\r\n", data))
+        out = _LINE_START_DOT.sub(b"..", out)
         if self.line_start and out.startswith(b"."):
             out = b"." + out
-        self.line_start = self.ends_crlf = out.endswith(b"\r\n")
+        self.line_start = out.endswith(b"\r\n")
         return out
 
     def finish(self) -> bytes:
-        end = b"\r\n" if self.cr or not self.ends_crlf else b""
-        self.cr, self.line_start, self.ends_crlf = False, True, False
-        return end + b".\r\n"
+        self.line_start = True
+        return self.lines.finish() + b".\r\n"
 
 
 async def _send_streamed(client: aiosmtplib.SMTP, copy: StreamedCopy) -> aiosmtplib.SMTPResponse:

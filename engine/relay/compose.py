@@ -195,6 +195,42 @@ class LineFolder:
         return b"".join(out)
 
 
+_LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
+
+
+class LineEnds:
+    """Every CR, LF and CRLF made CRLF, and a final CRLF when missing, over a message fed in pieces:
+    what an SMTP client transmits (aiosmtplib normalises line ends so before dot-stuffing; RFC 5321
+    §2.3.8 allows no bare CR or LF). The concatenated output of `feed`s and `finish` equals
+    `engine.relay.signing.as_sent` of the whole; a CR that ends a piece waits for the next one."""
+
+    __slots__ = ("cr", "ends_crlf")
+
+    def __init__(self) -> None:
+        self.cr = False  # the last piece ended with a CR: it may pair with an LF in the next
+        self.ends_crlf = False  # the output so far ends with CRLF (False while empty)
+
+    def feed(self, data: bytes) -> bytes:
+        if self.cr:
+            data = b"\r" + data
+        self.cr = data.endswith(b"\r")
+        if self.cr:
+            data = data[:-1]
+        if not data:
+            return b""
+        crlf = data.count(b"\r\n")
+        if data.count(b"\n") != crlf or data.count(b"\r") != crlf:  # the usual case needs no regex pass
+            data = _LINE_ENDS.sub(b"\r\n", data)
+        self.ends_crlf = data.endswith(b"\r\n")
+        return data
+
+    def finish(self) -> bytes:
+        """The end of the output (a CRLF or nothing); the state is reset for another message."""
+        end = b"\r\n" if self.cr or not self.ends_crlf else b""
+        self.cr = self.ends_crlf = False
+        return end
+
+
 STREAM_CHUNK = 256 * 1024
 HEAD_LIMIT = 2 * 1024 * 1024  # a header section longer than this: the copy is composed in memory
 

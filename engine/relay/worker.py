@@ -56,7 +56,7 @@ from engine.relay.client import HopFailure, HopReply, SmtpPool, transaction
 from engine.relay.compose import StreamedCopy, build_copy, compose_streamed, fold_long_lines, world_headers
 from engine.relay.dsn import FailedRecipient, dsn_message, dsn_refusal
 from engine.relay.nexthop import Hop, NextHops, NoRoute, internal_address, ordered
-from engine.relay.signing import Signer, sign
+from engine.relay.signing import Signer, sign, sign_streamed
 from engine.store.base import AttemptRecord, Delivery, RcptState, RcptStatus, Store, StoreError
 
 log = logging.getLogger("liveprism.relay")
@@ -281,22 +281,24 @@ class RelayWorker:
     async def _sign(self, delivery: Delivery, data: bytes | StreamedCopy) -> bytes | StreamedCopy | HopReply:
         """`data` signed with the tenant's DKIM key (unchanged when the tenant does not sign), or
         the reply that keeps the copy from leaving: 4.7.0 while the key cannot be loaded. A
-        streamed copy is signed whole in memory (the signer hashes bytes; outbound mail only)."""
+        streamed copy is signed as it is read (`sign_streamed`: its body is never whole in memory)."""
         signer = self._signing(delivery.tenant)
         if signer is None:
             return data
         if isinstance(signer, KeyProblem):
             metrics.relay_event("dkim-key-unavailable")
             return HopReply(0, f"4.7.0 DKIM key of tenant {delivery.tenant} cannot be loaded: {signer.message}")
-        if isinstance(data, StreamedCopy):
-            data = data.head + b"".join(data.body())
         try:
-            if len(data) >= SIGN_OFF_LOOP:
+            if isinstance(data, StreamedCopy):
+                signed: bytes | StreamedCopy = await asyncio.to_thread(sign_streamed, signer, data)
+            elif len(data) >= SIGN_OFF_LOOP:
                 signed = await asyncio.to_thread(sign, signer, data)
             else:
                 signed = sign(signer, data)
         except ValueError as exc:  # a header section it cannot sign (e.g. a non-ASCII d= domain)
             return HopReply(0, f"5.6.0 the message cannot be DKIM-signed: {exc}")
+        except OSError as exc:  # the stored message could not be read: kept, tried again later
+            return HopReply(0, f"4.3.0 cannot read the stored message to sign it: {exc}")
         metrics.relay_event("dkim-signed")
         return signed
 

@@ -219,5 +219,5 @@ def test_canonicalization_helpers_match_dkimpys() -> None:
         name = rng.choice([b"Subject", b"X-Y ", b"dkim-Signature"])
         expected = b"%s:%s" % Relaxed.canonicalize_headers([(name, value)])[0]
         assert dkim_verify.canonical_header(name, value, b"relaxed") == expected, value
-        assert dkim_verify.canonical_body(value, b"relaxed") == Relaxed.canonicalize_body(value), value
+        assert dkim_verify.canonical_body(value, b"relaxed") == dkim_speedups._RELAXED_BODY(value), value
         assert dkim_verify.canonical_body(value, b"simple") == Simple.canonicalize_body(value), value

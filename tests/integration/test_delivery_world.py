@@ -13,11 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dkim
 import pytest
 
 from engine.dns.dkim import generate_key, public_record, write_new_key
 from engine.dns.resolver import Resolver
 from engine.policy.models import DnsSettings
+from engine.relay import worker as worker_module
 from engine.relay.mta_sts import MtaSts
 from engine.relay.signing import Signer
 from tests.integration.conftest import Gateway, free_port, route, swaks, wait_for, wait_port, write_policy
@@ -115,6 +117,54 @@ def test_signed_copy_verifies_with_opendkim(lab: RelayLab, nsd: Nsd, procs: list
     assert verified.returncode == 0, verified.stderr
     # the verifier really checks: one changed body byte fails
     tampered = opendkim_verify(data.replace(b"numbers are fine", b"numbers are FINE"), nsd_port, shim)
+    assert tampered.returncode != 0 and b"Bad signature" in tampered.stderr
+
+
+def test_a_large_streamed_signed_copy_verifies_with_opendkim_and_dkimpy(lab: RelayLab, nsd: Nsd, procs: list[object],
+                                                                      tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2.8 MB outbound copy (over STREAM_AT: streamed from the spool) is signed by `sign_streamed`
+    as it is read, never joined in memory; OpenDKIM and dkimpy verify what the sink received. The
+    body has what the signer must hash as transmitted: a bare LF, a bare CR, lines over 998 octets
+    (folded on the way), white space runs and trailing empty lines."""
+    key = generate_key("rsa")
+    acme = zone_file("acme.example", f"big._domainkey IN TXT {_txt(public_record(key))}\n")
+    nsd_port = nsd.start({"world.example": world_zone(sts_id=None), "acme.example": acme})
+    sink = SmtpSink(free_port()).start()
+    procs.append(sink)
+    signer = Signer("acme", "big", ("acme.example",), key, b"rsa-sha256")
+    body = (b"Hello Bob,\r\nthe numbers are fine.\r\n" + b"a row  of the\tlong report \r\n" * 100_000
+            + b"bare LF\nbare CR\rend\r\n" + b"x" * 3000 + b"\r\n" + b"last line\r\n\r\n \r\n\r\n")
+    raw = OUT.split(b"\r\n\r\n")[0] + b"\r\n\r\n" + body
+    used: list[str] = []
+    real = worker_module.sign_streamed
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        used.append("streamed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "sign_streamed", spy)
+
+    async def scenario() -> None:
+        gw = await lab.gateway({}, dns=dns_of(nsd_port), mx_port=sink.port,
+                               worker_options={"signing": {"acme": signer}.get})
+        gw.start()
+        await gw.accept(mail_from="alice@acme.example", rcpts=("bob@world.example",), raw=raw, outbound=True,
+                        spooled=True)
+        await wait_until(lambda: len(sink.messages) == 1, timeout=60)
+        await wait_until_async(gw.queue_empty)
+        await gw.stop()
+
+    lab.run(scenario())
+    data = sink.messages[0].data
+    assert used == ["streamed"] and len(data) > 2_500_000 and data.startswith(b"DKIM-Signature: v=1; a=rsa-sha256")
+    record = public_record(key).encode()
+    key_name = b"big._domainkey.acme.example."
+    assert dkim.verify(data, dnsfunc=lambda name, timeout=5: record if name == key_name else None)
+    shim = resolver_shim(tmp_path)
+    verified = opendkim_verify(data, nsd_port, shim)
+    assert verified.returncode == 0, verified.stderr
+    tampered = opendkim_verify(data.replace(b"bare CR", b"bare cr"), nsd_port, shim)
     assert tampered.returncode != 0 and b"Bad signature" in tampered.stderr
 
 

@@ -7,8 +7,12 @@ tests/integration/test_delivery_world.py."""
 
 from __future__ import annotations
 
+import io
+import random
 import ssl
+import time
 from pathlib import Path
+from typing import Any
 
 import dkim
 import pytest
@@ -17,11 +21,21 @@ from relay_harness import FAST, HEADERS, Recorder, RelayLab, route, wait_until, 
 from engine import metrics
 from engine.dns.dkim import KeyProblem, generate_key, public_record, write_new_key
 from engine.policy.models import Action, DeliverySettings, DnsSettings, RouteTls
-from engine.relay.compose import world_headers
+from engine.relay import compose, worker
+from engine.relay.compose import compose_streamed, world_headers
 from engine.relay.mta_sts import StsPolicy, parse_policy, record_id
 from engine.relay.nexthop import internal_address
 from engine.relay.process import RelayPolicy, _Routing
-from engine.relay.signing import Signer, TenantKey, header_from_domain, sign, signed_field_list, signing_domain
+from engine.relay.signing import (
+    Signer,
+    TenantKey,
+    as_sent,
+    header_from_domain,
+    sign,
+    sign_streamed,
+    signed_field_list,
+    signing_domain,
+)
 from engine.store.base import CopyPlan
 
 OUT = (
@@ -91,6 +105,41 @@ def test_canonicalization_edge_cases_verify_with_dkimpy(message: bytes) -> None:
         assert signed.endswith(b"\r\n") and b"\n" not in signed.replace(b"\r\n", b"")  # as the client sends it
 
 
+STREAM_BODIES = [
+    b"",
+    b"plain\r\nlines\r\n",
+    b"bare LF\nbare CR\rmixed\r\n  white \t space  \r\n \r\n\r\n\r\n",
+    b"x" * 2500 + b"\r\n" + b"y" * 1200 + b"\r\nlong lines folded\r\n\r\n",
+    b"no final CRLF \t",
+    b"ends with a CR\r",
+    b".dot first\r\n..two\r\n\r\n\t\r\n",
+]
+
+
+@pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
+@pytest.mark.parametrize("chunk", [1, 2, 7, 64, 256 * 1024])
+def test_streamed_signing_gives_the_bytes_of_signing_in_memory(monkeypatch: pytest.MonkeyPatch, algorithm: str,
+                                                              chunk: int) -> None:
+    """`sign_streamed` of a StreamedCopy (body read in `chunk`-byte pieces: cut between CR and LF,
+    inside white space and trailing empty lines) transmits exactly the bytes `sign` makes of the
+    joined copy: the same field (both signature schemes are deterministic) over the same bytes."""
+    monkeypatch.setattr(compose, "STREAM_CHUNK", chunk)
+    key, record = signer(algorithm)
+    rng = random.Random(chunk)
+    now = time.time() - 60  # one t= for both: the same field
+    bodies = [*STREAM_BODIES, *(b"".join(rng.choice([b"a", b" ", b"\t", b"\r", b"\n", b"\r\n", b"\r\n\r\n", b"."])
+                                       for _ in range(rng.randrange(0, 60))) for _ in range(20))]
+    for body in bodies:
+        copy = compose_streamed(io.BytesIO(OUT + body), HEADERS, "[ext]")
+        assert copy is not None
+        whole = copy.head + b"".join(copy.body())
+        signed = sign_streamed(key, copy, now=now)
+        assert signed.source is copy.source and signed.head.endswith(copy.head)
+        sent = as_sent(b"".join(signed.chunks()))  # what the client transmits (before dot-stuffing)
+        assert sent == sign(key, whole, now=now), body
+        assert verifies(sent, record), body
+
+
 def test_signing_domain_follows_header_from() -> None:
     key, _ = signer()
     assert signing_domain(key, header_from_domain(b"From: x <a@acme-corp.example>\r\n\r\n")) == "acme-corp.example"
@@ -135,9 +184,22 @@ def test_outbound_copy_is_signed_over_the_bytes_sent(relay_lab: RelayLab, algori
     relay_lab.run(scenario())
 
 
-def test_a_large_streamed_outbound_copy_is_signed_too(relay_lab: RelayLab) -> None:
+def test_a_large_streamed_outbound_copy_is_signed_too(relay_lab: RelayLab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signed by `sign_streamed` (the body never joined in memory), not by `sign`."""
     key, record = signer()
     large = OUT + b"a line of the long report body\r\n" * 60_000  # > STREAM_AT: composed from the stored file
+    calls: list[str] = []
+
+    def streamed_spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append("streamed")
+        return sign_streamed(*args, **kwargs)
+
+    def whole_spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append("whole")
+        return sign(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "sign_streamed", streamed_spy)
+    monkeypatch.setattr(worker, "sign", whole_spy)
 
     async def scenario() -> None:
         remote = Recorder()
@@ -154,7 +216,9 @@ def test_a_large_streamed_outbound_copy_is_signed_too(relay_lab: RelayLab) -> No
 
         data = remote.messages[0].data
         assert len(data) > 1024 * 1024 and data.startswith(b"DKIM-Signature: ")
+        assert calls == ["streamed"]
         assert verifies(data, record)
+        assert not verifies(data.replace(b"long report body\r\na line", b"long report body\r\nA line", 1), record)
         assert b"X-LivePrism" not in data
 
     relay_lab.run(scenario())
