@@ -21,25 +21,28 @@ in a worker thread above `THREAD_ABOVE` bytes, so a large message does not stall
 
 Memory (issue 7 item 10): the lean verifier hashes the body from offsets into `raw`, a piece at a
 time (`dkim_verify.Message`, `BodyHash`): next to nothing beyond the message itself. The dkimpy
-fallback (a signature the lean verifier does not confirm: a failing one, rsa-sha1 with an odd
-key, …) still works dkimpy's way on the whole message: its `rfc822_parse` copies the body, its
-canonicalization (ours since `dkim_speedups.install`: one more copy; dkimpy's own took ~34
-times the body) and `l=` cut copy it again: bench/dkim_memory.py measured ~3 times a 25 MB text
-body at peak. That cost is bounded by the message size limit and paid only for such signatures.
+fallback (a signature the lean verifier does not confirm: a failing one, rsa-sha1, an odd key, …)
+gets the parsed header fields and an empty body (`_HeadersOnlyDKIM`): its body hash step is
+answered by the same piecewise hash of the real body, so it runs every other check in its own
+order and reports what it would on the whole message, without its three copies of the body
+(~3 times a 25 MB text body at peak, before ~34; an attacker needs only a bad signature).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import binascii
 import functools
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import dkim
+import dkim.canonicalization
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from engine.checks import dkim_verify
@@ -162,12 +165,54 @@ def _signatures(headers: list[list[bytes]]) -> list[Signature]:
     return out
 
 
-def _verify_all(raw: bytes, pending: list[int], answers: Mapping[str, DnsAnswer]) -> dict[int, tuple[bool, str]]:
+_BODY_CANONICALIZATIONS = {dkim.canonicalization.Simple: b"simple", dkim.canonicalization.Relaxed: b"relaxed"}
+
+
+class _HeadersOnlyDKIM(dkim.DKIM):  # type: ignore[misc]  # (dkimpy has no type hints)
+    """dkimpy's verifier on the header fields of `message` and an empty body, whose body hash step
+    is answered by `message.body_hash` (the real body, hashed in pieces: never copied whole).
+
+    `verify_sig_process` runs dkimpy's own with the signature's bh= replaced by the hash of the
+    empty body when the real body's hash matches the signature (so dkimpy's check passes) and by
+    nothing otherwise (so it fails); a failure there is reported with the real body's hash. Every
+    other check is dkimpy's, in dkimpy's order, on the same header fields (bh= is read by the body
+    check only: the header hash uses the field as received)."""
+
+    def __init__(self, message: dkim_verify.Message) -> None:
+        super().__init__(None, logger=DKIMPY_LOGGER, minkey=MIN_RSA_BITS)
+        self.headers = message.headers
+        self.body = b""
+        self._message = message
+
+    def verify_sig_process(self, sig: dict[bytes, bytes], include_headers: list[bytes], sig_header: Any,
+                           dnsfunc: Any) -> Any:
+        if b"bh" not in sig:
+            return super().verify_sig_process(sig, include_headers, sig_header, dnsfunc)
+        try:  # (an invalid c= is dkimpy's to report, before the body)
+            policy = dkim.CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
+        except dkim.InvalidCanonicalizationPolicyError:
+            return super().verify_sig_process(sig, include_headers, sig_header, dnsfunc)
+        hasher = dkim.HASH_ALGORITHMS[sig[b"a"]]
+        length = int(sig[b"l"]) if b"l" in sig and not self.tlsrpt else None
+        real = self._message.body_hash(hasher().name, _BODY_CANONICALIZATIONS[policy.body_algorithm], length)
+        empty = policy.canonicalize_body(b"")
+        expected = sig[b"bh"]
+        matches = real == base64.b64decode(re.sub(rb"\s+", b"", expected))  # (as dkimpy decodes it)
+        stand_in = base64.b64encode(hasher(empty[:length] if length is not None else empty).digest())
+        try:
+            return super().verify_sig_process({**sig, b"bh": stand_in if matches else b""}, include_headers,
+                                              sig_header, dnsfunc)
+        except dkim.ValidationError as exc:
+            if not str(exc).startswith("body hash mismatch"):
+                raise
+            got = base64.b64encode(real)  # (dkimpy's text: bytes as repr)
+            raise dkim.ValidationError(f"body hash mismatch (got {got!r}, expected {expected!r})") from None
+
+
+def _verify_all(message: dkim_verify.Message, pending: list[int],
+                answers: Mapping[str, DnsAnswer]) -> dict[int, tuple[bool, str]]:
     """dkimpy verification of the signatures at `pending` indexes (pure CPU, no network)."""
-    try:
-        verifier = dkim.DKIM(raw, logger=DKIMPY_LOGGER, minkey=MIN_RSA_BITS)
-    except (dkim.DKIMException, *LIBRARY_ERRORS) as exc:
-        return {idx: (False, f"permerror:message-format: {exc}") for idx in pending}
+    verifier = _HeadersOnlyDKIM(message)
     dnsfunc = dnsfunc_from(answers)
     out: dict[int, tuple[bool, str]] = {}
     for idx in pending:
@@ -197,7 +242,7 @@ def _verify(raw: bytes, message: dkim_verify.Message, signatures: list[Signature
         else:
             undecided.append(idx)
     if undecided:
-        out.update(_verify_all(raw, undecided, answers))
+        out.update(_verify_all(message, undecided, answers))
     return out
 
 

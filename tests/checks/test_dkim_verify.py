@@ -7,6 +7,7 @@ must say it for the valid ones (else it would be useless, and the speed-up gone)
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 import re
 import subprocess
@@ -16,8 +17,10 @@ from pathlib import Path
 import dkim
 import pytest
 
+from engine.checks import dkim as dkim_module
 from engine.checks import dkim_speedups, dkim_verify
 from engine.checks.dkim import verify_dkim
+from engine.dns.resolver import DnsAnswer
 from tests.checks.fake_dns import FakeResolver
 from tests.checks.world import Keys, make_keys
 
@@ -221,3 +224,58 @@ def test_canonicalization_helpers_match_dkimpys() -> None:
         assert dkim_verify.canonical_header(name, value, b"relaxed") == expected, value
         assert dkim_verify.canonical_body(value, b"relaxed") == dkim_speedups._RELAXED_BODY(value), value
         assert dkim_verify.canonical_body(value, b"simple") == Simple.canonicalize_body(value), value
+
+
+# ---------------------------------------------------------------- the dkimpy fallback, body-free
+
+
+def _dkimpy_on_the_whole_message(raw: bytes, record: bytes | None) -> tuple[bool, str]:
+    """What dkimpy says of the first signature given the whole message (the fallback's reference:
+    the mapping `engine.checks.dkim._verify_all` applies to dkimpy's answer)."""
+    verifier = dkim.DKIM(raw, minkey=dkim_module.MIN_RSA_BITS)
+    try:
+        ok = bool(verifier.verify(idx=0, dnsfunc=lambda name, timeout=5: record))
+        return ok, "" if ok else "bad-signature"
+    except dkim.ValidationError as exc:
+        text = str(exc)
+        return False, f"{'body-hash-mismatch' if 'body hash' in text else 'signature-invalid'}: {text}"
+    except (dkim.DKIMException, *dkim_module.LIBRARY_ERRORS) as exc:
+        return False, f"permerror:{type(exc).__name__}: {exc}"
+
+
+def _fallback(raw: bytes, record: bytes | None) -> tuple[bool, str]:
+    answer = DnsAnswer("sel._domainkey.sender.test", "TXT", "ok" if record else "nxdomain",
+                       (record.decode(),) if record else ())
+    return dkim_module._verify_all(dkim_verify.Message.parse(raw), [0], {answer.name: answer})[0]
+
+
+def _small_rsa_record() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+
+
+@pytest.mark.parametrize("algorithm", [*ALGORITHMS, b"rsa-sha1"])
+@pytest.mark.parametrize("canon", CANONICALIZATIONS)
+@pytest.mark.parametrize("length", [False, True], ids=["whole-body", "l="])
+def test_the_body_free_fallback_says_what_dkimpy_says_of_the_whole_message(
+    keys: Keys, algorithm: bytes, canon: bytes, length: bool
+) -> None:
+    record = key_record(keys, algorithm)
+    original = signed(keys, base_message(), algorithm, canon, length)
+    cases = {name: tamper(original) for name, tamper in TAMPERINGS.items()}
+    cases["bad c="] = original.replace(b"c=" + canon, b"c=" + canon.split(b"/")[0] + b"/bogus", 1)
+    cases["body emptied"] = original[: original.index(b"\r\n\r\n") + 4]
+    empty_signed = signed(keys, base_message()[: base_message().index(b"\r\n\r\n") + 4], algorithm, canon, length)
+    cases["bh of an empty body, body added"] = empty_signed + b"now a body\r\n"
+    records = {"key": record, "no key": None, "tlsrpt key": record + b"; s=tlsrpt", "revoked": b"v=DKIM1; p="}
+    if not algorithm.startswith(b"ed25519"):
+        records["1024-bit key, signed by another"] = _small_rsa_record()
+    for case, raw in cases.items():
+        for name, answer in records.items():
+            expected = _dkimpy_on_the_whole_message(raw, answer)
+            assert _fallback(raw, answer) == expected, (case, name)
+    assert _fallback(cases["body changed"], record)[1].startswith("body-hash-mismatch: body hash mismatch (got b'")
