@@ -13,6 +13,11 @@ instance order (i=1 first) with what each one reported (its ARC-Authentication-R
 the lowest instance whose ARC-Message-Signature still verifies; 0 when all do). Whether a
 sealer is trusted is the policy's decision (`checks.arc.trusted_sealers`); `trusted_sealer`
 is a pure helper for it.
+
+Memory (issue 7 item 10): the validator gets the header fields and an empty body, the
+ARC-Message-Signature body hashes computed in pieces from the message as received
+(`engine.checks.dkim.HeadersOnly`): a large message is never copied (dkimpy's own validator
+held ~34 times a 25 MB text body, bench/dkim_memory.py).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from typing import Literal
 import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from engine.checks.dkim import DKIMPY_LOGGER, LIBRARY_ERRORS, MIN_RSA_BITS, dnsfunc_from, fetch_txt, key_name
+from engine.checks import dkim_verify
+from engine.checks.dkim import LIBRARY_ERRORS, HeadersOnly, dnsfunc_from, fetch_txt, key_name
 from engine.checks.lookup import AsyncLookup, Budget
 from engine.dns.resolver import DnsAnswer
 
@@ -83,9 +89,13 @@ def _text(value: bytes | None) -> str:
     return value.decode("ascii", "replace") if value else ""
 
 
-def _arc_keys(raw: bytes) -> tuple[bool, list[str]]:
-    """Whether `raw` has ARC fields, and the key names of its ARC-Seals and AMSs (unparsable skipped)."""
-    headers, _ = dkim.rfc822_parse(raw)
+class _HeadersOnlyARC(HeadersOnly, dkim.ARC):  # type: ignore[misc]
+    """dkimpy's ARC validator without the body (`engine.checks.dkim.HeadersOnly`: the AMS body
+    hashes are the lean verifier's, computed in pieces; a large message is never copied)."""
+
+
+def _arc_keys(headers: list[list[bytes]]) -> tuple[bool, list[str]]:
+    """Whether `headers` hold ARC fields, and the key names of the ARC-Seals and AMSs (unparsable skipped)."""
     present = False
     names: list[str] = []
     for name, value in headers:
@@ -100,8 +110,9 @@ def _arc_keys(raw: bytes) -> tuple[bool, list[str]]:
     return present, names
 
 
-def _validate(raw: bytes, answers: Mapping[str, DnsAnswer]) -> tuple[bytes | None, list[dict[str, object]], str]:
-    verifier = dkim.ARC(raw, logger=DKIMPY_LOGGER, minkey=MIN_RSA_BITS)
+def _validate(message: dkim_verify.Message,
+              answers: Mapping[str, DnsAnswer]) -> tuple[bytes | None, list[dict[str, object]], str]:
+    verifier = _HeadersOnlyARC(message)
     cv, data, reason = verifier.verify(dnsfunc=dnsfunc_from(answers))
     return cv, list(data), str(reason)
 
@@ -110,7 +121,8 @@ async def verify_arc(resolver: AsyncLookup, raw: bytes, *, timeout_budget: float
     """Validate the ARC chain of `raw` (the message as received); never raises."""
     started = time.monotonic()
     try:
-        present, names = _arc_keys(raw)
+        message = dkim_verify.Message.parse(raw)  # (header fields; the body stays in `raw`)
+        present, names = _arc_keys(message.headers)
         if not present:
             return ArcResult("none", reason="no-arc-sets")
     except (dkim.DKIMException, *LIBRARY_ERRORS) as exc:
@@ -122,7 +134,7 @@ async def verify_arc(resolver: AsyncLookup, raw: bytes, *, timeout_budget: float
         return ArcResult("temperror", reason=f"dns-{temporary[0].status}: {temporary[0].name}", lookups=lookups,
                          elapsed=time.monotonic() - started)
     try:  # several RSA verifications in pure Python (ms): off the event loop, a thread hop costs ~0.1 ms
-        cv, data, reason = await asyncio.to_thread(_validate, raw, answers)
+        cv, data, reason = await asyncio.to_thread(_validate, message, answers)
     except (dkim.DKIMException, *LIBRARY_ERRORS) as exc:
         return ArcResult("fail", reason=f"arc-invalid: {exc}", lookups=lookups, elapsed=time.monotonic() - started)
     sets = tuple(sorted((

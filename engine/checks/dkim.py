@@ -22,7 +22,7 @@ in a worker thread above `THREAD_ABOVE` bytes, so a large message does not stall
 Memory (issue 7 item 10): the lean verifier hashes the body from offsets into `raw`, a piece at a
 time (`dkim_verify.Message`, `BodyHash`): next to nothing beyond the message itself. The dkimpy
 fallback (a signature the lean verifier does not confirm: a failing one, rsa-sha1, an odd key, …)
-gets the parsed header fields and an empty body (`_HeadersOnlyDKIM`): its body hash step is
+gets the parsed header fields and an empty body (`HeadersOnly`): its body hash step is
 answered by the same piecewise hash of the real body, so it runs every other check in its own
 order and reports what it would on the whole message, without its three copies of the body
 (~3 times a 25 MB text body at peak, before ~34; an attacker needs only a bad signature).
@@ -168,9 +168,10 @@ def _signatures(headers: list[list[bytes]]) -> list[Signature]:
 _BODY_CANONICALIZATIONS = {dkim.canonicalization.Simple: b"simple", dkim.canonicalization.Relaxed: b"relaxed"}
 
 
-class _HeadersOnlyDKIM(dkim.DKIM):  # type: ignore[misc]  # (dkimpy has no type hints)
-    """dkimpy's verifier on the header fields of `message` and an empty body, whose body hash step
-    is answered by `message.body_hash` (the real body, hashed in pieces: never copied whole).
+class HeadersOnly(dkim.DomainSigner):  # type: ignore[misc]  # (dkimpy has no type hints)
+    """A dkimpy verifier (DKIM or ARC) on the header fields of `message` and an empty body, whose
+    body hash step is answered by `message.body_hash` (the real body, hashed in pieces: never
+    copied whole).
 
     `verify_sig_process` runs dkimpy's own with the signature's bh= replaced by the hash of the
     empty body when the real body's hash matches the signature (so dkimpy's check passes) and by
@@ -207,6 +208,10 @@ class _HeadersOnlyDKIM(dkim.DKIM):  # type: ignore[misc]  # (dkimpy has no type 
                 raise
             got = base64.b64encode(real)  # (dkimpy's text: bytes as repr)
             raise dkim.ValidationError(f"body hash mismatch (got {got!r}, expected {expected!r})") from None
+
+
+class _HeadersOnlyDKIM(HeadersOnly, dkim.DKIM):  # type: ignore[misc]
+    """dkimpy's DKIM verifier without the body (`HeadersOnly`)."""
 
 
 def _verify_all(message: dkim_verify.Message, pending: list[int],

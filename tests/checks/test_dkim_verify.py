@@ -279,3 +279,33 @@ def test_the_body_free_fallback_says_what_dkimpy_says_of_the_whole_message(
             expected = _dkimpy_on_the_whole_message(raw, answer)
             assert _fallback(raw, answer) == expected, (case, name)
     assert _fallback(cases["body changed"], record)[1].startswith("body-hash-mismatch: body hash mismatch (got b'")
+
+
+def test_arc_validation_without_the_body_says_what_dkimpy_says_of_the_whole_message(keys: Keys) -> None:
+    """ARC (RFC 8617) through `HeadersOnly`: the same cv, per-set results and reason as dkimpy's
+    validator given the whole message, for intact, modified and broken chains."""
+    from engine.checks import arc as arc_module
+    from tests.checks import world
+
+    original = world.message(body_size=5000)
+    once = world.arc_seal(original, "dkim=pass header.d=sender.test", "arc", "list.example", keys.list_pem)
+    twice = world.arc_seal(once.replace(b"usual place", b"other place", 1), "arc=pass", "arc", "list.example",
+                           keys.list_pem)
+    cases = {
+        "one set": once,
+        "two sets, body changed between them": twice,
+        "body changed after the seal": once.replace(b"quarter", b"quartex", 1),
+        "body appended": once + b"appended line\r\n",
+        "header changed": once.replace(b"Subject: Quarterly", b"Subject: Quarterlx", 1),
+        "seal tampered": once.replace(b"cv=none", b"cv=pass", 1),
+        "simple body canonicalization asked": once.replace(b"c=relaxed/relaxed", b"c=relaxed/simple", 1),
+    }
+    record = f"v=DKIM1; k=rsa; p={keys.list_dns}"
+    answers = {"arc._domainkey.list.example": DnsAnswer("arc._domainkey.list.example", "TXT", "ok", (record,))}
+    dnsfunc = dkim_module.dnsfunc_from(answers)
+    for name, raw in cases.items():
+        reference = dkim.ARC(raw, minkey=dkim_module.MIN_RSA_BITS).verify(dnsfunc=dnsfunc)
+        cv, data, reason = arc_module._validate(dkim_verify.Message.parse(raw), answers)
+        assert (cv, data, reason) == (reference[0], list(reference[1]), str(reference[2])), name
+    assert arc_module._validate(dkim_verify.Message.parse(cases["one set"]), answers)[0] == dkim.CV_Pass
+    assert arc_module._validate(dkim_verify.Message.parse(cases["body appended"]), answers)[0] == dkim.CV_Fail
