@@ -570,13 +570,15 @@ def _decode_uu(data: bytes) -> bytes:
 
 def _html_text(html: str) -> str:
     """Visible text of an HTML document: comments, script and style dropped, tags removed."""
-    return _html_visible_part(html)[0]
+    if "<" in html:
+        html = _HTML_TAG.sub("", _HTML_BREAK.sub("\n", _HTML_HIDDEN.sub(" ", html)))
+    return unescape(html) if "&" in html else html
 
 
 def _html_visible_part(html: str) -> tuple[str, bool]:
-    """``_html_text(html)``, and whether a comment, script, style or tag is still open at its end
-    (a tag opener after the last ">" of a step's input counts as open: the answer may say open
-    when nothing is, never the reverse)."""
+    """``_html_text(html)`` (the same steps), and whether a comment, script, style or tag is still
+    open at its end (a tag opener after the last ">" of a step's input counts as open: the answer
+    may say open when nothing is, never the reverse)."""
     open_at_end = False
     if "<" in html:
 
