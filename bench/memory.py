@@ -13,7 +13,7 @@ and report, for the serve process and the relay process separately, the peak RSS
 divided by the number of messages in flight and by SIZE: the memory each message in flight
 costs, as a multiple of its size. The message is a small text part and a base64
 attachment (the usual shape of a large message); SHAPE=text makes it one long text/plain body
-(SHAPE=qp: quoted-printable UTF-8, SHAPE=html: text/html).
+(SHAPE=qp: quoted-printable UTF-8, SHAPE=html: text/html, SHAPE=html-unclosed: with a comment never closed).
 The policy carries body keyword and regex rules, so content matching is part of the measure.
 
     .venv/bin/python bench/memory.py                       # BASE=/work/memory-before, this tree
@@ -71,19 +71,22 @@ SHAPE = os.environ.get("SHAPE", "attachment")
 def message(size: int, seed: int) -> bytes:
     """A message of `size` bytes: a short text part and a base64 attachment (SHAPE=attachment), or
     one text body of lines of words: text/plain in US-ASCII (SHAPE=text), text/plain in UTF-8,
-    quoted-printable (SHAPE=qp), or text/html (SHAPE=html)."""
-    if SHAPE in ("text", "qp", "html"):
+    quoted-printable (SHAPE=qp), or text/html (SHAPE=html; SHAPE=html-unclosed opens a comment that
+    never closes, the worst case of cutting HTML into pieces)."""
+    if SHAPE in ("text", "qp", "html", "html-unclosed"):
         words = [b"lorem", b"ipsum", b"dolor", b"sit", b"amet", b"invoice", b"report", b"quarterly", b"numbers"]
         ctype, tag = "text/plain; charset=us-ascii", b""
         if SHAPE == "qp":
             words = [*words, b"=C3=BCber", b"Stra=C3=9Fe"]
             ctype = "text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable"
-        elif SHAPE == "html":
+        elif SHAPE.startswith("html"):
             ctype, tag = "text/html; charset=utf-8", b"<p>"
         rnd = random.Random(seed)
         head = (f"From: Alice <alice@example.com>\r\nTo: bob@example.net\r\nSubject: long text {seed}\r\n"
                 f"Message-ID: <bench-{seed}-{time.time_ns()}@example.com>\r\n"
                 f"Content-Type: {ctype}\r\n\r\n").encode()
+        if SHAPE == "html-unclosed":
+            head += b"<!-- never closed\r\n"
         line = tag + b" ".join(rnd.choice(words) for _ in range(12)) + b"\r\n"
         body = line * ((size - len(head)) // len(line))
         raw = head + body
