@@ -162,10 +162,16 @@ HTML = (
 )
 
 
+MINIFIED = (  # no line ends: cut after ">", never inside a character reference the next part completes
+    "<p>a &amp; b</p><i>&#123;</i>&notit;<b>x</b>&#x1F600;<br>&am<b>p;</b>&#00000000000000000065;"
+    "<span title='a>b'>t&lt;</span>&#x<i>41;</i><!-- c > d --><p>&" + "n" * 31 + "<b>;</b>end&amp"
+)
+
+
 @pytest.mark.parametrize("piece", [1, 2, 3, 5, 8, 13, 40, 1000])
 def test_html_visible_text_in_pieces_is_the_whole_documents(piece: int) -> None:
     for html in (HTML, HTML * 3, HTML + "<!-- open to the end\n x", HTML + "<script>\nx", HTML + "<b\nclass=y",
-                 HTML + "<a <br> x\n more</a>\n" + HTML):
+                 HTML + "<a <br> x\n more</a>\n" + HTML, HTML.replace("\n", ""), MINIFIED, MINIFIED * 4):
         expected = _html_text(html).encode()
         with patch.object(view_module, "_PIECE", piece):
             text = decoded_text(_in_pieces(html.encode(), piece), DeferredText(0, 0, None, "utf-8", True), set())
