@@ -344,32 +344,43 @@ def text_str(text: Text) -> str:
 
 
 def text_pieces(text: memoryview, size: int = _PIECE) -> Iterator[bytes]:
-    """The UTF-8 bytes *text* in consecutive pieces of about *size* bytes, each cut after a line
-    feed or a space (a character boundary at which Python's case mapping, final sigma included,
-    has no context across the cut), so ``b"".join(p.decode().lower().encode() for p in pieces)``
-    is ``text`` lowercased as one ``str``. A piece with no such byte runs on until one."""
-    return _pieces(text, size, b"\n ")
-
-
-def _pieces(data: bytes | memoryview, size: int, cut_after: bytes) -> Iterator[bytes]:
-    """*data* in consecutive pieces of about *size* bytes, each ending with one of the bytes
-    *cut_after* (the last piece: whatever is left); a piece without one runs on until one."""
-    end = len(data)
+    """The UTF-8 bytes *text* in consecutive pieces of about *size* bytes, so that
+    ``b"".join(p.decode().lower().encode() for p in pieces)`` is ``text`` lowercased as one
+    ``str``: each is cut where Python's case mapping has no context across the cut (`_case_cut`).
+    A piece with no such place runs on until one."""
+    end = len(text)
     pos = 0
     while pos < end:
         stop = pos
         parts: list[bytes] = []
         while stop < end:
-            window = bytes(data[stop : stop + size])
+            window = bytes(text[stop : stop + size])
             stop += len(window)
-            cut = max(window.rfind(c) for c in cut_after) if stop < end else len(window) - 1
-            if cut >= 0:
-                parts.append(window[: cut + 1])
+            cut = _case_cut(window) if stop < end else len(window)
+            if cut:
+                parts.append(window[:cut])
                 break
             parts.append(window)
         piece = parts[0] if len(parts) == 1 else b"".join(parts)
         pos += len(piece)
         yield piece
+
+
+_CASE_FREE_ASCII: Final = frozenset(range(0x80)) - frozenset(b"'.:^`")  # not Case_Ignorable (Unicode)
+
+
+def _case_cut(window: bytes) -> int:
+    """Where UTF-8 *window* may be cut for lowercasing in pieces (0: nowhere near its end): after
+    its last line feed or space, else between its last two ASCII characters that are not
+    case-ignorable. The only context Python's lowercasing has is final sigma, which looks past
+    case-ignorable characters only (Unicode Table 3-17), so it never looks across such a cut."""
+    cut = max(window.rfind(b"\n"), window.rfind(b" ")) + 1
+    if cut:
+        return cut
+    for index in range(len(window) - 1, max(0, len(window) - 4096), -1):
+        if window[index - 1] in _CASE_FREE_ASCII and window[index] in _CASE_FREE_ASCII:
+            return index
+    return 0
 
 
 def _slices(data: bytes, start: int, end: int) -> Iterator[bytes]:

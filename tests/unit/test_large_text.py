@@ -92,12 +92,18 @@ def test_deferred_texts_are_decoded_later_from_a_fresh_read() -> None:
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 13, 64])
 def test_text_pieces_cut_where_lowercasing_piecewise_is_exact(size: int) -> None:
-    text = "ΟΔΟΣ ΟΔΟΣ\nİİ ÜBER-STRASSE Σ ΣΑΣ\r\nabcdefghijklmnopqrstuvwxyz" * 3
-    data = memoryview(text.encode())
-    pieces = list(text_pieces(data, size))
-    assert b"".join(pieces) == text.encode()
-    assert all(p[-1:] in (b" ", b"\n") for p in pieces[:-1])
-    assert "".join(p.decode().lower() for p in pieces) == text.lower()
+    texts = [
+        "ΟΔΟΣ ΟΔΟΣ\nİİ ÜBER-STRASSE Σ ΣΑΣ\r\nabcdefghijklmnopqrstuvwxyz" * 3,
+        "ΟΔΟΣabcΣdefΣ'ΣΣ.Σx:ΣyΣ^Σ`ΣzzΣ1Σ-Σ" * 5,  # no spaces: cut between ASCII characters
+        "aΣ'" * 20 + "b" * 30 + "'Σ" * 10,
+        "ΣΣΣΣΣΣΣΣ" * 4 + "ab" + "ΣΣΣ" * 3,
+    ]
+    for text in texts:
+        data = memoryview(text.encode())
+        pieces = list(text_pieces(data, size))
+        assert b"".join(pieces) == text.encode()
+        assert "".join(p.decode().lower() for p in pieces) == text.lower(), (text, size)
+    assert [len(p) for p in text_pieces(memoryview(b"x" * 100), 10)] == [9] * 10 + [10]  # no space: still cut
 
 
 def _index(*keywords: str, regex: str | None = None) -> ContentIndex:
