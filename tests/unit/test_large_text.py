@@ -94,7 +94,7 @@ def test_deferred_texts_are_decoded_later_from_a_fresh_read() -> None:
 def test_text_pieces_cut_where_lowercasing_piecewise_is_exact(size: int) -> None:
     texts = [
         "ΟΔΟΣ ΟΔΟΣ\nİİ ÜBER-STRASSE Σ ΣΑΣ\r\nabcdefghijklmnopqrstuvwxyz" * 3,
-        "ΟΔΟΣabcΣdefΣ'ΣΣ.Σx:ΣyΣ^Σ`ΣzzΣ1Σ-Σ" * 5,  # no spaces: cut between ASCII characters
+        "ΔΣabcΣdefΣ'ΣΣ.Σx:ΣyΣ^Σ`ΣzzΣ1Σ-Σ" * 5,  # no spaces: cut between ASCII characters
         "aΣ'" * 20 + "b" * 30 + "'Σ" * 10,
         "ΣΣΣΣΣΣΣΣ" * 4 + "ab" + "ΣΣΣ" * 3,
     ]
