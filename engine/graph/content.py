@@ -27,31 +27,18 @@ Semantics (shared with the naive reference evaluator in the tests):
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import re2
 
-from engine.mime.view import Attachment, MessageView, Text, text_pieces
+from engine.mime.view import Attachment, MessageView, Text, matchable, text_pieces
 from engine.policy import models as m
 
 _RE2_MAX_MEM = 1 << 30  # a DFA out of memory makes RE2::Set report "no match": never let it
 _TEXT_PIECE = 1 << 20  # UTF-8 bytes of a large body lowercased at a time (keywords)
 _UTF8_CONTINUATION = bytes(range(0x80, 0xC0))  # (an overlap starts at a character)
-_SURROGATES = re.compile("[\ud800-\udfff]")
-
-
-def matchable(text: str) -> str:
-    """`text` with every lone surrogate replaced by U+FFFD: RE2 needs valid UTF-8."""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _SURROGATES.sub("\ufffd", text)
-    return text
 
 
 def re2_options() -> re2.Options:

@@ -105,7 +105,7 @@ _HTML_BREAK: Final = re.compile(
 )
 _HTML_TAG: Final = re.compile(r"<[a-zA-Z/!?][^>]*(?:>|\Z)")
 _HTML_OPENER: Final = re.compile(r"<[a-zA-Z/!?]")  # where _HTML_TAG and _HTML_BREAK matches start
-_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+_SURROGATES: Final = re.compile("[\ud800-\udfff]")
 # The start of what html.unescape could still read as a character reference if more text followed.
 _ENTITY_OPEN: Final = re.compile(r"&(?:#[0-9]*|#[xX][0-9a-fA-F]*|[^\t\n\f <&#;]{0,32})")
 _UNSAFE_CODECS: Final = frozenset({"idna", "punycode", "raw-unicode-escape", "unicode-escape", "undefined"})
@@ -224,10 +224,7 @@ def decoded_text(
     out = bytearray()
     strs = _charset_decoded(decoded, text.charset, defects)
     for piece in _html_visible(strs) if text.html else strs:
-        try:
-            out += piece.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates (UTF-7 can make them)
-            out += _SURROGATE.sub("\ufffd", piece).encode("utf-8")
+        out += matchable(piece).encode("utf-8")
         if limit is not None and len(out) >= limit:
             break
     return memoryview(out).toreadonly()
@@ -336,6 +333,18 @@ def _charset_decoded(pieces: Iterable[bytes], charset: str | None, defects: set[
         decoder = codecs.getincrementaldecoder(codec)("replace")
         decoder.setstate(state)
         yield decoder.decode(b"", True)
+
+
+def matchable(text: str) -> str:
+    """`text` with every lone surrogate (UTF-7 and surrogate escapes make them) replaced by
+    U+FFFD: the text as valid UTF-8, which RE2 needs."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATES.sub("\ufffd", text)
+    return text
 
 
 def text_str(text: Text) -> str:

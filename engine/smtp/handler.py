@@ -233,7 +233,6 @@ class InboundHandler:
                 view = await asyncio.to_thread(load_texts, view, functools.partial(read_range, spool))
                 size = await asyncio.to_thread(_strip_spooled, spool, head, size,
                                                evaluation.graph.gateway.hostname)
-                head = b""
             returned = await self._returned_copies(view, evaluation)
             if offload:
                 view, decision = await asyncio.to_thread(_evaluate, evaluation, view, hits, returned)

@@ -56,6 +56,16 @@ def world_zone(sts_id: str | None = "1", mx: str = "10 mx") -> str:
     return zone_file("world.example", body)
 
 
+def assert_opendkim_verifies(data: bytes, nsd_port: int, tmp_path: Path, text: bytes, changed: bytes) -> None:
+    """OpenDKIM verifies `data` against the nsd, and really checks: with `text` in the body
+    replaced by `changed` (one byte), it reports a bad signature."""
+    shim = resolver_shim(tmp_path)
+    verified = opendkim_verify(data, nsd_port, shim)
+    assert verified.returncode == 0, verified.stderr
+    tampered = opendkim_verify(data.replace(text, changed), nsd_port, shim)
+    assert tampered.returncode != 0 and b"Bad signature" in tampered.stderr
+
+
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[RelayLab]:
     loop = asyncio.new_event_loop()
@@ -92,6 +102,8 @@ async def attempted(gw: Any) -> bool:
 
 
 @pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
+
+
 def test_signed_copy_verifies_with_opendkim(lab: RelayLab, nsd: Nsd, procs: list[object], tmp_path: Path,
                                             algorithm: str) -> None:
     key = generate_key("ed25519" if algorithm == "ed25519" else "rsa")
@@ -112,12 +124,7 @@ def test_signed_copy_verifies_with_opendkim(lab: RelayLab, nsd: Nsd, procs: list
     lab.run(scenario())
     data = sink.messages[0].data
     assert data.startswith(b"DKIM-Signature: v=1; a=" + alg)
-    shim = resolver_shim(tmp_path)
-    verified = opendkim_verify(data, nsd_port, shim)
-    assert verified.returncode == 0, verified.stderr
-    # the verifier really checks: one changed body byte fails
-    tampered = opendkim_verify(data.replace(b"numbers are fine", b"numbers are FINE"), nsd_port, shim)
-    assert tampered.returncode != 0 and b"Bad signature" in tampered.stderr
+    assert_opendkim_verifies(data, nsd_port, tmp_path, b"numbers are fine", b"numbers are FINE")
 
 
 def test_a_large_streamed_signed_copy_verifies_with_opendkim_and_dkimpy(lab: RelayLab, nsd: Nsd, procs: list[object],
@@ -161,11 +168,7 @@ def test_a_large_streamed_signed_copy_verifies_with_opendkim_and_dkimpy(lab: Rel
     record = public_record(key).encode()
     key_name = b"big._domainkey.acme.example."
     assert dkim.verify(data, dnsfunc=lambda name, timeout=5: record if name == key_name else None)
-    shim = resolver_shim(tmp_path)
-    verified = opendkim_verify(data, nsd_port, shim)
-    assert verified.returncode == 0, verified.stderr
-    tampered = opendkim_verify(data.replace(b"bare CR", b"bare cr"), nsd_port, shim)
-    assert tampered.returncode != 0 and b"Bad signature" in tampered.stderr
+    assert_opendkim_verifies(data, nsd_port, tmp_path, b"bare CR", b"bare cr")
 
 
 # ---------------------------------------------------------------- MTA-STS, in-process relay

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 import engine.graph.content as content_module
 import engine.mime.view as view_module
-from engine.graph.content import ContentIndex, matchable
+from engine.graph.content import ContentIndex
 from engine.graph.lists import ListEntry, ListIndex, parse_ip
-from engine.mime.view import load_texts, parse_message
+from engine.mime.view import load_texts, matchable, parse_message
 from engine.policy import models as m
 from engine.policy.models import ListAction
 

@@ -67,6 +67,19 @@ def counter(event: str) -> float:
     return float(metrics.RELAY_EVENTS.labels(event)._value.get())
 
 
+async def first_deferral(gw: Any) -> Any:
+    """The queue entry of the gateway's one message once a delivery attempt left it queued (the
+    gateway stopped)."""
+
+    async def deferred() -> bool:
+        entries = await gw.store.list_queue()
+        return bool(entries) and entries[0].attempts >= 1 and entries[0].state == "queued"
+
+    await wait_until_async(deferred)
+    await gw.stop()
+    return (await gw.store.list_queue())[0]
+
+
 # ---------------------------------------------------------------- signing, pure
 
 
@@ -257,14 +270,7 @@ def test_unloadable_key_defers_the_copy_never_sends_it_unsigned(relay_lab: Relay
                                      worker_options={"signing": {"acme": problem}.get})
         gw.start()
         await gw.accept(mail_from="alice@acme.example", rcpts=("bob@faraway.example",), raw=OUT, outbound=True)
-
-        async def deferred() -> bool:
-            entries = await gw.store.list_queue()
-            return bool(entries) and entries[0].attempts >= 1 and entries[0].state == "queued"
-
-        await wait_until_async(deferred)
-        await gw.stop()
-        entry = (await gw.store.list_queue())[0]
+        entry = await first_deferral(gw)
         assert entry.last_error.startswith("4.7.0 DKIM key of tenant acme cannot be loaded")
         assert remote.messages == [] and remote.connections == 0
 
@@ -339,14 +345,7 @@ def test_dns_timeout_is_temporary(relay_lab: RelayLab) -> None:
         gw = await relay_lab.gateway({}, dns=silent)
         gw.start()
         await gw.accept(mail_from="alice@acme.example", rcpts=("bob@faraway.example",), raw=OUT, outbound=True)
-
-        async def deferred() -> bool:
-            entries = await gw.store.list_queue()
-            return bool(entries) and entries[0].attempts >= 1 and entries[0].state == "queued"
-
-        await wait_until_async(deferred)
-        await gw.stop()
-        entry = (await gw.store.list_queue())[0]
+        entry = await first_deferral(gw)
         assert entry.last_error.startswith("4.4.3 MX lookup for faraway.example failed")
 
     relay_lab.run(scenario())
