@@ -233,7 +233,7 @@ def _verify_all(message: dkim_verify.Message, pending: list[int],
     return out
 
 
-def _verify(raw: bytes, message: dkim_verify.Message, signatures: list[Signature], pending: list[int],
+def _verify(message: dkim_verify.Message, signatures: list[Signature], pending: list[int],
             answers: Mapping[str, DnsAnswer]) -> dict[int, tuple[bool, str]]:
     """Each pending signature confirmed by the lean verifier, else decided by dkimpy (pure CPU)."""
     out: dict[int, tuple[bool, str]] = {}
@@ -284,9 +284,9 @@ async def verify_dkim(
         pending.append(idx)
     if pending:
         if len(raw) > THREAD_ABOVE:
-            verified = await asyncio.to_thread(_verify, raw, message, signatures, pending, answers)
+            verified = await asyncio.to_thread(_verify, message, signatures, pending, answers)
         else:
-            verified = _verify(raw, message, signatures, pending, answers)
+            verified = _verify(message, signatures, pending, answers)
         for idx in pending:
             tags = signatures[idx][0] or {}
             domain, selector = _text(tags[b"d"]).rstrip(".").lower(), _text(tags[b"s"])
