@@ -39,8 +39,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from engine.checks import arc as checks_arc
 from engine.checks import dkim as checks_dkim
-from engine.checks import dkim_speedups, dkim_verify
-from engine.dns.dkim import generate_key, private_pem, public_record
+from engine.dkim import dkimpy_patch, verify
+from engine.dkim.keys import generate_key, private_pem, public_record
+from engine.dkim.message import Message
 from engine.dns.resolver import DnsAnswer
 from engine.relay import signing
 from engine.relay.compose import compose_streamed
@@ -87,11 +88,11 @@ def reset_peak() -> int:
 def run_case(case: str, version: str, work: Path) -> None:
     """One case in this (fresh) process; its input read from `work` in one piece each (garbage
     left by building it would hide allocations: the allocator reuses freed, still resident memory)."""
-    dkim_speedups.install()  # as the checks run dkimpy (engine/checks/runner.py)
-    verify_module: Any = dkim_verify
+    dkimpy_patch.install()  # as the checks run dkimpy (engine/checks/runner.py)
+    verify_module: Any = verify  # (its Message is engine.dkim.message's)
     sign_module: Any = signing
     if version == "before":
-        dkim.canonicalization.Relaxed.canonicalize_body = staticmethod(dkim_speedups._RELAXED_BODY)  # dkimpy's
+        dkim.canonicalization.Relaxed.canonicalize_body = staticmethod(dkimpy_patch._RELAXED_BODY)  # dkimpy's
         verify_module = former("engine/checks/dkim_verify.py", "former_dkim_verify", {})
         sign_module = former("engine/relay/signing.py", "former_signing",
                              {"from engine.checks.dkim_verify import": "from former_dkim_verify import"})
@@ -123,7 +124,7 @@ def run_case(case: str, version: str, work: Path) -> None:
         if version == "before":  # dkimpy's ARC validator on the whole message
             cv = dkim.ARC(raw).verify(dnsfunc=checks_dkim.dnsfunc_from(answers))[0]
         else:
-            cv = checks_arc._validate(dkim_verify.Message.parse(raw), answers)[0]
+            cv = checks_arc._validate(Message.parse(raw), answers)[0]
         assert cv == dkim.CV_Pass, cv
     else:
         raw = (work / "signed.eml").read_bytes()
@@ -136,7 +137,7 @@ def run_case(case: str, version: str, work: Path) -> None:
         elif version == "before":  # dkimpy on the whole message
             ok = dkim.verify(raw, dnsfunc=lambda name, timeout=5: record)
         else:  # the fallback as the checks run it: dkimpy on the header fields, the body hashed in pieces
-            ok = checks_dkim._HeadersOnlyDKIM(dkim_verify.Message.parse(raw)).verify(
+            ok = checks_dkim._HeadersOnlyDKIM(Message.parse(raw)).verify(
                 idx=0, dnsfunc=lambda name, timeout=5: record)
         assert ok, case
     added = rss("VmHWM") - before

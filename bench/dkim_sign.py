@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import dkim
 
-from engine.dns.dkim import dkimpy_private_key, generate_key
+from engine.dkim.keys import dkimpy_private_key, generate_key
 from engine.relay.signing import Signer, sign, signed_field_list
 
 HEAD = (b"From: Alice <alice@acme.example>\r\nTo: bob@world.example\r\nSubject: numbers\r\n"

@@ -33,7 +33,7 @@ from pathlib import Path
 # Runnable as `python bench/graph.py` from the repository root without installing anything.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.graph.compiler import compile_policy
+from engine.graph.build.compiler import compile_policy
 from engine.graph.verdict import Decision
 from engine.mime.view import parse_message
 from engine.policy.loader import load_policy

@@ -21,7 +21,7 @@ CHILD = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from engine.graph.compiler import load_graph
+from engine.graph.build.compiler import load_graph
 from engine.mime.view import parse_message
 sys.path.insert(0, str(Path(sys.argv[1]) / "bench"))
 from graph import make_message

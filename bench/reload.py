@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from graph import write_policy
 
-from engine.graph.compiler import load_graph
-from engine.graph.incremental import IncrementalLoader
+from engine.graph.build.compiler import load_graph
+from engine.graph.build.incremental import IncrementalLoader
 
 PROBE_RULES = (
     "name: probe\nrules:\n  - id: probe-{n}\n    when: {{header: {{name: Subject, regex: '^probe-{n}$'}}}}\n"

@@ -2,7 +2,7 @@
 
 While the admin listener runs, every `admin.dns_check_interval` seconds (0 = never) the records
 `liveprism dns` plans for the served policy are compared with live DNS through a resolver of the
-policy's `dns:` settings, exactly as `liveprism dns --check` does (`engine.dns.drift`). The last
+policy's `dns:` settings, exactly as `liveprism dns --check` does (`engine.dns_as_code.drift`). The last
 result is kept as values — (domain, record kind) → 1.0 drifted / 0.0 agrees — and exported at
 scrape time. A check that fails as a whole (policy unreadable) keeps the previous values and is
 logged; DNS errors of single records count as drift, as in `dns --check`.
@@ -16,8 +16,8 @@ import logging
 import time
 from pathlib import Path
 
-from engine.dns.drift import drift_metric_values, policy_drift
 from engine.dns.resolver import Resolver
+from engine.dns_as_code.drift import drift_metric_values, policy_drift
 from engine.policy.loader import load_policy
 
 log = logging.getLogger("liveprism.admin.dns")

@@ -32,7 +32,7 @@ from aiohttp import web
 
 from engine import metrics
 from engine.admin.dns_monitor import DnsDriftMonitor
-from engine.graph.live import LivePolicy, ReloadResult
+from engine.graph.build.live import LivePolicy, ReloadResult
 from engine.policy.models import AdminSettings
 
 log = logging.getLogger("liveprism.admin")

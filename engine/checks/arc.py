@@ -32,9 +32,9 @@ from typing import Literal
 import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from engine.checks import dkim_verify
 from engine.checks.dkim import LIBRARY_ERRORS, HeadersOnly, dnsfunc_from, fetch_txt, key_name
 from engine.checks.lookup import AsyncLookup, Budget
+from engine.dkim.message import Message
 from engine.dns.resolver import DnsAnswer
 
 ArcResultCode = Literal["none", "pass", "fail", "temperror"]
@@ -110,7 +110,7 @@ def _arc_keys(headers: list[list[bytes]]) -> tuple[bool, list[str]]:
     return present, names
 
 
-def _validate(message: dkim_verify.Message,
+def _validate(message: Message,
               answers: Mapping[str, DnsAnswer]) -> tuple[bytes | None, list[dict[str, object]], str]:
     verifier = _HeadersOnlyARC(message)
     cv, data, reason = verifier.verify(dnsfunc=dnsfunc_from(answers))
@@ -121,7 +121,7 @@ async def verify_arc(resolver: AsyncLookup, raw: bytes, *, timeout_budget: float
     """Validate the ARC chain of `raw` (the message as received); never raises."""
     started = time.monotonic()
     try:
-        message = dkim_verify.Message.parse(raw)  # (header fields; the body stays in `raw`)
+        message = Message.parse(raw)  # (header fields; the body stays in `raw`)
         present, names = _arc_keys(message.headers)
         if not present:
             return ArcResult("none", reason="no-arc-sets")

@@ -3,7 +3,7 @@
 Algorithm: the DKIM-Signature fields are read first (d=, s=); the key records
 `<s>._domainkey.<d>` are fetched concurrently on the shared async resolver (within the time
 budget); then each signature is verified on the message parsed once: the lean verifier
-(`engine.checks.dkim_verify`) confirms the valid ones, and whatever it does not confirm is
+(`engine.dkim.verify`) confirms the valid ones, and whatever it does not confirm is
 decided by dkimpy with a `dnsfunc` that only answers from what was fetched (so every non-pass
 result and its reason are dkimpy's; dkimpy never touches the network nor blocks on DNS).
 
@@ -20,7 +20,7 @@ Verification is pure CPU once the keys are in hand: it runs inline for ordinary 
 in a worker thread above `THREAD_ABOVE` bytes, so a large message does not stall the loop.
 
 Memory (issue 7 item 10): the lean verifier hashes the body from offsets into `raw`, a piece at a
-time (`dkim_verify.Message`, `BodyHash`): next to nothing beyond the message itself. The dkimpy
+time (`Message`, `BodyHash`): next to nothing beyond the message itself. The dkimpy
 fallback (a signature the lean verifier does not confirm: a failing one, rsa-sha1, an odd key, …)
 gets the parsed header fields and an empty body (`HeadersOnly`): its body hash step is
 answered by the same piecewise hash of the real body, so it runs every other check in its own
@@ -45,14 +45,15 @@ import dkim
 import dkim.canonicalization
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from engine.checks import dkim_verify
 from engine.checks.lookup import AsyncLookup, Budget, gather
+from engine.dkim import verify
+from engine.dkim.message import Message
 from engine.dns.resolver import DnsAnswer
 
 DkimResultCode = Literal["none", "pass", "fail", "neutral", "temperror", "permerror"]
 
 THREAD_ABOVE = 256 * 1024  # bytes of message above which verification runs in a worker thread
-MIN_RSA_BITS = dkim_verify.MIN_RSA_BITS  # RFC 8301 §3.2: shorter RSA keys are not accepted
+MIN_RSA_BITS = verify.MIN_RSA_BITS  # RFC 8301 §3.2: shorter RSA keys are not accepted
 
 # What dkimpy's parsers and its pure-Python RSA/ASN.1 code raise on hostile input besides its own
 # DKIMException: a message, signature or key from the network must give a result, never an exception.
@@ -179,7 +180,7 @@ class HeadersOnly(dkim.DomainSigner):  # type: ignore[misc]  # (dkimpy has no ty
     other check is dkimpy's, in dkimpy's order, on the same header fields (bh= is read by the body
     check only: the header hash uses the field as received)."""
 
-    def __init__(self, message: dkim_verify.Message) -> None:
+    def __init__(self, message: Message) -> None:
         super().__init__(None, logger=DKIMPY_LOGGER, minkey=MIN_RSA_BITS)
         self.headers = message.headers
         self.body = b""
@@ -214,7 +215,7 @@ class _HeadersOnlyDKIM(HeadersOnly, dkim.DKIM):  # type: ignore[misc]
     """dkimpy's DKIM verifier without the body (`HeadersOnly`)."""
 
 
-def _verify_all(message: dkim_verify.Message, pending: list[int],
+def _verify_all(message: Message, pending: list[int],
                 answers: Mapping[str, DnsAnswer]) -> dict[int, tuple[bool, str]]:
     """dkimpy verification of the signatures at `pending` indexes (pure CPU, no network)."""
     verifier = _HeadersOnlyDKIM(message)
@@ -233,7 +234,7 @@ def _verify_all(message: dkim_verify.Message, pending: list[int],
     return out
 
 
-def _verify(message: dkim_verify.Message, signatures: list[Signature], pending: list[int],
+def _verify(message: Message, signatures: list[Signature], pending: list[int],
             answers: Mapping[str, DnsAnswer]) -> dict[int, tuple[bool, str]]:
     """Each pending signature confirmed by the lean verifier, else decided by dkimpy (pure CPU)."""
     out: dict[int, tuple[bool, str]] = {}
@@ -242,7 +243,7 @@ def _verify(message: dkim_verify.Message, signatures: list[Signature], pending: 
         tags, _, signature_field = signatures[idx]
         assert tags is not None
         answer = answers[key_name(_text(tags[b"s"]), _text(tags[b"d"]))]
-        if dkim_verify.confirm(message, tags, signature_field, answer.records[0].encode("utf-8")):
+        if verify.confirm(message, tags, signature_field, answer.records[0].encode("utf-8")):
             out[idx] = (True, "")
         else:
             undecided.append(idx)
@@ -257,7 +258,7 @@ async def verify_dkim(
     """Verify every DKIM-Signature of `raw` (the message as received); never raises."""
     started = time.monotonic()
     try:
-        message = dkim_verify.Message.parse(raw)
+        message = Message.parse(raw)
         signatures = _signatures(message.headers)
     except (dkim.DKIMException, *LIBRARY_ERRORS) as exc:
         return (DkimResult("", "", "permerror", f"message-format: {exc}"),)

@@ -36,18 +36,19 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.checks import clamd, dkim_speedups, dnsbl
+from engine.checks import clamd, dnsbl
 from engine.checks.arc import ArcResult, verify_arc
 from engine.checks.authres import authentication_results, header_field, strip_authentication_results
 from engine.checks.dkim import DkimResult, verify_dkim
 from engine.checks.dmarc import DmarcResult, check_dmarc
 from engine.checks.spf import SpfResult, check_spf
+from engine.dkim import dkimpy_patch
 from engine.dns.resolver import DnsAnswer, Resolver
 from engine.graph.verdict import KIND_ANTIVIRUS, Hit
 from engine.mime.view import MessageView
 from engine.policy.models import Action, Checks, Direction, DnsSettings, Gateway
 
-dkim_speedups.install()
+dkimpy_patch.install()
 
 KIND_CHECK = "check"
 SOURCE = "gateway.yaml checks"

@@ -33,8 +33,8 @@ def keygen(
 
 
 def run_keygen(directory: Path, tenant_name: str, selector: str | None, algorithm: str) -> int:
-    from engine.dns.dkim import generate_key, key_location, public_record, write_new_key
-    from engine.dns.render import bind_txt
+    from engine.dkim.keys import generate_key, key_location, public_record, write_new_key
+    from engine.dns_as_code.render import bind_txt
     from engine.policy.loader import load_policy
 
     if not tenant_name:

@@ -17,10 +17,10 @@ import json
 import sys
 from pathlib import Path
 
-from engine.dns.drift import DriftReport, check_drift
-from engine.dns.records import DnsPlan, plan_dns
-from engine.dns.render import render, zone_files
 from engine.dns.resolver import Resolver
+from engine.dns_as_code.drift import DriftReport, check_drift
+from engine.dns_as_code.records import DnsPlan, plan_dns
+from engine.dns_as_code.render import render, zone_files
 from engine.policy.loader import PolicySource, load_policy
 from engine.policy.models import check_domain
 from engine.policy.validate import validate_policy

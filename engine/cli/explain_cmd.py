@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from engine.checks.runner import Checker, CheckReport
-from engine.graph.compiler import load_graph
+from engine.graph.build.compiler import load_graph
 from engine.graph.transaction import Outcome, simulate
 from engine.graph.verdict import Hit
 from engine.mime.view import parse_message

@@ -13,7 +13,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from engine.plan.gitref import git_root
+from engine.gitops.plan.gitref import git_root
 
 
 def _liveprism_requirement() -> str:

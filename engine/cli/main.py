@@ -124,7 +124,7 @@ def worker(
     outbound_fd: Annotated[int | None, typer.Option("--outbound-fd")] = None,
 ) -> None:
     """An SMTP worker process (started by `serve --workers N`)."""
-    from engine.workers import run_worker
+    from engine.serve.workers import run_worker
 
     raise typer.Exit(run_worker(state, policy, listen_fd, control_fd, index, outbound_fd))
 
@@ -166,7 +166,7 @@ def sink(
     maildir: Annotated[Path, typer.Option("--maildir", help="Maildir to write into.")] = Path("var/maildir"),
 ) -> None:
     """A local mailbox (SMTP to Maildir) standing in for a tenant's server in the demo."""
-    from engine.sink import run_sink
+    from engine.cli.demo_cmd import run_sink
 
     raise typer.Exit(run_sink(listen, maildir))
 

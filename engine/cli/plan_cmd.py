@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.graph.compiler import load_graph
-from engine.graph.evaluator import FilterGraph
-from engine.plan.blast import CorpusReplay, StoreReplay, replay_corpus, replay_store
-from engine.plan.diff import Change, policy_diff
-from engine.plan.gitref import GitRefError, git_root, policy_at
+from engine.gitops.plan.blast import CorpusReplay, StoreReplay, replay_corpus, replay_store
+from engine.gitops.plan.diff import Change, policy_diff
+from engine.gitops.plan.gitref import GitRefError, git_root, policy_at
+from engine.graph.build.compiler import load_graph
+from engine.graph.filter_graph import FilterGraph
 from engine.policy.loader import load_policy
 from engine.store.sqlite import DB_NAME
 

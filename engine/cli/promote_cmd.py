@@ -4,7 +4,7 @@ Contract: exactly one of --block-sender (envelope sender, else header From), --b
 domain), --block-network (the client address) or --rule-from subject|body. A list entry goes into
 --list NAME, by default the tenant's first block list, else the gateway's first block list; a rule
 into --rules NAME, by default the tenant's first rule set, else the gateway's. The YAML file is
-edited in place by `engine.policy.yaml_edit` (every byte outside the new entry unchanged), the
+edited in place by `engine.gitops.yaml_edit` (every byte outside the new entry unchanged), the
 unified diff is printed, and the whole policy is validated again: an edit that would make it
 invalid is not written. `--scenario` adds tests/corpus/quarantine-ID.eml (+ .envelope) and a
 feature asserting the new outcome; `--commit` creates the branch `promote/ID` with a commit.
@@ -27,11 +27,11 @@ from typing import Annotated
 import typer
 
 from engine.cli.store_access import PolicyOption, StateOption, fail, with_store
-from engine.plan.gitref import git_root
+from engine.gitops.plan.gitref import git_root
+from engine.gitops.yaml_edit import Edited, append_block, append_scalar
 from engine.policy.loader import LoadedFile, PolicySource, load_policy
 from engine.policy.models import ListAction, PolicyList, RuleSet
 from engine.policy.validate import validate_policy
-from engine.policy.yaml_edit import Edited, append_block, append_scalar
 from engine.store.base import QuarantineEntry, Store, StoredMessage
 
 _RE2_SPECIAL = set("\\.+*?()|[]{}^$-#&~")

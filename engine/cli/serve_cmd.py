@@ -1,4 +1,4 @@
-"""`liveprism serve`: option checks, the metrics directory, then `engine.service.run_serve`."""
+"""`liveprism serve`: option checks, the metrics directory, then `engine.serve.service.run_serve`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ def run_serve_cmd(directory: Path, state: Path | None, workers: str, git_remote:
     """Exit 2 on a bad option or an invalid policy; else run until stopped (0)."""
     metrics_dir = multiproc.prepare()  # before anything imports prometheus_client
     try:
-        from engine.gitsync import GitSettings
-        from engine.service import parse_workers, run_serve
+        from engine.serve.gitsync import GitSettings
+        from engine.serve.service import parse_workers, run_serve
 
         count = parse_workers(workers)
         if count is None:

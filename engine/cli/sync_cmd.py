@@ -12,8 +12,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from engine.gitsync import Applied, GitSettings, GitSync
-from engine.graph.incremental import IncrementalLoader
+from engine.graph.build.incremental import IncrementalLoader
+from engine.serve.gitsync import Applied, GitSettings, GitSync
 
 
 def run_sync(remote: str, into: Path, branch: str, git_path: str) -> int:

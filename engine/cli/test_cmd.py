@@ -24,7 +24,7 @@ def pytest_command(
     """The pytest command line `liveprism test` runs (from `repo`)."""
     command = [sys.executable, "-m", "pytest", str(FEATURES), "--rootdir", "."]
     if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):  # entry points are not loaded: name both plugins
-        command += ["-p", "pytest_bdd.plugin", "-p", "engine.testing.plugin"]
+        command += ["-p", "pytest_bdd.plugin", "-p", "engine.gitops.bdd.plugin"]
     if junitxml is not None:
         command += ["--junitxml", str(junitxml.resolve())]
     if cucumberjson is not None:

@@ -70,7 +70,7 @@ from engine.mime.view import MessageView, header_text, parse_message
 from engine.policy.models import Action, Direction
 
 if TYPE_CHECKING:
-    from engine.graph.evaluator import FilterGraph
+    from engine.graph.filter_graph import FilterGraph
 
 
 @dataclass(slots=True)

@@ -112,7 +112,7 @@ def _duplicate_names(source: PolicySource) -> Iterator[Problem]:
 
 class _Memo:
     """The last result of a check over some files, reused while the very same file objects come
-    again: the incremental loader of a hot reload (`engine.graph.incremental`) hands back an
+    again: the incremental loader of a hot reload (`engine.graph.build.incremental`) hands back an
     unchanged file's `LoadedFile` itself, so only checks over changed files run again."""
 
     def __init__(self) -> None:
@@ -133,7 +133,7 @@ _RULE_IDS, _ALLOWED_AND_BLOCKED = _Memo(), _Memo()
 class _CleanRules:
     """The rules one check found nothing wrong with, by identity, while the check's `context` is
     the same object: a hot reload hands back every unchanged rule as the very same object
-    (`engine.graph.incremental`, `engine.policy.yaml_chunks`), so only new rules are checked.
+    (`engine.graph.build.incremental`, `engine.policy.yaml_chunks`), so only new rules are checked.
     A rule with a problem is checked every time (its problem names its place)."""
 
     def __init__(self) -> None:

@@ -40,14 +40,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from engine import aio
-from engine.dns.dkim import KeyProblem
-from engine.graph.evaluator import FilterGraph
-from engine.malloc import return_large_buffers
+from engine.dkim.keys import KeyProblem
+from engine.graph.filter_graph import FilterGraph
 from engine.policy.models import DeliverySettings, DnsSettings, Route
 from engine.relay.nexthop import NextHops
 from engine.relay.signing import Signer, TenantKey, load_signers, problems, tenant_key
 from engine.relay.worker import RelayWorker
+from engine.serve import aio
+from engine.serve.malloc import return_large_buffers
 from engine.store import open_store
 
 log = logging.getLogger("liveprism.relay")

@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 # the one canonicalisation (RFC 6376 §3.4), whole or in pieces
-from engine.checks.dkim_verify import BodyHash, canonical_header
-from engine.dns.dkim import KeyProblem, PrivateKey, load_key
+from engine.dkim.canonical import BodyHash, canonical_header
+from engine.dkim.keys import KeyProblem, PrivateKey, load_key
 from engine.mime.raw_headers import fields
 from engine.policy.models import DkimKey
 from engine.relay.compose import LineEnds, StreamedCopy
@@ -53,7 +53,7 @@ class Signer:
     tenant: str
     selector: str
     domains: tuple[str, ...]  # the tenant's domains, in policy order
-    key: PrivateKey  # RSA or Ed25519 (engine.dns.dkim.load_key)
+    key: PrivateKey  # RSA or Ed25519 (engine.dkim.keys.load_key)
     algorithm: bytes  # b"rsa-sha256" | b"ed25519-sha256"
 
 

@@ -49,7 +49,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from engine import metrics
-from engine.dns.dkim import KeyProblem
+from engine.dkim.keys import KeyProblem
 from engine.mime.printable import escape, has_control
 from engine.policy.models import DeliverySettings
 from engine.relay.client import HopFailure, HopReply, SmtpPool, transaction

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from engine.checks.runner import Checker, CheckReport, strip_forged_authentication_results
-from engine.graph.evaluator import FilterGraph
+from engine.graph.filter_graph import FilterGraph
 from engine.graph.loops import own_trace_ids
 from engine.graph.transaction import Evaluation
 from engine.graph.verdict import (

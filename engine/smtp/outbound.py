@@ -38,7 +38,7 @@ from typing import Any, cast
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from engine import metrics
-from engine.graph.evaluator import FilterGraph
+from engine.graph.filter_graph import FilterGraph
 from engine.graph.transaction import Evaluation
 from engine.graph.verdict import normalise_address
 from engine.policy.models import Direction, Gateway

@@ -1,4 +1,4 @@
-"""DKIM body canonicalization in pieces (engine/checks/dkim_verify.py `BodyCanonicalizer`,
+"""DKIM body canonicalization in pieces (engine/dkim/canonical.py `BodyCanonicalizer`,
 `BodyHash`), shared by the lean verifier and the relay's streamed signer (issue 7 item 10): the
 digest of a body fed in pieces cut anywhere (between CR and LF, inside white space runs and
 trailing empty lines, l= inside a piece) equals the digest of the whole body canonicalized at
@@ -14,12 +14,14 @@ import dkim
 import pytest
 from dkim.canonicalization import Relaxed, Simple
 
-from engine.checks import dkim_speedups, dkim_verify
-from engine.checks.dkim_verify import BodyHash, Message, canonical_body
+from engine.dkim import canonical, dkimpy_patch
+from engine.dkim import message as dkim_message
+from engine.dkim.canonical import BodyHash, canonical_body
+from engine.dkim.message import Message
 
 ALPHABET = [b"a", b"Z", b" ", b"  ", b"\t", b"\r", b"\n", b"\r\n", b"\r\n", b"\r\n\r\n", b" \r\n", b"x y"]
-DKIMPY_RFC822_PARSE = dkim_speedups._RFC822_PARSE  # dkimpy's own, whether or not the speed-up is installed
-REFERENCE = {b"simple": Simple.canonicalize_body, b"relaxed": dkim_speedups._RELAXED_BODY}  # dkimpy's own
+DKIMPY_RFC822_PARSE = dkimpy_patch._RFC822_PARSE  # dkimpy's own, whether or not the speed-up is installed
+REFERENCE = {b"simple": Simple.canonicalize_body, b"relaxed": dkimpy_patch._RELAXED_BODY}  # dkimpy's own
 
 
 def random_body(rng: random.Random, size: int = 40) -> bytes:
@@ -45,9 +47,9 @@ def test_whole_canonicalization_is_dkimpys(algorithm: bytes) -> None:
 
 
 def test_dkimpy_uses_the_one_canonicalization_once_installed() -> None:
-    dkim_speedups.install()
+    dkimpy_patch.install()
     assert Relaxed.canonicalize_body(b"a  b \r\n\r\n") == b"a b\r\n"
-    assert Relaxed.canonicalize_body is dkim_speedups.relaxed_body
+    assert Relaxed.canonicalize_body is dkimpy_patch.relaxed_body
 
 
 @pytest.mark.parametrize("algorithm", [b"simple", b"relaxed"])
@@ -81,7 +83,7 @@ def test_relaxed_spans_cut_anywhere_give_the_same_hash(monkeypatch: pytest.Monke
     bodies = [random_body(rng, 80) for _ in range(500)]
     bodies += [b"a" + b" \t" * 5000 + b"\r\n", b"a" + b" " * 9999 + b"b\r\n", b" " * 9999, b"x \r \r\n\t\r"]
     wants = [hashlib.sha256(canonical_body(body, b"relaxed")).digest() for body in bodies]
-    monkeypatch.setattr(dkim_verify, "RELAXED_SPAN", span)
+    monkeypatch.setattr(canonical, "RELAXED_SPAN", span)
     for body, want in zip(bodies, wants, strict=True):
         assert hash_in_pieces(body, [], b"relaxed") == want, body
         assert hashlib.sha256(canonical_body(body, b"relaxed")).digest() == want, body
@@ -100,7 +102,7 @@ def test_a_large_body_in_pieces_is_hashed_as_a_whole() -> None:
 def test_message_parse_gives_dkimpys_fields_and_body(monkeypatch: pytest.MonkeyPatch) -> None:
     """Header fields as `dkim.rfc822_parse` gives them; the body pieces join to its body (bare LFs
     made CRLF, across piece ends too), with small pieces so that every message has several."""
-    monkeypatch.setattr(dkim_verify, "BODY_PIECE", 7)
+    monkeypatch.setattr(dkim_message, "BODY_PIECE", 7)
     rng = random.Random(5322)
     heads = [b"From: a@b\r\n", b"To: c@d\n", b"Subject: x\r\n y\r\n", b"X: \r\r\n", b"\r\n", b"\n", b"From x\n"]
     for _ in range(3000):

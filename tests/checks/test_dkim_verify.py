@@ -1,4 +1,4 @@
-"""The lean DKIM verifier (engine/checks/dkim_verify.py) against dkimpy, on messages signed by
+"""The lean DKIM verifier (engine/dkim/verify.py) against dkimpy, on messages signed by
 dkimpy (RSA and Ed25519, every canonicalization pair, with and without l=) and by opendkim
 (`opendkim-testmsg`: rsa-sha1, relaxed/simple): valid ones, tampered bodies and headers, a
 second From, appended content. The verifier may only ever say "valid" when dkimpy says so, and
@@ -18,8 +18,9 @@ import dkim
 import pytest
 
 from engine.checks import dkim as dkim_module
-from engine.checks import dkim_speedups, dkim_verify
 from engine.checks.dkim import verify_dkim
+from engine.dkim import canonical, dkimpy_patch, verify
+from engine.dkim.message import Message
 from engine.dns.resolver import DnsAnswer
 from tests.checks.fake_dns import FakeResolver
 from tests.checks.world import Keys, make_keys
@@ -68,7 +69,7 @@ def both(raw: bytes, record: bytes) -> tuple[bool, bool]:
     """(dkimpy's answer, the lean verifier's) for the first DKIM-Signature of `raw` (a message
     dkimpy cannot parse: (False, False) when the lean parse refuses it too)."""
     try:
-        message = dkim_verify.Message.parse(raw)
+        message = Message.parse(raw)
     except dkim.MessageFormatError:
         with pytest.raises(dkim.MessageFormatError):
             dkim.verify(raw, dnsfunc=lambda name, timeout=5: record, minkey=1024)
@@ -76,7 +77,7 @@ def both(raw: bytes, record: bytes) -> tuple[bool, bool]:
     reference = bool(dkim.verify(raw, dnsfunc=lambda name, timeout=5: record, minkey=1024))
     name, value = next(f for f in message.headers if f[0].lower() == b"dkim-signature")
     tags = dkim.util.parse_tag_value(value)
-    return reference, dkim_verify.confirm(message, tags, (name, value), record)
+    return reference, verify.confirm(message, tags, (name, value), record)
 
 
 TAMPERINGS: dict[str, Callable[[bytes], bytes]] = {
@@ -143,9 +144,9 @@ def test_key_problems_are_left_to_dkimpy(keys: Keys) -> None:
         b"v=DKIM1; k=rsa; p=",  # revoked
         b"v=DKIM2; k=rsa; p=" + keys.rsa_dns.encode(),
     ]:
-        message = dkim_verify.Message.parse(raw)
+        message = Message.parse(raw)
         name, value = message.headers[0]
-        assert not dkim_verify.confirm(message, dkim.util.parse_tag_value(value), (name, value), record), record
+        assert not verify.confirm(message, dkim.util.parse_tag_value(value), (name, value), record), record
 
 
 def test_post_dated_signatures_are_left_to_dkimpy(keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -197,7 +198,7 @@ def test_verify_dkim_passes_with_the_lean_verifier_and_fails_with_dkimpys_reason
         calls.append(1)
         return original(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    dkim_speedups.install()
+    dkimpy_patch.install()
     dkim.DKIM.verify = counting  # type: ignore[method-assign]
     try:
         (ok,) = asyncio.run(verify_dkim(fake, raw))
@@ -218,12 +219,12 @@ def test_canonicalization_helpers_match_dkimpys() -> None:
                 b"\x0b"]
     for _ in range(3000):
         value = b"".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
-        assert dkim_verify.without_signature(value) == dkim.RE_BTAG.sub(b"\\1", value), value
+        assert verify.without_signature(value) == dkim.RE_BTAG.sub(b"\\1", value), value
         name = rng.choice([b"Subject", b"X-Y ", b"dkim-Signature"])
         expected = b"%s:%s" % Relaxed.canonicalize_headers([(name, value)])[0]
-        assert dkim_verify.canonical_header(name, value, b"relaxed") == expected, value
-        assert dkim_verify.canonical_body(value, b"relaxed") == dkim_speedups._RELAXED_BODY(value), value
-        assert dkim_verify.canonical_body(value, b"simple") == Simple.canonicalize_body(value), value
+        assert canonical.canonical_header(name, value, b"relaxed") == expected, value
+        assert canonical.canonical_body(value, b"relaxed") == dkimpy_patch._RELAXED_BODY(value), value
+        assert canonical.canonical_body(value, b"simple") == Simple.canonicalize_body(value), value
 
 
 # ---------------------------------------------------------------- the dkimpy fallback, body-free
@@ -246,7 +247,7 @@ def _dkimpy_on_the_whole_message(raw: bytes, record: bytes | None) -> tuple[bool
 def _fallback(raw: bytes, record: bytes | None) -> tuple[bool, str]:
     answer = DnsAnswer("sel._domainkey.sender.test", "TXT", "ok" if record else "nxdomain",
                        (record.decode(),) if record else ())
-    return dkim_module._verify_all(dkim_verify.Message.parse(raw), [0], {answer.name: answer})[0]
+    return dkim_module._verify_all(Message.parse(raw), [0], {answer.name: answer})[0]
 
 
 def _small_rsa_record() -> bytes:
@@ -305,7 +306,7 @@ def test_arc_validation_without_the_body_says_what_dkimpy_says_of_the_whole_mess
     dnsfunc = dkim_module.dnsfunc_from(answers)
     for name, raw in cases.items():
         reference = dkim.ARC(raw, minkey=dkim_module.MIN_RSA_BITS).verify(dnsfunc=dnsfunc)
-        cv, data, reason = arc_module._validate(dkim_verify.Message.parse(raw), answers)
+        cv, data, reason = arc_module._validate(Message.parse(raw), answers)
         assert (cv, data, reason) == (reference[0], list(reference[1]), str(reference[2])), name
-    assert arc_module._validate(dkim_verify.Message.parse(cases["one set"]), answers)[0] == dkim.CV_Pass
-    assert arc_module._validate(dkim_verify.Message.parse(cases["body appended"]), answers)[0] == dkim.CV_Fail
+    assert arc_module._validate(Message.parse(cases["one set"]), answers)[0] == dkim.CV_Pass
+    assert arc_module._validate(Message.parse(cases["body appended"]), answers)[0] == dkim.CV_Fail

@@ -9,7 +9,7 @@ import re2
 from typer.testing import CliRunner
 
 from engine.cli.quarantine_cmd import quarantine_app
-from engine.policy.yaml_edit import Edited, EditRefused, append_block, append_scalar
+from engine.gitops.yaml_edit import Edited, EditRefused, append_block, append_scalar
 from tests.gitops.conftest import StoredMail, git, run_cli
 
 runner = CliRunner()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from engine.testing.resolver import StaticResolver
+from engine.gitops.bdd.resolver import StaticResolver
 
 
 def test_answers_nodata_nxdomain_and_failures() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import dkim
 import pytest
 
-from engine.dns.dkim import generate_key, public_record, write_new_key
+from engine.dkim.keys import generate_key, public_record, write_new_key
 from engine.dns.resolver import Resolver
 from engine.policy.models import DnsSettings
 from engine.relay import worker as worker_module

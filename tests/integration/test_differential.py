@@ -34,8 +34,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.cli.explain_cmd import explain_json
-from engine.graph.compiler import load_graph
-from engine.graph.evaluator import FilterGraph
+from engine.graph.build.compiler import load_graph
+from engine.graph.filter_graph import FilterGraph
 from engine.graph.transaction import simulate
 from tests.example_corpus import CLEAN, EXAMPLE_MESSAGES, message
 from tests.integration.conftest import LOCALHOST, REPO, Gateway, Sink, free_port, liveprism, wait_for

@@ -14,8 +14,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from engine.dns.drift import drift_metric_values, policy_drift
 from engine.dns.resolver import Resolver
+from engine.dns_as_code.drift import drift_metric_values, policy_drift
 from engine.policy.loader import load_policy
 from tests.integration.conftest import LOCALHOST, REPO, liveprism
 from tests.integration.nsd import Nsd, zone_file

@@ -185,7 +185,7 @@ def test_check_condition_matches_check_results() -> None:
 
 
 def test_tenant_overrides_and_check_rules_in_the_verdict(tmp_path: Path) -> None:
-    from engine.graph.compiler import load_graph
+    from engine.graph.build.compiler import load_graph
     from engine.graph.transaction import simulate
     from engine.graph.verdict import KIND_ANTIVIRUS, Hit
 
@@ -225,7 +225,7 @@ def test_dkim_rsa_speedup_answers_as_dkimpy() -> None:
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
-    from engine.checks import dkim_speedups
+    from engine.dkim import dkimpy_patch
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -237,7 +237,7 @@ def test_dkim_rsa_speedup_answers_as_dkimpy() -> None:
         broken = bytes([signature[0] ^ 1]) + signature[1:]
         cases += [(digest, signature), (digest, broken), (hashlib.new(name, b"other"), signature),
                   (digest, signature + b"\0"), (digest, b"\0" * 8)]
-    original, fast = dkim.crypto.RSASSA_PKCS1_v1_5_verify, dkim_speedups.rsassa_pkcs1_v1_5_verify
+    original, fast = dkim.crypto.RSASSA_PKCS1_v1_5_verify, dkimpy_patch.rsassa_pkcs1_v1_5_verify
     answers = [(original(h, s, public), fast(h, s, public)) for h, s in cases]
     assert [a for a, _ in answers] == [b for _, b in answers]
     assert [a for a, _ in answers].count(True) == 2
@@ -271,7 +271,7 @@ def test_dkim_rsa_speedup_answers_as_dkimpy() -> None:
 )
 def test_rfc822_parse_speedup_answers_as_dkimpy(message: bytes) -> None:
     """The same fields and body, or the same exception type (bad names, a leading fold)."""
-    from engine.checks import dkim_speedups
+    from engine.dkim import dkimpy_patch
 
     def outcome(parse: Callable[[bytes], object]) -> object:
         try:
@@ -279,14 +279,14 @@ def test_rfc822_parse_speedup_answers_as_dkimpy(message: bytes) -> None:
         except Exception as exc:  # the exception type is the answer compared
             return type(exc)
 
-    assert outcome(dkim_speedups.rfc822_parse) == outcome(dkim_speedups._RFC822_PARSE)
+    assert outcome(dkimpy_patch.rfc822_parse) == outcome(dkimpy_patch._RFC822_PARSE)
 
 
 @pytest.mark.parametrize("message", [b"Bad header line\r\n\r\nx", b" leading continuation\r\n\r\nx"])
 def test_rfc822_parse_speedup_fails_as_dkimpy(message: bytes) -> None:
-    from engine.checks import dkim_speedups
+    from engine.dkim import dkimpy_patch
 
     with pytest.raises(Exception) as original:
-        dkim_speedups._RFC822_PARSE(message)
+        dkimpy_patch._RFC822_PARSE(message)
     with pytest.raises(type(original.value)):
-        dkim_speedups.rfc822_parse(message)
+        dkimpy_patch.rfc822_parse(message)

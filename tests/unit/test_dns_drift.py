@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from engine.dns.drift import DriftReport, check_drift, drift_metric_values
-from engine.dns.records import DnsPlan, Record, RecordKind, Skipped, Zone
 from engine.dns.resolver import DnsAnswer, DnsStatus
+from engine.dns_as_code.drift import DriftReport, check_drift, drift_metric_values
+from engine.dns_as_code.records import DnsPlan, Record, RecordKind, Skipped, Zone
 
 DOMAIN = "acme.example"
 
@@ -118,7 +118,7 @@ def test_spf_lookups_follow_nested_includes_and_warn_past_ten() -> None:
         f"{DOMAIN}: SPF takes 13 DNS lookups with its includes; RFC 7208 §4.6.4 allows 10 (receivers return"
         " permerror)",
     )
-    from engine.dns.drift import spf_lookups
+    from engine.dns_as_code.drift import spf_lookups
 
     count, problems = asyncio.run(spf_lookups(  # type: ignore[arg-type]
         "v=spf1 include:empty.example ?include:loop.example include:down.example redirect=n0.example", resolver))

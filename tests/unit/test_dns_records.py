@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner
 
 from engine.cli.main import app
-from engine.dns.dkim import dkimpy_private_key, generate_key, load_key, public_record
-from engine.dns.records import KIND_ORDER, DnsPlan, Record, Zone, plan_dns
-from engine.dns.render import bind_txt, render, render_bind, txt_strings
+from engine.dkim.keys import dkimpy_private_key, generate_key, load_key, public_record
+from engine.dns_as_code.records import KIND_ORDER, DnsPlan, Record, Zone, plan_dns
+from engine.dns_as_code.render import bind_txt, render, render_bind, txt_strings
 from engine.policy.loader import load_policy
 from engine.policy.models import DkimKey
 from tests.integration.nsd import zone_file
@@ -346,7 +346,7 @@ def test_keygen_refusals(tmp_path: Path, args: list[str], error: str) -> None:
 
 
 def test_key_from_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.dns.dkim import KeyProblem, private_pem
+    from engine.dkim.keys import KeyProblem, private_pem
 
     key = generate_key("ed25519")
     reference = DkimKey(selector="s", private_key="env:LP_TEST_DKIM")

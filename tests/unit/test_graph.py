@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from engine.cli.main import app
-from engine.graph.compiler import load_graph
-from engine.graph.evaluator import FilterGraph
+from engine.graph.build.compiler import load_graph
+from engine.graph.filter_graph import FilterGraph
 from engine.graph.loops import own_trace_ids
 from engine.graph.transaction import simulate
 from engine.graph.verdict import (

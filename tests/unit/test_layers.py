@@ -14,33 +14,32 @@ from pathlib import Path
 ENGINE = Path(__file__).resolve().parents[2] / "engine"
 
 RANKS = {
-    "aio": 0,
-    "malloc": 0,  # glibc allocator setting of the long-running processes; imports nothing of the engine
     "policy": 0,
     "mime": 0,
-    "dns": 1,  # the resolver and DNS-as-code records: policy settings only
-    "graph": 2,
-    "gitsync": 2,  # git fetch / checkout / symlink swap of policy releases; no engine imports
+    "serve.aio": 0,  # the event loop choice (uvloop); imports nothing of the engine, the relay child uses it too
+    "serve.malloc": 0,  # glibc allocator setting of the long-running processes (serve and its relay child)
+    "dkim": 1,  # canonicalisation, keys, verification, the dkimpy patch: used by the check and by signing
+    "dns": 1,  # the serving resolver: policy settings only
+    "graph": 2,  # the filter graph, its once-per-policy build, the per-message evaluation, replays
     "checks": 2,  # detection only; results become graph hits
+    "dns_as_code": 2,  # the records each tenant domain must publish, rendered and compared with live DNS
     "store": 3,  # receives the graph's copy plans; never imports smtp or relay
     "metrics": 3,  # Prometheus counters the smtp and relay hot paths increment; scraped by admin
     "smtp": 4,
     "relay": 4,
-    "testing": 5,  # the pytest-bdd step library drives the graph like serve does
+    "gitops": 5,  # the GitOps wing: plan, the pytest-bdd plugin, promote's YAML edits; drives the graph like serve
     "admin": 5,
-    "plan": 5,
-    "sink": 5,
-    "privileges": 5,  # serve --user: drops root; imports nothing of the engine
-    "service": 6,
-    "workers": 6,  # SMTP worker processes of `serve --workers N`; they run service's FrontEnd
+    "serve": 6,  # the serve process: front end, SMTP workers, relay child, git sync, privilege drop
     "cli": 7,
     "__main__": 8,
 }
 PEERS_THAT_MUST_NOT_MEET = {frozenset({"smtp", "relay"})}
 
 
-def _package(module: str) -> str:
-    return module.split(".")[1] if module.count(".") else module
+def _ranked(module: str) -> str:
+    """The RANKS key of an engine module: its own `package.module` entry if it has one, else its package."""
+    parts = module.split(".")[1:]
+    return ".".join(parts[:2]) if ".".join(parts[:2]) in RANKS else parts[0]
 
 
 def _engine_imports(path: Path) -> set[str]:
@@ -50,7 +49,10 @@ def _engine_imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.startswith("engine."))
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("engine.") and not node.level:
-            found.add(node.module)
+            for alias in node.names:  # `from engine.serve import aio` imports the module engine.serve.aio
+                submodule = f"{node.module}.{alias.name}"
+                is_module = (ENGINE.parent / (submodule.replace(".", "/") + ".py")).exists()
+                found.add(submodule if is_module else node.module)
     return found
 
 
@@ -58,13 +60,27 @@ def test_engine_imports_point_down_the_layers() -> None:
     wrong = []
     for path in sorted(ENGINE.rglob("*.py")):
         relative = path.relative_to(ENGINE)
-        own = relative.parts[0].removesuffix(".py")
-        if own == "__init__":
+        if relative.parts == ("__init__.py",):
             continue
+        own = _ranked("engine." + ".".join(relative.with_suffix("").parts))
         assert own in RANKS, f"engine/{own}: give the new package a rank in tests/unit/test_layers.py"
         for module in _engine_imports(path):
-            other = _package(module)
+            other = _ranked(module)
             assert other in RANKS, f"{module}: give the new package a rank in tests/unit/test_layers.py"
             if RANKS[other] > RANKS[own] or frozenset({own, other}) in PEERS_THAT_MUST_NOT_MEET:
                 wrong.append(f"engine/{relative} imports {module}")
     assert wrong == []
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ENGINE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_two_modules_import_each_other() -> None:
+    """Not even lazily or under TYPE_CHECKING: a pair that needs each other is one module, or a third holds the seam."""
+    imports = {_module_name(path): _engine_imports(path) for path in ENGINE.rglob("*.py")}
+    circles = sorted(
+        f"{a} <-> {b}" for a, targets in imports.items() for b in targets if a < b and a in imports.get(b, set())
+    )
+    assert circles == []

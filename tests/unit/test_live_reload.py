@@ -16,8 +16,8 @@ from pydantic import ValidationError
 
 from engine import metrics
 from engine.admin.server import AdminContext, build_app
-from engine.graph.incremental import IncrementalLoader
-from engine.graph.live import LivePolicy, ReloadResult
+from engine.graph.build.incremental import IncrementalLoader
+from engine.graph.build.live import LivePolicy, ReloadResult
 from engine.graph.transaction import simulate
 from engine.graph.verdict import Decision, Hit, Reply, TenantVerdict
 from engine.policy.loader import PolicySource, load_policy
@@ -244,7 +244,7 @@ rules:
 
 
 def test_layered_content_index_matches_a_fresh_compile(tmp_path: Path) -> None:
-    from engine.graph.compiler import compile_policy
+    from engine.graph.build.compiler import compile_policy
     from engine.mime.view import parse_message
 
     root = copy_example(tmp_path)
@@ -285,7 +285,7 @@ def test_a_write_during_the_load_never_labels_old_content_with_the_new_hash(
 ) -> None:
     """The version must be the hash of what was parsed: a write landing between the read and the
     hash makes the loader read again."""
-    import engine.graph.incremental as incremental
+    import engine.graph.build.incremental as incremental
 
     root = copy_example(tmp_path)
     acme = root / "tenants" / "acme.yaml"

@@ -7,7 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from engine.graph.compiler import load_graph
+from engine.graph.build.compiler import load_graph
 from engine.mime.view import parse_message
 from engine.policy.models import Action, Direction
 from engine.smtp.handler import InboundHandler

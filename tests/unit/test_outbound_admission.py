@@ -9,8 +9,8 @@ from typing import Any
 
 from policy_files import write_policy
 
-from engine.graph.compiler import load_graph
-from engine.graph.evaluator import FilterGraph
+from engine.graph.build.compiler import load_graph
+from engine.graph.filter_graph import FilterGraph
 from engine.policy.users import hash_password
 from engine.smtp.outbound import REPLY_NOT_ADMITTED, AuthIdentity, OutboundHandler, auth_possible
 

@@ -70,7 +70,7 @@ def test_delivers_copy_byte_exact_with_prepended_headers(
     relay_lab: RelayLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body_with_claim: bool
 ) -> None:
     if not body_with_claim:  # as for a message too big to come with its claim: read separately
-        monkeypatch.setattr("engine.store.sqlite.CLAIM_WITH_BODY_MAX", 0)
+        monkeypatch.setattr("engine.store.sqlite.deliveries.CLAIM_WITH_BODY_MAX", 0)
 
     async def scenario() -> None:
         tenant = Recorder()

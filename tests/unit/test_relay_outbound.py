@@ -19,7 +19,7 @@ import pytest
 from relay_harness import FAST, HEADERS, Recorder, RelayLab, route, wait_until, wait_until_async
 
 from engine import metrics
-from engine.dns.dkim import KeyProblem, generate_key, public_record, write_new_key
+from engine.dkim.keys import KeyProblem, generate_key, public_record, write_new_key
 from engine.policy.models import Action, DeliverySettings, DnsSettings, RouteTls
 from engine.relay import compose, worker
 from engine.relay.compose import compose_streamed, world_headers

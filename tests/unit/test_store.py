@@ -329,7 +329,7 @@ def test_write_failure_raises_store_error(tmp_path: Path) -> None:
 
 
 def test_one_owner_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("engine.store.sqlite.LOCK_WAIT", 0.3)  # a second owner waits, then gives up
+    monkeypatch.setattr("engine.store.sqlite.store.LOCK_WAIT", 0.3)  # a second owner waits, then gives up
 
     async def scenario() -> None:
         first = await opened(tmp_path / "state")

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from policy_files import write_policy
 
-from engine.graph.compiler import compile_policy, list_entries
-from engine.graph.incremental import IncrementalLoader
+from engine.graph.build.compiler import compile_policy, list_entries
+from engine.graph.build.incremental import IncrementalLoader
 from engine.graph.lists import ListIndex
 from engine.graph.transaction import simulate
 from engine.mime.view import parse_message

@@ -32,7 +32,7 @@ from typing import Literal
 
 from publicsuffixlist import PublicSuffixList
 
-from engine.dns.dkim import KeyProblem, load_key, public_record
+from engine.dkim.keys import KeyProblem, load_key, public_record
 from engine.policy.models import DmarcRecord, Gateway, MtaSts, Tenant, TlsRpt
 
 RecordKind = Literal["mx", "spf", "dmarc", "dkim", "mta-sts", "tls-rpt", "dmarc-report", "a", "aaaa"]

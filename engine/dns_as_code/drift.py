@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from engine.dns.records import SPF_LOOKUP_LIMIT, DnsPlan, Record, RecordKind, Skipped, plan_dns
 from engine.dns.resolver import DnsAnswer, Resolver
+from engine.dns_as_code.records import SPF_LOOKUP_LIMIT, DnsPlan, Record, RecordKind, Skipped, plan_dns
 from engine.policy.models import Gateway, Tenant
 
 DriftStatus = Literal["ok", "missing", "different", "extra", "bypass", "error", "skipped"]

@@ -1,10 +1,10 @@
 """Blast radius: replay messages through the base and the new graph, and keep those whose verdict changes.
 
-Sources: a corpus directory (`*.eml`, envelopes by `engine.testing.replay.envelope_for`), and
+Sources: a corpus directory (`*.eml`, envelopes by `engine.graph.replay.envelope_for`), and
 with a state directory the held quarantine and the recent archive of a running gateway (read
 through the store, opened as a non-owner; nothing is changed). Check results that were stored
 with a message (DNSBL, SPF, antivirus, … hits) are replayed as they were, so a difference is the
-policy change's alone. Each replay uses `engine.testing.replay.run`, the gateway's evaluation path.
+policy change's alone. Each replay uses `engine.graph.replay.run`, the gateway's evaluation path.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.graph.evaluator import FilterGraph
+from engine.graph.filter_graph import FilterGraph
+from engine.graph.replay import Envelope, EnvelopeError, envelope_for, run
 from engine.graph.verdict import KIND_LIST, KIND_MIME, KIND_RULE, Decision, Hit
 from engine.policy.models import Action, Direction
 from engine.store import open_store
 from engine.store.sqlite import DB_NAME
-from engine.testing.replay import Envelope, EnvelopeError, envelope_for, run
 
 DELIVERED = (Action.deliver, Action.tag)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import jinja2
 
-from engine.dns.records import DnsPlan, Record, Zone
+from engine.dns_as_code.records import DnsPlan, Record, Zone
 
 TXT_CHUNK = 255
 _ENV = jinja2.Environment(

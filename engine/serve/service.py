@@ -10,7 +10,7 @@ Lifecycle guarantees:
   is told to load the same directory and the reload answers once they all did. An invalid policy
   is recorded with its problems (`GET /policy`) and the running graph stays;
 - `--workers N`: this process serves SMTP and owns the store, the relay child, the admin API and
-  reloads; N-1 worker processes (`engine.workers`) accept on the same listening socket (bound
+  reloads; N-1 worker processes (`engine.serve.workers`) accept on the same listening socket (bound
   here, inherited: pre-fork, so a second gateway started on the same port by mistake fails to
   bind instead of silently taking half the connections, as SO_REUSEPORT would let it);
 - delivery runs in a child process (`engine.relay.process`), woken after each accept;
@@ -37,23 +37,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import aio
 from engine.admin import multiproc
-from engine.gitsync import Applied, GitSettings, GitSync
-from engine.graph.evaluator import FilterGraph
-from engine.graph.incremental import IncrementalLoader
-from engine.graph.live import Attempt, LivePolicy, ReloadResult
-from engine.malloc import return_large_buffers
+from engine.graph.build.incremental import IncrementalLoader
+from engine.graph.build.live import Attempt, LivePolicy, ReloadResult
+from engine.graph.filter_graph import FilterGraph
 from engine.policy.models import Gateway, Listener, Storage
-from engine.privileges import Account, drop_privileges, resolve_account
 from engine.relay.process import RelayProcess
+from engine.serve import aio
+from engine.serve.gitsync import Applied, GitSettings, GitSync
+from engine.serve.malloc import return_large_buffers
+from engine.serve.privileges import Account, drop_privileges, resolve_account
+from engine.serve.workers import WorkerPool
 from engine.smtp.handler import InboundHandler, Waker
 from engine.smtp.outbound import OutboundHandler, OutboundSMTP
 from engine.smtp.protocol import ConnectionLimits, GatewaySMTP, install_aiosmtpd_speedups
 from engine.store import open_store, state_dir
 from engine.store.base import Store
 from engine.store.permissions import chown_state_dir
-from engine.workers import WorkerPool
 
 log = logging.getLogger("liveprism.serve")
 SHUTDOWN_GRACE = 30.0

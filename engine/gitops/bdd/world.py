@@ -1,7 +1,7 @@
 """The state of one scenario: which policy, what message, which envelope, and the outcome.
 
 Steps only fill this in (`Given`), run it (`When`) and read it (`Then`); the evaluation itself is
-`engine.testing.replay.run`, the gateway's own path. Paths are relative to the repository root
+`engine.graph.replay.run`, the gateway's own path. Paths are relative to the repository root
 (pytest's rootdir). A failing `Then` raises `ScenarioFailure` carrying the verdict trace.
 """
 
@@ -17,15 +17,15 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 from engine.checks.runner import CheckRun, checks_configured, outbound_checks
-from engine.graph.compiler import load_graph
-from engine.graph.evaluator import FilterGraph
+from engine.gitops.bdd.resolver import StaticResolver
+from engine.graph.build.compiler import load_graph
+from engine.graph.filter_graph import FilterGraph
+from engine.graph.replay import DEFAULT_CLIENT_IP, DEFAULT_HELO, Envelope, envelope_for, run
 from engine.graph.transaction import Outcome
 from engine.graph.verdict import Hit
 from engine.mime.view import parse_message
 from engine.policy.loader import content_hash, policy_files
 from engine.policy.models import Direction
-from engine.testing.replay import DEFAULT_CLIENT_IP, DEFAULT_HELO, Envelope, envelope_for, run
-from engine.testing.resolver import StaticResolver
 
 
 class ScenarioFailure(AssertionError):

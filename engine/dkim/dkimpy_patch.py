@@ -16,7 +16,7 @@ body comes back unchanged when all its line ends are CRLF already (what SMTP del
 every LF or CRLF turned into CRLF, exactly as dkimpy's join does.
 
 Its "relaxed" body canonicalization (RFC 6376 §3.4.4) is the lean verifier's
-(`dkim_verify.canonical_body`, tested equal to dkimpy's on random bodies): dkimpy's three regex
+(`engine.dkim.canonical.canonical_body`, tested equal to dkimpy's on random bodies): dkimpy's three regex
 passes over the whole body, each a copy, took ~34 times a 25 MB text body at peak when dkimpy
 verified a large message (issue 7 item 10); this one works a span at a time, one copy in all.
 
@@ -34,9 +34,12 @@ from typing import Any
 import dkim
 import dkim.canonicalization
 import dkim.crypto
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import padding, utils
+
+from engine.dkim.canonical import canonical_body
+from engine.dkim.keys import rsa_public_key
 
 _ORIGINAL = dkim.crypto.RSASSA_PKCS1_v1_5_verify
 _EVALUATE_PK = dkim.evaluate_pk
@@ -45,15 +48,6 @@ _RELAXED_BODY = dkim.canonicalization.Relaxed.canonicalize_body  # dkimpy's own 
 _LINE_END = re.compile(rb"\r?\n")
 _NAME_CHARS = bytes(range(0x21, 0x7F))  # field-name characters (RFC 5322 §2.2), deleted by translate
 _HASHES: dict[str, hashes.HashAlgorithm] = {"sha256": hashes.SHA256(), "sha1": hashes.SHA1()}
-
-
-@lru_cache(maxsize=1024)
-def rsa_public_key(modulus: int, exponent: int) -> rsa.RSAPublicKey | None:
-    """The OpenSSL key for these numbers (made once per key), or None when OpenSSL refuses them."""
-    try:
-        return rsa.RSAPublicNumbers(exponent, modulus).public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        return None
 
 
 def rsassa_pkcs1_v1_5_verify(hash: Any, signature: bytes, public_key: dict[str, int]) -> bool:
@@ -130,8 +124,6 @@ def _parse_lines(lines: list[bytes], headers: list[list[bytes]] | None = None) -
 
 def relaxed_body(body: bytes) -> bytes:
     """`dkim.canonicalization.Relaxed.canonicalize_body`, the same bytes with one copy."""
-    from engine.checks.dkim_verify import canonical_body  # (dkim_verify imports this module)
-
     return canonical_body(body, b"relaxed")
 
 

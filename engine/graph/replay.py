@@ -20,7 +20,7 @@ from email.policy import compat32
 from email.utils import getaddresses
 from pathlib import Path
 
-from engine.graph.evaluator import FilterGraph
+from engine.graph.filter_graph import FilterGraph
 from engine.graph.transaction import Outcome, simulate
 from engine.graph.verdict import Hit
 from engine.policy.models import Direction

@@ -1,4 +1,5 @@
-"""DKIM keys of the tenants' outbound mail: generation, loading, and the public key record.
+"""DKIM keys: the tenants' signing keys (generation, loading, the public key record) and the
+OpenSSL form of a verifying RSA key.
 
 Contract:
 - a key is stored as PEM where `outbound.dkim.private_key` points (relative to the policy
@@ -17,9 +18,11 @@ from __future__ import annotations
 import base64
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
@@ -133,3 +136,12 @@ def public_record(key: PrivateKey) -> str:
         return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
     der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+
+
+@lru_cache(maxsize=1024)
+def rsa_public_key(modulus: int, exponent: int) -> rsa.RSAPublicKey | None:
+    """The OpenSSL key for these numbers (made once per key), or None when OpenSSL refuses them."""
+    try:
+        return rsa.RSAPublicNumbers(exponent, modulus).public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return None

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine.graph.evaluator import FilterGraph
+from engine.graph.filter_graph import FilterGraph
 from engine.policy.loader import PolicySource
 
 SAMPLES = 5

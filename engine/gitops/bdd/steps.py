@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from pytest_bdd import given, parsers, then, when
 
+from engine.gitops.bdd.world import Attachment, Scenario, ScenarioFailure, guess_type
 from engine.graph.verdict import KIND_ANTIVIRUS, KIND_LIST, KIND_RULE, Hit, RcptResult, TenantVerdict
 from engine.policy.models import Action, Direction
-from engine.testing.world import Attachment, Scenario, ScenarioFailure, guess_type
 
 ACTION_WORDS = {
     "delivered": Action.deliver,

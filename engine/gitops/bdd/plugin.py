@@ -3,7 +3,7 @@
 Installing `liveprism` is all a policy repository needs: pytest then
 - collects every `*.feature` file under its test paths (no Python test module needed), each
   scenario and each Examples row of an outline becoming one test;
-- provides the step vocabulary of `engine.testing.steps` (pytest-bdd);
+- provides the step vocabulary of `engine.gitops.bdd.steps` (pytest-bdd);
 - resolves paths in scenarios against the rootdir (the repository), and reads the policy from
   `policies/` there unless the ini option `liveprism_policy` or a `Given the policy in` says otherwise.
 `liveprism_collect_features = false` turns the collection off (for a repository that binds its
@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from pytest_bdd import scenarios
 
-from engine.testing.world import ScenarioFailure
+from engine.gitops.bdd.world import ScenarioFailure
 
-pytest_plugins = ["engine.testing.steps"]
+pytest_plugins = ["engine.gitops.bdd.steps"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import aio
-from engine.malloc import return_large_buffers
+from engine.serve import aio
+from engine.serve.malloc import return_large_buffers
 
 if TYPE_CHECKING:
-    from engine.graph.live import LivePolicy
+    from engine.graph.build.live import LivePolicy
 
 log = logging.getLogger("liveprism.workers")
 CONVERGE_TIMEOUT = 300.0
@@ -186,9 +186,9 @@ class _ParentWaker:
 
 async def _worker_main(state: Path, policy_dir: Path, listen_fd: int, control_fd: int, index: int,
                        outbound_fd: int | None = None) -> int:
-    from engine.graph.incremental import IncrementalLoader
-    from engine.graph.live import LivePolicy
-    from engine.service import FrontEnd
+    from engine.graph.build.incremental import IncrementalLoader
+    from engine.graph.build.live import LivePolicy
+    from engine.serve.service import FrontEnd
     from engine.store import open_store
 
     loader = IncrementalLoader()

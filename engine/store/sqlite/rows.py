@@ -1,0 +1,80 @@
+"""Row conversion: the column values the store writes, and the values it builds from rows read.
+
+Contract: `_DELIVERY_COLUMNS` and `_QUARANTINE_COLUMNS` name the columns in the order
+`_delivery_from` and `_quarantine_from` read them (a claim adds the raw body, or NULL, as the
+last column of a delivery); JSON is written compact, with sorted keys.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from typing import Any, cast
+
+from engine.store.base import Delivery, QuarantineEntry, QuarantineStatus, RcptState, RouteBy
+
+_DELIVERY_COLUMNS = (
+    "d.id, d.queue_id, d.tenant, d.route_by, d.mail_from, d.rcpts, d.headers, d.subject_prefix,"
+    " m.received_at, d.created_at, d.attempts, d.last_error, m.client_ip"
+)
+_QUARANTINE_COLUMNS = (
+    "id, queue_id, tenant, recipients, mail_from, subject, reason, score, hits, created_at, status, status_at"
+)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def _rcpts_json(rcpts: Iterable[RcptState]) -> str:
+    return _json([{"rcpt": r.rcpt, "status": r.status, "reply": r.reply, "remote": r.remote} for r in rcpts])
+
+
+def _rcpts_from(text: str) -> tuple[RcptState, ...]:
+    return tuple(RcptState(r["rcpt"], r["status"], r["reply"], r["remote"]) for r in json.loads(text))
+
+
+def _delivery_from(row: sqlite3.Row) -> Delivery:
+    return Delivery(
+        id=row[0],
+        queue_id=row[1],
+        tenant=row[2],
+        route_by=cast(RouteBy, row[3]),
+        mail_from=row[4],
+        rcpts=_rcpts_from(row[5]),
+        headers=bytes(row[6]),
+        subject_prefix=row[7],
+        received_at=row[8],
+        created_at=row[9],
+        attempts=row[10],
+        last_error=row[11],
+        generated=row[12] == "",  # no client: the gateway wrote it (a DSN)
+        raw=bytes(row[13]) if row[13] is not None else None,
+    )
+
+
+def _quarantine_from(row: sqlite3.Row) -> QuarantineEntry:
+    return QuarantineEntry(
+        id=row[0],
+        queue_id=row[1],
+        tenant=row[2],
+        recipients=tuple(json.loads(row[3])),
+        mail_from=row[4],
+        subject=row[5],
+        reason=row[6],
+        score=row[7],
+        hits=tuple(json.loads(row[8])),
+        created_at=row[9],
+        status=cast(QuarantineStatus, row[10]),
+        status_at=row[11],
+    )
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+def quarantine_id(queue_id: str, tenant: str) -> str:
+    """The id of a tenant's quarantined copy of a message."""
+    return f"{queue_id}-{tenant}"

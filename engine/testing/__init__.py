@@ -1,1 +1,0 @@
-"""The Gherkin step library for policy repositories (pytest plugin `liveprism`, see `plugin`)."""
