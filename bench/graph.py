@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.graph.build.compiler import compile_policy
+from engine.graph.transaction import Evaluation
 from engine.graph.verdict import Decision
 from engine.mime.view import parse_message
 from engine.policy.loader import load_policy
@@ -319,7 +320,7 @@ def measure(rule_count: int, seconds: float) -> dict[str, object]:
         "graph_mb": rss_graph - rss_before,
     }
     def transaction(raw: bytes) -> Decision:  # what serve does per message: MAIL, RCPT, DATA
-        evaluation = graph.begin(CLIENT_IP, "client.bench.example")
+        evaluation = Evaluation.begin(graph, CLIENT_IP, "client.bench.example")
         evaluation.mail(MAIL_FROM)
         evaluation.rcpt(RCPT)
         return evaluation.data(parse_message(raw))

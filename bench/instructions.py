@@ -23,13 +23,14 @@ sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from engine.graph.build.compiler import load_graph
 from engine.mime.view import parse_message
+from engine.graph.transaction import Evaluation
 sys.path.insert(0, str(Path(sys.argv[1]) / "bench"))
 from graph import make_message
 graph = load_graph(Path(sys.argv[1]) / "policies").graph
 raw = make_message(int(sys.argv[3]), 1)
 for _ in range(int(sys.argv[2])):
     if hasattr(graph, "begin"):
-        evaluation = graph.begin("192.0.2.1", "client.example")
+        evaluation = Evaluation.begin(graph, "192.0.2.1", "client.example")
         evaluation.mail("alice.martin@example.com")
         evaluation.rcpt("bob.jones@acme.example")
         evaluation.data(parse_message(raw))

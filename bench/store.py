@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from engine.policy.models import Action
-from engine.store.base import Accepted, CopyPlan, Envelope, new_queue_id
+from engine.store.base import Accepted, CopyPlan, StoredEnvelope, new_queue_id
 from engine.store.sqlite import SqliteStore
 
 
@@ -37,7 +37,7 @@ def message(size: int) -> Accepted:
     line = b"The quick brown fox jumps over the lazy dog, again and again.\r\n"
     raw = head + line * max(1, (size - len(head)) // len(line))
     verdict = {"action": "deliver", "score": 0.5, "hits": [], "reason": "clean"}
-    envelope = Envelope("alice@sender.example", ("bob@acme.example",), "192.0.2.1", "client.example", time.time())
+    envelope = StoredEnvelope("alice@sender.example", ("bob@acme.example",), "192.0.2.1", "client.example", time.time())
     headers = f"Received: from client.example by mxpath.example with ESMTP id {queue_id}\r\n".encode()
     plan = CopyPlan("acme", ("bob@acme.example",), Action.deliver, headers, reason="clean", score=0.5)
     return Accepted(queue_id, raw, envelope, f"bench {queue_id}", "bench", verdict, (plan,), archive=True)

@@ -38,7 +38,7 @@ from typing import Any
 
 from engine.checks import clamd, dnsbl
 from engine.checks.arc import ArcResult, verify_arc
-from engine.checks.authres import authentication_results, header_field, strip_authentication_results
+from engine.checks.authres import authentication_results, header_field
 from engine.checks.dkim import DkimResult, verify_dkim
 from engine.checks.dmarc import DmarcResult, check_dmarc
 from engine.checks.spf import SpfResult, check_spf
@@ -474,13 +474,3 @@ class Checker:
         run = CheckRun(checks, self.resolver(gateway.dns), hostname=gateway.hostname)
         run.connect(client_ip, helo)
         return run
-
-
-def strip_forged_authentication_results(raw: bytes, hostname: str) -> bytes:
-    """`raw` without incoming Authentication-Results fields claiming our authserv-id (RFC 8601 §5);
-    the message is only rewritten when its header section mentions the field at all."""
-    end = raw.find(b"\r\n\r\n")
-    head = raw if end < 0 else raw[:end]
-    if b"authentication-results" not in head.lower():
-        return raw
-    return strip_authentication_results(raw, hostname)

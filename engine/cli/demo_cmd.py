@@ -1,6 +1,7 @@
-"""`liveprism sink`: a local mailbox for the demo — an SMTP server that writes every message to Maildir.
+"""`liveprism demo`: `serve` on the example policy beside `liveprism sink`, a local mailbox — an
+SMTP server that writes every message to Maildir.
 
-It stands in for a tenant's own mail server on loopback. Each message is written with
+The sink stands in for a tenant's own mail server on loopback. Each message is written with
 `mailbox.Maildir` (tmp/ then rename to new/), once per transaction, with the envelope in
 `X-Sink-Mail-From` / `X-Sink-Rcpt-To` header lines prepended, and answered 250 afterwards.
 """
@@ -11,10 +12,15 @@ import asyncio
 import logging
 import mailbox
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from engine.cli.dkim_cmd import run_keygen
+from engine.cli.serve_cmd import run_serve_cmd
+from engine.policy.loader import load_policy
 from engine.smtp.protocol import MAX_LINE_LENGTH
 
 log = logging.getLogger("liveprism.sink")
@@ -64,3 +70,19 @@ def run_sink(listen: str, maildir: Path) -> int:
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
     asyncio.run(serve_sink(address or "127.0.0.1", int(port), maildir))
     return 0
+
+
+def run_demo(directory: Path, state: Path, maildir: Path) -> int:
+    """Create the DKIM keys the policy names but that do not exist yet, start the sink as a child
+    process, serve until stopped, then stop the sink. Returns serve's exit code."""
+    for tenant in load_policy(directory).tenants:
+        dkim = tenant.model.outbound.dkim
+        if dkim is not None and not dkim.private_key.startswith("env:") and not (directory / dkim.private_key).exists():
+            run_keygen(directory, tenant.model.name, None, "rsa")
+
+    child = subprocess.Popen([sys.executable, "-m", "engine", "sink", "--maildir", str(maildir)])
+    try:
+        return run_serve_cmd(directory, state, "1", None, "main", "policies", 30.0)
+    finally:
+        child.terminate()
+        child.wait(timeout=10)

@@ -179,26 +179,9 @@ def demo(
 ) -> None:
     """`serve` plus the demo mailbox on 127.0.0.1:2626 that the example tenants' routes point at;
     DKIM keys the policy names but that do not exist yet are created first (never committed)."""
-    import subprocess
-    import sys
+    from engine.cli.demo_cmd import run_demo
 
-    from engine.cli.dkim_cmd import run_keygen
-    from engine.policy.loader import load_policy
-
-    for tenant in load_policy(directory).tenants:
-        dkim = tenant.model.outbound.dkim
-        if dkim is not None and not dkim.private_key.startswith("env:") and not (directory / dkim.private_key).exists():
-            run_keygen(directory, tenant.model.name, None, "rsa")
-
-    child = subprocess.Popen([sys.executable, "-m", "engine", "sink", "--maildir", str(maildir)])
-    try:
-        from engine.cli.serve_cmd import run_serve_cmd
-
-        code = run_serve_cmd(directory, state, "1", None, "main", "policies", 30.0)
-    finally:
-        child.terminate()
-        child.wait(timeout=10)
-    raise typer.Exit(code)
+    raise typer.Exit(run_demo(directory, state, maildir))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -1,6 +1,6 @@
 """The compiled, immutable filter graph: what each SMTP stage's input matches.
 
-A transaction is evaluated by an `Evaluation` (`FilterGraph.begin`, engine/graph/transaction.py),
+A transaction is evaluated by an `Evaluation` (`Evaluation.begin(graph, …)`, engine/graph/transaction.py),
 which calls these per-stage lookups in protocol order; nothing else decides. Each decision is
 taken at the earliest stage that can see its input (DESIGN.md "Decisions"):
 - `connect(ip)` / `mail(ip, sender)`: lists applied to every tenant (gateway `lists`), by client
@@ -26,9 +26,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from engine.graph.addresses import mx_labels, normalise_address
 from engine.graph.content import ContentIndex
 from engine.graph.lists import ListEntry, ListIndex
-from engine.graph.transaction import Evaluation
 from engine.graph.verdict import (
     HIT_MALFORMED_MIME,
     KIND_ANTIVIRUS,
@@ -55,8 +55,6 @@ from engine.graph.verdict import (
     Stage,
     TenantVerdict,
     action_reply,
-    mx_labels,
-    normalise_address,
 )
 from engine.mime.view import MessageView
 from engine.policy.models import AcceptMode, Action, Direction, Gateway, ListAction, Outbound, Route, Scoring
@@ -201,14 +199,6 @@ class FilterGraph:
         self._sender_owner = {  # sending domain -> tenant (validate refuses a domain claimed twice)
             domain.lower().rstrip("."): plan.name for plan in self.tenants.values() for domain in plan.sender_domains
         }
-
-    def begin(
-        self, client_ip: str, helo: str = "", direction: Direction = Direction.inbound, *,
-        auth_tenant: str | None = None,
-    ) -> Evaluation:
-        """A new transaction from this client against this graph (engine/graph/transaction.py);
-        `auth_tenant`: outbound, the tenant of the client's SMTP AUTH user."""
-        return Evaluation(self, client_ip, helo, direction, auth_tenant=auth_tenant)
 
     # ------------------------------------------------------------ lookups
 

@@ -30,7 +30,7 @@ DEFAULT_HELO = "client.example"
 
 
 @dataclass(frozen=True, slots=True)
-class Envelope:
+class ReplayEnvelope:
     """The SMTP envelope a replayed message arrives with."""
 
     mail_from: str
@@ -42,7 +42,7 @@ class Envelope:
 
 
 def run(
-    graph: FilterGraph, envelope: Envelope, raw: bytes, external_hits: Sequence[Hit] = (),
+    graph: FilterGraph, envelope: ReplayEnvelope, raw: bytes, external_hits: Sequence[Hit] = (),
     early_hits: Sequence[Hit] = (),
 ) -> Outcome:
     """Every SMTP stage of one transaction against `graph` (connect, MAIL, RCPT, DATA); `early_hits`
@@ -82,12 +82,12 @@ def sidecar_path(path: Path) -> Path:
     return path.with_suffix(".envelope")
 
 
-def envelope_for(path: Path, raw: bytes) -> Envelope:
+def envelope_for(path: Path, raw: bytes) -> ReplayEnvelope:
     """The envelope of a corpus message: its sidecar, else its headers. Raises EnvelopeError for a bad sidecar."""
     sidecar = sidecar_path(path)
     mail_from, rcpts = header_envelope(raw)
     if not sidecar.is_file():
-        return Envelope(mail_from, rcpts)
+        return ReplayEnvelope(mail_from, rcpts)
     try:
         data = json.loads(sidecar.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -104,7 +104,7 @@ def envelope_for(path: Path, raw: bytes) -> Envelope:
         direction = Direction(data.get("direction", "inbound"))
     except ValueError as exc:
         raise EnvelopeError(f"{sidecar}: direction must be inbound or outbound") from exc
-    return Envelope(
+    return ReplayEnvelope(
         str(data.get("mail_from", mail_from)),
         tuple(given_rcpts),
         str(data.get("client_ip", DEFAULT_CLIENT_IP)),

@@ -1,10 +1,10 @@
 """One SMTP transaction evaluated against one compiled policy: the single evaluation path.
 
 `serve` (the SMTP handler), `explain`, the BDD steps and the outbound listener all drive an
-`Evaluation` (maddy's `CheckState` shape): `graph.begin(client_ip, helo, direction)`, then one
+`Evaluation` (maddy's `CheckState` shape): `Evaluation.begin(graph, client_ip, helo, direction)`, then one
 call per SMTP stage in protocol order, then `finish()`:
 
-    evaluation = graph.begin(client_ip, helo, direction)
+    evaluation = Evaluation.begin(graph, client_ip, helo, direction)
     evaluation.connect()             # gateway-wide block list by client network (inbound)
     evaluation.add_hits(hits)        # external check results as they arrive (DNSBL, SPF, …)
     evaluation.mail(sender)          # gateway-wide block list by envelope sender
@@ -40,8 +40,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
+from engine.graph.addresses import a_label_domain, mx_labels, normalise_address
+from engine.graph.filter_graph import FilterGraph
 from engine.graph.loops import loop_refusal
 from engine.graph.verdict import (
     ACCEPTED_ACTIONS,
@@ -61,16 +62,10 @@ from engine.graph.verdict import (
     Reply,
     Stage,
     TenantVerdict,
-    a_label_domain,
-    mx_labels,
-    normalise_address,
     policy_refusal,
 )
 from engine.mime.view import MessageView, header_text, parse_message
 from engine.policy.models import Action, Direction
-
-if TYPE_CHECKING:
-    from engine.graph.filter_graph import FilterGraph
 
 
 @dataclass(slots=True)
@@ -92,6 +87,15 @@ class Evaluation:
     _refused_copies: dict[str, TenantVerdict] = field(default_factory=dict)  # tenants refused at RCPT
     refusal_hit: Hit | None = None  # what refused the whole transaction before DATA, if anything
     _decision: Decision | None = None
+
+    @classmethod
+    def begin(
+        cls, graph: FilterGraph, client_ip: str, helo: str = "", direction: Direction = Direction.inbound, *,
+        auth_tenant: str | None = None,
+    ) -> Evaluation:
+        """A new transaction from this client against `graph`; `auth_tenant`: outbound, the tenant
+        of the client's SMTP AUTH user."""
+        return cls(graph, client_ip, helo, direction, auth_tenant=auth_tenant)
 
     # ------------------------------------------------------------ stages before DATA
 
@@ -306,7 +310,7 @@ def simulate(
     whole transaction, and sends DATA only when a recipient was accepted). `early_hits` are check
     results `serve` has after MAIL FROM (DNSBL, SPF), `external_hits` those of DATA; `auth_tenant`
     is the tenant of an outbound client's SMTP AUTH user."""
-    evaluation = graph.begin(client_ip, helo, direction, auth_tenant=auth_tenant)
+    evaluation = Evaluation.begin(graph, client_ip, helo, direction, auth_tenant=auth_tenant)
     replies: list[tuple[str, Reply]] = []
     refusal = evaluation.connect() or evaluation.add_hits(())
     if refusal is None:

@@ -6,7 +6,6 @@ reused verbatim in logs, headers and metrics.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -109,29 +108,6 @@ def policy_refusal(hit: Hit) -> Reply:
     if hit.action is Action.tempfail:
         return Reply(451, "4.7.1", hit.message) if hit.message and hit.kind != "list" else REPLY_TEMPFAIL
     return Reply(550, "5.7.1", f"rejected by policy ({hit.id})")
-
-
-def normalise_address(address: str) -> str:
-    """Lowercase an envelope address, drop angle brackets and write an internationalised domain
-    as A-labels (`x@münchen.example` is `x@xn--mnchen-3ya.example`, as policy domains are);
-    "" stays "" (the null sender)."""
-    return a_label_domain(address.strip().strip("<>").strip()).lower()
-
-
-def mx_labels(rcpts: Sequence[str]) -> tuple[str, ...]:
-    """`mx:DOMAIN` of each recipient domain, in order: where an outbound copy is delivered."""
-    return tuple(dict.fromkeys(f"mx:{normalise_address(rcpt).rpartition('@')[2]}" for rcpt in rcpts))
-
-
-def a_label_domain(address: str) -> str:
-    """`address` with a non-ASCII domain written as A-labels (IDNA); unchanged when it cannot be."""
-    local, at, domain = address.rpartition("@")
-    if not at or domain.isascii():
-        return address
-    try:
-        return f"{local}@{domain.encode('idna').decode('ascii')}"
-    except UnicodeError:
-        return address
 
 
 @dataclass(frozen=True, slots=True)

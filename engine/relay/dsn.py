@@ -26,7 +26,7 @@ from email.utils import format_datetime
 from engine.mime.raw_headers import header_section
 from engine.policy.models import Action, Direction
 from engine.relay.compose import world_headers
-from engine.store.base import Accepted, CopyPlan, Envelope, new_queue_id
+from engine.store.base import Accepted, CopyPlan, StoredEnvelope, new_queue_id
 
 DSN_SUBJECT = "Undelivered Mail Returned to Sender"
 
@@ -183,7 +183,7 @@ def dsn_message(
     return Accepted(
         queue_id=queue_id,
         raw=raw,
-        envelope=Envelope(
+        envelope=StoredEnvelope(
             mail_from="", rcpts=(sender,), client_ip="", helo=reporting_mta, received_at=now,
             direction=Direction.outbound,
         ),

@@ -15,7 +15,7 @@ Lifecycle guarantees:
   bind instead of silently taking half the connections, as SO_REUSEPORT would let it);
 - delivery runs in a child process (`engine.relay.process`), woken after each accept;
 - SIGTERM/SIGINT: stop accepting connections, let open sessions finish their transaction
-  (up to `SHUTDOWN_GRACE` seconds), let in-flight delivery attempts finish, close the store.
+  (up to `frontend.SHUTDOWN_GRACE` seconds), let in-flight delivery attempts finish, close the store.
   The queue stays on disk.
 """
 
@@ -27,13 +27,8 @@ import gc
 import logging
 import os
 import signal
-import socket
-import ssl
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,105 +36,20 @@ from engine.admin import multiproc
 from engine.graph.build.incremental import IncrementalLoader
 from engine.graph.build.live import Attempt, LivePolicy, ReloadResult
 from engine.graph.filter_graph import FilterGraph
-from engine.policy.models import Gateway, Listener, Storage
+from engine.policy.models import Gateway, Storage
 from engine.relay.process import RelayProcess
 from engine.serve import aio
+from engine.serve.frontend import FrontEnd, listening_socket
 from engine.serve.gitsync import Applied, GitSettings, GitSync
 from engine.serve.malloc import return_large_buffers
 from engine.serve.privileges import Account, drop_privileges, resolve_account
 from engine.serve.workers import WorkerPool
-from engine.smtp.handler import InboundHandler, Waker
-from engine.smtp.outbound import OutboundHandler, OutboundSMTP
-from engine.smtp.protocol import ConnectionLimits, GatewaySMTP, install_aiosmtpd_speedups
 from engine.store import open_store, state_dir
 from engine.store.base import Store
 from engine.store.permissions import chown_state_dir
 
 log = logging.getLogger("liveprism.serve")
-SHUTDOWN_GRACE = 30.0
 PURGE_INTERVAL = 3600.0
-
-
-@contextlib.contextmanager
-def _secret_file(reference: str, policy_dir: Path) -> Iterator[str]:
-    """A path for a secret given as a path (relative to the policy dir) or `env:NAME` holding PEM
-    text; the latter lives in a 0600 temporary file only while the block runs."""
-    if not reference.startswith("env:"):
-        path = Path(reference)
-        yield str(path if path.is_absolute() else policy_dir / path)
-        return
-    with tempfile.NamedTemporaryFile("w", suffix=".pem") as handle:
-        os.chmod(handle.name, 0o600)
-        handle.write(os.environ.get(reference[4:], ""))
-        handle.flush()
-        yield handle.name
-
-
-def tls_context(gateway: Gateway, policy_dir: Path) -> ssl.SSLContext | None:
-    """Server context for STARTTLS when `tls.cert` and `tls.key` are set."""
-    if not gateway.tls.cert or not gateway.tls.key:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    with _secret_file(gateway.tls.cert, policy_dir) as cert, _secret_file(gateway.tls.key, policy_dir) as key:
-        context.load_cert_chain(cert, key)
-    return context
-
-
-def listening_socket(listener: Listener) -> socket.socket:
-    """A listening socket, bound here and shared (inherited) by the worker processes."""
-    family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
-    sock = socket.create_server((listener.address, listener.port), family=family, backlog=1024)
-    sock.setblocking(False)
-    return sock
-
-
-@dataclass
-class FrontEnd:
-    """The SMTP servers of one process (the parent or a worker) on the shared sockets: the inbound
-    listener, and the outbound one when `listeners.outbound` is set (same limits and protections,
-    each listener counting its own connections)."""
-
-    servers: list[asyncio.AbstractServer]
-    limits: list[ConnectionLimits]
-
-    @classmethod
-    async def start(cls, policy: LivePolicy, store: Store, waker: Waker | None, sock: socket.socket,
-                    outbound_sock: socket.socket | None = None) -> FrontEnd:
-        install_aiosmtpd_speedups()
-        common: dict[str, Any] = {
-            "current_graph": policy.current, "store": store, "relay": waker,
-            "log_format": lambda: policy.graph.gateway.log.format,
-        }
-        context = tls_context(policy.graph.gateway, policy.directory)
-        loop = asyncio.get_running_loop()
-
-        def connection_limits() -> ConnectionLimits:
-            return ConnectionLimits(lambda: (policy.graph.gateway.limits.max_connections,
-                                             policy.graph.gateway.limits.max_connections_per_ip))
-
-        def options() -> dict[str, Any]:
-            current = policy.graph.gateway
-            return {"hostname": current.hostname, "ident": "LivePrism ESMTP",
-                    "data_size_limit": current.limits.max_message_size, "enable_SMTPUTF8": True,
-                    "decode_data": False, "tls_context": context, "timeout": current.limits.command_timeout}
-
-        handler = InboundHandler(**common)
-        limits = connection_limits()
-        front = cls([await loop.create_server(lambda: GatewaySMTP(handler, limits, **options()), sock=sock)], [limits])
-        if outbound_sock is not None:
-            outbound = OutboundHandler(policy_dir=lambda: policy.directory, **common)
-            outbound_limits = connection_limits()
-            front.servers.append(await loop.create_server(
-                lambda: OutboundSMTP(outbound, outbound_limits, **options()), sock=outbound_sock))
-            front.limits.append(outbound_limits)
-        return front
-
-    async def stop(self) -> None:
-        """Stop accepting; let open sessions finish (up to SHUTDOWN_GRACE)."""
-        for server in self.servers:
-            server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(limits.idle.wait() for limits in self.limits)), SHUTDOWN_GRACE)
 
 
 class GatewayService:

@@ -30,13 +30,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from engine.graph.build.incremental import IncrementalLoader
+from engine.graph.build.live import LivePolicy
 from engine.serve import aio
+from engine.serve.frontend import FrontEnd
 from engine.serve.malloc import return_large_buffers
-
-if TYPE_CHECKING:
-    from engine.graph.build.live import LivePolicy
+from engine.store import open_store
 
 log = logging.getLogger("liveprism.workers")
 CONVERGE_TIMEOUT = 300.0
@@ -186,11 +187,6 @@ class _ParentWaker:
 
 async def _worker_main(state: Path, policy_dir: Path, listen_fd: int, control_fd: int, index: int,
                        outbound_fd: int | None = None) -> int:
-    from engine.graph.build.incremental import IncrementalLoader
-    from engine.graph.build.live import LivePolicy
-    from engine.serve.service import FrontEnd
-    from engine.store import open_store
-
     loader = IncrementalLoader()
     result, _ = await asyncio.to_thread(loader.load_graph, policy_dir)
     if result.graph is None:

@@ -27,3 +27,10 @@ class GatewayEnvelope(Envelope):
         self.checks: CheckRun | None = None  # the external checks of this transaction (from EHLO/MAIL on)
         self.spool: Path | None = None  # a large message is in this file (`original_content` is then b"")
         self.size = 0  # message bytes after DATA, in memory or in `spool`
+
+
+def gateway_envelope(envelope: Envelope) -> GatewayEnvelope:
+    """Our envelope (GatewaySMTP creates only these); any other is a wiring error."""
+    if isinstance(envelope, GatewayEnvelope):
+        return envelope
+    raise TypeError("the gateway's handlers need GatewaySMTP (its envelopes carry the evaluation)")

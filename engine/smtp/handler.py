@@ -1,4 +1,5 @@
-"""The inbound SMTP front end: aiosmtpd hooks that drive one `Evaluation` per transaction.
+"""The SMTP front end both listeners share: aiosmtpd hooks that drive one `Evaluation` per
+transaction (`TransactionHandler`; the inbound and outbound listeners give its hooks).
 
 Contract:
 - envelope decisions are replied at the earliest stage (MAIL for gateway-wide block lists,
@@ -30,7 +31,8 @@ from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from engine.checks.runner import Checker, CheckReport, strip_forged_authentication_results
+from engine.checks.runner import Checker, CheckReport
+from engine.graph.addresses import normalise_address
 from engine.graph.filter_graph import FilterGraph
 from engine.graph.loops import own_trace_ids
 from engine.graph.transaction import Evaluation
@@ -41,17 +43,15 @@ from engine.graph.verdict import (
     REASON_TEMPFAIL_HELD,
     Decision,
     Hit,
-    normalise_address,
 )
 from engine.metrics import TransactionObserver
 from engine.mime.view import MessageView, header_text, load_texts, parse_message
 from engine.policy.models import Direction
 from engine.smtp.data import discard, read_range
-from engine.smtp.envelope import GatewayEnvelope
-from engine.smtp.headers import received_header, sanitise, verdict_headers
+from engine.smtp.envelope import GatewayEnvelope, gateway_envelope
+from engine.smtp.headers import received_header, sanitise, strip_forged_authentication_results, verdict_headers
 from engine.smtp.protocol import client_ip
-from engine.store.base import Accepted, CopyPlan, Store, new_queue_id
-from engine.store.base import Envelope as StoredEnvelope
+from engine.store.base import Accepted, CopyPlan, Store, StoredEnvelope, new_queue_id
 
 log = logging.getLogger("liveprism.smtp")
 txn_log = logging.getLogger("liveprism.txn")
@@ -101,16 +101,12 @@ class Waker(Protocol):
     def wake(self) -> None: ...
 
 
-def _envelope(envelope: Envelope) -> GatewayEnvelope:
-    """Our envelope (GatewaySMTP creates only these); a plain one is wrapped for safety."""
-    if isinstance(envelope, GatewayEnvelope):
-        return envelope
-    raise TypeError("InboundHandler needs GatewaySMTP (its envelopes carry the evaluation)")
-
-
-class InboundHandler:
-    """aiosmtpd handler for the inbound (MX) listener: it drives one `Evaluation` per transaction
-    and stores what the decision accepts; it decides nothing itself."""
+class TransactionHandler:
+    """The aiosmtpd handler both listeners share: it drives one `Evaluation` per transaction and
+    stores what the decision accepts; it decides nothing itself. The listener's own hooks —
+    which checks start (`_start_checks`), whether EHLO offers AUTH (`_offers_auth`), how the
+    `Evaluation` begins (`_begin`), what may refuse a decided 250 (`_before_accept`) — are given
+    by `InboundHandler` (engine/smtp/inbound.py) and `OutboundHandler` (engine/smtp/outbound.py)."""
 
     def __init__(
         self,
@@ -130,8 +126,7 @@ class InboundHandler:
 
     def _start_checks(self, session: Session, env: GatewayEnvelope, graph: FilterGraph) -> None:
         """The transaction's external checks, started as soon as the client is known (DNSBL)."""
-        if env.checks is None or env.checks.checks is not graph.gateway.checks:
-            env.checks = self._checker.begin(graph.gateway, client_ip(session), session.host_name or "")
+        raise NotImplementedError
 
     @property
     def spool_dir(self) -> Path:
@@ -147,7 +142,7 @@ class InboundHandler:
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
-        self._start_checks(session, _envelope(envelope), self._current_graph())
+        self._start_checks(session, gateway_envelope(envelope), self._current_graph())
         if not self._offers_auth():  # aiosmtpd lists AUTH after STARTTLS whether or not anyone can log in
             responses = [line for line in responses if not line.startswith("250-AUTH")]
         # aiosmtpd handles pipelined commands in order; say so (RFC 2920) and that we send
@@ -155,18 +150,18 @@ class InboundHandler:
         return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
     def _offers_auth(self) -> bool:
-        """Whether EHLO lists AUTH: never on the inbound listener (strangers have nothing to log in to)."""
-        return False
+        """Whether EHLO lists AUTH."""
+        raise NotImplementedError
 
     async def handle_HELO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str) -> str:
         session.host_name = hostname
-        self._start_checks(session, _envelope(envelope), self._current_graph())
+        self._start_checks(session, gateway_envelope(envelope), self._current_graph())
         return f"250 {server.hostname}"
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
-        env = _envelope(envelope)
+        env = gateway_envelope(envelope)
         sender = "" if address == "<>" else address
         env.evaluation = evaluation = self._begin(session)
         reply = evaluation.connect() or evaluation.mail(sender)
@@ -193,12 +188,12 @@ class InboundHandler:
 
     def _begin(self, session: Session) -> Evaluation:
         """The transaction's `Evaluation`, started at MAIL FROM."""
-        return self._current_graph().begin(client_ip(session), session.host_name or "", Direction.inbound)
+        raise NotImplementedError
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
-        env = _envelope(envelope)
+        env = gateway_envelope(envelope)
         if env.evaluation is None:  # aiosmtpd answers RCPT before MAIL itself; never reached
             return "503 5.5.1 need MAIL command"
         result = env.evaluation.rcpt(address)
@@ -211,7 +206,7 @@ class InboundHandler:
         return str(result.answer)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        env = _envelope(envelope)
+        env = gateway_envelope(envelope)
         evaluation = env.evaluation
         if evaluation is None:  # aiosmtpd answers DATA before MAIL/RCPT itself; never reached
             return "503 5.5.1 need MAIL command"

@@ -1,4 +1,5 @@
-"""Trace and verdict header fields added to relayed copies (RFC 5321 §4.4, RFC 5322 §3.6.7).
+"""Trace and verdict header fields added to relayed copies (RFC 5321 §4.4, RFC 5322 §3.6.7), and
+incoming Authentication-Results fields that claim our authserv-id removed (RFC 8601 §5).
 
 Every value that comes from the client (HELO name, addresses) is sanitised first: control
 characters, CR and LF are replaced, so envelope data can never inject a header line.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 from email.utils import formatdate
 
+from engine.checks.authres import strip_authentication_results
 from engine.graph.verdict import TenantVerdict
 from engine.mime.printable import UNSAFE_CHARS
 from engine.policy.models import Action
@@ -47,3 +49,13 @@ def verdict_headers(verdict: TenantVerdict, policy_version: str) -> bytes:
     if verdict.action is Action.tag:
         lines += ["X-Spam-Flag: YES", f"X-Spam-Score: {verdict.score:g}"]
     return "".join(line + "\r\n" for line in lines).encode("utf-8", "replace")
+
+
+def strip_forged_authentication_results(raw: bytes, hostname: str) -> bytes:
+    """`raw` without incoming Authentication-Results fields claiming our authserv-id (RFC 8601 §5);
+    the message is only rewritten when its header section mentions the field at all."""
+    end = raw.find(b"\r\n\r\n")
+    head = raw if end < 0 else raw[:end]
+    if b"authentication-results" not in head.lower():
+        return raw
+    return strip_authentication_results(raw, hostname)

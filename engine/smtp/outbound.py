@@ -38,13 +38,13 @@ from typing import Any, cast
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from engine import metrics
+from engine.graph.addresses import normalise_address
 from engine.graph.filter_graph import FilterGraph
 from engine.graph.transaction import Evaluation
-from engine.graph.verdict import normalise_address
 from engine.policy.models import Direction, Gateway
 from engine.policy.users import UsersFile, read_users, users_path, verify_password
-from engine.smtp.envelope import GatewayEnvelope
-from engine.smtp.handler import InboundHandler, _envelope
+from engine.smtp.envelope import GatewayEnvelope, gateway_envelope
+from engine.smtp.handler import TransactionHandler
 from engine.smtp.headers import sanitise
 from engine.smtp.protocol import GatewaySMTP, client_ip
 
@@ -111,9 +111,9 @@ class UsersCache:
         return found
 
 
-class OutboundHandler(InboundHandler):
-    """aiosmtpd handler of the outbound listener: admission and rate limits around the inbound
-    handler's stages (the `Evaluation` runs with `direction=outbound` and the AUTH user's tenant)."""
+class OutboundHandler(TransactionHandler):
+    """aiosmtpd handler of the outbound listener: admission and rate limits around the shared
+    stages of `TransactionHandler` (the `Evaluation` runs with `direction=outbound` and the AUTH user's tenant)."""
 
     def __init__(self, *, policy_dir: Callable[[], Path], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -160,8 +160,8 @@ class OutboundHandler(InboundHandler):
     def _begin(self, session: Session) -> Evaluation:
         identity = session.auth_data if session.authenticated else None
         tenant = identity.tenant if isinstance(identity, AuthIdentity) else None
-        return self._current_graph().begin(client_ip(session), session.host_name or "", Direction.outbound,
-                                           auth_tenant=tenant)
+        return Evaluation.begin(self._current_graph(), client_ip(session), session.host_name or "",
+                                Direction.outbound, auth_tenant=tenant)
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
@@ -171,7 +171,7 @@ class OutboundHandler(InboundHandler):
             self._observer.refused("mail", "auth-required")
             return REPLY_AUTH_REQUIRED
         reply = await super().handle_MAIL(server, session, envelope, address, mail_options)
-        env = _envelope(envelope)
+        env = gateway_envelope(envelope)
         evaluation = env.evaluation
         if not reply.startswith("250") or evaluation is None:
             return reply

@@ -69,7 +69,7 @@ def new_queue_id() -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Envelope:
+class StoredEnvelope:
     """The SMTP envelope of an accepted transaction."""
 
     mail_from: str  # "" = null sender
@@ -113,7 +113,7 @@ class Accepted:
 
     queue_id: str
     raw: bytes  # exactly as received, CRLF line ends
-    envelope: Envelope
+    envelope: StoredEnvelope
     subject: str  # decoded top-level Subject (from the MIME view), for listings; "" when absent
     policy_version: str
     verdict: Mapping[str, Any]  # whole-transaction verdict (`Decision.to_json`), kept as is in the archive
@@ -251,7 +251,7 @@ class StoredMessage:
     """What is known about a stored message (archive metadata)."""
 
     queue_id: str
-    envelope: Envelope
+    envelope: StoredEnvelope
     subject: str
     size: int
     policy_version: str
@@ -333,6 +333,9 @@ class Store(Protocol):
 
     async def get_quarantine(self, entry_id: str) -> QuarantineEntry | None:
         """One quarantine entry."""
+
+    async def list_archive(self, *, since: float) -> list[str]:
+        """Queue ids of the messages archived at or after `since`, oldest first."""
 
     async def release_quarantine(self, entry_id: str, now: float) -> QuarantineEntry | QuarantineRefusal:
         """Turn a held copy into a delivery due now (a running relay picks it up by polling)."""

@@ -17,7 +17,7 @@ from pytest_bdd import given, parsers, then, when
 
 from engine.policy.models import Action
 from engine.store import open_store
-from engine.store.base import Accepted, CopyPlan, Envelope, new_queue_id
+from engine.store.base import Accepted, CopyPlan, StoredEnvelope, new_queue_id
 from engine.store.sqlite import quarantine_id
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,7 +62,7 @@ def _accepted(raw: bytes, mail_from: str, rcpt: str, tenant: str, action: str, c
     return Accepted(
         queue_id=new_queue_id(),
         raw=raw,
-        envelope=Envelope(mail_from, (rcpt,), client_ip, "client.example", time.time() - 3600),
+        envelope=StoredEnvelope(mail_from, (rcpt,), client_ip, "client.example", time.time() - 3600),
         subject=subject,
         policy_version="v1",
         verdict={"action": action, "tenants": {tenant: verdict}},
@@ -158,7 +158,7 @@ def held_message(workflow: Workflow, sender: str, ip: str) -> None:
     verdict = {"action": "quarantine", "score": 7.0, "reason": "score", "hits": []}
     accepted = Accepted(
         queue_id=new_queue_id(), raw=raw,
-        envelope=Envelope(sender, ("bob@acme.example",), ip, "h.example", time.time()), subject="Cheap watches",
+        envelope=StoredEnvelope(sender, ("bob@acme.example",), ip, "h.example", time.time()), subject="Cheap watches",
         policy_version="v1", verdict={"action": "quarantine", "tenants": {"acme": verdict}},
         copies=(CopyPlan("acme", ("bob@acme.example",), Action.quarantine, b"", reason="score", score=7.0),),
         archive=True,

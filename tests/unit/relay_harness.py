@@ -28,7 +28,7 @@ from engine.policy.models import Action, DeliverySettings, Direction, DnsSetting
 from engine.relay.nexthop import NextHops
 from engine.relay.worker import RelayWorker
 from engine.store import open_store
-from engine.store.base import Accepted, CopyPlan, Envelope, Store, new_queue_id
+from engine.store.base import Accepted, CopyPlan, Store, StoredEnvelope, new_queue_id
 
 T = TypeVar("T")
 
@@ -176,7 +176,7 @@ class Gateway:
         msg = Accepted(
             queue_id=new_queue_id(),
             raw=raw,
-            envelope=Envelope(mail_from, tuple(rcpts), "192.0.2.1", "client.example", time.time(),
+            envelope=StoredEnvelope(mail_from, tuple(rcpts), "192.0.2.1", "client.example", time.time(),
                               Direction.outbound if outbound else Direction.inbound),
             subject="",
             policy_version="test",

@@ -20,7 +20,7 @@ from engine.cli.main import app
 from engine.graph.build.compiler import load_graph
 from engine.graph.filter_graph import FilterGraph
 from engine.graph.loops import own_trace_ids
-from engine.graph.transaction import simulate
+from engine.graph.transaction import Evaluation, simulate
 from engine.graph.verdict import (
     KIND_ANTIVIRUS,
     KIND_RULE,
@@ -198,7 +198,7 @@ def decide(
     direction: Direction = Direction.inbound,
     external_hits: tuple[Hit, ...] = (),
 ) -> Decision:
-    evaluation = graph.begin(client_ip, "client.example", direction)
+    evaluation = Evaluation.begin(graph, client_ip, "client.example", direction)
     evaluation.mail_from = mail_from  # the DATA stage alone: envelope stages are tested on their own
     evaluation.recipients = {tenant: list(rcpts) for tenant, rcpts in tenants.items()}
     return evaluation.data(parse_message(raw), external_hits)
@@ -730,7 +730,7 @@ def test_tempfail_after_another_copys_250_is_held_in_explain_as_in_serve(graph: 
 
 
 def test_recipients_keep_their_case_and_duplicates_are_one_recipient(graph: FilterGraph) -> None:
-    evaluation = graph.begin(NEUTRAL_IP, "client.example")
+    evaluation = Evaluation.begin(graph, NEUTRAL_IP, "client.example")
     assert evaluation.mail(SENDER).code == 250
     answers = [evaluation.rcpt(rcpt).answer for rcpt in ("Bob@acme.example", "<BOB@ACME.example>", "bob@acme.example")]
     assert [str(answer) for answer in answers] == ["250 2.1.5 OK"] * 3
@@ -739,7 +739,7 @@ def test_recipients_keep_their_case_and_duplicates_are_one_recipient(graph: Filt
 
 
 def test_a_refusing_check_hit_refuses_the_transaction_before_data(graph: FilterGraph) -> None:
-    evaluation = graph.begin(NEUTRAL_IP)
+    evaluation = Evaluation.begin(graph, NEUTRAL_IP)
     listed = Hit("dnsbl:zen.example", "dnsbl", 5.0, Action.reject, "gateway.yaml:12")
     assert evaluation.add_hits([Hit("spf:pass", "spf")]) is None
     refusal = evaluation.add_hits([listed])
@@ -750,7 +750,7 @@ def test_a_refusing_check_hit_refuses_the_transaction_before_data(graph: FilterG
 
 
 def test_check_hits_handed_in_before_data_count_in_the_verdict(graph: FilterGraph) -> None:
-    evaluation = graph.begin(NEUTRAL_IP)
+    evaluation = Evaluation.begin(graph, NEUTRAL_IP)
     evaluation.add_hits([Hit("spf:softfail", "spf", 3.5)])
     evaluation.mail(SENDER)
     evaluation.rcpt("eve@globex.example")
@@ -764,7 +764,7 @@ def test_the_recipient_limit_counts_accepted_rcpt_commands(tmp_path: Path) -> No
     files["gateway.yaml"] = files["gateway.yaml"].replace("hostname: mx.test.example", limit)
     loaded = load_graph(write_policy(tmp_path, files))
     assert loaded.graph is not None
-    evaluation = loaded.graph.begin(NEUTRAL_IP)
+    evaluation = Evaluation.begin(loaded.graph, NEUTRAL_IP)
     evaluation.mail(SENDER)
     replies = [str(evaluation.rcpt(r).answer) for r in ("a@acme.example", "nobody@nowhere.example",
                                                           "b@acme.example", "c@acme.example")]
@@ -781,7 +781,7 @@ def test_internationalised_domains_are_matched_as_a_labels(tmp_path: Path) -> No
         """
     loaded = load_graph(write_policy(tmp_path, files))
     assert loaded.graph is not None
-    evaluation = loaded.graph.begin(NEUTRAL_IP)
+    evaluation = Evaluation.begin(loaded.graph, NEUTRAL_IP)
     evaluation.mail(SENDER)
     assert evaluation.rcpt("Anna@MÜNCHEN.example").accepted
     assert evaluation.rcpt("anna@xn--mnchen-3ya.example").accepted
@@ -794,7 +794,7 @@ def test_postmaster_without_a_domain_goes_to_the_configured_mailbox(tmp_path: Pa
         "hostname: mx.test.example", "hostname: mx.test.example\n        postmaster: hostmaster@acme.example")
     loaded = load_graph(write_policy(tmp_path, files))
     assert loaded.graph is not None
-    evaluation = loaded.graph.begin(NEUTRAL_IP)
+    evaluation = Evaluation.begin(loaded.graph, NEUTRAL_IP)
     evaluation.mail(SENDER)
     assert evaluation.rcpt("<Postmaster>").accepted  # RFC 5321 §4.5.1
     assert evaluation.rcpt("postmaster@MX.test.example").accepted
@@ -802,7 +802,7 @@ def test_postmaster_without_a_domain_goes_to_the_configured_mailbox(tmp_path: Pa
 
 
 def test_postmaster_is_refused_when_none_is_configured(graph: FilterGraph) -> None:
-    evaluation = graph.begin(NEUTRAL_IP)
+    evaluation = Evaluation.begin(graph, NEUTRAL_IP)
     evaluation.mail(SENDER)
     result = evaluation.rcpt("postmaster")
     assert str(result.answer) == "550 5.1.1 no postmaster mailbox is configured (gateway.yaml postmaster)"
@@ -840,7 +840,7 @@ def test_a_loop_beats_an_allow_list(graph: FilterGraph) -> None:
 
 
 def test_a_copy_returned_to_its_recipients_is_a_loop_at_its_first_return(graph: FilterGraph) -> None:
-    evaluation = graph.begin(NEUTRAL_IP, "client.example")
+    evaluation = Evaluation.begin(graph, NEUTRAL_IP, "client.example")
     evaluation.mail_from = SENDER
     evaluation.recipients = {"acme": ["bob@acme.example"]}
     decision = evaluation.data(parse_message(_own_trace("Q1") + CLEAN), returned_ids=["Q1"])

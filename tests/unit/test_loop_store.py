@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 
 from engine.graph.build.compiler import load_graph
+from engine.graph.transaction import Evaluation
 from engine.mime.view import parse_message
 from engine.policy.models import Action, Direction
-from engine.smtp.handler import InboundHandler
+from engine.smtp.inbound import InboundHandler
 from engine.store import open_store
-from engine.store.base import Accepted, CopyPlan, Envelope
+from engine.store.base import Accepted, CopyPlan, StoredEnvelope
 from tests.unit.test_graph import CLEAN, POLICY, write_policy
 
 TRACE = ("Received: from mail1.acme.example ([192.0.2.7])\r\n\tby mx.test.example (LivePrism) with ESMTP id {qid};\r\n"
@@ -20,7 +21,7 @@ TRACE = ("Received: from mail1.acme.example ([192.0.2.7])\r\n\tby mx.test.exampl
 
 
 def _stored(queue_id: str, rcpt: str, direction: Direction) -> Accepted:
-    envelope = Envelope("alice@sender.example", (rcpt,), "192.0.2.7", "client.example", time.time(), direction)
+    envelope = StoredEnvelope("alice@sender.example", (rcpt,), "192.0.2.7", "client.example", time.time(), direction)
     copy = CopyPlan("acme", (rcpt,), Action.deliver, b"", route_by="tenant", reason="clean")
     return Accepted(queue_id=queue_id, raw=CLEAN, envelope=envelope, subject="", policy_version="v",
                     verdict={"action": "deliver"}, copies=(copy,), archive=True)
@@ -43,7 +44,7 @@ def test_only_a_copy_back_to_its_own_recipients_in_the_same_direction_is_returne
                                     ("forwarded elsewhere", "QINBOUND1", "carol@acme.example"),
                                     ("outbound to a tenant", "QOUTBOUND1", "bob@acme.example"),
                                     ("unknown id", "QNOTSTORED", "bob@acme.example")]:
-                evaluation = graph.begin("192.0.2.7", "client.example", Direction.inbound)
+                evaluation = Evaluation.begin(graph, "192.0.2.7", "client.example", Direction.inbound)
                 evaluation.recipients = {"acme": [rcpt]}
                 view = parse_message(TRACE.format(qid=qid).encode() + CLEAN)
                 found[name] = await handler._returned_copies(view, evaluation)

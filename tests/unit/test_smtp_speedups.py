@@ -8,7 +8,7 @@ import inspect
 import aiosmtpd.smtp
 import pytest
 
-from engine.smtp.handler import InboundHandler
+from engine.smtp.inbound import InboundHandler
 from engine.smtp.protocol import ConnectionLimits, GatewaySMTP, install_aiosmtpd_speedups
 
 

@@ -26,11 +26,11 @@ from engine.store.base import (
     Accepted,
     AttemptRecord,
     CopyPlan,
-    Envelope,
     QuarantineEntry,
     QuarantineRefusal,
     RcptState,
     RouteBy,
+    StoredEnvelope,
     StoreError,
     new_queue_id,
 )
@@ -65,7 +65,7 @@ def message(
     return Accepted(
         queue_id=new_queue_id(),
         raw=raw,
-        envelope=Envelope(mail_from, rcpts, "192.0.2.7", "client.example", when, direction),
+        envelope=StoredEnvelope(mail_from, rcpts, "192.0.2.7", "client.example", when, direction),
         subject=header_value(raw, "subject") or "",
         policy_version="v1",
         verdict={"action": "deliver", "tenants": sorted(c.tenant for c in copies)},
@@ -386,14 +386,14 @@ KILL_SCRIPT = textwrap.dedent(
     import asyncio, sys, time
     from pathlib import Path
     from engine.policy.models import Action
-    from engine.store.base import Accepted, CopyPlan, Envelope, new_queue_id
+    from engine.store.base import Accepted, CopyPlan, StoredEnvelope, new_queue_id
     from engine.store import open_store
 
     async def acceptor(store, n):
         while True:
             qid = new_queue_id()
             raw = (f"Subject: {qid}\\r\\n\\r\\n" + "x" * 2000 + "\\r\\n").encode()
-            env = Envelope("a@sender.example", ("b@acme.example",), "192.0.2.1", "h", time.time())
+            env = StoredEnvelope("a@sender.example", ("b@acme.example",), "192.0.2.1", "h", time.time())
             plan = CopyPlan("acme", ("b@acme.example",), Action.deliver, b"")
             await store.accept(Accepted(qid, raw, env, "", "v", {}, (plan,), archive=n % 2 == 0))
             print(qid, flush=True)  # acknowledged: the SMTP layer would say 250 now

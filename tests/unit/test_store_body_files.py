@@ -132,7 +132,7 @@ KILL_SCRIPT = textwrap.dedent(
     import asyncio, sys, time
     from pathlib import Path
     from engine.policy.models import Action
-    from engine.store.base import Accepted, CopyPlan, Envelope, new_queue_id
+    from engine.store.base import Accepted, CopyPlan, StoredEnvelope, new_queue_id
     from engine.store import open_store
 
     async def acceptor(store, n):
@@ -141,7 +141,7 @@ KILL_SCRIPT = textwrap.dedent(
             raw = (f"Subject: {qid}\\r\\n\\r\\n" + "x" * 300_000 + "\\r\\n").encode()
             path = store.spool_dir / f"incoming-{qid}"
             path.write_bytes(raw)
-            env = Envelope("a@sender.example", ("b@acme.example",), "192.0.2.1", "h", time.time())
+            env = StoredEnvelope("a@sender.example", ("b@acme.example",), "192.0.2.1", "h", time.time())
             plan = CopyPlan("acme", ("b@acme.example",), Action.deliver, b"")
             await store.accept(Accepted(qid, b"", env, "", "v", {}, (plan,), archive=n % 2 == 0,
                                         body=path, body_size=len(raw)))

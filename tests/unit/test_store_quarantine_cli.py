@@ -14,7 +14,7 @@ from engine.cli.quarantine_cmd import parse_since, quarantine_app
 from engine.graph.verdict import Hit
 from engine.policy.models import Action
 from engine.store import open_store
-from engine.store.base import Accepted, CopyPlan, Envelope, new_queue_id
+from engine.store.base import Accepted, CopyPlan, StoredEnvelope, new_queue_id
 from engine.store.sqlite import quarantine_id
 
 RAW = b"From: spammer@bad.example\r\nSubject: Overdue invoice\r\n\r\nPay now.\r\n"
@@ -26,7 +26,7 @@ def held(tenant: str, rcpt: str, age_days: float, score: float) -> Accepted:
     return Accepted(
         queue_id=new_queue_id(),
         raw=RAW,
-        envelope=Envelope(
+        envelope=StoredEnvelope(
             "spammer@bad.example", (rcpt,), "203.0.113.9", "bad.example", time.time() - age_days * 86_400
         ),
         subject="Overdue invoice",

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from engine.cli.queue_cmd import queue_app
 from engine.policy.models import Action
 from engine.store import open_store
-from engine.store.base import Accepted, AttemptRecord, CopyPlan, Envelope, RcptState, new_queue_id
+from engine.store.base import Accepted, AttemptRecord, CopyPlan, RcptState, StoredEnvelope, new_queue_id
 
 RAW = b"From: alice@example.com\r\nSubject: Quarterly report\r\n\r\nFigures attached.\r\n"
 HOUR = 3600.0
@@ -23,7 +23,7 @@ def accepted(tenant: str, *rcpts: str) -> Accepted:
     return Accepted(
         queue_id=new_queue_id(),
         raw=RAW,
-        envelope=Envelope("alice@example.com", rcpts, "203.0.113.9", "mail.example.com", time.time()),
+        envelope=StoredEnvelope("alice@example.com", rcpts, "203.0.113.9", "mail.example.com", time.time()),
         subject="Quarterly report",
         policy_version="v1",
         verdict={"action": "deliver"},

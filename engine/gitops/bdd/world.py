@@ -20,7 +20,7 @@ from engine.checks.runner import CheckRun, checks_configured, outbound_checks
 from engine.gitops.bdd.resolver import StaticResolver
 from engine.graph.build.compiler import load_graph
 from engine.graph.filter_graph import FilterGraph
-from engine.graph.replay import DEFAULT_CLIENT_IP, DEFAULT_HELO, Envelope, envelope_for, run
+from engine.graph.replay import DEFAULT_CLIENT_IP, DEFAULT_HELO, ReplayEnvelope, envelope_for, run
 from engine.graph.transaction import Outcome
 from engine.graph.verdict import Hit
 from engine.mime.view import parse_message
@@ -133,7 +133,7 @@ class Scenario:
             message.add_attachment(inner)
         return message.as_bytes(policy=SMTP)
 
-    def envelope(self, direction: Direction, raw: bytes) -> Envelope:
+    def envelope(self, direction: Direction, raw: bytes) -> ReplayEnvelope:
         """The explicit envelope, else the message file's sidecar or headers."""
         if self.message_file is not None:
             from_file = envelope_for(self.message_file, raw)
@@ -141,7 +141,7 @@ class Scenario:
             rcpts = tuple(self.rcpts) or from_file.rcpts
         else:
             mail_from, rcpts = self.mail_from or "", tuple(self.rcpts)
-        return Envelope(mail_from, rcpts, self.client_ip, self.helo, direction, self.auth_tenant)
+        return ReplayEnvelope(mail_from, rcpts, self.client_ip, self.helo, direction, self.auth_tenant)
 
     # ------------------------------------------------------------ running and reading
 
@@ -189,7 +189,7 @@ class Scenario:
 
 
 async def check_hits(
-    graph: FilterGraph, envelope: Envelope, raw: bytes, resolver: StaticResolver
+    graph: FilterGraph, envelope: ReplayEnvelope, raw: bytes, resolver: StaticResolver
 ) -> tuple[tuple[Hit, ...], tuple[Hit, ...]]:
     """The external check results of a scenario, as `serve` would get them (the same `CheckRun`),
     with every DNS question answered by the scenario's static resolver: the hits known after MAIL

@@ -10,18 +10,16 @@ policy change's alone. Each replay uses `engine.graph.replay.run`, the gateway's
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.graph.filter_graph import FilterGraph
-from engine.graph.replay import Envelope, EnvelopeError, envelope_for, run
+from engine.graph.replay import EnvelopeError, ReplayEnvelope, envelope_for, run
 from engine.graph.verdict import KIND_LIST, KIND_MIME, KIND_RULE, Decision, Hit
 from engine.policy.models import Action, Direction
 from engine.store import open_store
-from engine.store.sqlite import DB_NAME
 
 DELIVERED = (Action.deliver, Action.tag)
 
@@ -160,25 +158,13 @@ def _verdict_hits(verdict: Mapping[str, Any]) -> tuple[Hit, ...]:
     return _stored_hits(list(unique.values()))
 
 
-def _archived_since(state: Path, since: float) -> list[str]:
-    """Queue ids of the archive rows since `since` (the store has no listing call for the archive yet:
-    a read-only query of its index)."""
-    uri = f"file:{(state / DB_NAME).resolve()}?mode=ro"
-    with sqlite3.connect(uri, uri=True) as conn:
-        rows = conn.execute(
-            "SELECT queue_id FROM archive WHERE archived_at >= ? ORDER BY archived_at", (since,)
-        ).fetchall()
-    return [str(row[0]) for row in rows]
-
-
 def replay_store(state: Path, since: float, old: FilterGraph, new: FilterGraph) -> StoreReplay:
     """Held quarantine copies and archived messages since `since`, through both graphs."""
-    archived_ids = _archived_since(state, since)
 
-    async def collect() -> tuple[list[tuple[str, str, Envelope, bytes, tuple[Hit, ...]]], int]:
+    async def collect() -> tuple[list[tuple[str, str, ReplayEnvelope, bytes, tuple[Hit, ...]]], int, int]:
         store = open_store(state, owner=False)
         await store.open()
-        items: list[tuple[str, str, Envelope, bytes, tuple[Hit, ...]]] = []
+        items: list[tuple[str, str, ReplayEnvelope, bytes, tuple[Hit, ...]]] = []
         try:
             held = await store.list_quarantine(status="held")
             for entry in held:
@@ -187,21 +173,23 @@ def replay_store(state: Path, since: float, old: FilterGraph, new: FilterGraph) 
                 if info is None or raw is None:
                     continue
                 env = info.envelope
-                envelope = Envelope(env.mail_from, tuple(entry.recipients), env.client_ip, env.helo, Direction.inbound)
+                envelope = ReplayEnvelope(env.mail_from, tuple(entry.recipients), env.client_ip, env.helo,
+                                          Direction.inbound)
                 items.append((f"quarantine {entry.id}", entry.tenant, envelope, raw, _stored_hits(entry.hits)))
+            archived_ids = await store.list_archive(since=since)
             for queue_id in archived_ids:
                 info = await store.message_info(queue_id)
                 raw = await store.read_message(queue_id)
                 if info is None or raw is None or info.envelope.direction not in ("inbound", "outbound"):
                     continue
                 env = info.envelope
-                envelope = Envelope(env.mail_from, env.rcpts, env.client_ip, env.helo, Direction(env.direction))
+                envelope = ReplayEnvelope(env.mail_from, env.rcpts, env.client_ip, env.helo, Direction(env.direction))
                 items.append((f"archive {queue_id}", "", envelope, raw, _verdict_hits(info.verdict)))
         finally:
             await store.close()
-        return items, len(held)
+        return items, len(held), len(archived_ids)
 
-    items, held_count = asyncio.run(collect())
+    items, held_count, archived_count = asyncio.run(collect())
     released: list[Flip] = []
     rejected: list[Flip] = []
     other: list[Flip] = []
@@ -225,4 +213,4 @@ def replay_store(state: Path, since: float, old: FilterGraph, new: FilterGraph) 
             for t, v in new_decision.tenants.items()
         ) or (was_delivered and new_decision.action is Action.reject)
         (rejected if now_rejected else other).append(flip)
-    return StoreReplay(held_count, len(archived_ids), tuple(released), tuple(rejected), tuple(other))
+    return StoreReplay(held_count, archived_count, tuple(released), tuple(rejected), tuple(other))

@@ -27,13 +27,13 @@ from engine.store.base import (
     Accepted,
     AttemptRecord,
     Claimed,
-    Envelope,
     PurgeResult,
     QuarantineEntry,
     QuarantineRefusal,
     QuarantineStatus,
     QueueEntry,
     QueueSummary,
+    StoredEnvelope,
     StoredMessage,
     StoreError,
 )
@@ -232,7 +232,7 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 return None
-            envelope = Envelope(row[1], tuple(json.loads(row[2])), row[3], row[4], row[5], Direction(row[6]))
+            envelope = StoredEnvelope(row[1], tuple(json.loads(row[2])), row[3], row[4], row[5], Direction(row[6]))
             return StoredMessage(row[0], envelope, row[7], row[8], row[9], json.loads(row[10]), row[11])
 
         return await self._read(query)
@@ -331,6 +331,10 @@ class SqliteStore:
             return None if row is None else _quarantine_from(row)
 
         return await self._read(query)
+
+    async def list_archive(self, *, since: float) -> list[str]:
+        sql = "SELECT queue_id FROM archive WHERE archived_at >= ? ORDER BY archived_at"
+        return await self._read(lambda conn: [str(row[0]) for row in conn.execute(sql, (since,))])
 
     async def release_quarantine(self, entry_id: str, now: float) -> QuarantineEntry | QuarantineRefusal:
         """held → released, with a delivery due `now` to the copy's recipients (its headers kept)."""
