@@ -22,7 +22,7 @@ from engine.dns_as_code.records import DnsPlan, Record, Zone
 
 TXT_CHUNK = 255
 _ENV = jinja2.Environment(
-    loader=jinja2.PackageLoader("engine.dns", "templates"),
+    loader=jinja2.PackageLoader("engine.dns_as_code", "templates"),
     autoescape=False,
     trim_blocks=True,
     lstrip_blocks=True,

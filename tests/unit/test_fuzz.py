@@ -16,7 +16,7 @@ from unittest.mock import patch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import engine.mime.view as view_module
+import engine.mime.view.walker as walker_module
 from engine.mime.view import MAX_PARTS, MessageView, load_texts, parse_message
 from engine.smtp import data as data_module
 from engine.smtp.data import read_data
@@ -82,7 +82,7 @@ def check_view(raw: bytes) -> MessageView:
     assert list(view.defects) == sorted(set(view.defects))
     assert 1 <= len(view.content_types) <= MAX_PARTS
     assert all(name == name.lower() for name in view.headers)
-    with patch.object(view_module, "UTF8_TEXT_SIZE", -1):  # every text body deferred, then loaded
+    with patch.object(walker_module, "UTF8_TEXT_SIZE", -1):  # every text body deferred, then loaded
         loaded = load_texts(parse_message(raw, defer_texts=True), lambda start, end: [raw[start:end]])
     assert loaded.deferred == () and len(loaded.texts) == len(view.texts)
     assert all(isinstance(text, (str, memoryview)) for text in loaded.texts)

@@ -19,7 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import engine.graph.content as content_module
-import engine.mime.view as view_module
+import engine.mime.view.html_text as html_text_module
+import engine.mime.view.large_text as large_text_module
+import engine.mime.view.walker as walker_module
 from engine.graph.content import ContentIndex
 from engine.graph.lists import ListEntry, ListIndex, parse_ip
 from engine.mime.view import load_texts, matchable, parse_message
@@ -456,7 +458,7 @@ def test_large_texts_kept_as_utf8_bytes_match_like_str(rules: list[m.Condition],
     index gives the naive answer on the str view."""
     index = ContentIndex(rules)
     expected = naive_eval.matching_rules(rules, parse_message(raw))
-    with patch.object(view_module, "UTF8_TEXT_SIZE", -1), patch.object(content_module, "_TEXT_PIECE", piece):
+    with patch.object(walker_module, "UTF8_TEXT_SIZE", -1), patch.object(content_module, "_TEXT_PIECE", piece):
         as_bytes = parse_message(raw)
         assert index.matching_rules(as_bytes) == expected, raw
 
@@ -472,7 +474,12 @@ def test_texts_decoded_in_pieces_are_the_whole_body_decoding(raw: bytes, piece: 
     tiny pieces) or deferred and loaded from a fresh read is the text the whole-body decode gives,
     with the same defects and attachment sizes."""
     whole = parse_message(raw)
-    with patch.object(view_module, "UTF8_TEXT_SIZE", -1), patch.object(view_module, "_PIECE", piece):
+    with (
+        patch.object(walker_module, "UTF8_TEXT_SIZE", -1),
+        patch.object(walker_module, "_PIECE", piece),  # _PIECE is read in these three modules
+        patch.object(large_text_module, "_PIECE", piece),
+        patch.object(html_text_module, "_PIECE", piece),
+    ):
         pieces = parse_message(raw)
         deferred = parse_message(raw, defer_texts=True)
         loaded = load_texts(deferred, lambda a, b: [raw[i : min(i + piece, b)] for i in range(a, b, piece)])

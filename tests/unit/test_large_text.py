@@ -10,7 +10,7 @@ from unittest.mock import patch
 import pytest
 
 import engine.graph.content as content_module
-import engine.mime.view as view_module
+import engine.mime.view.html_text as html_text_module
 from engine.graph.content import ContentIndex
 from engine.mime.view import (
     BAD_CHARSET,
@@ -179,7 +179,7 @@ def test_html_visible_text_in_pieces_is_the_whole_documents(piece: int) -> None:
     for html in (HTML, HTML * 3, HTML + "<!-- open to the end\n x", HTML + "<script>\nx", HTML + "<b\nclass=y",
                  HTML + "<a <br> x\n more</a>\n" + HTML, HTML.replace("\n", ""), MINIFIED, MINIFIED * 4):
         expected = _html_text(html).encode()
-        with patch.object(view_module, "_PIECE", piece):
+        with patch.object(html_text_module, "_PIECE", piece):
             text = decoded_text(_in_pieces(html.encode(), piece), DeferredText(0, 0, None, "utf-8", True), set())
         assert bytes(text) == expected, (html, piece)
 

@@ -18,6 +18,7 @@ from engine.mime.view import (
     header_text,
     parse_message,
 )
+from engine.mime.view import walker as mime_walker
 
 
 def folded_words(count: int, word: str = "=?utf-8?b?QUJD?=") -> bytes:
@@ -53,7 +54,7 @@ def test_header_block_beyond_the_cap_is_cut_and_the_rest_read_as_body() -> None:
 
 
 def test_header_bytes_beyond_the_decode_budget_stay_raw(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mime_view, "MAX_HEADER_BYTES", 200)
+    monkeypatch.setattr(mime_walker, "MAX_HEADER_BYTES", 200)
     part = b'--b\r\nContent-Disposition: attachment; filename="=?utf-8?q?caf=C3=A9?=.txt"\r\n\r\nx\r\n'
     raw = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + part * 20 + b"--b--\r\n"
     view = parse_message(raw)
@@ -76,7 +77,7 @@ def test_parts_at_the_cap_are_not_a_defect() -> None:
 
 
 def test_decoded_bytes_beyond_the_budget_are_counted_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mime_view, "MAX_DECODED_BYTES", 100)
+    monkeypatch.setattr(mime_walker, "MAX_DECODED_BYTES", 100)
     raw = (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\n" + b"a" * 80
            + b"\r\n--b\r\n\r\n" + b"z" * 80 + b"\r\n--b--\r\n")
     view = parse_message(raw)

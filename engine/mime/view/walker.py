@@ -1,64 +1,45 @@
-"""Parsed, decoded view of an RFC 5322 / MIME message for content matchers.
-
-Contract: ``parse_message`` never raises. Whatever the input, it returns a ``MessageView``; anything
-malformed is reported as kebab-case tokens in ``MessageView.defects`` (constants below), never as an
-exception.
-
-Algorithm: one depth-bounded recursive walk over byte offsets into the raw message. Each entity's
-header block is split into fields here (the stdlib feedparser's line rules: a field starts with
-``name:``, continuation lines with a space or tab, the block ends at an empty line); multipart bodies
-are cut at their delimiter lines with ``bytes.find`` (RFC 2046 §5.1.1: "--" boundary, optional
-transport padding, CRLF, LF or CR line ends; "--" boundary "--" closes); message/* bodies are parsed
-as messages. Transfer encodings are undone with ``binascii``, charsets with ``codecs``; RFC 2047
-encoded-words (RFC 2047 §6) and RFC 2231 parameters (RFC 2231 §3-4) are decoded too, with fast paths
-for the common all-ASCII case and ``email.message.Message`` (compat32) only for unusual parameters.
-Unlike the stdlib feedparser this compiles no regular expression per boundary, so distinct messages
-cost no more than repeated ones, and it never builds parts below ``MAX_NESTING``.
-
-A text body over ``UTF8_TEXT_SIZE`` bytes is decoded in pieces (transfer encoding, charset, HTML
-to visible text) into its UTF-8 bytes, a read-only ``memoryview``: the same text as the ``str``
-would be, without the copies a whole-body decode makes (issue 7 item 10). A body that is UTF-8 as
-it came is not copied at all: the view points into the raw message. With ``defer_texts`` such
-bodies are only located (``MessageView.deferred``) and ``load_texts`` decodes them later from a
-fresh read of the message, so a caller can let go of the raw bytes first: the peak is then the
-larger of the message and its texts, not their sum. RE2 matches UTF-8 bytes in place;
-``text_pieces`` cuts them for whoever needs ``str`` work (lowercasing) piece by piece.
-
-Work per message is linear in its size and capped (``MAX_PARTS``, ``MAX_HEADER_BYTES``,
-``MAX_DECODED_BYTES``): beyond a cap the rest is skipped or kept raw and a defect token says so,
-so a hostile message costs bounded time and always ends up ``malformed``.
-"""
+"""The MIME walker: ``_Builder`` walks the raw message by byte offsets (header blocks split into
+fields, multipart bodies cut at their delimiter lines, message/* bodies parsed as messages) and
+records what it decodes; the caps on its work per message."""
 
 import binascii
-import codecs
 import contextlib
-import functools
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
 from email.utils import getaddresses
-from html import unescape
-from types import MappingProxyType
 from typing import Final
 from urllib.parse import unquote
 
-# Defect tokens (MessageView.defects).
-MISSING_BOUNDARY: Final = "missing-boundary"  # multipart without a boundary parameter
-TRUNCATED_MULTIPART: Final = "truncated-multipart"  # opening or close delimiter never found
-BAD_CHARSET: Final = "bad-charset"  # unknown charset, or bytes invalid in it; read as UTF-8
-BAD_BASE64: Final = "bad-base64"  # base64 body with invalid padding, length or characters
-BAD_HEADER: Final = "bad-header"  # unparseable header line or parameter
-BAD_ENCODED_WORD: Final = "bad-encoded-word"  # RFC 2047 word whose B text is not base64; kept as is
-BAD_TRANSFER_ENCODING: Final = "bad-transfer-encoding"  # multipart with a base64/qp encoding (RFC 2045 §6.4)
-NO_HEADERS: Final = "no-headers"  # empty input, or no header block at all
-NESTING_TOO_DEEP: Final = "nesting-too-deep"  # parts below MAX_NESTING levels were skipped
-PARSE_ERROR: Final = "parse-error"  # an unexpected exception; the view holds what was read before it
-TOO_MANY_PARTS: Final = "too-many-parts"  # parts beyond MAX_PARTS were not visited
-HEADERS_TOO_LARGE: Final = "headers-too-large"  # header bytes beyond MAX_HEADER_BYTES kept undecoded
-DECODE_LIMIT: Final = "decode-limit"  # bodies beyond MAX_DECODED_BYTES kept undecoded, not read as text
+from engine.mime.view.decoding import (
+    _UU_ENCODINGS,
+    _WHOLE_CODECS,
+    _codec,
+    _decode_base64,
+    _decode_uu,
+    _decode_word,
+    decoded_text,
+)
+from engine.mime.view.html_text import _html_text
+from engine.mime.view.large_text import _PIECE, UTF8_TEXT_SIZE, _slices, _valid_utf8
+from engine.mime.view.parts import (
+    BAD_BASE64,
+    BAD_CHARSET,
+    BAD_ENCODED_WORD,
+    BAD_HEADER,
+    BAD_TRANSFER_ENCODING,
+    DECODE_LIMIT,
+    HEADERS_TOO_LARGE,
+    MISSING_BOUNDARY,
+    NESTING_TOO_DEEP,
+    NO_HEADERS,
+    TOO_MANY_PARTS,
+    TRUNCATED_MULTIPART,
+    Attachment,
+    DeferredText,
+    Text,
+)
 
 MAX_NESTING: Final = 50
 """Parts nested deeper than this many container levels (multipart or message/*) are not visited."""
@@ -70,17 +51,12 @@ MAX_HEADER_BYTES: Final = 1024 * 1024
 MAX_DECODED_BYTES: Final = 64 * 1024 * 1024
 """Body bytes decoded (transfer encoding and charset) per message; later bodies are counted, not read."""
 
-Text = str | memoryview
-"""A decoded text: a ``str``, or the UTF-8 bytes of a large body (valid UTF-8, checked)."""
-
 _HEADER_PARSER: Final = BytesParser(policy=compat32)  # only to salvage headers after a failure
 # The header block: lines that start a field ("name:", or a "From " envelope line) or continue one
 # (space or tab); the feedparser's headerRE, per line. Line ends are CRLF, LF or a lone CR.
 _HEADER_BLOCK: Final = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*:|[ \t])[^\r\n]*(?:\r\n|\r|\n|\Z))*")
 _SCAN_SLICE: Final = 64 * 1024
-_PIECE: Final = 1024 * 1024  # large leaves that are not text are measured this many bytes at a time
-UTF8_TEXT_SIZE: Final = _PIECE
-"""text/plain bodies larger than this (in bytes, after the transfer encoding) are kept as UTF-8 bytes."""
+
 # What may follow "--" boundary on a delimiter line: "--" (close delimiter), transport padding, line end.
 _DELIMITER_TAIL: Final = re.compile(rb"(--)?[ \t]*(?:\r\n|\r|\n|\Z)")
 _ENCODED_WORD: Final = re.compile(r"=\?([^?]*)\?([bBqQ])\?(.*?)\?=", re.S)
@@ -99,320 +75,6 @@ _SIMPLE_BOUNDARY: Final = re.compile(
     r"""[^;"]*;\s*boundary\s*=\s*(?:"([\w'()+,./:=? -]*)"|([\w'()+,./:=?-]+))\s*;?\s*""", re.I | re.A
 )
 _NAME_PARAM: Final = re.compile(r'(?:file)?name(?:\*\d+)?(\*)?\s*=\s*("[^"]*"?|[^;]*)', re.I)
-_HTML_HIDDEN: Final = re.compile(r"<!--.*?(?:-->|\Z)|<(script|style)\b[^>]*(?:>|\Z).*?(?:</\1\s*>|\Z)", re.I | re.S)
-_HTML_BREAK: Final = re.compile(
-    r"<(?:br|hr|/?(?:p|div|li|tr|td|th|h[1-6]|table|ul|ol|pre|blockquote|title))\b[^>]*(?:>|\Z)", re.I
-)
-_HTML_TAG: Final = re.compile(r"<[a-zA-Z/!?][^>]*(?:>|\Z)")
-_HTML_OPENER: Final = re.compile(r"<[a-zA-Z/!?]")  # where _HTML_TAG and _HTML_BREAK matches start
-_SURROGATES: Final = re.compile("[\ud800-\udfff]")
-# The start of what html.unescape could still read as a character reference if more text followed.
-_ENTITY_OPEN: Final = re.compile(r"&(?:#[0-9]*|#[xX][0-9a-fA-F]*|[^\t\n\f <&#;]{0,32})")
-_UNSAFE_CODECS: Final = frozenset({"idna", "punycode", "raw-unicode-escape", "unicode-escape", "undefined"})
-# Codecs whose incremental decoders keep state that a switch to error replacement cannot carry
-# over (byte order, shift sequences): their texts are decoded whole.
-_WHOLE_CODECS: Final = ("utf-16", "utf-32", "iso2022", "hz", "utf-7")
-_UU_ENCODINGS: Final = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
-
-
-@dataclass(frozen=True, slots=True)
-class Attachment:
-    """A named, attached or non-text leaf part (or an encapsulated message) of a message."""
-
-    filename: str | None
-    """Decoded file name (Content-Disposition filename, else Content-Type name); None if unnamed."""
-    extension: str | None
-    """Lowercase last suffix of ``filename`` without the dot; None if no name or no dot."""
-    content_type: str
-    """Lowercase ``maintype/subtype``."""
-    size: int
-    """Decoded payload bytes; for an encapsulated message, the sum over its leaf parts."""
-    depth: int
-    """Number of enclosing message/* encapsulations (0 = part of the top-level message)."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeferredText:
-    """A large text body not decoded yet: bytes ``[start, end)`` of the raw message and how they decode."""
-
-    start: int
-    end: int
-    encoding: str | None
-    """Transfer encoding, lowercase (quoted-printable, base64 already checked valid, or identity)."""
-    charset: str | None
-    html: bool
-    """text/html: its visible text is what is kept."""
-
-
-@dataclass(frozen=True, slots=True)
-class MessageView:
-    """Decoded content of one message; see the module docstring for the guarantees."""
-
-    headers: Mapping[str, tuple[str, ...]]
-    """Top-level headers: lowercase name -> unfolded, RFC 2047-decoded values in order."""
-    texts: tuple[Text, ...]
-    """Decoded text/plain bodies and visible text of text/html bodies, at any depth; a text/plain
-    body larger than ``UTF8_TEXT_SIZE`` that is valid UTF-8 is a memoryview of its bytes."""
-    attachments: tuple[Attachment, ...]
-    """Named, ``attachment``-disposition and non-text leaf parts, plus encapsulated messages."""
-    content_types: tuple[str, ...]
-    """Lowercase content type of every visited part, in walk order."""
-    from_addresses: tuple[str, ...]
-    """Lowercase addr-specs of the top-level From header."""
-    defects: tuple[str, ...]
-    """Sorted, unique kebab-case malformation tokens; empty when well-formed."""
-    size: int
-    """Length of the raw input in bytes."""
-    deferred: tuple[DeferredText, ...] = ()
-    """Large text bodies located but not decoded yet (``defer_texts``): ``load_texts`` decodes them
-    into ``texts``; content matching needs them loaded."""
-
-    @property
-    def subject(self) -> str:
-        """The decoded top-level Subject ("" when absent)."""
-        values = self.headers.get("subject")
-        return values[0] if values else ""
-
-    @property
-    def malformed(self) -> bool:
-        """True when any defect was found."""
-        return bool(self.defects)
-
-
-def parse_message(raw: bytes, *, defer_texts: bool = False) -> MessageView:
-    """Parse and decode *raw*; never raises (failures become the ``parse-error`` defect). With
-    *defer_texts*, text bodies over ``UTF8_TEXT_SIZE`` are left to ``load_texts``."""
-    builder = _Builder(defer_texts)
-    try:
-        builder.build(raw)
-    except Exception:
-        builder.defects.add(PARSE_ERROR)
-        builder.salvage_headers(raw)
-    return MessageView(
-        headers=MappingProxyType({name: tuple(values) for name, values in builder.headers.items()}),
-        texts=tuple(builder.texts),
-        attachments=tuple(builder.attachments),
-        content_types=tuple(builder.content_types),
-        from_addresses=tuple(builder.from_addresses),
-        defects=tuple(sorted(builder.defects)),
-        size=len(raw),
-        deferred=tuple(builder.deferred),
-    )
-
-
-def load_texts(view: MessageView, read: Callable[[int, int], Iterable[bytes]]) -> MessageView:
-    """*view* with its deferred texts decoded; ``read(start, end)`` gives those bytes of the message
-    again, in pieces. Decoding defects (``bad-charset``) join the view's defects. Never raises
-    for what the bytes contain (an I/O error of *read* propagates)."""
-    if not view.deferred:
-        return view
-    defects = set(view.defects)
-    texts = [*view.texts, *(decoded_text(read(text.start, text.end), text, defects) for text in view.deferred)]
-    return replace(view, texts=tuple(texts), defects=tuple(sorted(defects)), deferred=())
-
-
-def decoded_text(
-    pieces: Iterable[bytes], text: DeferredText, defects: set[str], limit: int | None = None
-) -> memoryview:
-    """The UTF-8 bytes of the text body *text* whose raw bytes are *pieces*, decoded piece by piece:
-    the same text as ``read_body`` makes of the whole body (lone surrogates as U+FFFD, as RE2 sees
-    them). Decoding defects are added to *defects*. With *limit*, decoding stops once that many
-    bytes are out (whole pieces: the result is still valid UTF-8)."""
-    decoded = _transfer_decoded(pieces, text.encoding)
-    if not text.html and (text.charset is None or _codec(text.charset) == "utf-8"):
-        return memoryview(_utf8_checked(decoded, defects, limit)).toreadonly()
-    out = bytearray()
-    strs = _charset_decoded(decoded, text.charset, defects)
-    for piece in _html_visible(strs) if text.html else strs:
-        out += matchable(piece).encode("utf-8")
-        if limit is not None and len(out) >= limit:
-            break
-    return memoryview(out).toreadonly()
-
-
-def text_preview(raw: bytes, text: DeferredText, limit: int) -> str:
-    """About the first *limit* bytes of the deferred *text* of the message *raw*, decoded."""
-    return str(decoded_text(_slices(raw, text.start, text.end), text, set(), limit), "utf-8")
-
-
-def _utf8_checked(pieces: Iterable[bytes], defects: set[str], limit: int | None) -> bytearray:
-    """The bytes of *pieces*, which should be UTF-8, as ``_charset_decoded`` + encode would give
-    them, faster: valid bytes are kept as they are (only checked); from the first invalid byte on
-    they are decoded with replacement characters (``bad-charset``)."""
-    out = bytearray()
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    rest = iter(pieces)
-    for piece in rest:
-        state = decoder.getstate()
-        try:
-            decoder.decode(piece)
-        except UnicodeDecodeError:
-            break
-        out += piece
-        if limit is not None and len(out) >= limit:
-            return out
-    else:
-        state = decoder.getstate()
-        try:
-            decoder.decode(b"", True)
-            return out
-        except UnicodeDecodeError:
-            piece = b""
-    defects.add(BAD_CHARSET)
-    del out[len(out) - len(state[0]) :]  # the start of a character the decoder held back: decoded below
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    decoder.setstate(state)
-    out += decoder.decode(piece).encode("utf-8")
-    for piece in rest:
-        out += decoder.decode(piece).encode("utf-8")
-    out += decoder.decode(b"", True).encode("utf-8")
-    return out
-
-
-def _transfer_decoded(pieces: Iterable[bytes], encoding: str | None) -> Iterator[bytes]:
-    """*pieces* with the transfer encoding undone: quoted-printable per whole lines (it is line-local),
-    base64 per whole quanta (valid base64 only: ``leaf_size`` admits no other), anything else as is."""
-    if encoding == "quoted-printable":
-        for lines in _recut(pieces, b"\n"):
-            yield binascii.a2b_qp(lines)
-    elif encoding == "base64":
-        carry = b""
-        for piece in pieces:
-            piece = carry + piece.translate(None, b"\r\n")
-            whole = len(piece) - len(piece) % 4
-            carry = piece[whole:]
-            yield binascii.a2b_base64(piece[:whole])
-        if carry:
-            yield _decode_base64(carry)[0]
-    else:
-        yield from pieces
-
-
-def _recut(pieces: Iterable[bytes], separator: bytes) -> Iterator[bytes]:
-    """The bytes of *pieces* again, cut after the last *separator* of each piece (the rest waits for
-    the next one; the last cut: whatever is left)."""
-    waiting: list[bytes] = []
-    for piece in pieces:
-        cut = piece.rfind(separator) + 1
-        if not cut:
-            waiting.append(piece)
-            continue
-        yield b"".join([*waiting, piece[:cut]]) if waiting else piece[:cut]
-        waiting = [piece[cut:]] if cut < len(piece) else []
-    if waiting:
-        yield b"".join(waiting)
-
-
-def _charset_decoded(pieces: Iterable[bytes], charset: str | None, defects: set[str]) -> Iterator[str]:
-    """*pieces* decoded in *charset* as ``_Builder.decode_text`` decodes a whole body: strictly, and
-    from the first invalid byte on with replacement characters (``bad-charset``); an unknown
-    charset reads as UTF-8 with replacement (``bad-charset``)."""
-    codec = _codec(charset) if charset else "utf-8"
-    errors = "strict"
-    if codec is None:
-        defects.add(BAD_CHARSET)
-        codec, errors = "utf-8", "replace"
-    decoder = codecs.getincrementaldecoder(codec)(errors)
-    for piece in pieces:
-        if errors == "strict":
-            state = decoder.getstate()
-            try:
-                yield decoder.decode(piece)
-                continue
-            except UnicodeDecodeError:
-                defects.add(BAD_CHARSET)
-                errors = "replace"
-                decoder = codecs.getincrementaldecoder(codec)(errors)
-                decoder.setstate(state)
-        yield decoder.decode(piece)
-    state = decoder.getstate()
-    try:
-        yield decoder.decode(b"", True)
-    except UnicodeDecodeError:  # a truncated last character
-        defects.add(BAD_CHARSET)
-        decoder = codecs.getincrementaldecoder(codec)("replace")
-        decoder.setstate(state)
-        yield decoder.decode(b"", True)
-
-
-def matchable(text: str) -> str:
-    """`text` with every lone surrogate (UTF-7 and surrogate escapes make them) replaced by
-    U+FFFD: the text as valid UTF-8, which RE2 needs."""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _SURROGATES.sub("\ufffd", text)
-    return text
-
-
-def text_str(text: Text) -> str:
-    """*text* as a ``str`` (a copy when it is UTF-8 bytes)."""
-    return text if isinstance(text, str) else str(text, "utf-8")
-
-
-def text_pieces(text: memoryview, size: int = _PIECE) -> Iterator[bytes]:
-    """The UTF-8 bytes *text* in consecutive pieces of about *size* bytes, so that
-    ``b"".join(p.decode().lower().encode() for p in pieces)`` is ``text`` lowercased as one
-    ``str``: each is cut where Python's case mapping has no context across the cut (`_case_cut`).
-    A piece with no such place runs on until one."""
-    end = len(text)
-    pos = 0
-    while pos < end:
-        stop = pos
-        parts: list[bytes] = []
-        while stop < end:
-            window = bytes(text[stop : stop + size])
-            stop += len(window)
-            cut = _case_cut(window) if stop < end else len(window)
-            if cut:
-                parts.append(window[:cut])
-                break
-            parts.append(window)
-        piece = parts[0] if len(parts) == 1 else b"".join(parts)
-        pos += len(piece)
-        yield piece
-
-
-_CASE_FREE_ASCII: Final = frozenset(range(0x80)) - frozenset(b"'.:^`")  # not Case_Ignorable (Unicode)
-
-
-def _case_cut(window: bytes) -> int:
-    """Where UTF-8 *window* may be cut for lowercasing in pieces (0: nowhere near its end): after
-    its last line feed or space, else between its last two ASCII characters that are not
-    case-ignorable. The only context Python's lowercasing has is final sigma, which looks past
-    case-ignorable characters only (Unicode Table 3-17), so it never looks across such a cut."""
-    cut = max(window.rfind(b"\n"), window.rfind(b" ")) + 1
-    if cut:
-        return cut
-    for index in range(len(window) - 1, max(0, len(window) - 4096), -1):
-        if window[index - 1] in _CASE_FREE_ASCII and window[index] in _CASE_FREE_ASCII:
-            return index
-    return 0
-
-
-def _slices(data: bytes, start: int, end: int) -> Iterator[bytes]:
-    """data[start:end] in copies of `_PIECE` bytes."""
-    for pos in range(start, end, _PIECE):
-        yield data[pos : min(pos + _PIECE, end)]
-
-
-def _valid_utf8(data: bytes | memoryview) -> bool:
-    """Whether *data* is valid UTF-8, checked in pieces (no ``str`` of the whole)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    try:
-        for pos in range(0, len(data), _PIECE):
-            decoder.decode(data[pos : pos + _PIECE])
-        decoder.decode(b"", True)
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def header_text(view: MessageView, name: str) -> tuple[str, ...]:
-    """Decoded values of the top-level header *name* (case-insensitive); empty if absent."""
-    return view.headers.get(name.lower(), ())
 
 
 def _extension(filename: str) -> str | None:
@@ -420,26 +82,6 @@ def _extension(filename: str) -> str | None:
     base = filename.rstrip(". \t").rpartition("/")[2].rpartition("\\")[2]
     _, dot, ext = base.rpartition(".")
     return ext.lower() if dot and ext else None
-
-
-@functools.lru_cache(maxsize=256)
-def _codec(charset: str) -> str | None:
-    """Python codec name for a MIME charset; None if unknown, not a text codec, or unsafe."""
-    try:
-        info = codecs.lookup(charset)
-    except (LookupError, ValueError):  # ValueError: an embedded NUL
-        return None
-    name = info.name.replace("_", "-")
-    if name in _UNSAFE_CODECS:
-        return None
-    try:
-        b"a".decode(name)  # (empty input would skip the codec lookup)
-    except LookupError:  # a bytes-to-bytes or str-to-str codec such as base64 or rot13
-        return None
-    except UnicodeError:  # a text codec that rejects this probe, such as utf-16
-        pass
-    # us-ascii bodies with 8-bit data are nearly always UTF-8; UTF-8 decodes valid ASCII identically.
-    return "utf-8" if name == "ascii" else name
 
 
 def _raw_filename(*values: str) -> str | None:
@@ -547,112 +189,6 @@ def _multipart_parts(
         return parts, False, end, True
     parts.append((part_start, _strip_eol(data, part_start, end)))
     return parts, False, end, False
-
-
-def _decode_base64(data: bytes) -> tuple[bytes, bool]:
-    """Decoded base64 body and whether it was malformed (the stdlib ``email`` rules).
-
-    Line ends are ignored. Valid text, or valid text missing only its padding, decodes strictly;
-    anything else is decoded ignoring non-alphabet characters, and when even that fails (4n+1
-    data characters) the text is kept as it is.
-    """
-    data = data.translate(None, b"\r\n")
-    missing = -len(data) % 4
-    with contextlib.suppress(binascii.Error):
-        return binascii.a2b_base64(data + b"==="[:missing] if missing else data, strict_mode=True), bool(missing)
-    for attempt in (data, data + b"=="):
-        with contextlib.suppress(binascii.Error):
-            return binascii.a2b_base64(attempt), True
-    return data, True
-
-
-def _decode_uu(data: bytes) -> bytes:
-    """Decode a uuencoded body (``begin`` line, data lines, ``end``); raises ValueError if broken."""
-    lines = iter(data.splitlines())
-    for line in lines:
-        if line.startswith(b"begin "):
-            mode = line.removeprefix(b"begin ").partition(b" ")[0]
-            with contextlib.suppress(ValueError):
-                int(mode, 8)
-                break
-    else:
-        raise ValueError("no begin line")
-    decoded = []
-    for line in lines:
-        if not line:
-            raise ValueError("truncated")
-        if line.strip(b" \t\r\n\f") == b"end":
-            break
-        try:
-            decoded.append(binascii.a2b_uu(line))
-        except binascii.Error:  # trailing garbage from broken encoders: use the declared length
-            decoded.append(binascii.a2b_uu(line[: (((line[0] - 32) & 63) * 4 + 5) // 3]))
-    return b"".join(decoded)
-
-
-def _html_text(html: str) -> str:
-    """Visible text of an HTML document: comments, script and style dropped, tags removed."""
-    if "<" in html:
-        html = _HTML_TAG.sub("", _HTML_BREAK.sub("\n", _HTML_HIDDEN.sub(" ", html)))
-    return unescape(html) if "&" in html else html
-
-
-def _html_visible_part(html: str) -> tuple[str, bool]:
-    """``_html_text(html)`` (the same steps), and whether a comment, script, style, tag or
-    character reference is still open at its end (a tag opener after the last ">" of a step's
-    input counts as open: the answer may say open when nothing is, never the reverse)."""
-    open_at_end = False
-    if "<" in html:
-
-        def hidden(match: re.Match[str]) -> str:
-            nonlocal open_at_end
-            open_at_end = open_at_end or match.end() == len(html)  # (closers end with ">": only \Z ends there)
-            return " "
-
-        html = _HTML_HIDDEN.sub(hidden, html)
-        open_at_end = open_at_end or _HTML_OPENER.search(html, html.rfind(">") + 1) is not None
-        html = _HTML_BREAK.sub("\n", html)
-        open_at_end = open_at_end or _HTML_OPENER.search(html, html.rfind(">") + 1) is not None
-        html = _HTML_TAG.sub("", html)
-    amp = html.rfind("&")  # a character reference the next part could still complete
-    open_at_end = open_at_end or (amp >= 0 and _ENTITY_OPEN.fullmatch(html, amp) is not None)
-    return (unescape(html) if "&" in html else html), open_at_end
-
-
-def _html_visible(pieces: Iterable[str]) -> Iterator[str]:
-    """``_html_text`` of the concatenated *pieces*, in pieces: the document is cut after a line end,
-    or after a ">" (minified HTML has no line ends), at which no comment, script, style, tag or
-    character reference is open, so each part's visible text is the whole's. While something
-    stays open the text waits, and the next try comes once it has doubled: a comment never
-    closed costs about two passes, not one per piece."""
-    html = ""  # not turned into visible text yet (grown in place: its only reference)
-    attempt = _PIECE  # the length at which to try to cut again
-    for piece in pieces:
-        html += piece
-        if len(html) < attempt:
-            continue
-        cut = html.rfind("\n") + 1 or html.rfind(">") + 1
-        if cut:
-            text, open_at_end = _html_visible_part(html[:cut])
-            if not open_at_end:
-                yield text
-                html = html[cut:]
-                attempt = _PIECE
-                continue
-        attempt = 2 * len(html)
-    if html:
-        yield _html_text(html)
-
-
-def _decode_word(encoding: str, text: str) -> bytes | None:
-    """Bytes of one encoded-word's text (RFC 2047 §4); None if the B encoding is broken."""
-    if encoding in "qQ":
-        return binascii.a2b_qp(text.encode("utf-8"), header=True)
-    text = "".join(text.split())
-    try:
-        return binascii.a2b_base64(text + "=" * (-len(text) % 4))
-    except ValueError:  # binascii.Error, or non-ASCII text
-        return None
 
 
 class _Builder:
