@@ -3,7 +3,7 @@
 Usage (from the repository root):  python bench/auth_checks.py [--repeats N]
 
 Two resolvers: an in-memory one (the CPU cost of the check alone) and the real `Resolver`
-against an nsd this script starts on 127.0.0.1 with the test zones of tests/checks/world.py
+against an nsd this script starts on 127.0.0.1 with the test zones of tests/support/keys.py
 (first call = real round trips, later calls = the resolver's TTL cache). Each figure is the
 median of N calls in ms, and its ratio to a baseline measured in the same run: parsing the
 same 2 KB message with `email.message_from_bytes` (a cost every message already pays).
@@ -29,9 +29,9 @@ from engine.checks.dmarc import check_dmarc
 from engine.checks.spf import check_spf
 from engine.dns.resolver import Resolver
 from engine.policy.models import DnsSettings
-from tests.checks.fake_dns import FakeResolver
-from tests.checks.nsd_server import NsdServer
-from tests.checks.world import Keys, arc_seal, build_zones, make_keys, message, sign
+from tests.support.keys import Keys, arc_seal, auth_message, auth_zones, make_keys, sign
+from tests.support.nsd import Nsd
+from tests.support.resolvers import FakeResolver
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -65,10 +65,10 @@ def fake_for(keys: Keys) -> FakeResolver:
 
 
 async def run(repeats: int, port: int, keys: Keys) -> list[tuple[str, float]]:
-    small = message(body_size=2048)
+    small = auth_message(body_size=2048)
     rsa_msg = sign(small, "rsa", "sender.test", keys.rsa_pem)
     ed_msg = sign(small, "ed", "sender.test", keys.ed_seed, b"ed25519-sha256")
-    big = sign(message(body_size=1024 * 1024), "rsa", "sender.test", keys.rsa_pem)
+    big = sign(auth_message(body_size=1024 * 1024), "rsa", "sender.test", keys.rsa_pem)
     sealed = arc_seal(rsa_msg.replace(b"Subject: Quarterly", b"Subject: [team] Quarterly"),
                       "dkim=pass header.d=sender.test", "arc", "list.test", keys.list_pem)
     fake = fake_for(keys)
@@ -111,9 +111,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args()
     keys = make_keys()
-    server = NsdServer(Path(tempfile.mkdtemp(prefix="lp-bench-nsd-")))
+    server = Nsd(Path(tempfile.mkdtemp(prefix="lp-bench-nsd-")))
     try:
-        port = server.start(build_zones(keys))
+        port = server.start(auth_zones(keys))
         rows = asyncio.run(run(args.repeats, port, keys))
     finally:
         server.stop()

@@ -12,29 +12,37 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tests.integration.conftest as harness
-import tests.integration.test_hardening_e2e as e2e
+import tests.e2e.test_hardening as e2e
+import tests.support.gateway as gateway_module
+import tests.support.peers as peers
+import tests.support.policies as policies
+import tests.support.processes as processes
+from tests.support.gateway import Line, start_gateway
+from tests.support.messages import folded_subject, many_parts
+from tests.support.peers import start_sink
+from tests.support.policies import acme_to
 
 
 def main() -> None:
-    harness.REPO = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else harness.REPO
-    opened = e2e.Line.__init__
+    repo = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else processes.REPO
+    for module in (gateway_module, peers, policies):  # serve, sink and the example rules of that checkout
+        module.REPO = repo  # type: ignore[attr-defined]
+    opened = Line.__init__
 
-    def patient(self: e2e.Line, port: int) -> None:  # the old engine stalls for long: wait for it
+    def patient(self: Line, port: int) -> None:  # the old engine stalls for long: wait for it
         opened(self, port)
         self.sock.settimeout(600)
 
-    e2e.Line.__init__ = patient  # type: ignore[method-assign]
+    Line.__init__ = patient  # type: ignore[method-assign]
     tmp = Path(tempfile.mkdtemp(prefix="noop-latency-"))
     procs: list[object] = []
     try:
-        box = harness.Sink(harness.free_port(), tmp / "maildir").start()
-        procs.append(box)
-        gateway = e2e.start(tmp, procs, box, max_size=30 * 1024 * 1024)
-        if "max_junk_commands" in (harness.REPO / "engine/policy/models.py").read_text():  # (else unknown key)
+        box = start_sink(tmp, procs)
+        gateway = start_gateway(tmp, procs, acme_to(box.port), max_message_size=30 * 1024 * 1024)
+        if "max_junk_commands" in (repo / "engine/policy/models.py").read_text():  # (else unknown key)
             gateway.restart_with("command_timeout: 60", "command_timeout: 60, max_junk_commands: 1000000")
-        for name, raw in (("words-6MB", e2e.folded_encoded_words(6 * 1024 * 1024)),
-                          ("parts-200k", e2e.many_parts(200_000))):
+        words = folded_subject(6 * 1024 * 1024 // (len(e2e.LONG_WORD) + 3), e2e.LONG_WORD)
+        for name, raw in (("words-6MB", words), ("parts-200k", many_parts(200_000))):
             latencies, reply, wait = e2e.noop_latencies_while_processing(gateway.port, raw)
             latencies.sort()
             p95 = latencies[len(latencies) * 95 // 100] * 1000

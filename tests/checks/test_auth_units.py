@@ -1,6 +1,6 @@
 """Pure parts of the authentication checks: Authentication-Results building and stripping,
 DMARC record parsing, sampling and organisational domains, DKIM on a large message (the
-worker-thread path) and SPF temperror propagation, with the in-memory resolver."""
+worker-thread path) and the runner's time limit, with the in-memory resolver (SPF: test_spf.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from engine.checks.arc import ArcResult, ArcSet
 from engine.checks.authres import authentication_results, authserv_id_of, strip_authentication_results
 from engine.checks.dkim import DkimResult, verify_dkim
 from engine.checks.dmarc import DmarcRecord, DmarcResult, organizational_domain, parse_record, sample
-from engine.checks.spf import SpfResult, check_spf
-from tests.checks.fake_dns import FakeResolver
-from tests.checks.world import make_keys, message, sign
+from engine.checks.spf import SpfResult
+from tests.support.keys import auth_message, make_keys, sign
+from tests.support.resolvers import FakeResolver
 
 ID = "mxpath.liveprism.example"
 
@@ -38,7 +38,7 @@ def test_strip_removes_only_our_authserv_id_folded_and_commented() -> None:
 def test_strip_handles_lf_only_and_leaves_clean_input_identical() -> None:
     raw = b"Authentication-Results: mxpath.liveprism.example;\n spf=pass\nSubject: x\n\nbody\n"
     assert strip_authentication_results(raw, ID) == b"Subject: x\n\nbody\n"
-    clean = message()
+    clean = auth_message()
     assert strip_authentication_results(clean, ID) == clean
     assert authserv_id_of(b" (c (nested)) Example.COM; none") == "example.com"
 
@@ -84,19 +84,9 @@ def test_dmarc_sampling_and_org_domain() -> None:
 def test_dkim_large_message_verifies_in_a_thread() -> None:
     keys = make_keys()
     resolver = FakeResolver({"rsa._domainkey.sender.test": [("TXT", "v=DKIM1; k=rsa; p=" + keys.rsa_dns)]})
-    raw = sign(message(body_size=dkim_check.THREAD_ABOVE + 4096), "rsa", "sender.test", keys.rsa_pem)
+    raw = sign(auth_message(body_size=dkim_check.THREAD_ABOVE + 4096), "rsa", "sender.test", keys.rsa_pem)
     assert len(raw) > dkim_check.THREAD_ABOVE
     assert [r.result for r in asyncio.run(verify_dkim(resolver, raw))] == ["pass"]
-
-
-def test_spf_temperror_in_an_include_is_never_fail() -> None:
-    resolver = FakeResolver({
-        "a.example": [("TXT", "v=spf1 include:slow.example -all")],
-        "slow.example": [("TIMEOUT", "")],
-    })
-    result = asyncio.run(check_spf(resolver, client_ip="192.0.2.1", helo="h.example", mail_from="x@a.example"))
-    assert (result.result, result.reason.split(":")[0]) == ("temperror", "dns-timeout")
-    assert [(a.name, a.status) for a in result.lookups] == [("a.example", "ok"), ("slow.example", "timeout")]
 
 
 def test_dkim_body_length_limit_is_reported() -> None:
@@ -104,7 +94,7 @@ def test_dkim_body_length_limit_is_reported() -> None:
 
     keys = make_keys()
     resolver = FakeResolver({"rsa._domainkey.sender.test": [("TXT", "v=DKIM1; k=rsa; p=" + keys.rsa_dns)]})
-    raw = message()
+    raw = auth_message()
     header = dkimpy.sign(raw, b"rsa", b"sender.test", keys.rsa_pem, include_headers=[b"from", b"subject"], length=True)
     appended = bytes(header) + raw + b"\r\nClick here: http://phish.example/\r\n"
     (result,) = asyncio.run(verify_dkim(resolver, appended))
@@ -130,7 +120,7 @@ def test_a_check_past_its_time_limit_is_cancelled_and_reported_as_timed_out() ->
 
     settings = Checks.model_validate({"dnsbl": [{"zone": "bl.test", "action": "reject"}], "timeout": 0.2,
                                       "budget": 30.0})
-    raw = message()
+    raw = auth_message()
 
     async def run() -> tuple[object, object]:
         checks = CheckRun(settings, HangingResolver(), hostname="mx.test")  # type: ignore[arg-type]

