@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.graph.build.compiler import GraphResult
-from engine.graph.filter_graph import FilterGraph
 from engine.graph.build.incremental import IncrementalLoader, compile_source, frozen_after
+from engine.graph.filter_graph import FilterGraph
 from engine.policy.loader import PolicySource, content_hash, policy_files
 
 log = logging.getLogger("liveprism.reload")
