@@ -3,7 +3,7 @@
 #   make test   install everything (Debian packages + venv), then run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := swaks postfix openssl dnsmasq-base nsd clamav clamav-daemon bind9-utils opendkim-tools git gcc libc6-dev
+APT_PACKAGES := swaks postfix openssl dnsmasq-base nsd clamav clamav-daemon bind9-utils opendkim-tools git gcc libc6-dev postgresql
 
 .PHONY: demo test deps venv lint bench
 
@@ -22,7 +22,7 @@ venv: $(VENV)/.installed
 # Debian packages the integration tests drive: swaks (SMTP client), openssl (test certificates), postfix (smtp-sink,
 # smtp-source), dnsmasq-base and nsd (DNS servers on loopback), clamav + clamav-daemon (clamd and sigtool; the tests
 # build their own signature database), bind9-utils (named-checkzone), opendkim-tools (an independent DKIM verifier),
-# git (policy repositories). Installed without starting any system service (policy-rc.d refuses them).
+# git (policy repositories), postgresql (the PostgreSQL store's tests initdb their own cluster as `nobody`). Installed without starting any system service (policy-rc.d refuses them).
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
