@@ -7,7 +7,7 @@ and DKIM runs on every inbound message. `install()` replaces the function dkimpy
 True exactly when the signature, as an integer to the public exponent modulo the key, is the
 EMSA-PKCS1-v1_5 encoding of the digest. Cases OpenSSL would treat differently (a signature
 longer than the modulus, a hash other than SHA-1/SHA-256, a key OpenSSL refuses) go to
-dkimpy's own function. `tests/unit/test_checks.py` compares both on valid and broken input.
+dkimpy's own function. `tests/checks/test_checks.py` compares both on valid and broken input.
 
 `rfc822_parse` (header fields and CRLF body of a message, run three times per message by DKIM
 verification) splits only the header section into lines; dkimpy splits the whole message and

@@ -15,7 +15,7 @@ relaxed, RFC 6376 §3.4) and `l=` truncation. It returns False for anything it d
 or cannot confirm (an algorithm other than rsa-sha256/ed25519-sha256/rsa-sha1, a key of another
 type or service, a bad signature, a body hash mismatch, …): the caller then lets dkimpy decide,
 so every result other than `pass`, and its reason, is still dkimpy's.
-`tests/checks/test_dkim_verify.py` cross-checks both on valid and tampered messages signed by
+`tests/dkim/test_dkim_verify.py` cross-checks both on valid and tampered messages signed by
 dkimpy and by opendkim.
 """
 

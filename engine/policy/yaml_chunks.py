@@ -27,7 +27,7 @@ the file too; the scanner then meets the next `- ` at column k in the same state
 file. Anything that could reach across pieces is refused: an anchor (a piece with `&` after a
 space, bracket or comma, or at a line start, takes the whole-file path, and an alias without its
 anchor in the piece fails there), tabs, directives, YAML 1.1 line breaks (`fast_path_text`).
-`tests/unit/test_yaml_chunks.py` checks equality with the whole-file path on generated and
+`tests/policy/test_yaml_chunks.py` checks equality with the whole-file path on generated and
 adversarial files.
 """
 

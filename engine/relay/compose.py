@@ -13,7 +13,7 @@ message's first bytes up to the line after its header section, composes that par
 `build_copy` would (every change `build_copy` makes lies in the header section) and folds it; the
 body is then read from the stored file in `STREAM_CHUNK` pieces and folded line by line
 (`LineFolder`). The bytes are the same as `fold_long_lines(build_copy(raw, ...))`
-(tests/unit/test_relay_stream.py). `StreamedCopy.head` is the final header section: the place
+(tests/relay/test_relay_stream.py). `StreamedCopy.head` is the final header section: the place
 where a signer adds its field, after hashing `StreamedCopy.body()`.
 """
 

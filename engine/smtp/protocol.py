@@ -3,7 +3,7 @@
 Adds what aiosmtpd lacks — total and per-client-IP connection limits (421), refusal of source
 routes, a line limit real mail fits in — and removes two per-connection / per-command costs of
 aiosmtpd 1.4 (`install_aiosmtpd_speedups`, `GatewaySMTP._getaddr`), both checked against
-aiosmtpd's own results in `tests/unit/test_smtp_speedups.py`. What happens at each command is
+aiosmtpd's own results in `tests/smtp/test_smtp_speedups.py`. What happens at each command is
 the handler's business (`engine.smtp.handler`).
 """
 
@@ -70,7 +70,7 @@ class _MemberCache:
     and `dir(handler)` on every connection to find its `auth_*`, `smtp_*` and `handle_*` methods:
     about 100 µs, a fifth of the gateway's CPU per message. A class's member names do not change,
     so they are listed once per type; values are still read from the object itself, so bound
-    methods stay bound to the right instance. `tests/unit/test_smtp_speedups.py` checks that the
+    methods stay bound to the right instance. `tests/smtp/test_smtp_speedups.py` checks that the
     result is what aiosmtpd computes without it.
     """
 

@@ -2,7 +2,7 @@
 
 Contract: `IncrementalLoader.load(root)` returns what `engine.policy.loader.load_policy(root)`
 returns for the same bytes (same models, positions, problems, content hash; checked by
-`tests/unit/test_live_reload.py` and `tests/unit/test_yaml_chunks.py`), but a file whose (path,
+`tests/graph/test_live_reload.py` and `tests/policy/test_yaml_chunks.py`), but a file whose (path,
 kind, sha256 of its text) was parsed before by this loader is not parsed again: its `LoadedFile`
 (immutable) and its problems are reused. A changed rule or list file of 64 KiB or more is loaded
 in pieces (`engine.policy.yaml_chunks`: one piece per rule, runs of about 64 list entries), and
