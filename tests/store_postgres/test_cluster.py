@@ -22,7 +22,10 @@ from engine.store.postgres import PostgresStore, latest_version, migrate
 from engine.store.postgres.local_cluster import LocalCluster, free_port
 from engine.store.postgres.retention import PURGE_BATCH
 from tests.store_postgres.conftest import create_database, pg_rows, run, start_cluster
-from tests.store_postgres.messages import DAY, copy, message
+from tests.support.messages import accepted as message
+from tests.support.messages import copy_plan as copy
+
+DAY = 86_400.0
 
 LEASE = 300.0
 

@@ -13,7 +13,9 @@ import pytest
 from engine.store.base import Accepted, AttemptRecord, QuarantineEntry, RcptState, Store, StoreError
 from engine.store.postgres import PostgresStore
 from tests.store_postgres.conftest import Backend, run
-from tests.store_postgres.messages import RAW, copy, message
+from tests.support.messages import STORED_RAW as RAW
+from tests.support.messages import accepted as message
+from tests.support.messages import copy_plan as copy
 
 BIG = b"From: a@sender.example\r\nSubject: big\r\n\r\n" + bytes(range(256)) * 6000 + b"\r\n"  # 1.5 MB, every byte
 
