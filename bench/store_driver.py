@@ -37,8 +37,8 @@ import psycopg_pool
 from engine.policy.models import Action
 from engine.store.base import Accepted, CopyPlan, StoredEnvelope, new_queue_id
 from engine.store.postgres import PostgresStore, migrate
-from engine.store.postgres.accept import AcceptRows
 from engine.store.postgres.local_cluster import LocalCluster
+from engine.store.rows import AcceptRows
 
 TABLES = ("messages", "bodies", "archive", "deliveries")
 PSYCOPG_SQL = {

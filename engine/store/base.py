@@ -281,6 +281,10 @@ class Store(Protocol):
     async def close(self) -> None:
         """Finish queued writes and release the store."""
 
+    async def check_writable(self) -> None:
+        """Readiness probe: return if the store can take a write now, else raise StoreError (closed,
+        its database unusable or read-only, its state unwritable). Cheap: no write is made."""
+
     async def accept(self, msg: Accepted) -> None:
         """Persist a message durably; returns only when it survives a crash. Raises StoreError.
 
@@ -350,6 +354,11 @@ class Store(Protocol):
         """Make deliveries left `inflight` due at `now`; returns how many. Only the one relay
         process may call it, at its start: no attempt of its own is in flight then."""
 
+    async def renew_leases(self, now: float) -> int:
+        """The relay's heartbeat while attempts run: extend the leases of the deliveries this store
+        instance claimed and has not recorded yet; returns how many were renewed. A store whose
+        deliveries are claimed by one process only holds no leases and returns 0."""
+
     async def rate_exceeded(self, limits: tuple[tuple[str, int], ...], now: float, window: float) -> str | None:
         """The first key with its limit of sends within `window` seconds before `now`; counts nothing."""
 
@@ -360,3 +369,14 @@ class Store(Protocol):
     def lock_fd(self) -> int | None:
         """The owner's lock on the state directory (inherited by the relay child, so a new owner
         waits until the old relay is gone); None when not the owner."""
+
+    @property
+    def node_id(self) -> str:
+        """This gateway node's id in a cluster store (the owner of its leases); "" for a store of a
+        single box."""
+
+    def cluster_counters(self) -> dict[str, int]:
+        """Counters of the cluster's lease protocol kept by this store instance, always these keys:
+        `stale_records` (attempt records not applied: the lease was gone), `leases_taken_over`
+        (expired leases of other nodes claimed), `leases_lost` (leases found gone at a renewal).
+        All 0 for a store without leases."""

@@ -15,6 +15,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from engine.store.base import Accepted, AttemptRecord, RcptState, StoreError
 from engine.store.sqlite import SqliteStore
 from tests.store.test_store import db_rows, opened, run
@@ -201,6 +203,22 @@ def test_bodies_survive_concurrent_accepts_and_deliveries(tmp_path: Path) -> Non
         await asyncio.gather(*(store.record_attempt(AttemptRecord(d.id, done, "", time.time(), None))
                                for d in claimed))
         assert bodies(state) == sorted(m.queue_id for i, m in enumerate(msgs) if i % 2 == 0)  # archived ones stay
+        await store.close()
+
+    run(scenario())
+
+
+def test_check_writable_fails_while_a_directory_of_the_state_is_missing(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+
+    async def scenario() -> None:
+        store = await opened(state)
+        await store.check_writable()
+        (state / "spool").rmdir()  # removed by hand: no large message could be received
+        with pytest.raises(StoreError, match="spool"):
+            await store.check_writable()
+        (state / "spool").mkdir(mode=0o700)
+        await store.check_writable()
         await store.close()
 
     run(scenario())

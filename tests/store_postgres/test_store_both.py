@@ -222,3 +222,80 @@ def test_a_closed_store_refuses_accepts(backend: Backend) -> None:
             await store.accept(message(copy("acme", "deliver")))
 
     run(scenario())
+
+
+ZERO_COUNTERS = {"stale_records": 0, "leases_taken_over": 0, "leases_lost": 0}
+LEASE = 300.0  # PostgresStore's default lease_seconds
+
+
+def test_renew_leases_renews_the_claims_not_yet_recorded(backend: Backend) -> None:
+    async def scenario() -> None:
+        store = await backend.open()
+        for _ in range(3):
+            await store.accept(message(copy("acme", "deliver"), archive=False))
+        assert await store.renew_leases(time.time()) == 0  # nothing claimed yet
+        claimed = (await store.claim_due(time.time(), 2)).deliveries
+        assert len(claimed) == 2
+        leased = len(claimed) if backend.kind == "postgres" else 0  # SQLite: one relay, no leases
+        assert await store.renew_leases(time.time()) == leased
+        done = tuple(RcptState(r.rcpt, "delivered", "250 ok", "mx:25") for r in claimed[0].rcpts)
+        await store.record_attempt(AttemptRecord(claimed[0].id, done, "", time.time(), None))
+        assert await store.renew_leases(time.time()) == (1 if backend.kind == "postgres" else 0)  # recorded: gone
+        await store.close()
+
+    run(scenario())
+
+
+def test_check_writable_passes_on_an_open_store_and_raises_once_closed(backend: Backend) -> None:
+    async def scenario() -> None:
+        store = await backend.open()
+        await store.check_writable()
+        other = await backend.open("node-b")  # SQLite: a non-owner (the relay, the quarantine CLI)
+        await other.check_writable()
+        await other.close()
+        with pytest.raises(StoreError):
+            await other.check_writable()
+        await store.check_writable()  # the other's close left this one alone
+        await store.close()
+        with pytest.raises(StoreError):
+            await store.check_writable()
+
+    run(scenario())
+
+
+def test_node_id_is_the_cluster_node_or_empty_on_a_single_box(backend: Backend) -> None:
+    async def scenario() -> None:
+        store = await backend.open("node-a")
+        assert store.node_id == ("node-a" if backend.kind == "postgres" else "")
+        with pytest.raises(AttributeError):  # read-only
+            store.node_id = "node-z"  # type: ignore[misc]
+        await store.close()
+
+    run(scenario())
+
+
+def test_cluster_counters_count_takeovers_lost_leases_and_stale_records(backend: Backend) -> None:
+    async def scenario() -> None:
+        a = await backend.open("node-a")
+        b = await backend.open("node-b")
+        assert a.cluster_counters() == b.cluster_counters() == ZERO_COUNTERS
+        await a.accept(message(copy("acme", "deliver"), archive=False))
+        now = time.time()
+        (mine,) = (await a.claim_due(now, 10)).deliveries
+        late = now + LEASE + 1  # A hung past its lease
+        taken = (await b.claim_due(late, 10)).deliveries
+        assert await a.renew_leases(late) == 0  # PostgreSQL: taken over, so lost; SQLite: no leases
+        done = tuple(RcptState(r.rcpt, "delivered", "250 ok", "mx:25") for r in mine.rcpts)
+        await a.record_attempt(AttemptRecord(mine.id, done, "", late, None))
+        if backend.kind == "postgres":
+            assert [d.id for d in taken] == [mine.id]
+            assert a.cluster_counters() == {"stale_records": 1, "leases_taken_over": 0, "leases_lost": 1}
+            assert b.cluster_counters() == {"stale_records": 0, "leases_taken_over": 1, "leases_lost": 0}
+        else:
+            assert taken == ()  # in flight: never handed out twice, however late
+            assert a.cluster_counters() == b.cluster_counters() == ZERO_COUNTERS
+            assert (await b.queue_summary()).inflight == 0  # A's record applied
+        await b.close()
+        await a.close()
+
+    run(scenario())

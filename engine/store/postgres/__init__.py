@@ -58,15 +58,16 @@ connection, so an accept fails within about that when the database is gone), `le
 relay renews well within it).
 
 Modules: `connection` (pool, settings, errors), `schema` (migrations), `writer` (the group
-commit; it knows no tables), `rows` (row conversion), `accept` (storing accepts, dropping
-unreferenced messages), `bodies` (reading bodies back), `deliveries` (claims, leases, records,
-listings), `quarantine`, `rate`, `retention`, `store` (`PostgresStore`, composing them) and
-`local_cluster` (an initdb'd cluster of one's own, for tests and benchmarks only).
+commit; it knows no tables), `accept` (storing accepts, dropping unreferenced messages), `bodies`
+(reading bodies back), `deliveries` (claims, leases, records, listings), `quarantine`, `rate`,
+`retention`, `store` (`PostgresStore`, composing them) and `local_cluster` (an initdb'd cluster of
+one's own, for tests and benchmarks only). Row building and conversion are `engine.store.rows`,
+shared with the embedded store, so that both backends hold the same values.
 """
 
-from engine.store.postgres.rows import quarantine_id
 from engine.store.postgres.schema import MigrationResult, latest_version, migrate
 from engine.store.postgres.store import PostgresStore
 from engine.store.postgres.writer import WriterStats
+from engine.store.rows import quarantine_id
 
 __all__ = ["MigrationResult", "PostgresStore", "WriterStats", "latest_version", "migrate", "quarantine_id"]

@@ -1,13 +1,13 @@
 """Storing accepted messages, and dropping a message once nothing references it.
 
 Contract. `insert_accepts` stores every row of the accepts it is given inside the caller's
-transaction, with one `executemany` per table, all in one pipeline (one round trip), parents
-first (for the foreign keys): `messages`, then the `bodies` bytea of a message held in memory,
-`archive`, `deliveries`, `quarantine`. A spooled message (`Accepted.body`, over 1 MiB) gets no
-`bodies` row: `insert_large` stores its rows and then its bytes as `body_chunks` rows of
-`CHUNK_SIZE`, read from the spool file one piece at a time (one piece in memory, never the whole
-message), in the same transaction. `keeps` tells whether an accept would be referenced at all
-(else it is not stored). `drop_unreferenced` deletes, in the caller's transaction, those of the
+transaction (`engine.store.rows.AcceptRows`), with one `executemany` per table, all in one
+pipeline (one round trip), parents first (for the foreign keys): `messages`, then the `bodies`
+bytea of a message held in memory, `archive`, `deliveries`, `quarantine`. A spooled message
+(`Accepted.body`, over 1 MiB) gets no `bodies` row: `insert_large` stores its rows and then its
+bytes as `body_chunks` rows of `CHUNK_SIZE`, read from the spool file one piece at a time (one
+piece in memory, never the whole message), in the same transaction. Whether an accept is stored
+at all is `engine.store.rows.keeps`. `drop_unreferenced` deletes, in the caller's transaction, those of the
 given messages that no delivery, held quarantine entry or archive row references any more; their
 bodies and chunks go with them (ON DELETE CASCADE). It locks the message rows first (FOR UPDATE,
 in queue id order), so that a concurrent release on another node (which adds a delivery) either
@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
-from engine.policy.models import Action
-from engine.store.base import Accepted, RcptState, RouteBy
+from engine.store.base import Accepted
 from engine.store.postgres.connection import Conn
-from engine.store.postgres.rows import domain_of, quarantine_id, rcpts_json, to_json
+from engine.store.rows import AcceptRows
 
 CHUNK_SIZE = 256 * 1024  # bytes per body_chunks row
-_STORED_BODY_ACTIONS = frozenset({Action.deliver, Action.tag, Action.quarantine})  # copies that need the body
 
 _INSERTS: tuple[tuple[str, LiteralString], ...] = (
     ("messages", "INSERT INTO messages VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"),
@@ -37,53 +34,6 @@ _INSERTS: tuple[tuple[str, LiteralString], ...] = (
      " created_at, next_attempt_at, state) VALUES (%s, %s, %s, %s, %s, %b, %s, %s, %s, 'queued')"),
     ("quarantine", "INSERT INTO quarantine VALUES (%s, %s, %s, %s, %b, %s, %s, %s, %s, %s, %s, %s, 'held', %s)"),
 )
-
-
-@dataclass(slots=True)
-class AcceptRows:
-    """The rows of accepted messages, per table, in column order."""
-
-    messages: list[tuple[Any, ...]] = field(default_factory=list)
-    bodies: list[tuple[Any, ...]] = field(default_factory=list)
-    archive: list[tuple[Any, ...]] = field(default_factory=list)
-    deliveries: list[tuple[Any, ...]] = field(default_factory=list)
-    quarantine: list[tuple[Any, ...]] = field(default_factory=list)
-
-    def add(self, msg: Accepted) -> None:
-        env = msg.envelope
-        subject = msg.subject
-        if msg.body is None:  # a spooled message's bytes go to body_chunks (`insert_large`)
-            self.bodies.append((msg.queue_id, msg.raw))
-        self.messages.append((
-            msg.queue_id, env.received_at, env.mail_from, to_json(list(env.rcpts)), env.client_ip, env.helo,
-            str(env.direction), subject, msg.size, msg.policy_version, to_json(dict(msg.verdict)),
-        ))
-        if msg.archive:
-            self.archive.append((msg.queue_id, env.received_at))
-        for copy in msg.copies:
-            if copy.action in (Action.deliver, Action.tag):
-                # A copy for the tenant's routes is one delivery; a copy for the MX of each recipient
-                # domain (outbound mail, DSNs) is one delivery row per domain (RFC 5321 §5.1).
-                groups: list[tuple[RouteBy, tuple[str, ...]]]
-                if copy.route_by == "tenant":
-                    groups = [("tenant", copy.recipients)]
-                else:
-                    by_domain: dict[str, list[str]] = {}
-                    for rcpt in copy.recipients:
-                        by_domain.setdefault(domain_of(rcpt), []).append(rcpt)
-                    groups = [("address", tuple(rcpts)) for rcpts in by_domain.values()]
-                for route_by, rcpts in groups:
-                    self.deliveries.append((
-                        msg.queue_id, copy.tenant, route_by, env.mail_from, rcpts_json(RcptState(r) for r in rcpts),
-                        copy.headers, copy.subject_prefix, env.received_at, env.received_at,
-                    ))
-            elif copy.action is Action.quarantine:
-                verdict = copy.verdict_json()
-                self.quarantine.append((
-                    quarantine_id(msg.queue_id, copy.tenant), msg.queue_id, copy.tenant, to_json(list(copy.recipients)),
-                    copy.headers, env.mail_from, subject, copy.reason, copy.score, to_json(verdict["hits"]),
-                    to_json(verdict), env.received_at, env.received_at,
-                ))
 
 
 async def insert_accepts(conn: Conn, msgs: Iterable[Accepted]) -> None:
@@ -112,11 +62,6 @@ async def insert_large(conn: Conn, msg: Accepted) -> int:
             stored += len(piece)
             seq += 1
     return stored
-
-
-def keeps(msg: Accepted) -> bool:
-    """Whether anything would reference the message (else there is nothing to store)."""
-    return msg.archive or any(copy.action in _STORED_BODY_ACTIONS for copy in msg.copies)
 
 
 async def drop_unreferenced(conn: Conn, queue_ids: Sequence[str]) -> int:

@@ -25,14 +25,19 @@ committed rows only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, LiteralString
+from typing import Any, LiteralString
 
 from engine.store.base import AttemptRecord, Delivery, QueueEntry, QueueSummary
 from engine.store.postgres.accept import drop_unreferenced, insert_accepts, insert_large
 from engine.store.postgres.connection import Conn
-from engine.store.postgres.rows import DELIVERY_COLUMNS, delivery_from, rcpts_from, rcpts_json
-
-CLAIM_WITH_BODY_MAX = 256 * 1024  # messages up to this size come with their claim (one read fewer)
+from engine.store.rows import (
+    CLAIM_WITH_BODY_MAX,
+    DELIVERY_COLUMNS,
+    QUEUE_ENTRY_COLUMNS,
+    delivery_from,
+    queue_entry_from,
+    rcpts_json,
+)
 
 _CLAIM: LiteralString = (
     "WITH due AS ("
@@ -143,17 +148,11 @@ async def entries(conn: Conn, tenant: str | None) -> list[QueueEntry]:
     """Deliveries waiting or in flight: in flight first, then by due time."""
     where: LiteralString = " WHERE d.tenant = %s" if tenant is not None else ""
     cur = await conn.execute(
-        "SELECT d.id, d.queue_id, d.tenant, d.mail_from, d.rcpts, m.subject, m.size, d.state, d.attempts,"
-        " d.last_error, d.created_at, d.next_attempt_at FROM deliveries d JOIN messages m USING (queue_id)"
+        f"SELECT {QUEUE_ENTRY_COLUMNS} FROM deliveries d JOIN messages m USING (queue_id)"
         + where + " ORDER BY d.state = 'queued', d.next_attempt_at, d.id",
         (tenant,) if tenant is not None else (),
     )
-    result = []
-    for row in await cur.fetchall():
-        state: Literal["queued", "inflight"] = "queued" if row[7] == "queued" else "inflight"
-        result.append(QueueEntry(row[0], row[1], row[2], row[3], rcpts_from(row[4]), row[5], row[6], state, row[8],
-                                 row[9], row[10], row[11]))
-    return result
+    return [queue_entry_from(row) for row in await cur.fetchall()]
 
 
 async def flush(conn: Conn, now: float, tenant: str | None) -> int:

@@ -10,13 +10,12 @@ Delete drops the message if nothing else (archive, deliveries) needs it.
 
 from __future__ import annotations
 
-import json
 from typing import Any, LiteralString
 
-from engine.store.base import QuarantineEntry, QuarantineRefusal, QuarantineStatus, RcptState
+from engine.store.base import QuarantineEntry, QuarantineRefusal, QuarantineStatus
 from engine.store.postgres.accept import drop_unreferenced
 from engine.store.postgres.connection import Conn
-from engine.store.postgres.rows import QUARANTINE_COLUMNS, domain_of, quarantine_from, rcpts_json
+from engine.store.rows import QUARANTINE_COLUMNS, quarantine_from, release_rows
 
 
 async def change(conn: Conn, entry_id: str, now: float, *, release: bool) -> tuple[QuarantineEntry | QuarantineRefusal,
@@ -36,17 +35,11 @@ async def change(conn: Conn, entry_id: str, now: float, *, release: bool) -> tup
                        ("released" if release else "deleted", now, entry_id))
     dropped = 0
     if release:
-        rcpts: list[str] = json.loads(recipients)
-        groups: dict[str, list[str]] = {}  # inbound: one over the tenant's routes; outbound: one per domain
-        for rcpt in rcpts:
-            groups.setdefault("" if direction == "inbound" else domain_of(rcpt), []).append(rcpt)
-        route_by = "tenant" if direction == "inbound" else "address"
-        async with conn.cursor() as cur:
+        async with conn.cursor() as cur:  # inbound: one over the tenant's routes; outbound: one per domain
             await cur.executemany(
                 "INSERT INTO deliveries (queue_id, tenant, route_by, mail_from, rcpts, headers, subject_prefix,"
                 " created_at, state, next_attempt_at) VALUES (%s, %s, %s, %s, %s, %b, NULL, %s, 'queued', %s)",
-                [(queue_id, tenant, route_by, mail_from, rcpts_json(RcptState(r) for r in group), headers, now, now)
-                 for group in groups.values()],
+                release_rows(queue_id, tenant, recipients, headers, mail_from, direction, now),
             )
     else:
         dropped = await drop_unreferenced(conn, (queue_id,))

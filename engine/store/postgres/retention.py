@@ -18,9 +18,8 @@ from typing import LiteralString
 from engine.store.base import PurgeResult
 from engine.store.postgres.accept import drop_unreferenced
 from engine.store.postgres.connection import Conn
+from engine.store.rows import DAY, DSN_MEMORY_DAYS
 
-DAY = 86_400.0
-DSN_MEMORY_DAYS = 30  # a dsn_sent row outlives every delivery of its message (give_up_after is days)
 PURGE_BATCH = 1000  # rows per transaction
 
 Transaction = Callable[[Callable[[Conn], Awaitable[tuple[int, int]]]], Awaitable[tuple[int, int]]]

@@ -12,14 +12,12 @@ StoreError.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from engine.policy.models import Direction
 from engine.store.base import (
     Accepted,
     AttemptRecord,
@@ -30,16 +28,16 @@ from engine.store.base import (
     QuarantineStatus,
     QueueEntry,
     QueueSummary,
-    StoredEnvelope,
     StoredMessage,
     StoreError,
 )
 from engine.store.postgres import bodies, deliveries, quarantine, rate
-from engine.store.postgres.accept import insert_accepts, insert_large, keeps
+from engine.store.postgres.accept import insert_accepts, insert_large
 from engine.store.postgres.connection import Conn, Database
 from engine.store.postgres.retention import purge
 from engine.store.postgres.schema import MigrationResult, upgrade
 from engine.store.postgres.writer import GroupWriter, WriterStats
+from engine.store.rows import MESSAGE_INFO_COLUMNS, check_copies, keeps, stored_message_from
 
 log = logging.getLogger("liveprism.store")
 
@@ -67,7 +65,7 @@ class PostgresStore:
         if not node_id:
             raise ValueError("a PostgreSQL store needs a node id")
         self.url = url
-        self.node_id = node_id
+        self._node_id = node_id
         self.lease_seconds = lease_seconds
         self._spool_dir = spool_dir
         self._db = Database(url, pool_size=pool_size, statement_timeout_ms=statement_timeout_ms,
@@ -82,6 +80,16 @@ class PostgresStore:
     @property
     def stats(self) -> WriterStats:
         return self._writer.stats
+
+    @property
+    def node_id(self) -> str:
+        """This node's id: the owner of its leases, and its `applied_by` of schema upgrades."""
+        return self._node_id
+
+    def cluster_counters(self) -> dict[str, int]:
+        """The counters of the class docstring, by name."""
+        return {"stale_records": self.stale_records, "leases_taken_over": self.leases_taken_over,
+                "leases_lost": self.leases_lost}
 
     @property
     def held_leases(self) -> int:
@@ -128,9 +136,7 @@ class PostgresStore:
 
         A message in memory joins the group commit; a spooled one (`msg.body`) is copied into
         chunk rows in its own transaction, and its spool file removed once that committed."""
-        tenants = [copy.tenant for copy in msg.copies]
-        if len(set(tenants)) != len(tenants):
-            raise ValueError(f"{msg.queue_id}: more than one copy for a tenant: {tenants}")
+        check_copies(msg)
         if not keeps(msg):
             return
         if msg.body is None:
@@ -163,15 +169,11 @@ class PostgresStore:
     async def message_info(self, queue_id: str) -> StoredMessage | None:
         async with self._db.connection("store read") as conn:
             row = await (await conn.execute(
-                "SELECT m.queue_id, m.mail_from, m.rcpts, m.client_ip, m.helo, m.received_at, m.direction,"
-                " m.subject, m.size, m.policy_version, m.verdict, a.archived_at"
-                " FROM messages m LEFT JOIN archive a USING (queue_id) WHERE m.queue_id = %s",
+                f"SELECT {MESSAGE_INFO_COLUMNS} FROM messages m LEFT JOIN archive a USING (queue_id)"
+                " WHERE m.queue_id = %s",
                 (queue_id,),
             )).fetchone()
-        if row is None:
-            return None
-        envelope = StoredEnvelope(row[1], tuple(json.loads(row[2])), row[3], row[4], row[5], Direction(row[6]))
-        return StoredMessage(row[0], envelope, row[7], row[8], row[9], json.loads(row[10]), row[11])
+        return None if row is None else stored_message_from(row)
 
     # ------------------------------------------------------------ delivery queue
 

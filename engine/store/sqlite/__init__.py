@@ -51,14 +51,15 @@ fsynced by the front end. Queries use a separate read connection in its own
 thread. A `SqliteStore` is opened once and closed once.
 
 Modules: `writer` (the group-commit writer thread; it knows no tables), `schema` (file names, DDL,
-pragmas, upgrade), `rows` (row conversion), `accept` (storing accepts, dropping unreferenced
-messages), `deliveries`, `quarantine`, `retention`, `rate` (outbound rate limits), `recovery`
-(the owner's crash recovery) and `store` (`SqliteStore`, composing them). The writer and schema
-seams are what another backend (PostgreSQL) reuses or mirrors.
+pragmas, upgrade), `accept` (storing accepts, dropping unreferenced messages), `deliveries`,
+`quarantine`, `retention`, `rate` (outbound rate limits), `recovery` (the owner's crash recovery)
+and `store` (`SqliteStore`, composing them). Row building and conversion are `engine.store.rows`,
+shared with the PostgreSQL backend. The writer and schema seams are what another backend
+(PostgreSQL) reuses or mirrors.
 """
 
+from engine.store.rows import quarantine_id
 from engine.store.sqlite.recovery import RecoveryReport
-from engine.store.sqlite.rows import quarantine_id
 from engine.store.sqlite.schema import DB_NAME
 from engine.store.sqlite.store import SqliteStore
 from engine.store.sqlite.writer import StoreStats

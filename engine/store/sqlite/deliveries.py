@@ -13,17 +13,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 from engine.store.base import AttemptRecord, Claimed, StoreError
+from engine.store.rows import CLAIM_WITH_BODY_MAX, DELIVERY_COLUMNS, delivery_from, rcpts_json
 from engine.store.sqlite.accept import _drop_if_unreferenced, _insert_message
-from engine.store.sqlite.rows import _DELIVERY_COLUMNS, _delivery_from, _rcpts_json
 from engine.store.sqlite.writer import _Txn
-
-CLAIM_WITH_BODY_MAX = 256 * 1024  # messages up to this size come with their claim (one read fewer)
 
 
 def _claim(txn: _Txn, now: float, limit: int) -> Claimed:
     conn = txn.conn
     rows = conn.execute(
-        f"SELECT {_DELIVERY_COLUMNS}, CASE WHEN m.size <= {CLAIM_WITH_BODY_MAX} THEN b.raw END"
+        f"SELECT {DELIVERY_COLUMNS}, CASE WHEN m.size <= {CLAIM_WITH_BODY_MAX} THEN b.raw END"
         " FROM deliveries d JOIN messages m USING (queue_id) LEFT JOIN bodies b USING (queue_id)"
         " WHERE d.state = 'queued' AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at LIMIT ?",
         (now, limit),
@@ -33,7 +31,7 @@ def _claim(txn: _Txn, now: float, limit: int) -> Claimed:
         [(now, row[0]) for row in rows],
     )
     (next_due,) = conn.execute("SELECT min(next_attempt_at) FROM deliveries WHERE state = 'queued'").fetchone()
-    claimed = (_delivery_from(row) for row in rows)
+    claimed = (delivery_from(row) for row in rows)
     return Claimed(tuple(replace(d, attempts=d.attempts + 1) for d in claimed), next_due)
 
 
@@ -51,7 +49,7 @@ def _record(txn: _Txn, record: AttemptRecord) -> None:
             "UPDATE deliveries SET state = 'queued', rcpts = ?, next_attempt_at = ?, last_error = ?,"
             " attempts = attempts - ? WHERE id = ?",
             (
-                _rcpts_json(record.rcpts),
+                rcpts_json(record.rcpts),
                 record.next_attempt_at,
                 record.last_error,
                 0 if record.attempted else 1,

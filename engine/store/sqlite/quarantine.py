@@ -7,11 +7,9 @@ recipient domain (its MX). Delete drops the message if nothing else (archive, de
 
 from __future__ import annotations
 
-import json
-
-from engine.store.base import QuarantineEntry, QuarantineRefusal, RcptState
+from engine.store.base import QuarantineEntry, QuarantineRefusal
+from engine.store.rows import QUARANTINE_COLUMNS, quarantine_from, release_rows
 from engine.store.sqlite.accept import _drop_if_unreferenced
-from engine.store.sqlite.rows import _QUARANTINE_COLUMNS, _domain, _quarantine_from, _rcpts_json
 from engine.store.sqlite.writer import _Txn
 
 
@@ -32,27 +30,14 @@ def _change_quarantine(txn: _Txn, entry_id: str, now: float, release: bool) -> Q
         ("released" if release else "deleted", now, entry_id),
     )
     if release:
-        rcpts: list[str] = json.loads(recipients)
         # inbound: one delivery over the tenant's routes; outbound: one per recipient domain (its MX)
-        groups: dict[str, list[str]] = {}
-        for rcpt in rcpts:
-            groups.setdefault("" if direction == "inbound" else _domain(rcpt), []).append(rcpt)
-        for group in groups.values():
+        for delivery in release_rows(queue_id, tenant, recipients, headers, mail_from, direction, now):
             conn.execute(
                 "INSERT INTO deliveries (queue_id, tenant, route_by, mail_from, rcpts, headers, subject_prefix,"
                 " created_at, state, next_attempt_at) VALUES (?,?,?,?,?,?,NULL,?,'queued',?)",
-                (
-                    queue_id,
-                    tenant,
-                    "tenant" if direction == "inbound" else "address",
-                    mail_from,
-                    _rcpts_json(RcptState(r) for r in group),
-                    headers,
-                    now,
-                    now,
-                ),
+                delivery,
             )
     else:
         _drop_if_unreferenced(txn, queue_id)
-    entry = conn.execute(f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine WHERE id = ?", (entry_id,)).fetchone()
-    return _quarantine_from(entry)
+    entry = conn.execute(f"SELECT {QUARANTINE_COLUMNS} FROM quarantine WHERE id = ?", (entry_id,)).fetchone()
+    return quarantine_from(entry)

@@ -8,11 +8,9 @@ expired MTA-STS policies; messages nothing references any more go in the same tr
 from __future__ import annotations
 
 from engine.store.base import PurgeResult
+from engine.store.rows import DAY, DSN_MEMORY_DAYS
 from engine.store.sqlite.accept import _drop_if_unreferenced
 from engine.store.sqlite.writer import _Txn
-
-DAY = 86_400.0
-DSN_MEMORY_DAYS = 30  # a dsn_sent row outlives every delivery of its message (give_up_after is days)
 
 
 def _purge(txn: _Txn, now: float, archive_days: int, quarantine_days: int) -> PurgeResult:

@@ -13,7 +13,6 @@ import concurrent.futures
 import contextlib
 import fcntl
 import io
-import json
 import logging
 import os
 import sqlite3
@@ -22,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from engine.policy.models import Direction
 from engine.store.base import (
     Accepted,
     AttemptRecord,
@@ -33,18 +31,26 @@ from engine.store.base import (
     QuarantineStatus,
     QueueEntry,
     QueueSummary,
-    StoredEnvelope,
     StoredMessage,
     StoreError,
 )
 from engine.store.permissions import DIR_MODE, create_private, secure_state_dir
-from engine.store.sqlite.accept import _adopt, _fsync_dir, _insert_message, _insert_messages, _keeps
+from engine.store.rows import (
+    MESSAGE_INFO_COLUMNS,
+    QUARANTINE_COLUMNS,
+    QUEUE_ENTRY_COLUMNS,
+    check_copies,
+    keeps,
+    quarantine_from,
+    queue_entry_from,
+    stored_message_from,
+)
+from engine.store.sqlite.accept import _adopt, _fsync_dir, _insert_message, _insert_messages
 from engine.store.sqlite.deliveries import _claim, _record, _requeue_inflight
 from engine.store.sqlite.quarantine import _change_quarantine
 from engine.store.sqlite.rate import _rate_take
 from engine.store.sqlite.recovery import RecoveryReport, _recover
 from engine.store.sqlite.retention import _purge
-from engine.store.sqlite.rows import _QUARANTINE_COLUMNS, _quarantine_from, _rcpts_from
 from engine.store.sqlite.schema import BODIES_DIR, BUSY_TIMEOUT_MS, DB_NAME, LOCK_NAME, SPOOL_DIR, connect
 from engine.store.sqlite.writer import BatchWriter, StoreStats, _Txn
 from engine.store.write_turns import INTENT_NAME, WriteTurns
@@ -138,6 +144,22 @@ class SqliteStore:
             os.close(self._lock_fd)
         self._lock_fd = None
 
+    async def check_writable(self) -> None:
+        """Raise StoreError unless the store can take a write now (a readiness probe; cheap, no write
+        is made): open, its writer thread running, the state directory, its `bodies/` and `spool/`
+        and the database file writable, and the database answering a query (in the reader thread)."""
+        self._writer.check_running()
+
+        def probe(conn: sqlite3.Connection) -> None:
+            for path in (self.state_dir, self.bodies_dir, self.spool_dir):
+                if not os.access(path, os.W_OK | os.X_OK):
+                    raise StoreError(f"store is not writable: cannot write in {path}")
+            if not os.access(self.db_path, os.R_OK | os.W_OK):
+                raise StoreError(f"store is not writable: cannot write {self.db_path}")
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # reads the database file
+
+        await self._read(probe)
+
     # ------------------------------------------------------------ writer thread
 
     def _submit(self, fn: Callable[[_Txn], T], accept: Accepted | None = None) -> asyncio.Future[T]:
@@ -168,10 +190,8 @@ class SqliteStore:
         A message that nothing would reference (only discarded copies, archive off) is not
         stored at all. Raises StoreError when the disk or the database fails.
         """
-        tenants = [copy.tenant for copy in msg.copies]
-        if len(set(tenants)) != len(tenants):
-            raise ValueError(f"{msg.queue_id}: more than one copy for a tenant: {tenants}")
-        if not _keeps(msg):
+        check_copies(msg)
+        if not keeps(msg):
             return
         if msg.body is None:
             await self._submit(lambda txn: _insert_message(txn, msg), accept=msg)
@@ -225,15 +245,11 @@ class SqliteStore:
     async def message_info(self, queue_id: str) -> StoredMessage | None:
         def query(conn: sqlite3.Connection) -> StoredMessage | None:
             row = conn.execute(
-                "SELECT m.queue_id, m.mail_from, m.rcpts, m.client_ip, m.helo, m.received_at, m.direction,"
-                " m.subject, m.size, m.policy_version, m.verdict, a.archived_at"
-                " FROM messages m LEFT JOIN archive a USING (queue_id) WHERE m.queue_id = ?",
+                f"SELECT {MESSAGE_INFO_COLUMNS} FROM messages m LEFT JOIN archive a USING (queue_id)"
+                " WHERE m.queue_id = ?",
                 (queue_id,),
             ).fetchone()
-            if row is None:
-                return None
-            envelope = StoredEnvelope(row[1], tuple(json.loads(row[2])), row[3], row[4], row[5], Direction(row[6]))
-            return StoredMessage(row[0], envelope, row[7], row[8], row[9], json.loads(row[10]), row[11])
+            return None if row is None else stored_message_from(row)
 
         return await self._read(query)
 
@@ -283,21 +299,14 @@ class SqliteStore:
         return await self._read(query)
 
     async def list_queue(self, *, tenant: str | None = None) -> list[QueueEntry]:
-        sql = (
-            "SELECT d.id, d.queue_id, d.tenant, d.mail_from, d.rcpts, m.subject, m.size, d.state, d.attempts,"
-            " d.last_error, d.created_at, d.next_attempt_at FROM deliveries d JOIN messages m USING (queue_id)"
-        )
+        sql = f"SELECT {QUEUE_ENTRY_COLUMNS} FROM deliveries d JOIN messages m USING (queue_id)"
         args: tuple[str, ...] = ()
         if tenant is not None:
             sql, args = sql + " WHERE d.tenant = ?", (tenant,)
         sql += " ORDER BY d.state = 'queued', d.next_attempt_at, d.id"  # in flight first, then by due time
 
         def query(conn: sqlite3.Connection) -> list[QueueEntry]:
-            return [
-                QueueEntry(row[0], row[1], row[2], row[3], _rcpts_from(row[4]), row[5], row[6], row[7], row[8],
-                           row[9], row[10], row[11])
-                for row in conn.execute(sql, args)
-            ]
+            return [queue_entry_from(row) for row in conn.execute(sql, args)]
 
         return await self._read(query)
 
@@ -319,16 +328,16 @@ class SqliteStore:
             if value is not None:
                 where.append(clause)
                 args.append(value)
-        sql = f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine"
+        sql = f"SELECT {QUARANTINE_COLUMNS} FROM quarantine"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at, id"
-        return await self._read(lambda conn: [_quarantine_from(row) for row in conn.execute(sql, args)])
+        return await self._read(lambda conn: [quarantine_from(row) for row in conn.execute(sql, args)])
 
     async def get_quarantine(self, entry_id: str) -> QuarantineEntry | None:
         def query(conn: sqlite3.Connection) -> QuarantineEntry | None:
-            row = conn.execute(f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine WHERE id = ?", (entry_id,)).fetchone()
-            return None if row is None else _quarantine_from(row)
+            row = conn.execute(f"SELECT {QUARANTINE_COLUMNS} FROM quarantine WHERE id = ?", (entry_id,)).fetchone()
+            return None if row is None else quarantine_from(row)
 
         return await self._read(query)
 
@@ -347,9 +356,21 @@ class SqliteStore:
     async def requeue_inflight(self, now: float) -> int:
         return await self._submit(lambda txn: _requeue_inflight(txn, now))
 
+    async def renew_leases(self, now: float) -> int:
+        """One relay process delivers from this store: its claims hold no leases to renew."""
+        return 0
+
     @property
     def lock_fd(self) -> int | None:
         return self._lock_fd
+
+    @property
+    def node_id(self) -> str:
+        return ""  # a single box, not a node of a cluster
+
+    def cluster_counters(self) -> dict[str, int]:
+        """No leases, so nothing of the cluster's lease protocol to count."""
+        return {"stale_records": 0, "leases_taken_over": 0, "leases_lost": 0}
 
     # ------------------------------------------------------------ outbound rate limits
 

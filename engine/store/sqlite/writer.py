@@ -134,9 +134,13 @@ class BatchWriter:
             await asyncio.to_thread(self._thread.join)
             self._thread = None
 
-    def submit(self, fn: Callable[[_Txn], T], accept: Accepted | None = None) -> asyncio.Future[T]:
+    def check_running(self) -> None:
+        """Raise StoreError unless the thread runs and takes operations (started, not stopping)."""
         if self._thread is None or self._closing or not self._thread.is_alive():
             raise StoreError("store is not open")
+
+    def submit(self, fn: Callable[[_Txn], T], accept: Accepted | None = None) -> asyncio.Future[T]:
+        self.check_running()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Op(fn, future, loop, accept))
